@@ -1,0 +1,248 @@
+// Command custodyd is the key custody daemon: it keeps participant keys, the
+// audit escrow key and the envelope signing key in a PKCS#11 token and
+// serves encrypt and decrypt over a local Unix socket.
+//
+// This file is wiring only: configuration, start-up order, signals. The
+// logic lives in hsm/ and internal/.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"custody/hsm"
+	"custody/internal/auditlog"
+	"custody/internal/config"
+	"custody/internal/keys"
+	"custody/internal/policy"
+	"custody/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `custodyd — key custody daemon (PKCS#11 keys, confidential transaction envelopes)
+
+Usage:
+  custodyd run          [--config FILE] [--log-format text|json]
+        Serve the API on the configured Unix socket until SIGTERM or SIGINT.
+        On first start, creates the escrow and signing keys on the token.
+        SIGHUP reloads the policy file; an invalid file keeps the old policy.
+  custodyd token init   [--config FILE] --so-pin-file FILE
+        Initialise the configured token label on a free slot, setting the SO
+        PIN from --so-pin-file and the user PIN from pkcs11.pin_file. PIN
+        files must be mode 0400 or 0600. PINs are never read from arguments.
+  custodyd policy check FILE
+        Validate a policy file and print a summary; exit status 1 if invalid.
+  custodyd config check [--config FILE]
+        Validate the configuration (defaults when no file) and print it.
+  custodyd version
+
+Without --config, the built-in defaults apply (paths relative to the working
+directory): token "custody" of /usr/lib/softhsm/libsofthsm2.so with the PIN
+in softhsm/user.pin, socket run/custodyd.sock, policy policies/example.json.
+See README.md and docs/ for the configuration file, the API and the policy.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "custodyd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("a command is required")
+	}
+	switch cmd := args[0]; {
+	case cmd == "run":
+		return cmdRun(args[1:], stderr)
+	case cmd == "token" && len(args) > 1 && args[1] == "init":
+		return cmdTokenInit(args[2:], stdout)
+	case cmd == "policy" && len(args) > 1 && args[1] == "check":
+		return cmdPolicyCheck(args[2:], stdout)
+	case cmd == "config" && len(args) > 1 && args[1] == "check":
+		return cmdConfigCheck(args[2:], stdout)
+	case cmd == "version":
+		fmt.Fprintln(stdout, "custodyd", version)
+		return nil
+	case cmd == "help" || cmd == "-h" || cmd == "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprintf(fs.Output(), "usage of custodyd %s:\n", name); fs.PrintDefaults() }
+	return fs
+}
+
+// loadConfig loads the configuration and exports SOFTHSM2_CONF when the
+// configuration names one and the environment does not.
+func loadConfig(path string) (config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.PKCS11.SoftHSMConf != "" && os.Getenv("SOFTHSM2_CONF") == "" {
+		if _, err := os.Stat(cfg.PKCS11.SoftHSMConf); err == nil {
+			os.Setenv("SOFTHSM2_CONF", cfg.PKCS11.SoftHSMConf)
+		}
+	}
+	return cfg, nil
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := newFlags("run")
+	cfgPath := fs.String("config", "", "configuration file (JSON); defaults when empty")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var log *slog.Logger
+	switch *logFormat {
+	case "text":
+		log = slog.New(slog.NewTextHandler(stderr, nil))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(stderr, nil))
+	default:
+		return fmt.Errorf("--log-format: %q is not text or json", *logFormat)
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	policies, err := policy.NewStore(cfg.PolicyFile)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	log.Info("policy loaded", "file", cfg.PolicyFile, "summary", policies.Current().Summary())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	token, err := hsm.Open(ctx, hsm.Config{
+		ModulePath: cfg.PKCS11.Module,
+		TokenLabel: cfg.PKCS11.TokenLabel,
+		PINFile:    cfg.PKCS11.PINFile,
+		Sessions:   cfg.PKCS11.Sessions,
+	}, log)
+	if err != nil {
+		return fmt.Errorf("opening the token: %w", err)
+	}
+	defer token.Close()
+	registry, err := keys.Load(ctx, token, log)
+	if err != nil {
+		return err
+	}
+	if _, err := registry.EnsureDaemonKeys(ctx, time.Now()); err != nil {
+		return err
+	}
+
+	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	srv := server.New(server.Deps{
+		Token:    token,
+		Keys:     registry,
+		Policy:   policies,
+		Recorder: auditlog.SlogRecorder{Log: log},
+		Log:      log,
+		Limits:   cfg.Limits,
+		Version:  version,
+	})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("custodyd ready", "socket", cfg.Socket.Path, "mode", cfg.Socket.Mode, "token", cfg.PKCS11.TokenLabel, "capabilities", token.Capabilities().String())
+	fmt.Fprintf(stderr, "\ncustodyd is serving on %s. Try, from another terminal:\n"+
+		"  bin/custodyctl --socket %s health\n"+
+		"  curl -s --unix-socket %s http://custody/v1/health\n"+
+		"  scripts/demo.sh   # register participants, encrypt, decrypt\n"+
+		"Stop with Ctrl-C.\n\n", cfg.Socket.Path, cfg.Socket.Path, cfg.Socket.Path)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if err := policies.Reload(); err != nil {
+				log.Error("policy reload failed; keeping the previous policy", "file", cfg.PolicyFile, "err", err)
+			} else {
+				log.Info("policy reloaded", "file", cfg.PolicyFile, "summary", policies.Current().Summary())
+			}
+		case err := <-served:
+			return err
+		case <-ctx.Done():
+			log.Info("shutting down: finishing in-flight requests")
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				log.Warn("shutdown deadline passed", "err", err)
+			}
+			return nil
+		}
+	}
+}
+
+func cmdTokenInit(args []string, stdout io.Writer) error {
+	fs := newFlags("token init")
+	cfgPath := fs.String("config", "", "configuration file (JSON); defaults when empty")
+	soPIN := fs.String("so-pin-file", "", "file holding the new token's SO PIN (mode 0400 or 0600)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *soPIN == "" {
+		return errors.New("--so-pin-file is required")
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if err := hsm.InitToken(context.Background(), cfg.PKCS11.Module, cfg.PKCS11.TokenLabel, *soPIN, cfg.PKCS11.PINFile); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "token %q initialised; user PIN from %s\n", cfg.PKCS11.TokenLabel, cfg.PKCS11.PINFile)
+	return nil
+}
+
+func cmdPolicyCheck(args []string, stdout io.Writer) error {
+	if len(args) != 1 {
+		return errors.New("usage: custodyd policy check FILE")
+	}
+	p, err := policy.Load(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok (%s)\n", args[0], p.Summary())
+	return nil
+}
+
+func cmdConfigCheck(args []string, stdout io.Writer) error {
+	fs := newFlags("config check")
+	cfgPath := fs.String("config", "", "configuration file (JSON); defaults when empty")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	out, _ := json.MarshalIndent(cfg, "", "  ")
+	fmt.Fprintf(stdout, "%s\n", out)
+	return nil
+}

@@ -1,0 +1,195 @@
+// Package config loads and validates custodyd's configuration file.
+//
+// The file is JSON with unknown fields rejected. Every field has a default
+// (Default), chosen so that `custodyd run` started from the repository root
+// works on the first-run SoftHSM token that scripts/first-run.sh creates.
+// Relative paths in a file are resolved against the file's directory;
+// relative paths in the defaults against the working directory.
+//
+// Validation errors name the field by its JSON path, so an operator can fix
+// the file without reading code.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// MaxFileSize bounds the configuration file.
+const MaxFileSize = 1 << 20
+
+// Config is custodyd's whole configuration.
+type Config struct {
+	PKCS11 PKCS11 `json:"pkcs11"`
+	Socket Socket `json:"socket"`
+	// PolicyFile is the access policy (see docs/policy.md).
+	PolicyFile string `json:"policy_file"`
+	Limits     Limits `json:"limits"`
+}
+
+// PKCS11 says which token holds the keys.
+type PKCS11 struct {
+	Module     string `json:"module"`      // path of the PKCS#11 library
+	TokenLabel string `json:"token_label"` // token to use
+	PINFile    string `json:"pin_file"`    // user PIN; mode 0400 or 0600
+	// SoftHSMConf, when set and SOFTHSM2_CONF is not already in the
+	// environment, is exported as SOFTHSM2_CONF before the module loads.
+	SoftHSMConf string `json:"softhsm_conf,omitempty"`
+	// Sessions is the session pool size; 0 sizes it to the token and the CPUs.
+	Sessions int `json:"sessions"`
+}
+
+// Socket is where the API listens.
+type Socket struct {
+	Path string `json:"path"`
+	// Mode is the socket file's permission bits, as an octal string ("0660").
+	// Who may connect is decided by this mode and the policy together.
+	Mode string `json:"mode"`
+}
+
+// Limits bound what one request may cost.
+type Limits struct {
+	MaxBodyBytes   int64    `json:"max_body_bytes"`  // request body size
+	MaxBatchItems  int      `json:"max_batch_items"` // items in one batch call
+	RequestTimeout Duration `json:"request_timeout"` // whole request, including HSM waits
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalJSON parses "30s"-style strings.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"30s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Default returns the first-run configuration: the SoftHSM token under
+// softhsm/, the socket under run/, and the example policy.
+func Default() Config {
+	return Config{
+		PKCS11: PKCS11{
+			Module:      "/usr/lib/softhsm/libsofthsm2.so",
+			TokenLabel:  "custody",
+			PINFile:     "softhsm/user.pin",
+			SoftHSMConf: "softhsm/softhsm2.conf",
+		},
+		Socket:     Socket{Path: "run/custodyd.sock", Mode: "0660"},
+		PolicyFile: "policies/example.json",
+		Limits: Limits{
+			MaxBodyBytes:   8 << 20,
+			MaxBatchItems:  1000,
+			RequestTimeout: Duration(60 * time.Second),
+		},
+	}
+}
+
+// Load reads the file at path over the defaults and validates the result.
+// An empty path means the defaults alone.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, c.Validate()
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > MaxFileSize {
+		return c, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+	}
+	if err := c.decode(data); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.resolve(filepath.Dir(path))
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) decode(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("%s: want %s", te.Field, te.Type)
+		}
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+func (c *Config) resolve(dir string) {
+	for _, p := range []*string{&c.PKCS11.PINFile, &c.PKCS11.SoftHSMConf, &c.Socket.Path, &c.PolicyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// SocketMode returns Socket.Mode as file permission bits.
+func (c Config) SocketMode() os.FileMode {
+	m, _ := strconv.ParseUint(c.Socket.Mode, 8, 32)
+	return os.FileMode(m)
+}
+
+// Validate checks every field and names the first bad one.
+func (c Config) Validate() error {
+	switch {
+	case c.PKCS11.Module == "":
+		return errors.New("pkcs11.module: required")
+	case c.PKCS11.TokenLabel == "" || len(c.PKCS11.TokenLabel) > 32:
+		return errors.New("pkcs11.token_label: required, at most 32 bytes")
+	case c.PKCS11.PINFile == "":
+		return errors.New("pkcs11.pin_file: required")
+	case c.PKCS11.Sessions < 0 || c.PKCS11.Sessions > 256:
+		return errors.New("pkcs11.sessions: must be 0 (auto) to 256")
+	case c.Socket.Path == "":
+		return errors.New("socket.path: required")
+	case len(c.Socket.Path) > 100:
+		return errors.New("socket.path: longer than a Unix socket address allows (100 bytes); use a shorter path")
+	case c.PolicyFile == "":
+		return errors.New("policy_file: required")
+	case c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 256<<20:
+		return errors.New("limits.max_body_bytes: must be 1 KiB to 256 MiB")
+	case c.Limits.MaxBatchItems < 1 || c.Limits.MaxBatchItems > 100000:
+		return errors.New("limits.max_batch_items: must be 1 to 100000")
+	case c.Limits.RequestTimeout < Duration(time.Second):
+		return errors.New("limits.request_timeout: must be at least 1s")
+	}
+	m, err := strconv.ParseUint(c.Socket.Mode, 8, 32)
+	if err != nil || m > 0o777 || len(c.Socket.Mode) != 4 || c.Socket.Mode[0] != '0' {
+		return fmt.Errorf("socket.mode: %q is not an octal mode such as \"0660\"", c.Socket.Mode)
+	}
+	if m&0o600 != 0o600 {
+		return fmt.Errorf("socket.mode: %q must let the owner read and write", c.Socket.Mode)
+	}
+	return nil
+}

@@ -1,0 +1,328 @@
+// Package keys names and tracks the key pairs custodyd keeps on the token:
+// one or more versions per participant, the audit escrow key and the
+// envelope signing key.
+//
+// The token is the only store. Each key pair is a token object whose label
+// says what it is:
+//
+//	custody/participant/<id>/v<n>   X25519, ECDH only
+//	custody/escrow/v<n>             P-256, ECDH only, wrappable under a trusted KEK (backup)
+//	custody/signing/v<n>            P-256, ECDSA only
+//
+// An envelope names its signing key by id "signing:v<n>" (labels hold '/',
+// which the envelope id rule does not allow).
+//
+// Load lists those objects once at start; later registrations update the
+// in-memory view under a lock, so lookups on the request path never touch
+// the token. The highest version of a key is its active one. Creation
+// goes through hsm, which never overwrites an existing object; registering
+// an id twice is ErrExists.
+//
+// Registry is safe for concurrent use.
+package keys
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"custody/hsm"
+	"custody/internal/envelope"
+)
+
+// Errors callers branch on.
+var (
+	ErrUnknownParticipant = errors.New("keys: unknown participant")
+	ErrUnknownVersion     = errors.New("keys: no such key version")
+	ErrExists             = errors.New("keys: participant already registered")
+	ErrNoDaemonKeys       = errors.New("keys: escrow or signing key missing")
+)
+
+const (
+	prefix            = "custody/"
+	participantPrefix = prefix + "participant/"
+	escrowPrefix      = prefix + "escrow/"
+	signingPrefix     = prefix + "signing/"
+)
+
+// Device is what the registry needs from the token.
+type Device interface {
+	GenerateKeyPair(ctx context.Context, spec hsm.KeySpec) (hsm.KeyInfo, error)
+	ListKeys(ctx context.Context, labelPrefix string) ([]hsm.KeyInfo, error)
+	Sign(ctx context.Context, label string, digest []byte) ([]byte, error)
+}
+
+// Version is one key pair on the token.
+type Version struct {
+	Number  uint32
+	Label   string
+	Alg     hsm.KeyAlg
+	Public  []byte
+	Created time.Time
+}
+
+// Fingerprint is the SHA-256 of the public key, hex.
+func (v Version) Fingerprint() string {
+	sum := sha256.Sum256(v.Public)
+	return fmt.Sprintf("%x", sum)
+}
+
+// Registry is the in-memory view of the token's custody keys.
+type Registry struct {
+	dev Device
+	log *slog.Logger
+
+	create sync.Mutex // serializes key creation
+
+	mu           sync.RWMutex
+	participants map[string][]Version // ascending by Number
+	escrow       []Version
+	signing      []Version
+	signingPub   map[string]*ecdsa.PublicKey // by signing key id
+}
+
+// Load builds the registry from the token's objects.
+func Load(ctx context.Context, dev Device, log *slog.Logger) (*Registry, error) {
+	infos, err := dev.ListKeys(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("keys: listing the token: %w", err)
+	}
+	r := &Registry{dev: dev, log: log, participants: map[string][]Version{}, signingPub: map[string]*ecdsa.PublicKey{}}
+	for _, info := range infos {
+		if err := r.add(info); err != nil {
+			log.Warn("ignoring token object with an unexpected label", "label", info.Label, "err", err)
+		}
+	}
+	return r, nil
+}
+
+// add files one token key into the view. Callers hold mu or own r alone.
+func (r *Registry) add(info hsm.KeyInfo) error {
+	kind, id, n, err := parseLabel(info.Label)
+	if err != nil {
+		return err
+	}
+	v := Version{Number: n, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created}
+	switch kind {
+	case "participant":
+		r.participants[id] = insert(r.participants[id], v)
+	case "escrow":
+		r.escrow = insert(r.escrow, v)
+	case "signing":
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), info.Public)
+		if err != nil {
+			return fmt.Errorf("signing key public point: %w", err)
+		}
+		r.signing = insert(r.signing, v)
+		r.signingPub[signingKeyID(n)] = pub
+	}
+	return nil
+}
+
+func insert(vs []Version, v Version) []Version {
+	vs = append(vs, v)
+	sort.Slice(vs, func(i, j int) bool { return vs[i].Number < vs[j].Number })
+	return vs
+}
+
+// ParticipantLabel is the token label of a participant key version.
+func ParticipantLabel(id string, n uint32) string {
+	return participantPrefix + id + "/v" + strconv.FormatUint(uint64(n), 10)
+}
+
+func parseLabel(label string) (kind, id string, n uint32, err error) {
+	rest, ok := strings.CutPrefix(label, prefix)
+	if !ok {
+		return "", "", 0, errors.New("not a custody label")
+	}
+	kind, rest, _ = strings.Cut(rest, "/")
+	if kind == "participant" {
+		var found bool
+		id, rest, found = strings.Cut(rest, "/")
+		if !found || envelope.ValidateID(id) != nil {
+			return "", "", 0, errors.New("bad participant id")
+		}
+	} else if kind != "escrow" && kind != "signing" {
+		return "", "", 0, fmt.Errorf("unknown key kind %q", kind)
+	}
+	num, ok := strings.CutPrefix(rest, "v")
+	v, perr := strconv.ParseUint(num, 10, 32)
+	if !ok || perr != nil || v == 0 || strconv.FormatUint(v, 10) != num {
+		return "", "", 0, errors.New("bad version suffix")
+	}
+	return kind, id, uint32(v), nil
+}
+
+// EnsureDaemonKeys creates escrow and signing key version 1 when the token
+// has none, and returns the versions it created. (The escrow ceremony will
+// take over escrow key creation.)
+func (r *Registry) EnsureDaemonKeys(ctx context.Context, now time.Time) ([]Version, error) {
+	r.create.Lock()
+	defer r.create.Unlock()
+	var created []Version
+	for _, k := range []struct {
+		have func() bool
+		spec hsm.KeySpec
+	}{
+		{func() bool { return len(r.escrow) > 0 }, hsm.KeySpec{Label: escrowPrefix + "v1", Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true, Created: now}},
+		{func() bool { return len(r.signing) > 0 }, hsm.KeySpec{Label: signingPrefix + "v1", Alg: hsm.P256, Usage: hsm.UsageSign, Created: now}},
+	} {
+		r.mu.RLock()
+		have := k.have()
+		r.mu.RUnlock()
+		if have {
+			continue
+		}
+		info, err := r.dev.GenerateKeyPair(ctx, k.spec)
+		if err != nil {
+			return created, fmt.Errorf("keys: creating %s: %w", k.spec.Label, err)
+		}
+		r.mu.Lock()
+		err = r.add(info)
+		r.mu.Unlock()
+		if err != nil {
+			return created, err
+		}
+		v := Version{Number: 1, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created}
+		r.log.Info("created daemon key on the token", "label", v.Label, "alg", v.Alg.String(), "sha256", v.Fingerprint())
+		created = append(created, v)
+	}
+	return created, nil
+}
+
+// Register creates version 1 of a new participant's X25519 key on the token.
+// An id already known (on this daemon's view or on the token) is ErrExists.
+func (r *Registry) Register(ctx context.Context, id string, now time.Time) (Version, error) {
+	if err := envelope.ValidateID(id); err != nil {
+		return Version{}, err
+	}
+	r.create.Lock()
+	defer r.create.Unlock()
+	r.mu.RLock()
+	_, known := r.participants[id]
+	r.mu.RUnlock()
+	if known {
+		return Version{}, fmt.Errorf("%w: %s", ErrExists, id)
+	}
+	info, err := r.dev.GenerateKeyPair(ctx, hsm.KeySpec{Label: ParticipantLabel(id, 1), Alg: hsm.X25519, Usage: hsm.UsageDerive, Created: now})
+	if errors.Is(err, hsm.ErrExists) {
+		return Version{}, fmt.Errorf("%w: %s (on the token)", ErrExists, id)
+	}
+	if err != nil {
+		return Version{}, err
+	}
+	r.mu.Lock()
+	err = r.add(info)
+	r.mu.Unlock()
+	if err != nil {
+		return Version{}, err
+	}
+	return Version{Number: 1, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created}, nil
+}
+
+// Participant returns every version of a participant's key, oldest first.
+func (r *Registry) Participant(id string) ([]Version, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	vs, ok := r.participants[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
+	}
+	return append([]Version(nil), vs...), nil
+}
+
+// Active returns the version new envelopes are sealed to.
+func (r *Registry) Active(id string) (Version, error) {
+	vs, err := r.Participant(id)
+	if err != nil {
+		return Version{}, err
+	}
+	return vs[len(vs)-1], nil
+}
+
+// ParticipantVersion returns version n of a participant's key.
+func (r *Registry) ParticipantVersion(id string, n uint32) (Version, error) {
+	vs, err := r.Participant(id)
+	if err != nil {
+		return Version{}, err
+	}
+	return find(vs, n, id)
+}
+
+// Escrow returns the active escrow key version.
+func (r *Registry) Escrow() (Version, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.escrow) == 0 {
+		return Version{}, ErrNoDaemonKeys
+	}
+	return r.escrow[len(r.escrow)-1], nil
+}
+
+// EscrowVersion returns version n of the escrow key.
+func (r *Registry) EscrowVersion(n uint32) (Version, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return find(r.escrow, n, "escrow")
+}
+
+func find(vs []Version, n uint32, what string) (Version, error) {
+	for _, v := range vs {
+		if v.Number == n {
+			return v, nil
+		}
+	}
+	return Version{}, fmt.Errorf("%w: %s v%d", ErrUnknownVersion, what, n)
+}
+
+// Signer returns the active signing key as an envelope.Signer.
+func (r *Registry) Signer() (*Signer, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.signing) == 0 {
+		return nil, ErrNoDaemonKeys
+	}
+	v := r.signing[len(r.signing)-1]
+	return &Signer{dev: r.dev, label: v.Label, id: signingKeyID(v.Number)}, nil
+}
+
+func signingKeyID(n uint32) string { return "signing:v" + strconv.FormatUint(uint64(n), 10) }
+
+// SigningKey returns the public key of a signing key by its id (an
+// envelope's signing key id); it has the shape of envelope.KeyLookup.
+func (r *Registry) SigningKey(id string) (*ecdsa.PublicKey, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	pub, ok := r.signingPub[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: signing key %q", ErrUnknownVersion, id)
+	}
+	return pub, nil
+}
+
+// Signer signs envelope headers inside the HSM.
+type Signer struct {
+	dev   Device
+	label string // on the token
+	id    string // in envelopes
+}
+
+// KeyID is the signing key's id in envelopes, "signing:v<n>".
+func (s *Signer) KeyID() string { return s.id }
+
+// Label is the signing key's token label.
+func (s *Signer) Label() string { return s.label }
+
+// Sign returns the 64-byte r||s ECDSA P-256 signature of digest.
+func (s *Signer) Sign(ctx context.Context, digest []byte) ([]byte, error) {
+	return s.dev.Sign(ctx, s.label, digest)
+}

@@ -1,0 +1,205 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"custody/internal/envelope"
+)
+
+// runConcurrently runs n calls of op spread over clients goroutines and
+// returns the wall time.
+func runConcurrently(b *testing.B, n, clients int, op func() error) time.Duration {
+	var wg sync.WaitGroup
+	var once sync.Once
+	start := time.Now()
+	for c := range clients {
+		share := n / clients
+		if c < n%clients {
+			share++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range share {
+				if err := op(); err != nil {
+					once.Do(func() { b.Error(err) })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// BenchmarkDecryptSocketVsRaw measures a decrypt through the whole daemon
+// (socket, HTTP, JSON, parse, verify, policy, record, filter) against the
+// bare on-device open chain (hsm.Token.Open) on the same token and sessions,
+// alternating the two in the same run. Reported: both rates and their ratio
+// (goal ≥ 0.85 at 2 clients).
+func BenchmarkDecryptSocketVsRaw(b *testing.B) {
+	h := newHarness(b)
+	h.register("client-1", "miner-1")
+	text := h.seal("tx-bench", "client-1", "miner-1")
+	env, err := envelope.ParseText(text)
+	if err != nil {
+		b.Fatal(err)
+	}
+	i, _ := env.ParticipantStanza("miner-1")
+	key, _ := h.keys.ParticipantVersion("miner-1", 1)
+	req := env.OpenRequest(i, key.Label, key.Public)
+	body := fmt.Sprintf(`{"envelope":%q,"as":"miner-1","purpose":"settlement"}`, text)
+	raw := func() error {
+		_, err := h.token.Open(context.Background(), req)
+		return err
+	}
+	socket := func() error {
+		st, out := h.callRaw("POST", "/v1/transactions/decrypt", body)
+		if st != 200 {
+			return fmt.Errorf("decrypt: %d %s", st, out)
+		}
+		return nil
+	}
+	for _, clients := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			n := max(b.N, 4*clients)
+			var rawT, sockT time.Duration
+			for round := range 4 { // alternate to share the machine's noise
+				if round%2 == 0 {
+					rawT += runConcurrently(b, n/4, clients, raw)
+				} else {
+					sockT += runConcurrently(b, n/4, clients, socket)
+				}
+			}
+			rawRate := float64(n/2) / rawT.Seconds()
+			sockRate := float64(n/2) / sockT.Seconds()
+			b.ReportMetric(rawRate, "raw-opens/s")
+			b.ReportMetric(sockRate, "socket-decrypts/s")
+			b.ReportMetric(sockRate/rawRate, "ratio")
+		})
+	}
+}
+
+// softSigner signs in software: the baseline's signature costs what Go's
+// ECDSA costs, not what the token's does.
+type softSigner struct{ k *ecdsa.PrivateKey }
+
+func (s softSigner) KeyID() string { return "bench/soft" }
+func (s softSigner) Sign(_ context.Context, digest []byte) ([]byte, error) {
+	r, ss, err := ecdsa.Sign(rand.Reader, s.k, digest)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 64)
+	r.FillBytes(out[:32])
+	ss.FillBytes(out[32:])
+	return out, nil
+}
+
+// BenchmarkEncrypt3Participants measures sealing for three participants plus
+// the escrow key: the bare software seal (software signature), the seal with
+// the header signed inside the HSM, and the whole daemon through the socket,
+// in the same run. Reported: envelopes/s of each and socket/bare.
+func BenchmarkEncrypt3Participants(b *testing.B) {
+	h := newHarness(b)
+	ids := []string{"client-1", "miner-1", "miner-2"}
+	h.register(ids...)
+	var recips []envelope.Recipient
+	for _, id := range ids {
+		v, _ := h.keys.Active(id)
+		recips = append(recips, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
+	}
+	esc, _ := h.keys.Escrow()
+	hsmSigner, _ := h.keys.Signer()
+	sk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	in := envelope.SealInput{TransactionID: "tx-bench", JobID: "job-1", PublicFields: []byte(`{"job_id":"job-1"}`),
+		Plaintext: []byte(`{"amount":"1000","pricing":{"gpu_hour":"2.50"}}`), Participants: recips,
+		Escrow: envelope.Recipient{KeyVersion: esc.Number, Alg: esc.Alg, Public: esc.Public}, CreatedAt: time.Now()}
+	seal := func(s envelope.Signer) func() error {
+		return func() error { _, err := envelope.Seal(context.Background(), in, s); return err }
+	}
+	body := `{"transaction_id":"tx-bench","job_id":"job-1","public_data":{"job_id":"job-1"},` +
+		`"confidential":{"amount":"1000","pricing":{"gpu_hour":"2.50"}},"participants":["client-1","miner-1","miner-2"]}`
+	socket := func() error {
+		if st, out := h.callRaw("POST", "/v1/transactions/encrypt", body); st != 200 {
+			return fmt.Errorf("encrypt: %d %s", st, out)
+		}
+		return nil
+	}
+	n := max(b.N, 8)
+	var bare, signed, sock time.Duration
+	for range 2 {
+		bare += runConcurrently(b, n/2, 2, seal(softSigner{sk}))
+		signed += runConcurrently(b, n/2, 2, seal(hsmSigner))
+		sock += runConcurrently(b, n/2, 2, socket)
+	}
+	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	b.ReportMetric(rate(bare), "bare-seals/s")
+	b.ReportMetric(rate(signed), "hsm-signed-seals/s")
+	b.ReportMetric(rate(sock), "socket-encrypts/s")
+	b.ReportMetric(rate(sock)/rate(bare), "ratio-socket/bare")
+}
+
+// BenchmarkLeakCheck10k runs 10,000 decrypts through the socket (2 clients)
+// after a 1,000-decrypt warm-up and reports the session objects left on the
+// token (must be 0) and the process RSS after warm-up and after the run.
+// The daemon runs in the benchmark's process, so RSS includes the clients.
+func BenchmarkLeakCheck10k(b *testing.B) {
+	h := newHarness(b)
+	h.register("client-1")
+	text := h.seal("tx-leak", "client-1")
+	body := fmt.Sprintf(`{"envelope":%q,"as":"client-1","purpose":"dispute"}`, text)
+	op := func() error {
+		if st, out := h.callRaw("POST", "/v1/transactions/decrypt", body); st != 200 {
+			return fmt.Errorf("decrypt: %d %s", st, out)
+		}
+		return nil
+	}
+	for b.Loop() {
+		runConcurrently(b, 1000, 2, op)
+		warm := rssKiB(b)
+		d := runConcurrently(b, 10000, 2, op)
+		after := rssKiB(b)
+		objs, err := h.token.SessionObjectCount(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if objs != 0 {
+			b.Errorf("%d session objects leaked on the token", objs)
+		}
+		b.ReportMetric(float64(objs), "session-objects")
+		b.ReportMetric(float64(warm)/1024, "rss-warm-MiB")
+		b.ReportMetric(float64(after)/1024, "rss-after-MiB")
+		b.ReportMetric(10000/d.Seconds(), "decrypts/s")
+	}
+}
+
+func rssKiB(b *testing.B) int {
+	runtime.GC()
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			var kib int
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kib)
+			return kib
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}

@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"custody/hsm"
+	"custody/internal/envelope"
+	"custody/internal/keys"
+	"custody/internal/policy"
+)
+
+// Error codes are the stable part of every error response
+// ({"error":{"code":…,"message":…}}); clients branch on them. docs/api.md
+// lists them. Never rename one; add new ones.
+const (
+	CodeBadRequest          = "bad_request"          // malformed JSON, a missing or invalid field
+	CodeBodyTooLarge        = "body_too_large"       // request body over limits.max_body_bytes
+	CodeBatchTooLarge       = "batch_too_large"      // more items than limits.max_batch_items
+	CodeInvalidID           = "invalid_id"           // an id breaks the id rule (docs/envelope.md)
+	CodeUnknownCaller       = "unknown_caller"       // the peer's uid/gid maps to no principal
+	CodePermissionDenied    = "permission_denied"    // the principal's roles do not allow the route
+	CodeNotParticipant      = "not_participant"      // may not act as that participant
+	CodePurposeDenied       = "purpose_denied"       // purpose unknown or not granted for that participant
+	CodeOutsideWindow       = "outside_window"       // the grant's time windows exclude now
+	CodeFieldDenied         = "field_denied"         // a requested field is not visible for the purpose
+	CodeUnknownParticipant  = "unknown_participant"  // no key registered for that id
+	CodeUnknownKeyVersion   = "unknown_key_version"  // the envelope names a key version the token lacks
+	CodeParticipantExists   = "participant_exists"   // registering an id twice
+	CodeMalformedEnvelope   = "malformed_envelope"   // the envelope does not parse
+	CodeUnsupportedVersion  = "unsupported_version"  // envelope format version unknown
+	CodeEnvelopeTooLarge    = "envelope_too_large"   // envelope or plaintext over the format's limits
+	CodeSignatureInvalid    = "signature_invalid"    // header signature does not verify (tampered or foreign)
+	CodeNotRecipient        = "not_recipient"        // the envelope has no stanza for that participant
+	CodeTransactionMismatch = "transaction_mismatch" // envelope belongs to another transaction than stated
+	CodeIntegrityFailure    = "integrity_failure"    // the device refused to unwrap or decrypt: altered data
+	CodeHSMUnavailable      = "hsm_unavailable"      // token down; retry later
+	CodeLogUnavailable      = "log_unavailable"      // the decision could not be recorded; nothing released
+	CodeTimeout             = "timeout"              // limits.request_timeout passed
+	CodeNotFound            = "not_found"            // no such route or object
+	CodeMethodNotAllowed    = "method_not_allowed"   // route exists, other method
+	CodeInternal            = "internal"             // a bug or an unexpected token answer; see the daemon log
+)
+
+// apiError is an error with its HTTP status and stable code.
+type apiError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(status int, code, format string, args ...any) *apiError {
+	return &apiError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// classify turns any error from the domain packages into an apiError. The
+// message of an unexpected error is not shown to the client.
+func classify(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	for _, m := range errorMap {
+		if errors.Is(err, m.err) {
+			return &apiError{Status: m.status, Code: m.code, Message: m.message(err)}
+		}
+	}
+	return &apiError{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error; the daemon log has the details"}
+}
+
+type mapping struct {
+	err     error
+	status  int
+	code    string
+	message func(error) string
+}
+
+func says(msg string) func(error) string { return func(error) string { return msg } }
+func itself(err error) string            { return err.Error() }
+
+// errorMap is checked in order: the more specific sentinels come first.
+var errorMap = []mapping{
+	{policy.ErrUnknownCaller, http.StatusForbidden, CodeUnknownCaller, says("your Unix user and group map to no principal in the policy; ask an operator to add one")},
+	{policy.ErrNotParticipant, http.StatusForbidden, CodeNotParticipant, itself},
+	{policy.ErrPurpose, http.StatusForbidden, CodePurposeDenied, itself},
+	{policy.ErrOutsideWindow, http.StatusForbidden, CodeOutsideWindow, itself},
+	{policy.ErrFieldDenied, http.StatusForbidden, CodeFieldDenied, itself},
+	{policy.ErrDenied, http.StatusForbidden, CodePermissionDenied, itself},
+	{keys.ErrUnknownParticipant, http.StatusNotFound, CodeUnknownParticipant, itself},
+	{keys.ErrUnknownVersion, http.StatusNotFound, CodeUnknownKeyVersion, itself},
+	{keys.ErrExists, http.StatusConflict, CodeParticipantExists, itself},
+	{envelope.ErrVersion, http.StatusBadRequest, CodeUnsupportedVersion, itself},
+	{envelope.ErrTooLarge, http.StatusRequestEntityTooLarge, CodeEnvelopeTooLarge, itself},
+	{envelope.ErrMalformed, http.StatusBadRequest, CodeMalformedEnvelope, itself},
+	{envelope.ErrSignature, http.StatusBadRequest, CodeSignatureInvalid, says("the envelope header signature does not verify: it was altered or not sealed by this daemon")},
+	{envelope.ErrInvalidInput, http.StatusBadRequest, CodeBadRequest, itself},
+	{envelope.ErrNoStanza, http.StatusBadRequest, CodeNotRecipient, itself},
+	{hsm.ErrIntegrity, http.StatusBadRequest, CodeIntegrityFailure, says("the HSM refused to unwrap or decrypt: the envelope was altered")},
+	{hsm.ErrUnavailable, http.StatusServiceUnavailable, CodeHSMUnavailable, says("the HSM token is unavailable; retry later, and see health")},
+	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
+}

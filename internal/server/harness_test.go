@@ -1,0 +1,321 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"custody/hsm"
+	"custody/hsm/hsmtest"
+	"custody/internal/auditlog"
+	"custody/internal/config"
+	"custody/internal/keys"
+	"custody/internal/policy"
+	"custody/internal/server"
+)
+
+// Test users, created by TestMain (the suite runs as root) and removed after.
+const (
+	appUser   = "custody-t-app"   // an application principal: may act as miner-* for settlement
+	otherUser = "custody-t-other" // covered by no principal: denied everywhere
+)
+
+var (
+	binDir string // custodyctl built for the tests, reachable by the test users
+	users  = map[string]*user.User{}
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	if os.Getuid() != 0 {
+		fmt.Fprintln(os.Stderr, "internal/server tests run as root: they create Unix users (make test in CI runs as root)")
+		return 1
+	}
+	cleanup, err := hsmtest.Setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cleanup()
+	for _, name := range []string{appUser, otherUser} {
+		u, err := addUser(name)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		users[name] = u
+		defer exec.Command("userdel", name).Run()
+	}
+	binDir, err = os.MkdirTemp("", "custody-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	os.Chmod(binDir, 0o755)
+	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyctl").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building custodyctl: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+func addUser(name string) (*user.User, error) {
+	if u, err := user.Lookup(name); err == nil {
+		return u, nil
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("useradd %s: %v: %s", name, err, out)
+	}
+	return user.Lookup(name)
+}
+
+// testPolicy: root administers and may act as any p-* participant; the app
+// user may act as miner-* for settlement only; the other user is unknown.
+const testPolicy = `{
+  "version": 1,
+  "purposes": [
+    {"name": "settlement", "fields": ["amount", "pricing"]},
+    {"name": "dispute", "fields": ["*"]},
+    {"name": "night-audit", "fields": ["amount"]}
+  ],
+  "principals": [
+    {"name": "operator", "users": ["root"], "roles": ["admin", "application"],
+     "act_as": [
+       {"participants": ["client-*", "miner-*"], "purposes": ["settlement", "dispute"]},
+       {"participants": ["client-*"], "purposes": ["night-audit"],
+        "windows": [{"days": ["sun"], "start": "02:00", "end": "03:00", "time_zone": "UTC"}]}
+     ]},
+    {"name": "settlement-app", "users": ["custody-t-app"], "roles": ["application"],
+     "act_as": [{"participants": ["miner-*"], "purposes": ["settlement"]}]}
+  ]
+}`
+
+// recorder keeps every entry for assertions and can be told to fail.
+type recorder struct {
+	mu      sync.Mutex
+	entries []auditlog.Entry
+	fail    bool
+}
+
+func (r *recorder) Record(_ context.Context, e auditlog.Entry) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return fmt.Errorf("injected: log device full")
+	}
+	r.entries = append(r.entries, e)
+	return nil
+}
+
+func (r *recorder) last() auditlog.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.entries) == 0 {
+		return auditlog.Entry{}
+	}
+	return r.entries[len(r.entries)-1]
+}
+
+func (r *recorder) setFail(v bool) {
+	r.mu.Lock()
+	r.fail = v
+	r.mu.Unlock()
+}
+
+// harness is a daemon serving on a real Unix socket in a temporary
+// directory, on a fresh SoftHSM token.
+type harness struct {
+	t      testing.TB
+	dir    string
+	socket string
+	token  *hsm.Token
+	cfg    hsm.Config
+	keys   *keys.Registry
+	store  *policy.Store
+	rec    *recorder
+	srv    *server.Server
+	now    time.Time // fixed clock: a Wednesday noon UTC
+	client *http.Client
+}
+
+func newHarness(t testing.TB) *harness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "custody-srv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755) // the test users must reach the socket
+	h := &harness{t: t, dir: dir, socket: filepath.Join(dir, "custodyd.sock"), rec: &recorder{},
+		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
+	h.cfg = hsmtest.NewToken(t)
+	h.token, err = hsm.Open(ctx, h.cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.token.Close() })
+	h.keys, err = keys.Load(ctx, h.token, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.keys.EnsureDaemonKeys(ctx, h.now); err != nil {
+		t.Fatal(err)
+	}
+	policyPath := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(policyPath, []byte(testPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.store, err = policy.NewStore(policyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits := config.Default().Limits
+	limits.MaxBodyBytes = 4 << 20
+	limits.MaxBatchItems = 50
+	h.srv = server.New(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
+		Limits: limits, Now: func() time.Time { return h.now }, Version: "test"})
+	ln, err := server.Listen(h.socket, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go h.srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.srv.Shutdown(ctx)
+	})
+	h.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
+	}}}
+	return h
+}
+
+// call sends a request as root (this process) and decodes the answer.
+func (h *harness) call(method, path string, body any) (int, map[string]any) {
+	h.t.Helper()
+	status, raw := h.callRaw(method, path, body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		h.t.Fatalf("%s %s: response is not JSON: %v: %s", method, path, err, raw)
+	}
+	return status, out
+}
+
+func (h *harness) callRaw(method, path string, body any) (int, []byte) {
+	h.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = bytes.NewReader([]byte(b))
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, "http://custody"+path, rd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Custody-End-User-IP", "192.0.2.7")
+	req.Header.Set("Custody-End-User-Agent", "harness/1")
+	resp, err := h.client.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp.StatusCode, raw
+}
+
+// errCode returns the error code of an error response, or "".
+func errCode(body map[string]any) string {
+	e, _ := body["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+// register creates participants as root.
+func (h *harness) register(ids ...string) {
+	h.t.Helper()
+	for _, id := range ids {
+		if st, body := h.call("POST", "/v1/participants", map[string]string{"id": id}); st != 200 {
+			h.t.Fatalf("register %s: %d %v", id, st, body)
+		}
+	}
+}
+
+// seal encrypts a standard transaction for participants as root and
+// returns the envelope text.
+func (h *harness) seal(txid string, participants ...string) string {
+	h.t.Helper()
+	st, body := h.call("POST", "/v1/transactions/encrypt", map[string]any{
+		"transaction_id": txid, "job_id": "job-" + txid,
+		"public_data":  map[string]any{"status": "completed", "job_id": "job-" + txid},
+		"confidential": map[string]any{"amount": "1000", "pricing": map[string]any{"per_hour": 2.5}, "settlement_details": "IBAN DE00"},
+		"participants": participants,
+	})
+	if st != 200 {
+		h.t.Fatalf("encrypt %s: %d %v", txid, st, body)
+	}
+	return body["envelope"].(string)
+}
+
+// ctlAs runs custodyctl as a Unix user with the given stdin; it returns the
+// exit code, stdout and stderr.
+func (h *harness) ctlAs(name string, stdin string, args ...string) (int, string, string) {
+	h.t.Helper()
+	u := users[name]
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	cmd := exec.Command(filepath.Join(binDir, "custodyctl"), append([]string{"--socket", h.socket}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	cmd.Stdin = bytes.NewReader([]byte(stdin))
+	cmd.Dir = "/"
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		h.t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// testLogOutput is where the daemon's log goes in tests: nowhere, unless
+// CUSTODY_TEST_LOG=1.
+func testLogOutput() io.Writer {
+	if os.Getenv("CUSTODY_TEST_LOG") == "1" {
+		return os.Stderr
+	}
+	return io.Discard
+}

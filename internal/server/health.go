@@ -1,0 +1,48 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"custody/hsm"
+)
+
+type healthResponse struct {
+	Status       string           `json:"status"` // "ok", or the error code of what is wrong
+	Version      string           `json:"version,omitempty"`
+	Token        hsm.TokenInfo    `json:"token"`
+	Capabilities hsm.Capabilities `json:"capabilities"`
+	Profile      string           `json:"capability_summary"`
+	EscrowKey    string           `json:"escrow_key,omitempty"`
+	SigningKey   string           `json:"signing_key,omitempty"`
+	Policy       string           `json:"policy"`
+	Principal    string           `json:"you"`
+}
+
+// health: GET /v1/health reports the token, its probed capabilities, the
+// daemon keys and the policy. It pings the token, so it also tells whether
+// the HSM is reachable right now.
+func (s *Server) health(ctx context.Context, rq *request) (any, error) {
+	out := healthResponse{
+		Status:       "ok",
+		Version:      s.Version,
+		Token:        s.Token.Info(),
+		Capabilities: s.Token.Capabilities(),
+		Policy:       rq.policy.Summary(),
+		Principal:    rq.principal.Name,
+	}
+	out.Profile = out.Capabilities.String()
+	if err := s.Token.Ping(ctx); err != nil {
+		out.Status = classify(err).Code
+		if !errors.Is(err, hsm.ErrUnavailable) {
+			s.Log.Warn("health: token ping failed", "err", err)
+		}
+	}
+	if v, err := s.Keys.Escrow(); err == nil {
+		out.EscrowKey = v.Label + " sha256:" + v.Fingerprint()
+	}
+	if sg, err := s.Keys.Signer(); err == nil {
+		out.SigningKey = sg.Label()
+	}
+	return out, nil
+}

@@ -1,0 +1,85 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"time"
+
+	"custody/internal/auditlog"
+	"custody/internal/envelope"
+	"custody/internal/keys"
+)
+
+type registerRequest struct {
+	ID string `json:"id"`
+}
+
+// keyVersion is one version of a participant key as the API shows it.
+type keyVersion struct {
+	Version   uint32    `json:"key_version"`
+	Algorithm string    `json:"algorithm"`
+	PublicKey string    `json:"public_key"` // base64 (standard, padded)
+	SHA256    string    `json:"sha256"`     // fingerprint of the public key, hex
+	Created   time.Time `json:"created,omitzero"`
+}
+
+func viewVersion(v keys.Version) keyVersion {
+	return keyVersion{Version: v.Number, Algorithm: v.Alg.String(), PublicKey: base64.StdEncoding.EncodeToString(v.Public), SHA256: v.Fingerprint(), Created: v.Created}
+}
+
+type registerResponse struct {
+	ID string `json:"id"`
+	keyVersion
+}
+
+// registerParticipant: POST /v1/participants {"id"} creates the participant's
+// first X25519 key pair on the token.
+func (s *Server) registerParticipant(ctx context.Context, rq *request) (any, error) {
+	var in registerRequest
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return nil, err
+	}
+	entry := auditlog.Entry{Operation: "register", Participant: in.ID}
+	v, err := s.register(ctx, in.ID)
+	if err == nil {
+		entry.KeyLabel = v.Label
+	}
+	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+		return nil, rerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return registerResponse{ID: in.ID, keyVersion: viewVersion(v)}, nil
+}
+
+func (s *Server) register(ctx context.Context, id string) (keys.Version, error) {
+	if err := envelope.ValidateID(id); err != nil {
+		return keys.Version{}, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
+	}
+	return s.Keys.Register(ctx, id, s.Now())
+}
+
+type participantResponse struct {
+	ID       string       `json:"id"`
+	Active   uint32       `json:"active_version"`
+	Versions []keyVersion `json:"versions"`
+}
+
+// showParticipant: GET /v1/participants/{id} lists the key versions.
+func (s *Server) showParticipant(ctx context.Context, rq *request) (any, error) {
+	id := rq.PathValue("id")
+	if err := envelope.ValidateID(id); err != nil {
+		return nil, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
+	}
+	vs, err := s.Keys.Participant(id)
+	if err != nil {
+		return nil, err
+	}
+	out := participantResponse{ID: id, Active: vs[len(vs)-1].Number}
+	for _, v := range vs {
+		out.Versions = append(out.Versions, viewVersion(v))
+	}
+	return out, nil
+}

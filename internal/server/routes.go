@@ -1,0 +1,28 @@
+package server
+
+import (
+	"custody/internal/policy"
+)
+
+// route is one API endpoint: its pattern (net/http ServeMux syntax), the
+// permission a caller needs, the operation name in the access log, and
+// the handler.
+type route struct {
+	pattern string
+	perm    policy.Permission
+	op      string
+	handle  handler
+}
+
+// routes is the whole API. docs/api.md documents each entry.
+func (s *Server) routes() []route {
+	return []route{
+		{"GET /v1/health", policy.PermHealth, "health", s.health},
+		{"POST /v1/participants", policy.PermParticipantsRegister, "register", s.registerParticipant},
+		{"GET /v1/participants/{id}", policy.PermParticipantsRead, "participant", s.showParticipant},
+		{"POST /v1/transactions/encrypt", policy.PermEncrypt, "encrypt", s.encrypt},
+		{"POST /v1/transactions/encrypt/batch", policy.PermEncrypt, "encrypt", s.encryptBatch},
+		{"POST /v1/transactions/decrypt", policy.PermDecrypt, "decrypt", s.decrypt},
+		{"POST /v1/transactions/decrypt/batch", policy.PermDecrypt, "decrypt", s.decryptBatch},
+	}
+}

@@ -1,0 +1,236 @@
+// Package server is custodyd's API: HTTP/1.1 and JSON on a local Unix socket.
+//
+// Identity comes only from the socket: at accept, SO_PEERCRED gives the
+// peer's uid, gid and pid, which the policy maps to a principal. There are
+// no bearer tokens. Every route in the table (routes.go) declares the
+// permission it needs; a request is authorized before its handler runs,
+// and a route without a permission cannot be written.
+//
+// Every decision, allowed or denied, goes through Server.record, the one
+// place that hands it to the auditlog.Recorder; a result is released only
+// after Record returned nil.
+//
+// Errors are JSON {"error":{"code":…,"message":…}} with the stable codes of
+// errors.go. Plaintext, DEKs and PINs never reach a log line.
+//
+// Concurrency: handlers run concurrently (one goroutine per connection, as
+// net/http does); the shared state (keys.Registry, policy.Store, the token's
+// session pool) is safe for concurrent use. Batch calls fan their items out
+// to as many workers as the token has sessions.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"custody/hsm"
+	"custody/internal/auditlog"
+	"custody/internal/config"
+	"custody/internal/keys"
+	"custody/internal/policy"
+)
+
+// Token is what the server needs from the HSM.
+type Token interface {
+	Open(ctx context.Context, req hsm.OpenRequest) ([]byte, error)
+	Ping(ctx context.Context) error
+	Info() hsm.TokenInfo
+	Capabilities() hsm.Capabilities
+}
+
+// Deps are the server's collaborators. All are required but Now.
+type Deps struct {
+	Token    Token
+	Keys     *keys.Registry
+	Policy   *policy.Store
+	Recorder auditlog.Recorder
+	Log      *slog.Logger
+	Limits   config.Limits
+	Now      func() time.Time // nil = time.Now
+	Version  string           // shown by health
+}
+
+// Server serves the API.
+type Server struct {
+	Deps
+	http *http.Server
+}
+
+// New builds a Server and its route table.
+func New(d Deps) *Server {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	s := &Server{Deps: d}
+	mux := http.NewServeMux()
+	paths := map[string]bool{}
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern, s.guard(rt))
+		_, path, _ := strings.Cut(rt.pattern, " ")
+		if !paths[path] {
+			paths[path] = true
+			mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+				writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s; see docs/api.md", r.Method, path))
+			})
+		}
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s; see docs/api.md", r.Method, r.URL.Path))
+	})
+	s.http = &http.Server{
+		Handler:           mux,
+		ConnContext:       connContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
+	}
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for in-flight requests until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// request is one authorized call, handed to a handler.
+type request struct {
+	*http.Request
+	peer      peer
+	principal policy.Principal
+	policy    *policy.Policy // the policy the request was authorized under
+	endUser   auditlog.EndUser
+}
+
+// handler does the route's work and returns the response body or an error.
+type handler func(ctx context.Context, rq *request) (any, error)
+
+// guard wraps a route's handler with the size limit, timeout, identification
+// and the route's permission check.
+func (s *Server) guard(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.Limits.RequestTimeout))
+		defer cancel()
+		rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
+			IP:        clip(r.Header.Get("Custody-End-User-IP")),
+			UserAgent: clip(r.Header.Get("Custody-End-User-Agent")),
+			RequestID: clip(r.Header.Get("Custody-Request-ID")),
+		}}
+		err := s.authorize(ctx, rq, rt)
+		if err != nil {
+			// A refusal at the door is a decision too.
+			if rerr := s.record(ctx, rq, auditlog.Entry{Operation: rt.op}, err); rerr != nil {
+				err = rerr
+			}
+			writeError(w, classify(err))
+			return
+		}
+		body, err := rt.handle(ctx, rq)
+		if err != nil {
+			ae := classify(err)
+			if ae.Code == CodeInternal {
+				s.Log.Error("request failed", "route", rt.pattern, "err", err)
+			}
+			writeError(w, ae)
+			return
+		}
+		writeJSON(w, http.StatusOK, body)
+	})
+}
+
+func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
+	p, err := peerFrom(rq.Context())
+	if err != nil {
+		return errorf(http.StatusForbidden, CodeUnknownCaller, "%v", err)
+	}
+	rq.peer = p
+	pr, err := rq.policy.Identify(policy.Caller{UID: p.UID, GID: p.GID, PID: p.PID})
+	if err != nil {
+		return err
+	}
+	rq.principal = pr
+	return rq.policy.Authorize(pr, rt.perm)
+}
+
+// record is the one place where decisions are recorded. It completes e
+// from the request and from err (nil = allowed), hands it to the Recorder
+// and returns a log_unavailable error when that fails: the caller must then
+// release nothing.
+func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
+	e.Time = s.Now().UTC()
+	e.Caller = rq.peer.Caller
+	e.Principal = rq.principal.Name
+	e.EndUser = rq.endUser
+	switch {
+	case err == nil:
+		e.Outcome = auditlog.Allowed
+	case errors.Is(err, policy.ErrDenied) || errors.Is(err, policy.ErrUnknownCaller):
+		e.Outcome, e.Code = auditlog.Denied, classify(err).Code
+	default:
+		ae := classify(err)
+		e.Outcome, e.Code = auditlog.Failed, ae.Code
+		if ae.Code == CodeUnknownCaller || ae.Code == CodePermissionDenied {
+			e.Outcome = auditlog.Denied
+		}
+	}
+	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
+		s.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", rerr)
+		return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
+	}
+	return nil
+}
+
+// clip bounds forwarded end-user context so it cannot bloat the log.
+func clip(s string) string {
+	const max = 256
+	if len(s) > max {
+		return s[:max]
+	}
+	return s
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(body)
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	writeJSON(w, e.Status, struct {
+		Error *apiError `json:"error"`
+	}{e})
+}
+
+// decodeJSON reads a strict JSON body into v: unknown fields, trailing data
+// and oversize bodies are errors with their own codes.
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
+		}
+		return errorf(http.StatusBadRequest, CodeBadRequest, "request body: %v", err)
+	}
+	if dec.More() {
+		return errorf(http.StatusBadRequest, CodeBadRequest, "request body: trailing data after the JSON object")
+	}
+	return nil
+}

@@ -1,0 +1,293 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+
+	"custody/internal/auditlog"
+	"custody/internal/envelope"
+)
+
+// Algorithm names the suite of every envelope this daemon seals.
+const Algorithm = "AES-256-GCM+X25519"
+
+type encryptRequest struct {
+	TransactionID string          `json:"transaction_id"`
+	JobID         string          `json:"job_id"`
+	PublicData    json.RawMessage `json:"public_data"`
+	Confidential  json.RawMessage `json:"confidential"`
+	Participants  []string        `json:"participants"`
+}
+
+type recipient struct {
+	ID         string `json:"id"`
+	KeyVersion uint32 `json:"key_version"`
+}
+
+type encryptResponse struct {
+	TransactionID    string      `json:"transaction_id"`
+	Envelope         string      `json:"envelope"`
+	Algorithm        string      `json:"algorithm"`
+	Recipients       []recipient `json:"recipients"`
+	EscrowKeyVersion uint32      `json:"escrow_key_version"`
+}
+
+type decryptRequest struct {
+	Envelope string   `json:"envelope"`
+	As       string   `json:"as"`
+	Purpose  string   `json:"purpose"`
+	Fields   []string `json:"fields,omitempty"`
+	// TransactionID, when given, must be the envelope's: it catches an
+	// envelope stored under the wrong transaction.
+	TransactionID string `json:"transaction_id,omitempty"`
+}
+
+type decryptResponse struct {
+	TransactionID string                     `json:"transaction_id"`
+	JobID         string                     `json:"job_id"`
+	Confidential  map[string]json.RawMessage `json:"confidential"`
+}
+
+// batch wraps the items of a batch call; each result holds either a value
+// or an error, in the order of the items.
+type batchRequest[T any] struct {
+	Items []T `json:"items"`
+}
+
+type batchResult[T any] struct {
+	Result *T        `json:"result,omitempty"`
+	Error  *apiError `json:"error,omitempty"`
+}
+
+type batchResponse[T any] struct {
+	Results []batchResult[T] `json:"results"`
+}
+
+func badRequest(format string, args ...any) *apiError {
+	return errorf(http.StatusBadRequest, CodeBadRequest, format, args...)
+}
+
+func invalidID(field string, err error) *apiError {
+	return errorf(http.StatusBadRequest, CodeInvalidID, "%s: %v", field, err)
+}
+
+// encrypt: POST /v1/transactions/encrypt.
+func (s *Server) encrypt(ctx context.Context, rq *request) (any, error) {
+	var in encryptRequest
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return nil, err
+	}
+	return s.encryptOne(ctx, rq, in)
+}
+
+// encryptBatch: POST /v1/transactions/encrypt/batch {"items":[…]}.
+func (s *Server) encryptBatch(ctx context.Context, rq *request) (any, error) {
+	return runBatch(ctx, s, rq, s.encryptOne)
+}
+
+// decrypt: POST /v1/transactions/decrypt.
+func (s *Server) decrypt(ctx context.Context, rq *request) (any, error) {
+	var in decryptRequest
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return nil, err
+	}
+	return s.decryptOne(ctx, rq, in)
+}
+
+// decryptBatch: POST /v1/transactions/decrypt/batch {"items":[…]}.
+func (s *Server) decryptBatch(ctx context.Context, rq *request) (any, error) {
+	return runBatch(ctx, s, rq, s.decryptOne)
+}
+
+// runBatch decodes {"items":[…]} and runs one for each item on as many
+// workers as the token has sessions, keeping the results in item order.
+// One item's failure does not stop the others.
+func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func(context.Context, *request, In) (*Out, error)) (any, error) {
+	var in batchRequest[In]
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return nil, err
+	}
+	if len(in.Items) == 0 {
+		return nil, badRequest("items: empty batch")
+	}
+	if len(in.Items) > s.Limits.MaxBatchItems {
+		return nil, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.Limits.MaxBatchItems)
+	}
+	out := batchResponse[Out]{Results: make([]batchResult[Out], len(in.Items))}
+	workers := max(1, min(s.Token.Info().Sessions, len(in.Items)))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				res, err := one(ctx, rq, in.Items[i])
+				if err != nil {
+					out.Results[i].Error = classify(err)
+				} else {
+					out.Results[i].Result = res
+				}
+			}
+		}()
+	}
+	for i := range in.Items {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out, nil
+}
+
+// encryptOne seals one transaction for its participants and the escrow key,
+// records the decision, and returns the envelope.
+func (s *Server) encryptOne(ctx context.Context, rq *request, in encryptRequest) (*encryptResponse, error) {
+	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
+	res, err := s.seal(ctx, in, &entry)
+	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+		return nil, rerr
+	}
+	return res, err
+}
+
+func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.Entry) (*encryptResponse, error) {
+	if err := envelope.ValidateID(in.TransactionID); err != nil {
+		return nil, invalidID("transaction_id", err)
+	}
+	if err := envelope.ValidateID(in.JobID); err != nil {
+		return nil, invalidID("job_id", err)
+	}
+	if len(in.Participants) == 0 {
+		return nil, badRequest("participants: at least one participant is required")
+	}
+	if len(in.PublicData) == 0 || string(in.PublicData) == "null" {
+		in.PublicData = json.RawMessage("{}")
+	}
+	public, err := envelope.CanonicalJSON(in.PublicData)
+	if err != nil {
+		return nil, badRequest("public_data: %v", err)
+	}
+	if len(in.Confidential) == 0 {
+		return nil, badRequest("confidential: required (a JSON object of the fields to encrypt)")
+	}
+	plaintext, err := envelope.CanonicalJSON(in.Confidential)
+	if err != nil {
+		return nil, badRequest("confidential: %v", err)
+	}
+	defer clear(plaintext)
+	recipients := make([]envelope.Recipient, 0, len(in.Participants))
+	out := &encryptResponse{TransactionID: in.TransactionID, Algorithm: Algorithm}
+	for i, id := range in.Participants {
+		if err := envelope.ValidateID(id); err != nil {
+			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
+		}
+		v, err := s.Keys.Active(id)
+		if err != nil {
+			return nil, err
+		}
+		recipients = append(recipients, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
+		out.Recipients = append(out.Recipients, recipient{ID: id, KeyVersion: v.Number})
+	}
+	escrow, err := s.Keys.Escrow()
+	if err != nil {
+		return nil, err
+	}
+	signer, err := s.Keys.Signer()
+	if err != nil {
+		return nil, err
+	}
+	entry.KeyLabel = signer.Label()
+	env, err := envelope.Seal(ctx, envelope.SealInput{
+		TransactionID: in.TransactionID,
+		JobID:         in.JobID,
+		PublicFields:  public,
+		Plaintext:     plaintext,
+		Participants:  recipients,
+		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
+		CreatedAt:     s.Now(),
+	}, signer)
+	if err != nil {
+		return nil, err
+	}
+	out.Envelope = env.Text()
+	out.EscrowKeyVersion = escrow.Number
+	return out, nil
+}
+
+// decryptOne opens one envelope as a participant for a purpose: parse and
+// verify in software, ask the policy, open on the device, filter the fields
+// the purpose may see, record, release.
+func (s *Server) decryptOne(ctx context.Context, rq *request, in decryptRequest) (*decryptResponse, error) {
+	entry := auditlog.Entry{Operation: "decrypt", Participant: in.As, Purpose: in.Purpose}
+	res, err := s.open(ctx, rq, in, &entry)
+	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+		return nil, rerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry *auditlog.Entry) (*decryptResponse, error) {
+	if in.Envelope == "" {
+		return nil, badRequest("envelope: required")
+	}
+	if err := envelope.ValidateID(in.As); err != nil {
+		return nil, invalidID("as", err)
+	}
+	if in.Purpose == "" {
+		return nil, badRequest("purpose: required")
+	}
+	env, err := envelope.ParseText(in.Envelope)
+	if err != nil {
+		return nil, err
+	}
+	h := &env.Header
+	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
+	if err := env.Verify(s.Keys.SigningKey); err != nil {
+		return nil, err
+	}
+	if in.TransactionID != "" && in.TransactionID != h.TransactionID {
+		return nil, errorf(http.StatusBadRequest, CodeTransactionMismatch, "the envelope belongs to transaction %q, not %q", h.TransactionID, in.TransactionID)
+	}
+	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.Now())
+	if err != nil {
+		return nil, err
+	}
+	i, err := env.ParticipantStanza(in.As)
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.Keys.ParticipantVersion(in.As, h.Stanzas[i].KeyVersion)
+	if err != nil {
+		return nil, err
+	}
+	entry.KeyLabel = key.Label
+	plaintext, err := s.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
+	if err != nil {
+		return nil, err
+	}
+	defer clear(plaintext)
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(plaintext, &fields); err != nil {
+		// Authenticated but not a JSON object: not sealed by this daemon's encrypt.
+		return nil, fmt.Errorf("%w: payload is not a JSON object", envelope.ErrMalformed)
+	}
+	shown := disclosure.Filter(fields)
+	entry.Fields = sortedKeys(shown)
+	return &decryptResponse{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
+}
+
+func sortedKeys(m map[string]json.RawMessage) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
