@@ -18,7 +18,7 @@ cat > run/demo-request.json <<JSON
 JSON
 echo "== encrypt"
 $ctl --json encrypt run/demo-request.json > run/demo-sealed.json
-$ctl encrypt run/demo-request.json | head -1
+echo "sealed $tx; envelope and recipients in run/demo-sealed.json"
 echo "== decrypt as miner-789 for settlement (amount and pricing only)"
 $ctl decrypt --envelope-file run/demo-sealed.json --as miner-789 --purpose settlement
 echo "== decrypt as client-456 for dispute (every field)"

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"custody/hsm/hsmtest"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	cleanup, err := hsmtest.Setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cleanup()
+	binDir, err = os.MkdirTemp("", "custodyd-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyd", "custody/cmd/custodyctl").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+const rootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
+ "principals":[{"name":"operator","users":["root"],"roles":["admin","application"],
+  "act_as":[{"participants":["p-*"],"purposes":["settlement"]}]}]}`
+
+const noRootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
+ "principals":[{"name":"daemons","users":["daemon"],"roles":["application"]}]}`
+
+// daemon is a custodyd process started from the built binary.
+type daemon struct {
+	t      *testing.T
+	dir    string
+	config string
+	socket string
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	done   chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// setup writes a configuration for a fresh token and returns the daemon,
+// not started.
+func setup(t *testing.T) *daemon {
+	dir := t.TempDir()
+	tok := hsmtest.NewToken(t)
+	d := &daemon{t: t, dir: dir, config: filepath.Join(dir, "custodyd.json"), socket: filepath.Join(dir, "c.sock")}
+	writeFile(t, filepath.Join(dir, "policy.json"), rootPolicy)
+	cfg := map[string]any{
+		"pkcs11":      map[string]any{"module": tok.ModulePath, "token_label": tok.TokenLabel, "pin_file": tok.PINFile},
+		"socket":      map[string]any{"path": "c.sock", "mode": "0600"},
+		"policy_file": "policy.json",
+	}
+	data, _ := json.Marshal(cfg)
+	writeFile(t, d.config, string(data))
+	return d
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	d.log = &syncBuffer{}
+	d.cmd = exec.Command(filepath.Join(binDir, "custodyd"), "run", "--config", d.config)
+	d.cmd.Stderr = d.log
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.done = make(chan error, 1)
+	go func() { d.done <- d.cmd.Wait() }()
+	d.t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-d.done:
+			d.t.Fatalf("custodyd exited: %v\n%s", err, d.log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	d.t.Fatalf("custodyd did not listen within 30s\n%s", d.log)
+}
+
+func (d *daemon) ctl(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), append([]string{"--socket", d.socket}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (d *daemon) signal(sig syscall.Signal) { d.cmd.Process.Signal(sig) }
+
+func (d *daemon) waitLog(substr string) {
+	d.t.Helper()
+	for range 100 {
+		if strings.Contains(d.log.String(), substr) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.t.Fatalf("log never said %q:\n%s", substr, d.log)
+}
+
+func TestLifecycle(t *testing.T) {
+	d := setup(t)
+	d.start()
+	if !strings.Contains(d.log.String(), "created daemon key on the token") {
+		t.Errorf("first start did not create the daemon keys:\n%s", d.log)
+	}
+	if fi, err := os.Stat(d.socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode: %v %v", fi.Mode(), err)
+	}
+	if out, err := d.ctl("health"); err != nil || !strings.Contains(out, "status:       ok") {
+		t.Fatalf("health: %v\n%s", err, out)
+	}
+	if out, err := d.ctl("participants", "register", "p-1"); err != nil {
+		t.Fatalf("register: %v\n%s", err, out)
+	}
+
+	// A broken policy is refused on SIGHUP and the old one stays.
+	policyPath := filepath.Join(d.dir, "policy.json")
+	writeFile(t, policyPath, `{"version":1,"principals":[{"name":"x","users":["no-such-user-here"],"roles":["admin"]}]}`)
+	d.signal(syscall.SIGHUP)
+	d.waitLog("policy reload failed; keeping the previous policy")
+	if !strings.Contains(d.log.String(), "no-such-user-here") {
+		t.Errorf("the reload error does not say why:\n%s", d.log)
+	}
+	if out, err := d.ctl("health"); err != nil {
+		t.Fatalf("health after a bad reload: %v\n%s", err, out)
+	}
+	// A valid policy that drops root takes effect on SIGHUP.
+	writeFile(t, policyPath, noRootPolicy)
+	d.signal(syscall.SIGHUP)
+	d.waitLog("policy reloaded")
+	if out, err := d.ctl("health"); err == nil || !strings.Contains(out, "unknown_caller") {
+		t.Fatalf("health after dropping root: %v\n%s", err, out)
+	}
+
+	// SIGTERM: clean exit, socket gone.
+	d.signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, d.log)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no exit 30s after SIGTERM")
+	}
+	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+
+	// A restart keeps the keys: nothing is created, the participant is there.
+	writeFile(t, policyPath, rootPolicy)
+	d.start()
+	if strings.Contains(d.log.String(), "created daemon key") {
+		t.Errorf("restart re-created daemon keys:\n%s", d.log)
+	}
+	if out, err := d.ctl("participants", "show", "p-1"); err != nil || !strings.Contains(out, "active version 1") {
+		t.Errorf("participant after restart: %v\n%s", err, out)
+	}
+}
+
+func TestRefusesReadablePINFile(t *testing.T) {
+	d := setup(t)
+	var cfg struct {
+		PKCS11 struct {
+			PINFile string `json:"pin_file"`
+		} `json:"pkcs11"`
+	}
+	data, _ := os.ReadFile(d.config)
+	json.Unmarshal(data, &cfg)
+	for _, mode := range []os.FileMode{0o640, 0o604} {
+		os.Chmod(cfg.PKCS11.PINFile, mode)
+		out, err := exec.Command(filepath.Join(binDir, "custodyd"), "run", "--config", d.config).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "PIN file") {
+			t.Errorf("mode %o: started or unclear error: %v\n%s", mode, err, out)
+		}
+		if _, err := os.Stat(d.socket); err == nil {
+			t.Errorf("mode %o: socket created", mode)
+		}
+	}
+}
+
+func TestChecks(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(filepath.Join(binDir, "custodyd"), args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("policy", "check", "../../policies/example.json"); err != nil || !strings.Contains(out, ": ok (") {
+		t.Errorf("example policy: %v\n%s", err, out)
+	}
+	bad := filepath.Join(dir, "bad.json")
+	writeFile(t, bad, `{"version":1,"purposes":[{"name":"s","fields":["a"]}],"principals":[{"name":"p","users":["root"],"roles":["application"],"act_as":[{"participants":["x"],"purposes":["setlement"]}]}]}`)
+	if out, err := run("policy", "check", bad); err == nil || !strings.Contains(out, "principals[0].act_as[0].purposes[0]") {
+		t.Errorf("bad policy: %v\n%s", err, out)
+	}
+	for field, cfg := range map[string]string{
+		"socket.mode":            `{"socket":{"path":"x.sock","mode":"777"}}`,
+		"pkcs11.sessions":        `{"pkcs11":{"sessions":-1}}`,
+		"limits.request_timeout": `{"limits":{"request_timeout":"10ms"}}`,
+		"unknown field":          `{"sokcet":{}}`,
+	} {
+		path := filepath.Join(dir, "c.json")
+		writeFile(t, path, cfg)
+		if out, err := run("config", "check", "--config", path); err == nil || !strings.Contains(out, field) {
+			t.Errorf("config %s: %v\n%s", cfg, err, out)
+		}
+	}
+	if out, err := run("config", "check"); err != nil || !strings.Contains(out, `"token_label": "custody"`) {
+		t.Errorf("default config: %v\n%s", err, out)
+	}
+	if out, err := run("--help"); err != nil || !strings.Contains(out, "custodyd token init") {
+		t.Errorf("help: %v\n%s", err, out)
+	}
+}
