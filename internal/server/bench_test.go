@@ -95,7 +95,7 @@ func BenchmarkDecryptSocketVsRaw(b *testing.B) {
 // ECDSA costs, not what the token's does.
 type softSigner struct{ k *ecdsa.PrivateKey }
 
-func (s softSigner) KeyID() string { return "bench/soft" }
+func (s softSigner) KeyID() string { return "bench:soft" }
 func (s softSigner) Sign(_ context.Context, digest []byte) ([]byte, error) {
 	r, ss, err := ecdsa.Sign(rand.Reader, s.k, digest)
 	if err != nil {

@@ -1,0 +1,97 @@
+// Package hsm is custodyd's only door to the PKCS#11 token that holds its
+// private keys. It owns the module's lifetime in the process, the login, a
+// pool of sessions and their recovery, key-pair creation and lookup, and the
+// device operations the daemon needs: Open (ECDH derive → KEK derive → DEK
+// unwrap → AES-GCM decrypt, all on the device) and ECDSA Sign. No private
+// key, Z, KEK or DEK ever exists in host memory; only public keys,
+// signatures and opened plaintext come back.
+//
+// # Keys
+//
+// A key pair has a unique label and CKA_ID = SHA-256(label)[:16] on both
+// objects; GenerateKeyPair never overwrites (ErrExists) and serializes
+// creation in the process (not across processes: PKCS#11 has no lock for
+// that). Private keys are token objects, private, sensitive, never
+// extractable (except the escrow key with KeySpec.Backup, which is
+// extractable only under a KEK the SO marked trusted), with one usage:
+// derive (CKM_ECDH1_DERIVE only) or sign (CKM_ECDSA only), enforced by
+// CKA_ALLOWED_MECHANISMS. X25519 keys come from the path the capability
+// probe confirmed at Open: PKCS#11 3.0 CKM_EC_MONTGOMERY_KEY_PAIR_GEN, or
+// SoftHSM 2.6's Edwards generator with the X25519 OID.
+//
+// Open's session objects: Z (derive-only), the KEK (unwrap-only, with a
+// CKA_UNWRAP_TEMPLATE that forces the DEK to be a sensitive, non-extractable,
+// decrypt-only session key) and the DEK are destroyed on every path;
+// SessionObjectCount lets tests check that. The KDF profile KDFECBContext is
+// the one SoftHSM allows (it has no HKDF): KEK = AES-256-ECB_Z(context). It
+// is a PRF of Z keyed by a 32-byte context, not HKDF; see api.go.
+//
+// Limits of the token, honestly: SoftHSM has no CKA_DERIVE_TEMPLATE, so
+// anyone holding the user PIN can ECDH-derive from a derive key into an
+// extractable secret and read Z (a test does exactly that). The user PIN is
+// as sensitive as the keys.
+//
+// # Sessions and concurrency
+//
+// All Token methods are safe for concurrent use. Open opens Config.Sessions
+// sessions (default min(NumCPU, the token's session limit), at least 2) and
+// logs in once (login state is per process and token). Every call borrows
+// one session for its whole duration, so a multi-step operation is never
+// interleaved on a session; waiting for a session honours ctx. More
+// sessions than cores gains nothing on SoftHSM. Token-object handles of
+// private keys are cached by label; the cache is cleared on every rebuild
+// and an entry is dropped on CKR_OBJECT_HANDLE_INVALID (the key deleted by
+// another process) and looked up once more.
+//
+// # Recovery
+//
+// A call that fails with a "session or token lost" code
+// (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_USER_NOT_LOGGED_IN,
+// CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_DEVICE_ERROR,
+// CKR_CRYPTOKI_NOT_INITIALIZED, ...) — or with any other code while
+// C_GetSessionInfo shows its session is gone, because SoftHSM answers a call
+// in flight on a closed session with CKR_GENERAL_ERROR,
+// CKR_TEMPLATE_INCONSISTENT or CKR_KEY_FUNCTION_NOT_PERMITTED — rebuilds the
+// pool and is retried once. One rebuild runs at a time: the pool has a
+// generation number, a caller that saw generation g rebuilds only if it is
+// still g, the others wait and use the new sessions. A rebuild waits until
+// every session of the old generation is given back (SoftHSM reuses session
+// handle numbers, so a straggler must never touch a handle that now names
+// someone else's session), closes them, re-initializes the module if it was
+// finalized under us, finds the slot by label again (slot IDs are not
+// stable), opens new sessions and logs in again. If that fails the call
+// returns an error wrapping ErrUnavailable; the pool stays broken and the
+// next call tries again, at most once per 200 ms. It never needs a restart.
+// Info().Rebuilds counts successful rebuilds. Ping is the cheap liveness
+// check for health endpoints.
+//
+// To log in again the user PIN stays in process memory as a []byte for the
+// Token's lifetime; Close clears it. miekg/pkcs11 takes PINs as Go strings,
+// so each C_Login makes a transient copy that cannot be cleared: clearing is
+// best effort. PINs come only from files whose mode has no group or other
+// bits (ErrPINFile), never from argv or the environment, and are never
+// logged. Nothing here logs key material.
+//
+// # The module in the process
+//
+// C_Initialize is process-wide. Tokens (and InitToken) on the same module
+// path share one reference-counted pkcs11.Ctx; CKR_CRYPTOKI_ALREADY_INITIALIZED
+// is accepted, and C_Finalize runs when the last user closes and only if this
+// package initialized the module. Token.Close logs out, which also logs out
+// any other Token on the same token label in this process.
+//
+// # Why not crypto11
+//
+// ThalesGroup/crypto11 is not used. It cannot derive, wrap or unwrap (no
+// ECDH, no C_DeriveKey, no C_UnwrapKey), which is most of what this package
+// does; and it owns its own C_Initialize, sessions and login with no access
+// to them, so using it for signing would put a second session pool and a
+// second recovery path on the same token, and its C_Initialize conflicts
+// with ours in one process. The crypto.Signer it would have provided is
+// Token.Signer here, some thirty lines over Sign.
+//
+// # Tests
+//
+// Tests run against a real SoftHSM2 (package hsmtest: tokens on tmpfs, one
+// fresh token per test); nothing mocks the token.
+package hsm

@@ -1,0 +1,404 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// rebuildBackoff is the minimum time between two rebuild attempts while the
+// token stays unreachable.
+const rebuildBackoff = 200 * time.Millisecond
+
+// errClosed is returned by every call on a closed Token.
+var errClosed = fmt.Errorf("%w: token closed", ErrUnavailable)
+
+// session is one pooled PKCS#11 session, tagged with the pool generation that
+// opened it.
+type session struct {
+	h   pkcs11.SessionHandle
+	gen uint64
+}
+
+// pool owns the N sessions of one Token and their recovery. Invariants,
+// all under mu: handles holds the sessions of generation gen; free holds
+// the ones not borrowed, and never a session of another generation. A
+// rebuild starts a new generation before it reconnects, so sessions still
+// borrowed from the old one are dropped when they come back.
+type pool struct {
+	mod   *module
+	label string
+	n     int
+	pin   []byte // user PIN for re-login; cleared by close
+	log   interface {
+		Warn(string, ...any)
+		Info(string, ...any)
+	}
+	onRebuild func() // called after a successful rebuild (cache invalidation)
+
+	rebuildSem chan struct{} // one rebuild at a time; a channel so waiting honours ctx
+
+	mu       sync.Mutex
+	gen      uint64
+	slot     uint
+	handles  []pkcs11.SessionHandle
+	toClose  []pkcs11.SessionHandle // sessions of old generations not yet closed
+	out      map[uint64]int         // borrowed sessions per generation
+	free     chan session
+	broken   error         // non-nil after a failed rebuild, until one succeeds
+	brokenCh chan struct{} // closed when broken becomes non-nil
+	lastTry  time.Time
+	rebuilds uint64
+	closed   bool
+}
+
+func newPool(mod *module, label string, n int, pin []byte) *pool {
+	return &pool{
+		mod:        mod,
+		label:      label,
+		n:          n,
+		pin:        pin,
+		rebuildSem: make(chan struct{}, 1),
+		free:       make(chan session, n),
+		brokenCh:   make(chan struct{}),
+		out:        map[uint64]int{},
+	}
+}
+
+// findSlot returns the slot holding the initialized token with the given label.
+func findSlot(ctx *pkcs11.Ctx, label string) (uint, error) {
+	slots, err := ctx.GetSlotList(true)
+	if err != nil {
+		return 0, fmt.Errorf("C_GetSlotList: %w", err)
+	}
+	for _, s := range slots {
+		ti, err := ctx.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0 && ti.Label == label {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no initialized token labelled %q", ErrNoToken, label)
+}
+
+// connect finds the slot, opens n sessions and logs in. On error it closes
+// what it opened.
+func (p *pool) connect() (uint, []pkcs11.SessionHandle, error) {
+	slot, err := findSlot(p.mod.ctx, p.label)
+	if err != nil {
+		return 0, nil, err
+	}
+	hs := make([]pkcs11.SessionHandle, 0, p.n)
+	fail := func(err error) (uint, []pkcs11.SessionHandle, error) {
+		for _, h := range hs {
+			_ = p.mod.ctx.CloseSession(h)
+		}
+		return 0, nil, err
+	}
+	for range p.n {
+		h, err := p.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return fail(fmt.Errorf("C_OpenSession: %w", err))
+		}
+		hs = append(hs, h)
+	}
+	// Login state is per application and token: one login covers all sessions.
+	pin := string(p.pin) // miekg/pkcs11 takes a string; this copy cannot be cleared
+	err = p.mod.ctx.Login(hs[0], pkcs11.CKU_USER, pin)
+	if err != nil && !isCode(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
+		if isCode(err, pkcs11.CKR_PIN_INCORRECT) || isCode(err, pkcs11.CKR_PIN_LOCKED) ||
+			isCode(err, pkcs11.CKR_PIN_INVALID) || isCode(err, pkcs11.CKR_PIN_LEN_RANGE) {
+			return fail(fmt.Errorf("%w: user login to token %q refused: %w", ErrLogin, p.label, err))
+		}
+		return fail(fmt.Errorf("C_Login: %w", err))
+	}
+	return slot, hs, nil
+}
+
+// start opens the first generation of sessions.
+func (p *pool) start() error {
+	slot, hs, err := p.connect()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.slot, p.handles = slot, hs
+	for _, h := range hs {
+		p.free <- session{h: h, gen: p.gen}
+	}
+	return nil
+}
+
+// borrow takes a session, waiting for one if all are in use. While the pool
+// is broken it triggers a rebuild (rate-limited) instead of waiting.
+func (p *pool) borrow(ctx context.Context) (session, error) {
+	for {
+		p.mu.Lock()
+		closed, broken, bch, gen := p.closed, p.broken, p.brokenCh, p.gen
+		p.mu.Unlock()
+		if closed {
+			return session{}, errClosed
+		}
+		if broken != nil {
+			if err := p.rebuild(ctx, gen); err != nil {
+				return session{}, err
+			}
+			continue
+		}
+		select {
+		case s := <-p.free:
+			p.mu.Lock()
+			current := s.gen == p.gen && !p.closed
+			if current {
+				p.out[s.gen]++
+			}
+			p.mu.Unlock()
+			if current {
+				return s, nil
+			}
+			// Taken from free just before a rebuild drained it: drop it.
+		case <-bch:
+		case <-ctx.Done():
+			return session{}, ctx.Err()
+		}
+	}
+}
+
+// release gives a borrowed session back. It returns to free only if it is
+// healthy, of the current generation, and the pool is open; otherwise the
+// rebuild that replaces its generation closes it.
+func (p *pool) release(s session, healthy bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.out[s.gen]--; p.out[s.gen] <= 0 {
+		delete(p.out, s.gen)
+	}
+	if healthy && !p.closed && s.gen == p.gen && p.broken == nil {
+		p.free <- s
+	}
+}
+
+// staleOutLocked counts borrowed sessions of generations before gen.
+func (p *pool) staleOutLocked(gen uint64) int {
+	n := 0
+	for g, c := range p.out {
+		if g < gen {
+			n += c
+		}
+	}
+	return n
+}
+
+// rebuild replaces all sessions after a caller saw a lost-session error on a
+// session of generation seen. Only one rebuild runs at a time; a caller whose
+// generation is already outdated returns at once and retries on the new
+// sessions. Failed attempts are retried at most once per rebuildBackoff.
+func (p *pool) rebuild(ctx context.Context, seen uint64) error {
+	select {
+	case p.rebuildSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.rebuildSem }()
+
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return errClosed
+	}
+	if p.gen != seen {
+		p.mu.Unlock()
+		return nil
+	}
+	if p.broken != nil && time.Since(p.lastTry) < rebuildBackoff {
+		err := p.broken
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	p.lastTry = time.Now()
+	// A new generation starts now: every outstanding session is stale, and
+	// release drops it instead of returning it to free.
+	p.gen++
+	gen := p.gen
+	p.toClose = append(p.toClose, p.handles...)
+	p.handles = nil
+	p.drainLocked()
+	p.mu.Unlock()
+
+	// SoftHSM reuses session handle numbers. Before old sessions are closed
+	// and new ones opened, every borrower of an old session must have given
+	// it back, or it could keep working on a handle that now names another
+	// borrower's new session. Operations are short; poll.
+	for {
+		p.mu.Lock()
+		n := p.staleOutLocked(gen)
+		p.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			// Leave the pool broken so the next borrower rebuilds (and
+			// closes toClose) instead of waiting for sessions that will
+			// not come.
+			p.mu.Lock()
+			if p.broken == nil {
+				close(p.brokenCh)
+			}
+			p.broken = ctx.Err()
+			p.mu.Unlock()
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	p.mu.Lock()
+	old := p.toClose
+	p.toClose = nil
+	p.mu.Unlock()
+	for _, h := range old {
+		_ = p.mod.ctx.CloseSession(h)
+	}
+	slot, hs, err := p.connect()
+	if isCode(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+		if ierr := p.mod.reinitialize(); ierr == nil {
+			slot, hs, err = p.connect()
+		}
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		if p.broken == nil {
+			close(p.brokenCh)
+		}
+		p.broken = err
+		p.log.Warn("hsm: session pool rebuild failed", "token", p.label, "err", err)
+		return fmt.Errorf("%w: rebuilding sessions: %w", ErrUnavailable, err)
+	}
+	if p.closed || p.gen != gen { // Close ran while we were connecting
+		for _, h := range hs {
+			_ = p.mod.ctx.CloseSession(h)
+		}
+		return errClosed
+	}
+	p.rebuilds++
+	p.slot, p.handles = slot, hs
+	if p.broken != nil {
+		p.broken = nil
+		p.brokenCh = make(chan struct{})
+	}
+	for _, h := range hs {
+		p.free <- session{h: h, gen: gen}
+	}
+	if p.onRebuild != nil {
+		p.onRebuild()
+	}
+	p.log.Info("hsm: session pool rebuilt", "token", p.label, "generation", p.gen, "rebuilds", p.rebuilds)
+	return nil
+}
+
+func (p *pool) drainLocked() {
+	for {
+		select {
+		case <-p.free:
+		default:
+			return
+		}
+	}
+}
+
+// close logs out, closes every session and clears the PIN. Borrowers blocked
+// in borrow are woken and get errClosed.
+func (p *pool) close() error {
+	p.rebuildSem <- struct{}{} // wait for a running rebuild
+	defer func() { <-p.rebuildSem }()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.broken == nil {
+		close(p.brokenCh)
+		p.broken = errClosed
+	}
+	p.drainLocked()
+	var err error
+	if len(p.handles) > 0 {
+		if lerr := p.mod.ctx.Logout(p.handles[0]); lerr != nil &&
+			!isCode(lerr, pkcs11.CKR_USER_NOT_LOGGED_IN) && !isLost(lerr) {
+			err = fmt.Errorf("C_Logout: %w", lerr)
+		}
+	}
+	for _, h := range append(p.handles, p.toClose...) {
+		_ = p.mod.ctx.CloseSession(h)
+	}
+	p.handles, p.toClose = nil, nil
+	clear(p.pin)
+	p.pin = nil
+	return err
+}
+
+// withSession runs fn on a pooled session. If fn fails because the session,
+// login or token was lost, the pool is rebuilt and fn runs once more on a
+// fresh session. A second loss, or a failed rebuild, is ErrUnavailable.
+func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) error) error {
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s, err := p.borrow(ctx)
+		if err != nil {
+			return err
+		}
+		err = fn(s.h)
+		if err != nil && !isLost(err) && p.ambiguous(err) && p.sessionLost(s.h) {
+			// The session was closed under the call: a loss, not bad data.
+			err = fmt.Errorf("%w (session lost during the call)", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
+		}
+		lost := isLost(err)
+		p.release(s, !lost)
+		if !lost {
+			return err
+		}
+		if attempt > 0 {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		p.log.Warn("hsm: session lost, rebuilding", "token", p.label, "err", err)
+		if rerr := p.rebuild(ctx, s.gen); rerr != nil {
+			return rerr
+		}
+	}
+}
+
+func (p *pool) stats() (n int, rebuilds uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.rebuilds
+}
+
+// ambiguous reports whether err came from the token at all. Under a
+// session loss SoftHSM answers an operation in flight with whatever its
+// half-torn state gives (CKR_GENERAL_ERROR, CKR_TEMPLATE_INCONSISTENT,
+// CKR_KEY_FUNCTION_NOT_PERMITTED were all observed), so every token error is
+// checked against the session's liveness before it is believed.
+func (p *pool) ambiguous(err error) bool {
+	var e pkcs11.Error
+	return errors.As(err, &e)
+}
+
+// sessionLost asks the token whether session h is still open and logged in.
+func (p *pool) sessionLost(h pkcs11.SessionHandle) bool {
+	si, err := p.mod.ctx.GetSessionInfo(h)
+	if err != nil {
+		return isLost(err)
+	}
+	return si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS
+}

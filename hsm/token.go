@@ -1,0 +1,326 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Errors of Open and InitToken, beyond those in api.go.
+var (
+	// ErrNoToken: no initialized token with the configured label is present.
+	ErrNoToken = errors.New("hsm: token not found")
+	// ErrLogin: the token refused the user login (wrong or locked PIN).
+	ErrLogin = errors.New("hsm: token login refused")
+	// ErrInvalidRequest: the caller passed malformed arguments (wrong lengths,
+	// unknown algorithm or usage). Nothing was sent to the device.
+	ErrInvalidRequest = errors.New("hsm: invalid request")
+)
+
+// Config says which token to use and how. It holds no secret: the PIN is
+// read from PINFile.
+type Config struct {
+	// ModulePath is the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
+	ModulePath string
+	// TokenLabel selects the token (the slot is found by label, again after
+	// every recovery, because slot IDs are not stable).
+	TokenLabel string
+	// PINFile holds the user PIN. Open refuses it (ErrPINFile) if it is
+	// missing, empty, or its mode has any group or other bit. One trailing
+	// newline is trimmed.
+	PINFile string
+	// Sessions is the size of the session pool. 0 means
+	// min(runtime.NumCPU(), the token's ulMaxSessionCount when that is a real
+	// limit), and at least 2.
+	Sessions int
+}
+
+// Token is an open, logged-in PKCS#11 token with a pool of sessions. All
+// methods are safe for concurrent use. Close releases it.
+type Token struct {
+	cfg  Config
+	log  *slog.Logger
+	mod  *module
+	pool *pool
+	caps Capabilities
+	info TokenInfo // static fields; Sessions and Rebuilds filled in by Info
+
+	createMu sync.Mutex // serializes key creation (check-then-create)
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedKey // private-key handles by label; cleared on rebuild
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open loads the module (C_Initialize; CKR_CRYPTOKI_ALREADY_INITIALIZED is
+// accepted), finds the token by label, logs in as user
+// (CKR_USER_ALREADY_LOGGED_IN is accepted), opens the session pool and
+// probes the token's capabilities, which it logs. Errors: ErrPINFile,
+// ErrNoToken, ErrLogin, or a wrapped PKCS#11 error. Open does not block on
+// anything but the module; ctx is checked before each step.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ModulePath == "" || cfg.TokenLabel == "" {
+		return nil, fmt.Errorf("%w: ModulePath and TokenLabel are required", ErrInvalidRequest)
+	}
+	if cfg.Sessions < 0 {
+		return nil, fmt.Errorf("%w: Sessions must not be negative", ErrInvalidRequest)
+	}
+	pin, err := readPINFile(cfg.PINFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		clear(pin)
+		return nil, err
+	}
+	mod, err := acquireModule(cfg.ModulePath)
+	if err != nil {
+		clear(pin)
+		return nil, err
+	}
+	slot, err := findSlot(mod.ctx, cfg.TokenLabel)
+	if err != nil {
+		clear(pin)
+		mod.release()
+		return nil, fmt.Errorf("hsm: open: %w", err)
+	}
+	ti, err := mod.ctx.GetTokenInfo(slot)
+	if err != nil {
+		clear(pin)
+		mod.release()
+		return nil, fmt.Errorf("hsm: C_GetTokenInfo: %w", err)
+	}
+	n := cfg.Sessions
+	if n == 0 {
+		n = runtime.NumCPU()
+		if m := ti.MaxSessionCount; m != pkcs11.CK_EFFECTIVELY_INFINITE && m != pkcs11.CK_UNAVAILABLE_INFORMATION {
+			n = min(n, int(m))
+		}
+		n = max(n, 2)
+	}
+	t := &Token{
+		cfg:   cfg,
+		log:   log,
+		mod:   mod,
+		cache: map[string]cachedKey{},
+		info: TokenInfo{
+			Label:        ti.Label,
+			Serial:       ti.SerialNumber,
+			Manufacturer: ti.ManufacturerID,
+			Model:        ti.Model,
+		},
+	}
+	t.pool = newPool(mod, cfg.TokenLabel, n, pin)
+	t.pool.log = log
+	t.pool.onRebuild = t.clearCache
+	if err := t.pool.start(); err != nil {
+		clear(pin)
+		mod.release()
+		return nil, fmt.Errorf("hsm: open: %w", err)
+	}
+	caps, err := t.probe(ctx)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("hsm: capability probe: %w", err)
+	}
+	t.caps = caps
+	log.Info("hsm: token open",
+		"token", ti.Label, "serial", ti.SerialNumber, "manufacturer", ti.ManufacturerID,
+		"model", ti.Model, "sessions", n, "capabilities", caps.String())
+	return t, nil
+}
+
+// Close logs out, closes the sessions, clears the PIN from memory and
+// releases the module (C_Finalize when this was its last user in the
+// process and this package initialized it). Calls after the first return
+// the first result; every other method then fails with ErrUnavailable.
+// Login state is per process and token: Close logs out any other Token open
+// on the same token label in this process too.
+func (t *Token) Close() error {
+	t.closeOnce.Do(func() {
+		err := t.pool.close()
+		t.clearCache()
+		if rerr := t.mod.release(); rerr != nil && err == nil {
+			err = fmt.Errorf("C_Finalize: %w", rerr)
+		}
+		if err != nil {
+			t.closeErr = fmt.Errorf("hsm: close: %w", err)
+		}
+	})
+	return t.closeErr
+}
+
+// Capabilities reports what the capability probe found at Open.
+func (t *Token) Capabilities() Capabilities { return t.caps }
+
+// TokenInfo describes the open token for logs and health checks.
+type TokenInfo struct {
+	Label, Serial, Manufacturer, Model string
+	// Sessions is the size of the session pool.
+	Sessions int
+	// Rebuilds counts successful session-pool rebuilds since Open.
+	Rebuilds uint64
+}
+
+// Info returns the token's identity and pool statistics. It does not call
+// the device.
+func (t *Token) Info() TokenInfo {
+	i := t.info
+	i.Sessions, i.Rebuilds = t.pool.stats()
+	return i
+}
+
+// Ping checks, cheaply, that a pooled session is alive and logged in
+// (C_GetSessionInfo). A lost session triggers one rebuild; if the token
+// still cannot be reached the error wraps ErrUnavailable.
+func (t *Token) Ping(ctx context.Context) error {
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		si, err := t.mod.ctx.GetSessionInfo(h)
+		if err != nil {
+			return err
+		}
+		if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err != nil {
+		return fmt.Errorf("hsm: ping: %w", err)
+	}
+	return nil
+}
+
+// Capabilities is what the token can do, as probed at Open.
+type Capabilities struct {
+	// X25519 is how the token generates X25519 keys:
+	// "pkcs11-3.0-montgomery" (CKM_EC_MONTGOMERY_KEY_PAIR_GEN works),
+	// "softhsm-edwards-oid" (CKM_EC_EDWARDS_KEY_PAIR_GEN with the X25519 OID
+	// 06 03 2B 65 6E works, as on SoftHSM 2.6), or "" (no X25519).
+	X25519 string
+	// The rest report whether the mechanism is in the token's list:
+	// CKM_HKDF_DERIVE, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD, CKM_AES_GCM,
+	// CKM_AES_ECB_ENCRYPT_DATA, CKM_ECDSA, CKM_EDDSA, CKM_AES_CMAC.
+	HKDF, ECDHDerive, AESKeyWrapPad, AESGCM, ECBEncryptData, ECDSA, EdDSA, AESCMAC bool
+}
+
+// X25519 generation paths reported in Capabilities.X25519.
+const (
+	X25519Montgomery = "pkcs11-3.0-montgomery"
+	X25519EdwardsOID = "softhsm-edwards-oid"
+)
+
+// String renders the capabilities on one line, e.g.
+// "x25519=softhsm-edwards-oid hkdf=no ecdh=yes ...".
+func (c Capabilities) String() string {
+	yn := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	x := c.X25519
+	if x == "" {
+		x = "none"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "x25519=%s hkdf=%s ecdh=%s aes-kwp=%s aes-gcm=%s ecb-encrypt-data=%s ecdsa=%s eddsa=%s aes-cmac=%s",
+		x, yn(c.HKDF), yn(c.ECDHDerive), yn(c.AESKeyWrapPad), yn(c.AESGCM), yn(c.ECBEncryptData),
+		yn(c.ECDSA), yn(c.EdDSA), yn(c.AESCMAC))
+	return b.String()
+}
+
+// probe reads the mechanism list and, for X25519, generates and destroys a
+// session key pair to confirm which generation path works.
+func (t *Token) probe(ctx context.Context) (Capabilities, error) {
+	var c Capabilities
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		t.pool.mu.Lock()
+		slot := t.pool.slot
+		t.pool.mu.Unlock()
+		mechs, err := t.mod.ctx.GetMechanismList(slot)
+		if err != nil {
+			return err
+		}
+		has := map[uint]bool{}
+		for _, m := range mechs {
+			has[m.Mechanism] = true
+		}
+		c = Capabilities{
+			HKDF:           has[ckmHKDFDerive],
+			ECDHDerive:     has[pkcs11.CKM_ECDH1_DERIVE],
+			AESKeyWrapPad:  has[pkcs11.CKM_AES_KEY_WRAP_PAD],
+			AESGCM:         has[pkcs11.CKM_AES_GCM],
+			ECBEncryptData: has[pkcs11.CKM_AES_ECB_ENCRYPT_DATA],
+			ECDSA:          has[pkcs11.CKM_ECDSA],
+			EdDSA:          has[ckmEdDSA],
+			AESCMAC:        has[pkcs11.CKM_AES_CMAC],
+		}
+		for _, path := range []string{X25519Montgomery, X25519EdwardsOID} {
+			mech, _ := x25519Mechanism(path)
+			if !has[mech] {
+				continue
+			}
+			pub, priv, err := t.mod.ctx.GenerateKeyPair(h,
+				[]*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)},
+				x25519ProbeTemplate(path, false), x25519ProbeTemplate(path, true))
+			if isLost(err) {
+				return err
+			}
+			if err != nil {
+				t.log.Debug("hsm: X25519 probe failed", "path", path, "err", err)
+				continue
+			}
+			_ = t.mod.ctx.DestroyObject(h, priv)
+			_ = t.mod.ctx.DestroyObject(h, pub)
+			c.X25519 = path
+			break
+		}
+		return nil
+	})
+	return c, err
+}
+
+// x25519Mechanism returns the key-generation mechanism and key type of an
+// X25519 path.
+func x25519Mechanism(path string) (mech, keyType uint) {
+	switch path {
+	case X25519Montgomery:
+		return ckmECMontgomeryKeyPairGen, ckkECMontgomery
+	case X25519EdwardsOID:
+		return ckmECEdwardsKeyPairGen, ckkECEdwards
+	}
+	return 0, 0
+}
+
+func x25519ProbeTemplate(path string, private bool) []*pkcs11.Attribute {
+	_, kt := x25519Mechanism(path)
+	a := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+	}
+	if private {
+		return append(a,
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true))
+	}
+	return append(a,
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidX25519))
+}

@@ -1,0 +1,159 @@
+package envelope_test
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"custody/internal/envelope"
+	"custody/internal/envelope/internal/kat"
+)
+
+// The committed seed corpora in testdata/fuzz are written from the
+// known-answer vectors by
+//
+//	ENVELOPE_WRITE_CORPUS=1 go test -run TestFuzzCorpus ./internal/envelope
+//
+// Without the variable, TestFuzzCorpus checks that they are present.
+func TestFuzzCorpus(t *testing.T) {
+	raw, err := os.ReadFile(vectorsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file kat.File
+	if err := json.Unmarshal(raw, &file); err != nil {
+		t.Fatal(err)
+	}
+	type seed struct {
+		dir, name, value string
+	}
+	var seeds []seed
+	for _, v := range file.Vectors {
+		e, err := envelope.ParseText(v.Envelope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := e.Marshal()
+		seeds = append(seeds,
+			seed{"FuzzParse", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", b)},
+			seed{"FuzzParse", "truncated-" + v.Name, fmt.Sprintf("[]byte(%q)", b[:len(b)/2])},
+			seed{"FuzzParseText", "vector-" + v.Name, fmt.Sprintf("string(%q)", v.Envelope)},
+			seed{"FuzzCanonicalJSON", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", v.PublicFields)},
+		)
+	}
+	write := os.Getenv("ENVELOPE_WRITE_CORPUS") == "1"
+	for _, s := range seeds {
+		path := filepath.Join("testdata", "fuzz", s.dir, s.name)
+		content := "go test fuzz v1\n" + s.value + "\n"
+		if write {
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || string(got) != content {
+			t.Errorf("seed corpus file %s missing or stale (ENVELOPE_WRITE_CORPUS=1 rewrites it): %v", path, err)
+		}
+	}
+}
+
+func isSentinel(err error) bool {
+	return errors.Is(err, envelope.ErrMalformed) || errors.Is(err, envelope.ErrVersion) || errors.Is(err, envelope.ErrTooLarge)
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := envelope.Parse(b)
+		if err != nil {
+			if !isSentinel(err) {
+				t.Fatalf("error without a sentinel: %v", err)
+			}
+			return
+		}
+		if got := e.Marshal(); !bytes.Equal(got, b) {
+			t.Fatalf("Parse accepted bytes that do not re-marshal identically:\n in  %x\n out %x", b, got)
+		}
+		if err := e.Validate(); err != nil {
+			t.Fatalf("parsed envelope fails Validate: %v", err)
+		}
+		e2, err := envelope.ParseText(e.Text())
+		if err != nil || !bytes.Equal(e2.Marshal(), b) {
+			t.Fatalf("text round trip: %v", err)
+		}
+		if err := e.Verify(func(string) (*ecdsa.PublicKey, error) { return nil, errUnknownKey }); !errors.Is(err, envelope.ErrSignature) {
+			t.Fatalf("Verify = %v", err)
+		}
+		for i := range e.Header.Stanzas {
+			_ = e.OpenRequest(i, "k", make([]byte, 32))
+		}
+		if e.EscrowStanza() != len(e.Header.Stanzas)-1 {
+			t.Fatal("escrow stanza not last")
+		}
+	})
+}
+
+func FuzzParseText(f *testing.F) {
+	f.Add("")
+	f.Add(envelope.TextPrefix)
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := envelope.ParseText(s)
+		if err != nil {
+			if !isSentinel(err) {
+				t.Fatalf("error without a sentinel: %v", err)
+			}
+			return
+		}
+		if got := e.Text(); got != s {
+			t.Fatalf("ParseText accepted a non-canonical text form:\n in  %q\n out %q", s, got)
+		}
+		if !strings.HasPrefix(s, envelope.TextPrefix) {
+			t.Fatal("accepted text without the prefix")
+		}
+	})
+}
+
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, c := range canonicalCases {
+		if len(c.in) < 4096 {
+			f.Add([]byte(c.in))
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := envelope.CanonicalJSON(b)
+		if err != nil {
+			if !errors.Is(err, envelope.ErrInvalidJSON) && !errors.Is(err, envelope.ErrTooLarge) {
+				t.Fatalf("error without a sentinel: %v", err)
+			}
+			return
+		}
+		if len(c) > len(b) {
+			t.Fatalf("canonical form longer than input: %q -> %q", b, c)
+		}
+		again, err := envelope.CanonicalJSON(c)
+		if err != nil || !bytes.Equal(again, c) {
+			t.Fatalf("not idempotent: %q -> %q -> %q, %v", b, c, again, err)
+		}
+		var x, y any
+		if err := json.Unmarshal(b, &x); err != nil {
+			t.Fatalf("accepted invalid JSON %q: %v", b, err)
+		}
+		if err := json.Unmarshal(c, &y); err != nil {
+			t.Fatalf("produced invalid JSON %q: %v", c, err)
+		}
+		if !reflect.DeepEqual(x, y) {
+			t.Fatalf("meaning changed: %q -> %q", b, c)
+		}
+	})
+}
