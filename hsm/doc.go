@@ -80,6 +80,19 @@
 // package initialized the module. Token.Close logs out, which also logs out
 // any other Token on the same token label in this process.
 //
+// # Memory
+//
+// SoftHSM 2.6.1 keeps every session object it ever created until
+// C_Finalize, even after C_DestroyObject (SoftHSMv2 issues 562 and 563;
+// fixed upstream after 2.6.1): about 1.7 KiB of process memory per Open,
+// which creates three. A daemon on SoftHSM would grow without bound. The
+// pool therefore counts session objects and, past Config.RecycleAfter
+// (DefaultSoftHSMRecycle on SoftHSM, off on other tokens), rebuilds itself
+// with C_Finalize and C_Initialize in between: the same path as recovery
+// after a lost token, planned. It runs only when this Token is the module's
+// only user in the process; requests wait for it (tens of milliseconds).
+// Info().Recycles counts them.
+//
 // # Why not crypto11
 //
 // ThalesGroup/crypto11 is not used. It cannot derive, wrap or unwrap (no

@@ -69,6 +69,29 @@ func (m *module) reinitialize() error {
 	return err
 }
 
+// recycle finalizes and initializes the module again, which makes SoftHSM
+// free the session objects it keeps after C_DestroyObject (SoftHSMv2 issues
+// 562/563, fixed after 2.6.1). It does so only when the caller's Token is
+// the module's only user in this process and this package initialized it,
+// and reports whether it did. Every session is gone afterwards: the caller
+// (a pool rebuild, with its sessions already closed) logs in again.
+func (m *module) recycle() (bool, error) {
+	modules.Lock()
+	defer modules.Unlock()
+	if m.refs != 1 || !m.owned {
+		return false, nil
+	}
+	if err := m.ctx.Finalize(); err != nil && !isCode(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+		return false, fmt.Errorf("C_Finalize: %w", err)
+	}
+	owned, err := initialize(m.ctx)
+	m.owned = owned
+	if err != nil {
+		return false, fmt.Errorf("C_Initialize: %w", err)
+	}
+	return true, nil
+}
+
 // release drops one reference; the last one finalizes (if owned) and
 // unloads the module.
 func (m *module) release() error {

@@ -55,6 +55,8 @@ func (t *Token) Open(ctx context.Context, req OpenRequest) ([]byte, error) {
 			return err
 		}
 	})
+	// Each chain creates (and destroys) up to three session objects: Z, KEK, DEK.
+	t.pool.noteSessionObjects(ctx, 3)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open %q: %w", req.KeyLabel, err)
 	}

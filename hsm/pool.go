@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -42,6 +43,12 @@ type pool struct {
 
 	rebuildSem chan struct{} // one rebuild at a time; a channel so waiting honours ctx
 
+	// recycleAfter > 0: once that many session objects were created, the
+	// pool rebuilds with C_Finalize/C_Initialize (module.recycle) to free
+	// what the token keeps for destroyed session objects.
+	recycleAfter uint64
+	created      atomic.Uint64 // session objects created since the last recycle
+
 	mu       sync.Mutex
 	gen      uint64
 	slot     uint
@@ -53,6 +60,7 @@ type pool struct {
 	brokenCh chan struct{} // closed when broken becomes non-nil
 	lastTry  time.Time
 	rebuilds uint64
+	recycles uint64
 	closed   bool
 }
 
@@ -147,7 +155,7 @@ func (p *pool) borrow(ctx context.Context) (session, error) {
 			return session{}, errClosed
 		}
 		if broken != nil {
-			if err := p.rebuild(ctx, gen); err != nil {
+			if err := p.rebuild(ctx, gen, false); err != nil {
 				return session{}, err
 			}
 			continue
@@ -200,7 +208,11 @@ func (p *pool) staleOutLocked(gen uint64) int {
 // session of generation seen. Only one rebuild runs at a time; a caller whose
 // generation is already outdated returns at once and retries on the new
 // sessions. Failed attempts are retried at most once per rebuildBackoff.
-func (p *pool) rebuild(ctx context.Context, seen uint64) error {
+//
+// With finalize, the module is also finalized and initialized again between
+// closing the old sessions and opening the new ones, when this pool is its
+// only user in the process (module.recycle); see noteSessionObjects.
+func (p *pool) rebuild(ctx context.Context, seen uint64, finalize bool) error {
 	select {
 	case p.rebuildSem <- struct{}{}:
 	case <-ctx.Done():
@@ -265,6 +277,13 @@ func (p *pool) rebuild(ctx context.Context, seen uint64) error {
 	for _, h := range old {
 		_ = p.mod.ctx.CloseSession(h)
 	}
+	recycled := false
+	if finalize {
+		var rerr error
+		if recycled, rerr = p.mod.recycle(); rerr != nil {
+			p.log.Warn("hsm: module recycle failed", "token", p.label, "err", rerr)
+		}
+	}
 	slot, hs, err := p.connect()
 	if isCode(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
 		if ierr := p.mod.reinitialize(); ierr == nil {
@@ -289,6 +308,9 @@ func (p *pool) rebuild(ctx context.Context, seen uint64) error {
 		return errClosed
 	}
 	p.rebuilds++
+	if recycled {
+		p.recycles++
+	}
 	p.slot, p.handles = slot, hs
 	if p.broken != nil {
 		p.broken = nil
@@ -300,8 +322,28 @@ func (p *pool) rebuild(ctx context.Context, seen uint64) error {
 	if p.onRebuild != nil {
 		p.onRebuild()
 	}
-	p.log.Info("hsm: session pool rebuilt", "token", p.label, "generation", p.gen, "rebuilds", p.rebuilds)
+	p.log.Info("hsm: session pool rebuilt", "token", p.label, "generation", p.gen, "rebuilds", p.rebuilds, "module_recycled", recycled)
 	return nil
+}
+
+// noteSessionObjects records that an operation created (and destroyed) n
+// session objects. When recycling is on and the count passes recycleAfter,
+// it rebuilds the pool with a module recycle, in the caller's goroutine; the
+// caller must hold no session. Failures are logged: the pool carries on.
+func (p *pool) noteSessionObjects(ctx context.Context, n uint64) {
+	if p.recycleAfter == 0 {
+		return
+	}
+	v := p.created.Add(n)
+	if v < p.recycleAfter || !p.created.CompareAndSwap(v, 0) {
+		return
+	}
+	p.mu.Lock()
+	gen := p.gen
+	p.mu.Unlock()
+	if err := p.rebuild(ctx, gen, true); err != nil {
+		p.log.Warn("hsm: recycle rebuild failed", "token", p.label, "err", err)
+	}
 }
 
 func (p *pool) drainLocked() {
@@ -372,16 +414,16 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		p.log.Warn("hsm: session lost, rebuilding", "token", p.label, "err", err)
-		if rerr := p.rebuild(ctx, s.gen); rerr != nil {
+		if rerr := p.rebuild(ctx, s.gen, false); rerr != nil {
 			return rerr
 		}
 	}
 }
 
-func (p *pool) stats() (n int, rebuilds uint64) {
+func (p *pool) stats() (n int, rebuilds, recycles uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.n, p.rebuilds
+	return p.n, p.rebuilds, p.recycles
 }
 
 // ambiguous reports whether err came from the token at all. Under a

@@ -285,3 +285,30 @@ func tokenDir(t *testing.T, label string) string {
 	t.Fatalf("no token directory for %q", label)
 	return ""
 }
+
+// TestRecycleFreesSessionObjects: with RecycleAfter set, the pool finalizes
+// and re-initializes the module after that many session objects, and the
+// token keeps working without the caller noticing.
+func TestRecycleFreesSessionObjects(t *testing.T) {
+	cfg := hsmtest.NewToken(t)
+	cfg.RecycleAfter = 30 // every 10 opens
+	tok, err := hsm.Open(testCtx(t), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	key := genKey(t, tok, "recycle", hsm.X25519, hsm.UsageDerive)
+	s := seal(t, key, []byte("payload"), []byte("aad"))
+	for i := range 35 {
+		pt, err := tok.Open(testCtx(t), s.req)
+		if err != nil || string(pt) != "payload" {
+			t.Fatalf("open %d: %q %v", i, pt, err)
+		}
+	}
+	if got := tok.Info().Recycles; got != 3 {
+		t.Errorf("recycles after 35 opens at 3 objects each, every 30: %d, want 3", got)
+	}
+	if n, err := tok.SessionObjectCount(testCtx(t)); err != nil || n != 0 {
+		t.Errorf("session objects: %d %v", n, err)
+	}
+}

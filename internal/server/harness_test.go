@@ -108,7 +108,7 @@ const testPolicy = `{
   ]
 }`
 
-// recorder keeps every entry for assertions and can be told to fail.
+// recorder keeps the recent entries for assertions and can be told to fail.
 type recorder struct {
 	mu      sync.Mutex
 	entries []auditlog.Entry
@@ -122,6 +122,9 @@ func (r *recorder) Record(_ context.Context, e auditlog.Entry) error {
 		return fmt.Errorf("injected: log device full")
 	}
 	r.entries = append(r.entries, e)
+	if len(r.entries) > 2000 { // bounded, so benchmarks measure the daemon, not this
+		r.entries = append(r.entries[:0], r.entries[1000:]...)
+	}
 	return nil
 }
 
