@@ -135,10 +135,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	token, err := hsm.Open(ctx, hsm.Config{
-		ModulePath: cfg.PKCS11.Module,
-		TokenLabel: cfg.PKCS11.TokenLabel,
-		PINFile:    cfg.PKCS11.PINFile,
-		Sessions:   cfg.PKCS11.Sessions,
+		ModulePath:   cfg.PKCS11.Module,
+		TokenLabel:   cfg.PKCS11.TokenLabel,
+		PINFile:      cfg.PKCS11.PINFile,
+		Sessions:     cfg.PKCS11.Sessions,
+		RecycleAfter: cfg.PKCS11.RecycleAfter,
 	}, log)
 	if err != nil {
 		return fmt.Errorf("opening the token: %w", err)

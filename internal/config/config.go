@@ -44,6 +44,10 @@ type PKCS11 struct {
 	SoftHSMConf string `json:"softhsm_conf,omitempty"`
 	// Sessions is the session pool size; 0 sizes it to the token and the CPUs.
 	Sessions int `json:"sessions"`
+	// RecycleAfter: re-initialize the PKCS#11 module after this many session
+	// objects, to free what SoftHSM 2.6 keeps of destroyed ones (hsm doc,
+	// "Memory"). 0 = automatic (on for SoftHSM only), -1 = never.
+	RecycleAfter int `json:"recycle_after"`
 }
 
 // Socket is where the API listens.
@@ -56,30 +60,16 @@ type Socket struct {
 
 // Limits bound what one request may cost.
 type Limits struct {
-	MaxBodyBytes   int64    `json:"max_body_bytes"`  // request body size
-	MaxBatchItems  int      `json:"max_batch_items"` // items in one batch call
-	RequestTimeout Duration `json:"request_timeout"` // whole request, including HSM waits
+	MaxBodyBytes   int64  `json:"max_body_bytes"`  // request body size
+	MaxBatchItems  int    `json:"max_batch_items"` // items in one batch call
+	RequestTimeout string `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
 }
 
-// Duration is a time.Duration written as a Go duration string ("30s").
-type Duration time.Duration
-
-// UnmarshalJSON parses "30s"-style strings.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration string such as \"30s\"")
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
+// Timeout returns RequestTimeout as a duration (Validate has checked it).
+func (l Limits) Timeout() time.Duration {
+	d, _ := time.ParseDuration(l.RequestTimeout)
+	return d
 }
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // Default returns the first-run configuration: the SoftHSM token under
 // softhsm/, the socket under run/, and the example policy.
@@ -96,7 +86,7 @@ func Default() Config {
 		Limits: Limits{
 			MaxBodyBytes:   8 << 20,
 			MaxBatchItems:  1000,
-			RequestTimeout: Duration(60 * time.Second),
+			RequestTimeout: "60s",
 		},
 	}
 }
@@ -171,6 +161,8 @@ func (c Config) Validate() error {
 		return errors.New("pkcs11.pin_file: required")
 	case c.PKCS11.Sessions < 0 || c.PKCS11.Sessions > 256:
 		return errors.New("pkcs11.sessions: must be 0 (auto) to 256")
+	case c.PKCS11.RecycleAfter < -1:
+		return errors.New("pkcs11.recycle_after: must be -1 (never), 0 (automatic) or a count")
 	case c.Socket.Path == "":
 		return errors.New("socket.path: required")
 	case len(c.Socket.Path) > 100:
@@ -181,8 +173,9 @@ func (c Config) Validate() error {
 		return errors.New("limits.max_body_bytes: must be 1 KiB to 256 MiB")
 	case c.Limits.MaxBatchItems < 1 || c.Limits.MaxBatchItems > 100000:
 		return errors.New("limits.max_batch_items: must be 1 to 100000")
-	case c.Limits.RequestTimeout < Duration(time.Second):
-		return errors.New("limits.request_timeout: must be at least 1s")
+	}
+	if d, err := time.ParseDuration(c.Limits.RequestTimeout); err != nil || d < time.Second {
+		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)
 	}
 	m, err := strconv.ParseUint(c.Socket.Mode, 8, 32)
 	if err != nil || m > 0o777 || len(c.Socket.Mode) != 4 || c.Socket.Mode[0] != '0' {

@@ -122,7 +122,7 @@ type handler func(ctx context.Context, rq *request) (any, error)
 func (s *Server) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
-		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.Limits.RequestTimeout))
+		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.Timeout())
 		defer cancel()
 		rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
 			IP:        clip(r.Header.Get("Custody-End-User-IP")),

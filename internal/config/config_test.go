@@ -1,0 +1,98 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsValid(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SocketMode() != 0o660 || c.PKCS11.TokenLabel != "custody" || c.Limits.Timeout() != time.Minute {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.json")
+	os.WriteFile(path, []byte(`{"pkcs11":{"token_label":"t2","pin_file":"pins/user.pin"},
+		"socket":{"path":"/run/custody/s.sock","mode":"0600"},"limits":{"request_timeout":"5s"}}`), 0o644)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PKCS11.PINFile != filepath.Join(dir, "pins/user.pin") {
+		t.Errorf("relative path not resolved against the file: %s", c.PKCS11.PINFile)
+	}
+	if c.Socket.Path != "/run/custody/s.sock" || c.SocketMode() != 0o600 || c.PKCS11.TokenLabel != "t2" {
+		t.Errorf("loaded: %+v", c)
+	}
+	if c.PKCS11.Module != Default().PKCS11.Module || c.Limits.MaxBatchItems != Default().Limits.MaxBatchItems {
+		t.Errorf("defaults not kept for absent fields: %+v", c)
+	}
+	if c.Limits.Timeout() != 5*time.Second {
+		t.Errorf("timeout: %v", c.Limits.RequestTimeout)
+	}
+}
+
+func TestLoadErrorsNameTheField(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ json, want string }{
+		{`{"socket":{"mode":"777"}}`, "socket.mode"},
+		{`{"socket":{"mode":"0066"}}`, "socket.mode"},
+		{`{"socket":{"path":"` + strings.Repeat("a", 120) + `"}}`, "socket.path"},
+		{`{"pkcs11":{"sessions":-1}}`, "pkcs11.sessions"},
+		{`{"pkcs11":{"recycle_after":-2}}`, "pkcs11.recycle_after"},
+		{`{"pkcs11":{"token_label":""}}`, "pkcs11.token_label"},
+		{`{"pkcs11":{"sessions":"2"}}`, "pkcs11.sessions"},
+		{`{"limits":{"request_timeout":"soon"}}`, "request_timeout"},
+		{`{"limits":{"max_body_bytes":10}}`, "limits.max_body_bytes"},
+		{`{"limits":{"max_batch_items":0}}`, "limits.max_batch_items"},
+		{`{"policy_file":""}`, "policy_file"},
+		{`{"sokcet":{}}`, `unknown field "sokcet"`},
+		{`{} {}`, "trailing data"},
+		{`[`, "unexpected EOF"},
+	} {
+		path := filepath.Join(dir, "c.json")
+		os.WriteFile(path, []byte(tc.json), 0o644)
+		_, err := Load(path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming %q", tc.json, err, tc.want)
+		}
+	}
+	if _, err := Load(filepath.Join(dir, "missing.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// FuzzDecode: any input either fails to load or yields a configuration that
+// validates; nothing panics.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{}`,
+		`{"pkcs11":{"module":"/usr/lib/softhsm/libsofthsm2.so","token_label":"custody","pin_file":"p","sessions":4,"recycle_after":-1},"socket":{"path":"s.sock","mode":"0660"},"policy_file":"p.json","limits":{"max_body_bytes":4096,"max_batch_items":10,"request_timeout":"2s"}}`,
+		`{"socket":{"mode":"0777"}}`,
+		`{"limits":{"request_timeout":"1h"}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := Default()
+		if err := c.decode(data); err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			return
+		}
+		if c.SocketMode()&0o600 != 0o600 {
+			t.Fatalf("validated a socket mode without owner rw: %v", c.SocketMode())
+		}
+	})
+}
