@@ -32,6 +32,7 @@ import (
 	"custody/hsm"
 	"custody/internal/auditlog"
 	"custody/internal/config"
+	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/policy"
 )
@@ -59,15 +60,19 @@ type Deps struct {
 // Server serves the API.
 type Server struct {
 	Deps
-	http *http.Server
+	http     *http.Server
+	verified *envelope.VerifyCache // headers whose signature verified
 }
+
+// verifyCacheSize bounds the verified-header cache: 4096 × 32 bytes.
+const verifyCacheSize = 4096
 
 // New builds a Server and its route table.
 func New(d Deps) *Server {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Server{Deps: d}
+	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize)}
 	mux := http.NewServeMux()
 	paths := map[string]bool{}
 	for _, rt := range s.routes() {

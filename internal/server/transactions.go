@@ -249,7 +249,7 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	}
 	h := &env.Header
 	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
-	if err := env.Verify(s.Keys.SigningKey); err != nil {
+	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
 		return nil, err
 	}
 	if in.TransactionID != "" && in.TransactionID != h.TransactionID {
