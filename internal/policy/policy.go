@@ -22,6 +22,8 @@ const (
 	PermParticipantsRead     Permission = "participants.read"     // admin, application
 	PermEncrypt              Permission = "transactions.encrypt"  // application
 	PermDecrypt              Permission = "transactions.decrypt"  // application; per-request checks via AuthorizeDecrypt
+	PermLogRead              Permission = "log.read"              // reviewer: checkpoints, entries, proofs
+	PermAuditDecrypt         Permission = "audit.decrypt"         // auditor; per-request checks against a court order in Vault
 )
 
 // permRoles maps each permission to the roles that carry it; nil means every
@@ -32,6 +34,8 @@ var permRoles = map[Permission][]string{
 	PermParticipantsRead:     {RoleAdmin, RoleApplication},
 	PermEncrypt:              {RoleApplication},
 	PermDecrypt:              {RoleApplication},
+	PermLogRead:              {RoleReviewer},
+	PermAuditDecrypt:         {RoleAuditor},
 }
 
 // Caller is a peer process as the kernel reports it (SO_PEERCRED).
