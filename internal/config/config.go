@@ -60,9 +60,13 @@ type Socket struct {
 
 // Limits bound what one request may cost.
 type Limits struct {
-	MaxBodyBytes   int64  `json:"max_body_bytes"`  // request body size
-	MaxBatchItems  int    `json:"max_batch_items"` // items in one batch call
-	RequestTimeout string `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
+	MaxBodyBytes  int64 `json:"max_body_bytes"`  // request body size
+	MaxBatchItems int   `json:"max_batch_items"` // items in one batch call
+	// MaxInFlightPerCaller bounds the requests one Unix user may have in
+	// progress at once; more are refused with rate_limited, so one client
+	// cannot starve the HSM for the others.
+	MaxInFlightPerCaller int    `json:"max_in_flight_per_caller"`
+	RequestTimeout       string `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
 }
 
 // Timeout returns RequestTimeout as a duration (Validate has checked it).
@@ -84,9 +88,10 @@ func Default() Config {
 		Socket:     Socket{Path: "run/custodyd.sock", Mode: "0660"},
 		PolicyFile: "policies/example.json",
 		Limits: Limits{
-			MaxBodyBytes:   8 << 20,
-			MaxBatchItems:  1000,
-			RequestTimeout: "60s",
+			MaxBodyBytes:         8 << 20,
+			MaxBatchItems:        1000,
+			MaxInFlightPerCaller: 32,
+			RequestTimeout:       "60s",
 		},
 	}
 }
@@ -173,6 +178,8 @@ func (c Config) Validate() error {
 		return errors.New("limits.max_body_bytes: must be 1 KiB to 256 MiB")
 	case c.Limits.MaxBatchItems < 1 || c.Limits.MaxBatchItems > 100000:
 		return errors.New("limits.max_batch_items: must be 1 to 100000")
+	case c.Limits.MaxInFlightPerCaller < 1 || c.Limits.MaxInFlightPerCaller > 100000:
+		return errors.New("limits.max_in_flight_per_caller: must be 1 to 100000")
 	}
 	if d, err := time.ParseDuration(c.Limits.RequestTimeout); err != nil || d < time.Second {
 		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)

@@ -38,6 +38,7 @@ const (
 	CodeIntegrityFailure    = "integrity_failure"    // the device refused to unwrap or decrypt: altered data
 	CodeHSMUnavailable      = "hsm_unavailable"      // token down; retry later
 	CodeLogUnavailable      = "log_unavailable"      // the decision could not be recorded; nothing released
+	CodeRateLimited         = "rate_limited"         // too many requests of this caller in progress; retry after some finish
 	CodeTimeout             = "timeout"              // limits.request_timeout passed
 	CodeNotFound            = "not_found"            // no such route or object
 	CodeMethodNotAllowed    = "method_not_allowed"   // route exists, other method

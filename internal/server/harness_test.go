@@ -159,7 +159,11 @@ type harness struct {
 	client *http.Client
 }
 
-func newHarness(t testing.TB) *harness {
+func newHarness(t testing.TB) *harness { return newHarnessWith(t, nil) }
+
+// newHarnessWith lets a test change the server's dependencies (limits, a
+// wrapped token) before it starts.
+func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "custody-srv-")
 	if err != nil {
@@ -195,8 +199,12 @@ func newHarness(t testing.TB) *harness {
 	limits := config.Default().Limits
 	limits.MaxBodyBytes = 4 << 20
 	limits.MaxBatchItems = 50
-	h.srv = server.New(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
-		Limits: limits, Now: func() time.Time { return h.now }, Version: "test"})
+	deps := server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
+		Limits: limits, Now: func() time.Time { return h.now }, Version: "test"}
+	if adjust != nil {
+		adjust(&deps)
+	}
+	h.srv = server.New(deps)
 	ln, err := server.Listen(h.socket, 0o666)
 	if err != nil {
 		t.Fatal(err)

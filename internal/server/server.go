@@ -62,6 +62,7 @@ type Server struct {
 	Deps
 	http     *http.Server
 	verified *envelope.VerifyCache // headers whose signature verified
+	inFlight *callerLimiter        // requests in progress per uid
 }
 
 // verifyCacheSize bounds the verified-header cache: 4096 × 32 bytes.
@@ -72,7 +73,8 @@ func New(d Deps) *Server {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize)}
+	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize),
+		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}}}
 	mux := http.NewServeMux()
 	paths := map[string]bool{}
 	for _, rt := range s.routes() {
@@ -135,6 +137,13 @@ func (s *Server) guard(rt route) http.Handler {
 			RequestID: clip(r.Header.Get("Custody-Request-ID")),
 		}}
 		err := s.authorize(ctx, rq, rt)
+		if err == nil {
+			if !s.inFlight.acquire(rq.peer.UID) {
+				err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
+			} else {
+				defer s.inFlight.release(rq.peer.UID)
+			}
+		}
 		if err != nil {
 			// A refusal at the door is a decision too.
 			if rerr := s.record(ctx, rq, auditlog.Entry{Operation: rt.op}, err); rerr != nil {
