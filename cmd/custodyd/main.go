@@ -168,6 +168,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	notify("READY=1")
 	log.Info("custodyd ready", "socket", cfg.Socket.Path, "mode", cfg.Socket.Mode, "token", cfg.PKCS11.TokenLabel, "capabilities", token.Capabilities().String())
 	fmt.Fprintf(stderr, "\ncustodyd is serving on %s. Try, from another terminal:\n"+
 		"  bin/custodyctl --socket %s health\n"+
@@ -181,7 +182,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 	for {
 		select {
 		case <-hup:
-			if err := policies.Reload(); err != nil {
+			notify("RELOADING=1")
+			err := policies.Reload()
+			notify("READY=1")
+			if err != nil {
 				log.Error("policy reload failed; keeping the previous policy", "file", cfg.PolicyFile, "err", err)
 			} else {
 				log.Info("policy reloaded", "file", cfg.PolicyFile, "summary", policies.Current().Summary())
@@ -189,8 +193,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 		case err := <-served:
 			return err
 		case <-ctx.Done():
-			log.Info("shutting down: finishing in-flight requests")
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			notify("STOPPING=1")
+			log.Info("shutting down: finishing in-flight requests", "deadline", cfg.ShutdownTimeout)
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDeadline())
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("shutdown deadline passed", "err", err)

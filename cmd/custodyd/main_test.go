@@ -59,6 +59,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	log    *syncBuffer
 	done   chan error
+	env    []string // added to the environment
 }
 
 type syncBuffer struct {
@@ -107,6 +108,7 @@ func (d *daemon) start() {
 	d.log = &syncBuffer{}
 	d.cmd = exec.Command(filepath.Join(binDir, "custodyd"), "run", "--config", d.config)
 	d.cmd.Stderr = d.log
+	d.cmd.Env = append(os.Environ(), d.env...)
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
@@ -153,7 +155,25 @@ func (d *daemon) waitLog(substr string) {
 
 func TestLifecycle(t *testing.T) {
 	d := setup(t)
+	// A systemd-style notification socket (Type=notify).
+	notifyPath := filepath.Join(d.dir, "notify.sock")
+	notes, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notes.Close()
+	expectNote := func(want string) {
+		t.Helper()
+		notes.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 256)
+		n, err := notes.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("notification: %q %v, want %q", buf[:n], err, want)
+		}
+	}
+	d.env = []string{"NOTIFY_SOCKET=" + notifyPath}
 	d.start()
+	expectNote("READY=1")
 	if !strings.Contains(d.log.String(), "created daemon key on the token") {
 		t.Errorf("first start did not create the daemon keys:\n%s", d.log)
 	}
@@ -171,6 +191,8 @@ func TestLifecycle(t *testing.T) {
 	policyPath := filepath.Join(d.dir, "policy.json")
 	writeFile(t, policyPath, `{"version":1,"principals":[{"name":"x","users":["no-such-user-here"],"roles":["admin"]}]}`)
 	d.signal(syscall.SIGHUP)
+	expectNote("RELOADING=1")
+	expectNote("READY=1")
 	d.waitLog("policy reload failed; keeping the previous policy")
 	if !strings.Contains(d.log.String(), "no-such-user-here") {
 		t.Errorf("the reload error does not say why:\n%s", d.log)
@@ -181,6 +203,8 @@ func TestLifecycle(t *testing.T) {
 	// A valid policy that drops root takes effect on SIGHUP.
 	writeFile(t, policyPath, noRootPolicy)
 	d.signal(syscall.SIGHUP)
+	expectNote("RELOADING=1")
+	expectNote("READY=1")
 	d.waitLog("policy reloaded")
 	if out, err := d.ctl("health"); err == nil || !strings.Contains(out, "unknown_caller") {
 		t.Fatalf("health after dropping root: %v\n%s", err, out)
@@ -188,6 +212,7 @@ func TestLifecycle(t *testing.T) {
 
 	// SIGTERM: clean exit, socket gone.
 	d.signal(syscall.SIGTERM)
+	expectNote("STOPPING=1")
 	select {
 	case err := <-d.done:
 		if err != nil {
@@ -202,6 +227,7 @@ func TestLifecycle(t *testing.T) {
 
 	// A restart keeps the keys: nothing is created, the participant is there.
 	writeFile(t, policyPath, rootPolicy)
+	d.env = nil
 	d.start()
 	if strings.Contains(d.log.String(), "created daemon key") {
 		t.Errorf("restart re-created daemon keys:\n%s", d.log)
@@ -257,6 +283,9 @@ func TestChecks(t *testing.T) {
 		if out, err := run("config", "check", "--config", path); err == nil || !strings.Contains(out, field) {
 			t.Errorf("config %s: %v\n%s", cfg, err, out)
 		}
+	}
+	if out, err := run("config", "check", "--config", "../../scripts/systemd/custodyd.json"); err != nil || !strings.Contains(out, `"/run/custodyd/custodyd.sock"`) {
+		t.Errorf("the systemd example configuration: %v\n%s", err, out)
 	}
 	if out, err := run("config", "check"); err != nil || !strings.Contains(out, `"token_label": "custody"`) {
 		t.Errorf("default config: %v\n%s", err, out)

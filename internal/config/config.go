@@ -32,6 +32,15 @@ type Config struct {
 	// PolicyFile is the access policy (see docs/policy.md).
 	PolicyFile string `json:"policy_file"`
 	Limits     Limits `json:"limits"`
+	// ShutdownTimeout is how long SIGTERM waits for requests in progress
+	// before custodyd exits anyway; a Go duration ("30s").
+	ShutdownTimeout string `json:"shutdown_timeout"`
+}
+
+// ShutdownDeadline returns ShutdownTimeout as a duration (Validate has checked it).
+func (c Config) ShutdownDeadline() time.Duration {
+	d, _ := time.ParseDuration(c.ShutdownTimeout)
+	return d
 }
 
 // PKCS11 says which token holds the keys.
@@ -85,8 +94,9 @@ func Default() Config {
 			PINFile:     "softhsm/user.pin",
 			SoftHSMConf: "softhsm/softhsm2.conf",
 		},
-		Socket:     Socket{Path: "run/custodyd.sock", Mode: "0660"},
-		PolicyFile: "policies/example.json",
+		Socket:          Socket{Path: "run/custodyd.sock", Mode: "0660"},
+		PolicyFile:      "policies/example.json",
+		ShutdownTimeout: "30s",
 		Limits: Limits{
 			MaxBodyBytes:         8 << 20,
 			MaxBatchItems:        1000,
@@ -180,6 +190,9 @@ func (c Config) Validate() error {
 		return errors.New("limits.max_batch_items: must be 1 to 100000")
 	case c.Limits.MaxInFlightPerCaller < 1 || c.Limits.MaxInFlightPerCaller > 100000:
 		return errors.New("limits.max_in_flight_per_caller: must be 1 to 100000")
+	}
+	if d, err := time.ParseDuration(c.ShutdownTimeout); err != nil || d < 0 || d > time.Hour {
+		return fmt.Errorf("shutdown_timeout: %q is not a duration from 0s to 1h (e.g. \"30s\")", c.ShutdownTimeout)
 	}
 	if d, err := time.ParseDuration(c.Limits.RequestTimeout); err != nil || d < time.Second {
 		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)
