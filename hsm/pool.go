@@ -420,10 +420,13 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 	}
 }
 
-func (p *pool) stats() (n int, rebuilds, recycles uint64) {
+func (p *pool) stats() (n, inUse int, rebuilds, recycles uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.n, p.rebuilds, p.recycles
+	for _, c := range p.out {
+		inUse += c
+	}
+	return p.n, inUse, p.rebuilds, p.recycles
 }
 
 // ambiguous reports whether err came from the token at all. Under a

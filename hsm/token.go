@@ -191,13 +191,15 @@ type TokenInfo struct {
 	// Recycles counts the rebuilds that also finalized and re-initialized
 	// the module to free retained session objects (Config.RecycleAfter).
 	Recycles uint64
+	// InUse is the number of sessions borrowed right now.
+	InUse int
 }
 
 // Info returns the token's identity and pool statistics. It does not call
 // the device.
 func (t *Token) Info() TokenInfo {
 	i := t.info
-	i.Sessions, i.Rebuilds, i.Recycles = t.pool.stats()
+	i.Sessions, i.InUse, i.Rebuilds, i.Recycles = t.pool.stats()
 	return i
 }
 

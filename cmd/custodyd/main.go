@@ -14,8 +14,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +26,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/config"
 	"custody/internal/keys"
+	"custody/internal/metrics"
 	"custody/internal/policy"
 	"custody/internal/server"
 )
@@ -145,7 +149,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return fmt.Errorf("opening the token: %w", err)
 	}
 	defer token.Close()
-	registry, err := keys.Load(ctx, token, log)
+	meters := metrics.New()
+	meters.WatchToken(token)
+	metered := meters.Meter(token)
+	registry, err := keys.Load(ctx, metered, log)
 	if err != nil {
 		return err
 	}
@@ -158,7 +165,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return fmt.Errorf("socket: %w", err)
 	}
 	srv := server.New(server.Deps{
-		Token:    token,
+		Token:    metered,
+		Observer: meters,
 		Keys:     registry,
 		Policy:   policies,
 		Recorder: auditlog.SlogRecorder{Log: log},
@@ -166,8 +174,22 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Limits:   cfg.Limits,
 		Version:  version,
 	})
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	if cfg.Metrics.Listen != "" {
+		mln, err := listenMetrics(cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		msrv := &http.Server{Handler: meters.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		defer msrv.Close()
+		go func() {
+			if err := msrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("metrics listener: %w", err)
+			}
+		}()
+		log.Info("metrics served", "listen", cfg.Metrics.Listen)
+	}
 	notify("READY=1")
 	log.Info("custodyd ready", "socket", cfg.Socket.Path, "mode", cfg.Socket.Mode, "token", cfg.PKCS11.TokenLabel, "capabilities", token.Capabilities().String())
 	fmt.Fprintf(stderr, "\ncustodyd is serving on %s. Try, from another terminal:\n"+
@@ -184,6 +206,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		case <-hup:
 			notify("RELOADING=1")
 			err := policies.Reload()
+			meters.PolicyReload(err)
 			notify("READY=1")
 			if err != nil {
 				log.Error("policy reload failed; keeping the previous policy", "file", cfg.PolicyFile, "err", err)
@@ -251,4 +274,13 @@ func cmdConfigCheck(args []string, stdout io.Writer) error {
 	out, _ := json.MarshalIndent(cfg, "", "  ")
 	fmt.Fprintf(stdout, "%s\n", out)
 	return nil
+}
+
+// listenMetrics opens the metrics listener: "unix:PATH" (a socket of mode
+// 0660, replacing a stale one) or a loopback TCP address (config checked it).
+func listenMetrics(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return server.Listen(path, 0o660)
+	}
+	return net.Listen("tcp", addr)
 }

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +93,7 @@ func setup(t *testing.T) *daemon {
 		"pkcs11":      map[string]any{"module": tok.ModulePath, "token_label": tok.TokenLabel, "pin_file": tok.PINFile},
 		"socket":      map[string]any{"path": "c.sock", "mode": "0600"},
 		"policy_file": "policy.json",
+		"metrics":     map[string]any{"listen": "unix:m.sock"},
 	}
 	data, _ := json.Marshal(cfg)
 	writeFile(t, d.config, string(data))
@@ -185,6 +189,18 @@ func TestLifecycle(t *testing.T) {
 	}
 	if out, err := d.ctl("participants", "register", "p-1"); err != nil {
 		t.Fatalf("register: %v\n%s", err, out)
+	}
+	// The metrics socket, after that workload.
+	page := scrapeMetrics(t, filepath.Join(d.dir, "m.sock"))
+	for _, want := range []string{
+		`custody_requests_total{code="ok",route="GET /v1/health"} 1`,
+		`custody_requests_total{code="ok",route="POST /v1/participants"} 1`,
+		`custody_hsm_operation_duration_seconds_count{op="generate",result="ok"} 3`,
+		`custody_hsm_token_up 1`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("metrics page lacks %q", want)
+		}
 	}
 
 	// A broken policy is refused on SIGHUP and the old one stays.
@@ -293,4 +309,18 @@ func TestChecks(t *testing.T) {
 	if out, err := run("--help"); err != nil || !strings.Contains(out, "custodyd token init") {
 		t.Errorf("help: %v\n%s", err, out)
 	}
+}
+
+func scrapeMetrics(t *testing.T, socket string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := c.Get("http://custody/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

@@ -16,9 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,8 +32,9 @@ type Config struct {
 	PKCS11 PKCS11 `json:"pkcs11"`
 	Socket Socket `json:"socket"`
 	// PolicyFile is the access policy (see docs/policy.md).
-	PolicyFile string `json:"policy_file"`
-	Limits     Limits `json:"limits"`
+	PolicyFile string  `json:"policy_file"`
+	Limits     Limits  `json:"limits"`
+	Metrics    Metrics `json:"metrics"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
 	ShutdownTimeout string `json:"shutdown_timeout"`
@@ -65,6 +68,13 @@ type Socket struct {
 	// Mode is the socket file's permission bits, as an octal string ("0660").
 	// Who may connect is decided by this mode and the policy together.
 	Mode string `json:"mode"`
+}
+
+// Metrics is where Prometheus scrapes custodyd.
+type Metrics struct {
+	// Listen is "" (no metrics), a loopback TCP address ("127.0.0.1:9464",
+	// "[::1]:9464"), or "unix:PATH" for a socket of mode 0660.
+	Listen string `json:"listen"`
 }
 
 // Limits bound what one request may cost.
@@ -197,12 +207,29 @@ func (c Config) Validate() error {
 	if d, err := time.ParseDuration(c.Limits.RequestTimeout); err != nil || d < time.Second {
 		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)
 	}
+	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
 	m, err := strconv.ParseUint(c.Socket.Mode, 8, 32)
 	if err != nil || m > 0o777 || len(c.Socket.Mode) != 4 || c.Socket.Mode[0] != '0' {
 		return fmt.Errorf("socket.mode: %q is not an octal mode such as \"0660\"", c.Socket.Mode)
 	}
 	if m&0o600 != 0o600 {
 		return fmt.Errorf("socket.mode: %q must let the owner read and write", c.Socket.Mode)
+	}
+	return nil
+}
+
+func (m Metrics) validate() error {
+	if m.Listen == "" || strings.HasPrefix(m.Listen, "unix:") && len(m.Listen) > len("unix:") {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(m.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics.listen: %q is not host:port or unix:PATH", m.Listen)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("metrics.listen: %q is not a loopback address; metrics are served on 127.0.0.1, ::1 or a Unix socket only", m.Listen)
 	}
 	return nil
 }

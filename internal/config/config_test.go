@@ -56,6 +56,11 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 		{`{"limits":{"max_body_bytes":10}}`, "limits.max_body_bytes"},
 		{`{"limits":{"max_batch_items":0}}`, "limits.max_batch_items"},
 		{`{"policy_file":""}`, "policy_file"},
+		{`{"metrics":{"listen":"0.0.0.0:9464"}}`, "metrics.listen"},
+		{`{"metrics":{"listen":"localhost"}}`, "metrics.listen"},
+		{`{"metrics":{"listen":"unix:"}}`, "metrics.listen"},
+		{`{"shutdown_timeout":"2h"}`, "shutdown_timeout"},
+		{`{"limits":{"max_in_flight_per_caller":0}}`, "limits.max_in_flight_per_caller"},
 		{`{"sokcet":{}}`, `unknown field "sokcet"`},
 		{`{} {}`, "trailing data"},
 		{`[`, "unexpected EOF"},
@@ -95,4 +100,14 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("validated a socket mode without owner rw: %v", c.SocketMode())
 		}
 	})
+}
+
+func TestMetricsListen(t *testing.T) {
+	for _, ok := range []string{"", "127.0.0.1:9464", "[::1]:0", "127.0.0.5:1", "unix:/run/custodyd/metrics.sock"} {
+		c := Default()
+		c.Metrics.Listen = ok
+		if err := c.Validate(); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
 }

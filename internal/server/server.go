@@ -45,7 +45,7 @@ type Token interface {
 	Capabilities() hsm.Capabilities
 }
 
-// Deps are the server's collaborators. All are required but Now.
+// Deps are the server's collaborators. All are required but Now and Observer.
 type Deps struct {
 	Token    Token
 	Keys     *keys.Registry
@@ -55,6 +55,13 @@ type Deps struct {
 	Limits   config.Limits
 	Now      func() time.Time // nil = time.Now
 	Version  string           // shown by health
+	Observer Observer         // nil = no metrics
+}
+
+// Observer is told about every request: its route pattern, "ok" or the
+// error code, and how long it took (package metrics implements it).
+type Observer interface {
+	ObserveRequest(route, code string, d time.Duration)
 }
 
 // Server serves the API.
@@ -128,41 +135,52 @@ type handler func(ctx context.Context, rq *request) (any, error)
 // and the route's permission check.
 func (s *Server) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
 		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.Timeout())
 		defer cancel()
-		rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
-			IP:        clip(r.Header.Get("Custody-End-User-IP")),
-			UserAgent: clip(r.Header.Get("Custody-End-User-Agent")),
-			RequestID: clip(r.Header.Get("Custody-Request-ID")),
-		}}
-		err := s.authorize(ctx, rq, rt)
-		if err == nil {
-			if !s.inFlight.acquire(rq.peer.UID) {
-				err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
-			} else {
-				defer s.inFlight.release(rq.peer.UID)
-			}
-		}
-		if err != nil {
-			// A refusal at the door is a decision too.
-			if rerr := s.record(ctx, rq, auditlog.Entry{Operation: rt.op}, err); rerr != nil {
-				err = rerr
-			}
-			writeError(w, classify(err))
-			return
-		}
-		body, err := rt.handle(ctx, rq)
+		body, err := s.serve(ctx, r, rt)
+		code := "ok"
 		if err != nil {
 			ae := classify(err)
 			if ae.Code == CodeInternal {
 				s.Log.Error("request failed", "route", rt.pattern, "err", err)
 			}
+			code = ae.Code
 			writeError(w, ae)
-			return
+		} else {
+			writeJSON(w, http.StatusOK, body)
 		}
-		writeJSON(w, http.StatusOK, body)
+		if s.Observer != nil {
+			s.Observer.ObserveRequest(rt.pattern, code, time.Since(start))
+		}
 	})
+}
+
+// serve identifies and authorizes the caller, holds one of its in-flight
+// slots, and runs the route's handler. A refusal at the door is recorded
+// like any other decision.
+func (s *Server) serve(ctx context.Context, r *http.Request, rt route) (any, error) {
+	rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
+		IP:        clip(r.Header.Get("Custody-End-User-IP")),
+		UserAgent: clip(r.Header.Get("Custody-End-User-Agent")),
+		RequestID: clip(r.Header.Get("Custody-Request-ID")),
+	}}
+	err := s.authorize(ctx, rq, rt)
+	if err == nil {
+		if s.inFlight.acquire(rq.peer.UID) {
+			defer s.inFlight.release(rq.peer.UID)
+		} else {
+			err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
+		}
+	}
+	if err != nil {
+		if rerr := s.record(ctx, rq, auditlog.Entry{Operation: rt.op}, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	return rt.handle(ctx, rq)
 }
 
 func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {

@@ -1,0 +1,163 @@
+// Package metrics owns custodyd's Prometheus metrics: one registry of its
+// own (never the global one), the collectors, and the thin wrappers that
+// feed them from the other packages without those packages knowing about
+// Prometheus. The server reports each request through the Observer
+// interface it defines; the HSM is metered by wrapping *hsm.Token (Token);
+// gauges about the token are read on each scrape.
+//
+// Names follow Prometheus conventions (custody_ prefix, base units,
+// _total for counters). Label values are bounded sets: route patterns, error
+// codes, operation names. No label ever carries an id, a principal or
+// anything a caller chose.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"custody/hsm"
+)
+
+// Metrics is the registry and its collectors. Safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	hsmOps        *prometheus.HistogramVec
+	policyReloads *prometheus.CounterVec
+}
+
+// New registers every collector on a fresh registry, with the Go runtime
+// and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custody_requests_total",
+			Help: "API requests by route and result code (\"ok\" or the error code).",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "custody_request_duration_seconds",
+			Help:    "API request latency by route and outcome (ok, error).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms … 4 s
+		}, []string{"route", "outcome"}),
+		hsmOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "custody_hsm_operation_duration_seconds",
+			Help:    "HSM operation latency by operation (open: ECDH1_DERIVE+AES_ECB_ENCRYPT_DATA+AES_KEY_WRAP_PAD+AES_GCM; sign: ECDSA; generate: key-pair generation) and result.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 0.1 ms … 3.3 s
+		}, []string{"op", "result"}),
+		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custody_policy_reloads_total",
+			Help: "Policy reloads (SIGHUP) by result (ok, error).",
+		}, []string{"result"}),
+	}
+	m.Registry.MustRegister(m.requests, m.latency, m.hsmOps, m.policyReloads,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// ObserveRequest records one API request; code is "ok" or its error code.
+// It implements server.Observer.
+func (m *Metrics) ObserveRequest(route, code string, d time.Duration) {
+	outcome := "ok"
+	if code != "ok" {
+		outcome = "error"
+	}
+	m.requests.WithLabelValues(route, code).Inc()
+	m.latency.WithLabelValues(route, outcome).Observe(d.Seconds())
+}
+
+// PolicyReload records a reload attempt.
+func (m *Metrics) PolicyReload(err error) {
+	m.policyReloads.WithLabelValues(result(err)).Inc()
+}
+
+func result(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
+}
+
+// TokenSource is what the token gauges read on each scrape.
+type TokenSource interface {
+	Info() hsm.TokenInfo
+	Ping(ctx context.Context) error
+}
+
+// WatchToken registers gauges read from t at scrape time: pool size,
+// sessions in use, rebuilds, module recycles, and whether the token answers
+// a ping (within one second) right now.
+func (m *Metrics) WatchToken(t TokenSource) {
+	info := func(f func(hsm.TokenInfo) float64) func() float64 {
+		return func() float64 { return f(t.Info()) }
+	}
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions", Help: "Size of the HSM session pool."},
+			info(func(i hsm.TokenInfo) float64 { return float64(i.Sessions) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions_in_use", Help: "HSM sessions borrowed right now."},
+			info(func(i hsm.TokenInfo) float64 { return float64(i.InUse) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_pool_rebuilds_total", Help: "Session-pool rebuilds after a lost session, login or token, planned recycles included."},
+			info(func(i hsm.TokenInfo) float64 { return float64(i.Rebuilds) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_module_recycles_total", Help: "PKCS#11 module re-initializations that freed retained session objects (SoftHSM)."},
+			info(func(i hsm.TokenInfo) float64 { return float64(i.Recycles) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_token_up", Help: "1 if the token answered a ping at scrape time, else 0."},
+			func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if t.Ping(ctx) != nil {
+					return 0
+				}
+				return 1
+			}),
+	)
+}
+
+// Token meters the HSM operations of an *hsm.Token; everything else passes
+// through. It satisfies server.Token and keys.Device.
+type Token struct {
+	*hsm.Token
+	m *Metrics
+}
+
+// Meter wraps t.
+func (m *Metrics) Meter(t *hsm.Token) *Token { return &Token{Token: t, m: m} }
+
+func (t *Token) observe(op string, start time.Time, err error) {
+	t.m.hsmOps.WithLabelValues(op, result(err)).Observe(time.Since(start).Seconds())
+}
+
+// Open is hsm.Token.Open, timed as op "open".
+func (t *Token) Open(ctx context.Context, req hsm.OpenRequest) ([]byte, error) {
+	start := time.Now()
+	pt, err := t.Token.Open(ctx, req)
+	t.observe("open", start, err)
+	return pt, err
+}
+
+// Sign is hsm.Token.Sign, timed as op "sign".
+func (t *Token) Sign(ctx context.Context, label string, digest []byte) ([]byte, error) {
+	start := time.Now()
+	sig, err := t.Token.Sign(ctx, label, digest)
+	t.observe("sign", start, err)
+	return sig, err
+}
+
+// GenerateKeyPair is hsm.Token.GenerateKeyPair, timed as op "generate".
+func (t *Token) GenerateKeyPair(ctx context.Context, spec hsm.KeySpec) (hsm.KeyInfo, error) {
+	start := time.Now()
+	info, err := t.Token.GenerateKeyPair(ctx, spec)
+	t.observe("generate", start, err)
+	return info, err
+}
