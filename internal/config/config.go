@@ -162,6 +162,9 @@ func (c *Config) decode(data []byte) error {
 }
 
 func (c *Config) resolve(dir string) {
+	if p, ok := strings.CutPrefix(c.Metrics.Listen, "unix:"); ok && p != "" && !filepath.IsAbs(p) {
+		c.Metrics.Listen = "unix:" + filepath.Join(dir, p)
+	}
 	for _, p := range []*string{&c.PKCS11.PINFile, &c.PKCS11.SoftHSMConf, &c.Socket.Path, &c.PolicyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
