@@ -65,6 +65,16 @@
 // Info().Rebuilds counts successful rebuilds. Ping is the cheap liveness
 // check for health endpoints.
 //
+// A token that goes away entirely (SoftHSM: its directory is removed) is
+// noticed by C_GetTokenInfo failing on its slot: Ping checks it, and so
+// does every call that failed with ErrNotFound or a token error. SoftHSM
+// keeps serving objects it already holds in memory meanwhile, so it is Ping
+// (the daemon runs it periodically) that turns the pool unavailable. A
+// rebuild that cannot find the token re-initializes the module
+// (C_Finalize/C_Initialize, as for "Memory" below, and only when this Token
+// is its sole user), because SoftHSM scans its token directory only there;
+// once the token is back, the next rebuild finds it.
+//
 // To log in again the user PIN stays in process memory as a []byte for the
 // Token's lifetime; Close clears it. miekg/pkcs11 takes PINs as Go strings,
 // so each C_Login makes a transient copy that cannot be cleared: clearing is

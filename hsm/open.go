@@ -3,6 +3,7 @@ package hsm
 import (
 	"context"
 	"crypto/ecdh"
+	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
@@ -55,8 +56,11 @@ func (t *Token) Open(ctx context.Context, req OpenRequest) ([]byte, error) {
 			return err
 		}
 	})
-	// Each chain creates (and destroys) up to three session objects: Z, KEK, DEK.
-	t.pool.noteSessionObjects(ctx, 3)
+	// Each chain creates (and destroys) up to three session objects: Z, KEK,
+	// DEK; none when no session could be had.
+	if !errors.Is(err, ErrUnavailable) {
+		t.pool.noteSessionObjects(ctx, 3)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open %q: %w", req.KeyLabel, err)
 	}

@@ -290,6 +290,16 @@ func (p *pool) rebuild(ctx context.Context, seen uint64, finalize bool) error {
 			slot, hs, err = p.connect()
 		}
 	}
+	if errors.Is(err, ErrNoToken) && !recycled {
+		// A token that went away and came back is seen again only after
+		// C_Initialize (SoftHSM scans its token directory there).
+		if ok, rerr := p.mod.recycle(); ok {
+			recycled = true
+			slot, hs, err = p.connect()
+		} else if rerr != nil {
+			p.log.Warn("hsm: module re-initialization failed", "token", p.label, "err", rerr)
+		}
+	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -405,6 +415,11 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 			// The session was closed under the call: a loss, not bad data.
 			err = fmt.Errorf("%w (session lost during the call)", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
 		}
+		if err != nil && !isLost(err) && (errors.Is(err, ErrNotFound) || p.ambiguous(err)) && p.tokenGone() {
+			// The token itself went away (SoftHSM: its directory was
+			// removed; its objects vanish and C_GetTokenInfo fails).
+			err = fmt.Errorf("%w (token gone during the call: %w)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT), err)
+		}
 		lost := isLost(err)
 		p.release(s, !lost)
 		if !lost {
@@ -437,6 +452,16 @@ func (p *pool) stats() (n, inUse int, rebuilds, recycles uint64) {
 func (p *pool) ambiguous(err error) bool {
 	var e pkcs11.Error
 	return errors.As(err, &e)
+}
+
+// tokenGone reports whether the token no longer answers C_GetTokenInfo on
+// its slot: removed, or (SoftHSM) its directory taken away.
+func (p *pool) tokenGone() bool {
+	p.mu.Lock()
+	slot := p.slot
+	p.mu.Unlock()
+	_, err := p.mod.ctx.GetTokenInfo(slot)
+	return err != nil
 }
 
 // sessionLost asks the token whether session h is still open and logged in.

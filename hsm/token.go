@@ -215,6 +215,9 @@ func (t *Token) Ping(ctx context.Context) error {
 		if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
 			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
 		}
+		if _, err := t.mod.ctx.GetTokenInfo(si.SlotID); err != nil {
+			return fmt.Errorf("%w (C_GetTokenInfo: %w)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT), err)
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {

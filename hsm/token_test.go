@@ -312,3 +312,64 @@ func TestRecycleFreesSessionObjects(t *testing.T) {
 		t.Errorf("session objects: %d %v", n, err)
 	}
 }
+
+// TestTokenDirectoryRemovedAndRestored: when the token goes away (its
+// SoftHSM directory is moved), Ping notices (SoftHSM keeps serving objects
+// it already holds, but C_GetTokenInfo fails), the pool turns unavailable
+// and calls fail fast with ErrUnavailable; once the directory is back the
+// token serves again with no reopening.
+func TestTokenDirectoryRemovedAndRestored(t *testing.T) {
+	cfg := hsmtest.NewToken(t)
+	tok, err := hsm.Open(testCtx(t), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	key := genKey(t, tok, "outage", hsm.X25519, hsm.UsageDerive)
+	s := seal(t, key, []byte("payload"), []byte("aad"))
+	dir := hsmtest.TokenDir(t, cfg.TokenLabel)
+	// Out of the token store: SoftHSM loads every directory in it.
+	away := filepath.Join(filepath.Dir(filepath.Dir(dir)), "away-"+filepath.Base(dir))
+
+	if err := os.Rename(dir, away); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Ping(testCtx(t)); !errors.Is(err, hsm.ErrUnavailable) {
+		t.Fatalf("ping with the token away: %v", err)
+	}
+	for i := range 3 {
+		start := time.Now()
+		_, err := tok.Open(testCtx(t), s.req)
+		if !errors.Is(err, hsm.ErrUnavailable) {
+			t.Fatalf("open %d with the token away: %v, want ErrUnavailable", i, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("open %d took %v: not failing fast", i, d)
+		}
+	}
+	// A key never looked up before is not "not found" but unavailable too.
+	if _, err := tok.FindKey(testCtx(t), "outage"); !errors.Is(err, hsm.ErrUnavailable) {
+		t.Errorf("find with the token away: %v", err)
+	}
+
+	if err := os.Rename(away, dir); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pt, err := tok.Open(testCtx(t), s.req)
+		if err == nil && string(pt) == "payload" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token back, but opens still fail: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := tok.Ping(testCtx(t)); err != nil {
+		t.Errorf("ping after the token came back: %v", err)
+	}
+	if info := tok.Info(); info.Recycles < 1 {
+		t.Errorf("recovery without a module re-initialization? %+v", info)
+	}
+}

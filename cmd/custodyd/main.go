@@ -190,6 +190,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}()
 		log.Info("metrics served", "listen", cfg.Metrics.Listen)
 	}
+	go watchToken(ctx, token, log)
 	notify("READY=1")
 	log.Info("custodyd ready", "socket", cfg.Socket.Path, "mode", cfg.Socket.Mode, "token", cfg.PKCS11.TokenLabel, "capabilities", token.Capabilities().String())
 	fmt.Fprintf(stderr, "\ncustodyd is serving on %s. Try, from another terminal:\n"+
@@ -283,4 +284,34 @@ func listenMetrics(addr string) (net.Listener, error) {
 		return server.Listen(path, 0o660)
 	}
 	return net.Listen("tcp", addr)
+}
+
+// tokenWatchInterval is how often the daemon pings the token on its own, so
+// that an outage is noticed (and health, metrics and requests say
+// hsm_unavailable) and the recovery happens without waiting for a request.
+const tokenWatchInterval = 2 * time.Second
+
+// watchToken pings the token every tokenWatchInterval until ctx ends and
+// logs each change between reachable and unreachable.
+func watchToken(ctx context.Context, token *hsm.Token, log *slog.Logger) {
+	up := true
+	t := time.NewTicker(tokenWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, tokenWatchInterval)
+		err := token.Ping(pctx)
+		cancel()
+		switch {
+		case err != nil && up:
+			log.Error("hsm: token unreachable; requests get hsm_unavailable until it is back", "err", err)
+		case err == nil && !up:
+			log.Info("hsm: token reachable again", "rebuilds", token.Info().Rebuilds)
+		}
+		up = err == nil
+	}
 }

@@ -18,6 +18,7 @@
 package hsmtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -124,4 +125,22 @@ func writePIN(t testing.TB, dir, name string) string {
 		t.Fatalf("hsmtest: %v", err)
 	}
 	return p
+}
+
+// TokenDir returns the directory that holds the SoftHSM token labelled
+// label (a subdirectory of the Setup token store named by the token's
+// UUID), so an outage test can take it away and put it back.
+func TokenDir(t testing.TB, label string) string {
+	t.Helper()
+	base := filepath.Join(filepath.Dir(os.Getenv("SOFTHSM2_CONF")), "tokens")
+	matches, _ := filepath.Glob(filepath.Join(base, "*", "token.object"))
+	padded := []byte(fmt.Sprintf("%-32s", label)) // as SoftHSM stores CKA_LABEL of a token
+	for _, m := range matches {
+		b, err := os.ReadFile(m)
+		if err == nil && bytes.Contains(b, padded) {
+			return filepath.Dir(m)
+		}
+	}
+	t.Fatalf("hsmtest: no token directory for %q under %s", label, base)
+	return ""
 }

@@ -36,6 +36,7 @@ const (
 	CodeNotRecipient        = "not_recipient"        // the envelope has no stanza for that participant
 	CodeTransactionMismatch = "transaction_mismatch" // envelope belongs to another transaction than stated
 	CodeIntegrityFailure    = "integrity_failure"    // the device refused to unwrap or decrypt: altered data
+	CodeKeyMissing          = "key_missing"          // the registry knows the key but the token does not have it
 	CodeHSMUnavailable      = "hsm_unavailable"      // token down; retry later
 	CodeLogUnavailable      = "log_unavailable"      // the decision could not be recorded; nothing released
 	CodeRateLimited         = "rate_limited"         // too many requests of this caller in progress; retry after some finish
@@ -100,7 +101,8 @@ var errorMap = []mapping{
 	{envelope.ErrSignature, http.StatusBadRequest, CodeSignatureInvalid, says("the envelope header signature does not verify: it was altered or not sealed by this daemon")},
 	{envelope.ErrInvalidInput, http.StatusBadRequest, CodeBadRequest, itself},
 	{envelope.ErrNoStanza, http.StatusBadRequest, CodeNotRecipient, itself},
-	{hsm.ErrIntegrity, http.StatusBadRequest, CodeIntegrityFailure, says("the HSM refused to unwrap or decrypt: the envelope was altered")},
 	{hsm.ErrUnavailable, http.StatusServiceUnavailable, CodeHSMUnavailable, says("the HSM token is unavailable; retry later, and see health")},
+	{hsm.ErrIntegrity, http.StatusBadRequest, CodeIntegrityFailure, says("the HSM refused to unwrap or decrypt: the envelope was altered")},
+	{hsm.ErrNotFound, http.StatusInternalServerError, CodeKeyMissing, says("a registered key is missing from the token; an operator must check the token")},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
 }
