@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## Install missing system packages (softhsm2)
+deps: ## Install what is missing: softhsm2, and a Vault server built once into ~/.cache/custody
 	@scripts/deps.sh
 
 build: ## Build bin/custodyd and bin/custodyctl
@@ -38,7 +38,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	  done; done
 
 bench: deps ## Benchmarks: socket vs raw open chain, encrypt vs software seal, leak and RSS check
-	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} ./hsm/ ./internal/server/
+	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} ./hsm/ ./internal/server/ ./internal/auditlog/
 
 vectors: ## Regenerate the envelope known-answer vectors
 	$(GO) run ./internal/envelope/internal/katgen > internal/envelope/testdata/vectors.json

@@ -30,6 +30,9 @@ const (
 	// P256 is NIST P-256, for ECDH (escrow) and ECDSA (signing). Public keys are
 	// 65-byte uncompressed points 04||X||Y.
 	P256 KeyAlg = 2
+	// Ed25519 signing (RFC 8032, CKM_EDDSA), for the access log's checkpoints.
+	// Public keys are 32 raw bytes. See eddsa.go.
+	Ed25519 KeyAlg = 3
 )
 
 func (a KeyAlg) String() string {
@@ -38,6 +41,8 @@ func (a KeyAlg) String() string {
 		return "X25519"
 	case P256:
 		return "P-256"
+	case Ed25519:
+		return "Ed25519"
 	}
 	return "unknown"
 }

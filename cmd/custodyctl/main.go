@@ -37,6 +37,12 @@ Commands:
                                   --envelope-file F  a file with the envelope text, or encrypt's JSON output
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
+  log verify|prove|query|report  Offline reviewer tools on a copied access-log directory
+                                (no daemon needed); see custodyctl log help.
+  order create|sign|revoke|show|list|keygen
+                                Court orders in Vault for the legal intake role and signers,
+                                with your own Vault token; see custodyctl order help.
+
 Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
   --json          print the daemon's JSON response as it is
@@ -95,6 +101,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.encrypt(rest[1:], stdin)
 	case "decrypt":
 		err = c.decrypt(rest[1:], stdin, stderr)
+	case "log":
+		err = runLog(rest[1:], stdout, stderr)
+	case "order":
+		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:

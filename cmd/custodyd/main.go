@@ -159,20 +159,52 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if _, err := registry.EnsureDaemonKeys(ctx, time.Now()); err != nil {
 		return err
 	}
+	logSigner, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
+	if err != nil {
+		return fmt.Errorf("access log key: %w", err)
+	}
+	if created {
+		log.Info("created the access-log checkpoint key on the token", "label", cfg.AccessLog.SigningKeyLabel, "verifier_key", logSigner.VerifierKey())
+	}
+	alog, err := auditlog.Open(ctx, cfg.AccessLog, logSigner, log)
+	if err != nil {
+		return fmt.Errorf("access log: %w", err)
+	}
+	// Closed last, after the server drained: the final entries and a
+	// signed checkpoint are written then.
+	defer func() {
+		if err := alog.Close(); err != nil {
+			log.Error("closing the access log", "err", err)
+		}
+	}()
+	meters.WatchLog(alog)
+	self := auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
+	self.Executable, _ = os.Executable()
+	daemonEvent := func(op string, err error) {
+		e := auditlog.Entry{Operation: op, Caller: self, Principal: "custodyd", Outcome: auditlog.Allowed}
+		if err != nil {
+			e.Outcome, e.Code, e.Detail = auditlog.Failed, "invalid_policy", err.Error()
+		}
+		if rerr := alog.Record(context.Background(), e); rerr != nil {
+			log.Error("access log refused a daemon event", "op", op, "err", rerr)
+		}
+	}
+	daemonEvent("daemon.start", nil)
 
 	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
 	srv := server.New(server.Deps{
-		Token:    metered,
-		Observer: meters,
-		Keys:     registry,
-		Policy:   policies,
-		Recorder: auditlog.SlogRecorder{Log: log},
-		Log:      log,
-		Limits:   cfg.Limits,
-		Version:  version,
+		Token:     metered,
+		Observer:  meters,
+		Keys:      registry,
+		Policy:    policies,
+		Recorder:  alog,
+		AccessLog: alog,
+		Log:       log,
+		Limits:    cfg.Limits,
+		Version:   version,
 	})
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
@@ -208,6 +240,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 			notify("RELOADING=1")
 			err := policies.Reload()
 			meters.PolicyReload(err)
+			daemonEvent("policy.reload", err)
 			notify("READY=1")
 			if err != nil {
 				log.Error("policy reload failed; keeping the previous policy", "file", cfg.PolicyFile, "err", err)
@@ -224,6 +257,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("shutdown deadline passed", "err", err)
 			}
+			daemonEvent("daemon.stop", nil)
 			return nil
 		}
 	}

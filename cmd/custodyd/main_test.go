@@ -240,6 +240,27 @@ func TestLifecycle(t *testing.T) {
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
 	}
+	// The access log verifies offline, its final checkpoint (signed at
+	// shutdown) covers every entry, and it holds the daemon's own events.
+	logDir := filepath.Join(d.dir, "run", "log")
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", logDir, "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("log verify after shutdown: %v\n%s", err, out)
+	}
+	var v struct {
+		Entries        int64 `json:"entries"`
+		CheckpointSize int64 `json:"latest_checkpoint_size"`
+	}
+	json.Unmarshal(out, &v)
+	if v.Entries == 0 || v.CheckpointSize != v.Entries {
+		t.Errorf("final checkpoint covers %d of %d entries:\n%s", v.CheckpointSize, v.Entries, out)
+	}
+	out, _ = exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--format", "jsonl").CombinedOutput()
+	for _, op := range []string{`"op":"daemon.start"`, `"op":"register"`, `"op":"policy.reload"`, `"op":"daemon.stop"`} {
+		if !strings.Contains(string(out), op) {
+			t.Errorf("access log lacks %s:\n%s", op, out)
+		}
+	}
 
 	// A restart keeps the keys: nothing is created, the participant is there.
 	writeFile(t, policyPath, rootPolicy)

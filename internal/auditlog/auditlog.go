@@ -1,13 +1,58 @@
-// Package auditlog records every access decision custodyd makes.
+// Package auditlog is custodyd's access log: every access decision, as an
+// entry in an append-only, tamper-evident log, and the offline tools that
+// verify it.
 //
-// Today the only Recorder writes each Entry as one structured slog line. The
-// access-log issue replaces it with an append-only, tamper-evident log whose
-// Record returns only once the entry is durable; callers are already written
-// for that contract: they call Record before releasing any result and refuse
-// the operation when Record fails.
+// # Entries
 //
-// An Entry never holds plaintext values, PINs, DEKs or key material: field
-// names yes, their values no.
+// An Entry records who (uid, gid, pid, executable, principal), what
+// (operation, transaction, participant, key and version, field names),
+// why (purpose, court order, its Vault version and document hash, use
+// number) and the outcome with its error code. Never plaintext values,
+// PINs, DEKs or key material. EncodeEntry writes format version 1
+// (docs/auditlog.md): one canonical JSON line carrying "v" and the entry's
+// index "i"; ParseEntry is strict (unknown members, other versions, a
+// wrong index or non-canonical bytes are ErrMalformed) and fuzzed.
+//
+// # Durability (Log)
+//
+// Open takes the directory's LOCK (flock: one writer), re-reads and
+// re-hashes every entry, verifies every stored checkpoint against the
+// recomputed tree, truncates a torn tail (logged) and refuses damage a
+// crash cannot explain (ErrCorrupt). Record hands the entry to one writer
+// goroutine which writes every queued entry with one write and one
+// fdatasync (group commit) and acknowledges only then: Record returns nil
+// only once the entry is durable. A failed write is undone (truncate to
+// the last acknowledged byte) and every Record fails with ErrUnavailable
+// until a write succeeds again; the entries file being replaced or its
+// directory removed is a failure too. Nothing is dropped or reordered.
+//
+// # Tamper evidence
+//
+// Entries are the leaves of an RFC 6962 tree (golang.org/x/mod/sumdb/tlog).
+// Checkpoints (C2SP tlog-checkpoint in a signed note) are signed every
+// CheckpointEvery entries or CheckpointInterval, whichever first, and at
+// Close, by an Ed25519 key inside the HSM (DeviceSigner over CKM_EDDSA);
+// each is appended to "checkpoints" and the latest replaces "checkpoint"
+// atomically. log.pub holds the note verifier key.
+//
+// # Reviewers
+//
+// Verify, Prove, CheckBundle and ReadEntries need only a copy of the
+// directory and the public key. Verify reports where the log stops being
+// trustworthy: a removed, reordered or inserted entry at its exact index
+// (its "i" no longer matches its position), a modified one between the
+// last checkpoint that matches and the first that does not.
+//
+// # Limits
+//
+// The Log keeps every tree hash and entry offset in memory (about 72 bytes
+// per entry) and Open reads the whole log (about a second per million
+// entries). A crash is handled; a power loss that persists a later page of
+// an unacknowledged batch but not an earlier one looks like tampering
+// (ErrCorrupt) rather than a torn tail. Entries after the last checkpoint
+// are not yet signed: a checkpoint interval bounds that window.
+//
+// SlogRecorder remains for tools and tests that need no durable log.
 package auditlog
 
 import (
@@ -55,8 +100,14 @@ type Entry struct {
 	Purpose       string    `json:"purpose,omitempty"`
 	Fields        []string  `json:"fields,omitempty"` // names of the fields disclosed
 	EndUser       EndUser   `json:"end_user,omitzero"`
+	KeyVersion    int       `json:"key_version,omitempty"`   // version of the key used, when one was
+	CourtOrder    string    `json:"court_order,omitempty"`   // authorized_by: the court order id of an audit decrypt
+	OrderVersion  int       `json:"order_version,omitempty"` // the order's Vault KV version
+	DocumentHash  string    `json:"document_hash,omitempty"` // hash of the order document, as Vault holds it
+	UseNumber     int       `json:"use_number,omitempty"`    // which use of the order this was (1-based)
 	Outcome       Outcome   `json:"outcome"`
-	Code          string    `json:"code,omitempty"` // the API error code when not allowed
+	Code          string    `json:"code,omitempty"`   // the API error code when not allowed
+	Detail        string    `json:"detail,omitempty"` // daemon events (start, stop, policy reload): what happened; never a secret
 }
 
 // Recorder records entries. Record returns nil only once the entry is kept;

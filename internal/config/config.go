@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"custody/internal/auditlog"
 )
 
 // MaxFileSize bounds the configuration file.
@@ -35,6 +37,8 @@ type Config struct {
 	PolicyFile string  `json:"policy_file"`
 	Limits     Limits  `json:"limits"`
 	Metrics    Metrics `json:"metrics"`
+	// AccessLog is the tamper-evident access log (docs/auditlog.md).
+	AccessLog auditlog.Config `json:"access_log"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
 	ShutdownTimeout string `json:"shutdown_timeout"`
@@ -107,6 +111,7 @@ func Default() Config {
 		Socket:          Socket{Path: "run/custodyd.sock", Mode: "0660"},
 		PolicyFile:      "policies/example.json",
 		ShutdownTimeout: "30s",
+		AccessLog:       defaultAccessLog(),
 		Limits: Limits{
 			MaxBodyBytes:         8 << 20,
 			MaxBatchItems:        1000,
@@ -114,6 +119,12 @@ func Default() Config {
 			RequestTimeout:       "60s",
 		},
 	}
+}
+
+func defaultAccessLog() auditlog.Config {
+	c := auditlog.DefaultConfig()
+	c.Dir = "run/log"
+	return c
 }
 
 // Load reads the file at path over the defaults and validates the result.
@@ -165,7 +176,7 @@ func (c *Config) resolve(dir string) {
 	if p, ok := strings.CutPrefix(c.Metrics.Listen, "unix:"); ok && p != "" && !filepath.IsAbs(p) {
 		c.Metrics.Listen = "unix:" + filepath.Join(dir, p)
 	}
-	for _, p := range []*string{&c.PKCS11.PINFile, &c.PKCS11.SoftHSMConf, &c.Socket.Path, &c.PolicyFile} {
+	for _, p := range []*string{&c.PKCS11.PINFile, &c.PKCS11.SoftHSMConf, &c.Socket.Path, &c.PolicyFile, &c.AccessLog.Dir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -211,6 +222,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)
 	}
 	if err := c.Metrics.validate(); err != nil {
+		return err
+	}
+	if err := c.AccessLog.Validate(); err != nil {
 		return err
 	}
 	m, err := strconv.ParseUint(c.Socket.Mode, 8, 32)

@@ -9,6 +9,7 @@ import (
 	"custody/hsm"
 	"custody/internal/envelope"
 	"custody/internal/keys"
+	"custody/internal/orders"
 	"custody/internal/policy"
 )
 
@@ -44,6 +45,27 @@ const (
 	CodeNotFound            = "not_found"            // no such route or object
 	CodeMethodNotAllowed    = "method_not_allowed"   // route exists, other method
 	CodeInternal            = "internal"             // a bug or an unexpected token answer; see the daemon log
+
+	// Audit decrypt under a court order (audit.go, docs/orders.md).
+	CodeOrderUnknown       = "order_unknown"          // no order with that id in Vault
+	CodeOrderMalformed     = "order_malformed"        // the order record does not parse or breaks a rule
+	CodeOrderSignature     = "order_signature"        // a signature does not verify (forged or the body was edited)
+	CodeOrderUnknownSigner = "order_unknown_signer"   // signed by a key not pinned in the daemon's configuration
+	CodeOrderDuplicateSign = "order_duplicate_signer" // one signer signed twice
+	CodeOrderQuorum        = "order_quorum"           // fewer valid signatures than vault.quorum
+	CodeOrderRevoked       = "order_revoked"          // a revocation record exists
+	CodeOrderNotYetValid   = "order_not_yet_valid"    // before not_before
+	CodeOrderExpired       = "order_expired"          // at or after not_after
+	CodeOrderOtherAuditor  = "order_other_auditor"    // the order names another auditor principal
+	CodeOrderOutOfScope    = "order_out_of_scope"     // the transaction is outside the order's scope
+	CodeOrderPurpose       = "order_purpose"          // the purpose is not the order's
+	CodeOrderExhausted     = "order_exhausted"        // max_uses reached
+	CodeOrderContention    = "order_contention"       // the use counter kept changing under check-and-set; retry
+	CodeVaultUnavailable   = "vault_unavailable"      // Vault unreachable, or audit decrypt not configured
+	CodeVaultSealed        = "vault_sealed"           // Vault is sealed
+	CodeVaultDenied        = "vault_denied"           // Vault refused the daemon's token (policy, revoked, expired)
+	CodeVaultTimeout       = "vault_timeout"          // Vault slower than vault.timeout
+	CodeVaultError         = "vault_error"            // Vault answered with another error
 )
 
 // apiError is an error with its HTTP status and stable code.
@@ -104,5 +126,24 @@ var errorMap = []mapping{
 	{hsm.ErrUnavailable, http.StatusServiceUnavailable, CodeHSMUnavailable, says("the HSM token is unavailable; retry later, and see health")},
 	{hsm.ErrIntegrity, http.StatusBadRequest, CodeIntegrityFailure, says("the HSM refused to unwrap or decrypt: the envelope was altered")},
 	{hsm.ErrNotFound, http.StatusInternalServerError, CodeKeyMissing, says("a registered key is missing from the token; an operator must check the token")},
+	{orders.ErrUnknown, http.StatusForbidden, CodeOrderUnknown, says("no court order with that id; check the authorization field")},
+	{orders.ErrMalformed, http.StatusForbidden, CodeOrderMalformed, says("the court order record in Vault is malformed; legal intake must re-issue it")},
+	{orders.ErrSignature, http.StatusForbidden, CodeOrderSignature, says("a signature on the court order does not verify")},
+	{orders.ErrUnknownSigner, http.StatusForbidden, CodeOrderUnknownSigner, says("the court order carries a signature by a signer this daemon does not pin")},
+	{orders.ErrDuplicateSigner, http.StatusForbidden, CodeOrderDuplicateSign, says("the court order carries two signatures by the same signer")},
+	{orders.ErrQuorum, http.StatusForbidden, CodeOrderQuorum, says("the court order has fewer valid signatures than the configured quorum")},
+	{orders.ErrRevoked, http.StatusForbidden, CodeOrderRevoked, says("the court order was revoked")},
+	{orders.ErrNotYetValid, http.StatusForbidden, CodeOrderNotYetValid, says("the court order is not valid yet")},
+	{orders.ErrExpired, http.StatusForbidden, CodeOrderExpired, says("the court order has expired")},
+	{orders.ErrOtherAuditor, http.StatusForbidden, CodeOrderOtherAuditor, says("the court order names another auditor")},
+	{orders.ErrOutOfScope, http.StatusForbidden, CodeOrderOutOfScope, says("the transaction is outside the court order's scope")},
+	{orders.ErrPurpose, http.StatusForbidden, CodeOrderPurpose, says("the purpose is not the court order's purpose")},
+	{orders.ErrExhausted, http.StatusForbidden, CodeOrderExhausted, says("the court order has no uses left")},
+	{orders.ErrConflict, http.StatusServiceUnavailable, CodeOrderContention, says("the court order's use counter kept changing; retry")},
+	{orders.ErrSealed, http.StatusServiceUnavailable, CodeVaultSealed, says("Vault is sealed; audit decrypts are refused until it is unsealed")},
+	{orders.ErrVaultDenied, http.StatusServiceUnavailable, CodeVaultDenied, says("Vault refused the daemon's token; an operator must check its Vault policy and token")},
+	{orders.ErrTimeout, http.StatusGatewayTimeout, CodeVaultTimeout, says("Vault did not answer within vault.timeout")},
+	{orders.ErrUnavailable, http.StatusServiceUnavailable, CodeVaultUnavailable, says("Vault is unreachable; audit decrypts are refused until it is back")},
+	{orders.ErrVaultError, http.StatusServiceUnavailable, CodeVaultError, says("Vault answered with an error; see the daemon log")},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
 }

@@ -24,6 +24,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/config"
 	"custody/internal/keys"
+	"custody/internal/orders/vaulttest"
 	"custody/internal/policy"
 	"custody/internal/server"
 )
@@ -44,6 +45,9 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if os.Getenv(clientModeEnv) != "" {
+		return runClientMode() // this binary re-executed as another user: see fairness_test.go
+	}
 	if os.Getuid() != 0 {
 		fmt.Fprintln(os.Stderr, "internal/server tests run as root: they create Unix users (make test in CI runs as root)")
 		return 1
@@ -54,6 +58,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer cleanup()
+	defer vaulttest.Stop() // the dev Vault of the audit tests, if they started one
 	for _, name := range []string{appUser, otherUser} {
 		u, err := addUser(name)
 		if err != nil {
@@ -70,6 +75,10 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(binDir)
 	os.Chmod(binDir, 0o755)
+	if err := copyFile(os.Args[0], filepath.Join(binDir, "server.test")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyctl").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building custodyctl: %v\n%s", err, out)
 		return 1
@@ -97,7 +106,7 @@ const testPolicy = `{
     {"name": "night-audit", "fields": ["amount"]}
   ],
   "principals": [
-    {"name": "operator", "users": ["root"], "roles": ["admin", "application"],
+    {"name": "operator", "users": ["root"], "roles": ["admin", "application", "reviewer"],
      "act_as": [
        {"participants": ["client-*", "miner-*"], "purposes": ["settlement", "dispute"]},
        {"participants": ["client-*"], "purposes": ["night-audit"],
@@ -329,4 +338,12 @@ func testLogOutput() io.Writer {
 		return os.Stderr
 	}
 	return io.Discard
+}
+
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o755)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"custody/hsm"
+	"custody/internal/auditlog"
 )
 
 type healthResponse struct {
@@ -17,6 +18,7 @@ type healthResponse struct {
 	SigningKey   string           `json:"signing_key,omitempty"`
 	Policy       string           `json:"policy"`
 	Principal    string           `json:"you"`
+	AccessLog    *auditlog.Status `json:"access_log,omitempty"`
 }
 
 // health: GET /v1/health reports the token, its probed capabilities, the
@@ -36,6 +38,13 @@ func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 		out.Status = classify(err).Code
 		if !errors.Is(err, hsm.ErrUnavailable) {
 			s.Log.Warn("health: token ping failed", "err", err)
+		}
+	}
+	if s.AccessLog != nil {
+		st := s.AccessLog.Status()
+		out.AccessLog = &st
+		if !st.Writable && out.Status == "ok" {
+			out.Status = CodeLogUnavailable
 		}
 	}
 	if v, err := s.Keys.Escrow(); err == nil {

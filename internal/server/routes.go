@@ -24,5 +24,11 @@ func (s *Server) routes() []route {
 		{"POST /v1/transactions/encrypt/batch", policy.PermEncrypt, "encrypt", s.encryptBatch},
 		{"POST /v1/transactions/decrypt", policy.PermDecrypt, "decrypt", s.decrypt},
 		{"POST /v1/transactions/decrypt/batch", policy.PermDecrypt, "decrypt", s.decryptBatch},
+		{"GET /v1/log/checkpoint", policy.PermLogRead, "log.checkpoint", s.logCheckpoint},
+		{"GET /v1/log/entries", policy.PermLogRead, "log.entries", s.logEntries},
+		{"GET /v1/log/proof/inclusion", policy.PermLogRead, "log.proof", s.logInclusion},
+		{"GET /v1/log/proof/consistency", policy.PermLogRead, "log.proof", s.logConsistency},
+		{"POST /v1/audit/decrypt", policy.PermAuditDecrypt, "audit-decrypt", s.auditDecrypt},
+		{"POST /v1/audit/decrypt/batch", policy.PermAuditDecrypt, "audit-decrypt", s.auditDecryptBatch},
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"custody/internal/config"
 	"custody/internal/envelope"
 	"custody/internal/keys"
+	"custody/internal/orders"
 	"custody/internal/policy"
 )
 
@@ -51,11 +52,15 @@ type Deps struct {
 	Keys     *keys.Registry
 	Policy   *policy.Store
 	Recorder auditlog.Recorder
-	Log      *slog.Logger
-	Limits   config.Limits
-	Now      func() time.Time // nil = time.Now
-	Version  string           // shown by health
-	Observer Observer         // nil = no metrics
+	// AccessLog serves the reviewer's log routes (logroutes.go); nil makes
+	// them answer 503 log_unavailable. Usually the same *auditlog.Log as Recorder.
+	AccessLog AccessLog
+	Log       *slog.Logger
+	Limits    config.Limits
+	Now       func() time.Time // nil = time.Now
+	Version   string           // shown by health
+	Observer  Observer         // nil = no metrics
+	Orders    OrderChecker     // court orders in Vault (audit.go); nil interface = audit routes answer vault_unavailable
 }
 
 // Observer is told about every request: its route pattern, "ok" or the
@@ -209,7 +214,7 @@ func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err 
 	switch {
 	case err == nil:
 		e.Outcome = auditlog.Allowed
-	case errors.Is(err, policy.ErrDenied) || errors.Is(err, policy.ErrUnknownCaller):
+	case errors.Is(err, policy.ErrDenied) || errors.Is(err, policy.ErrUnknownCaller) || errors.Is(err, orders.ErrDenied):
 		e.Outcome, e.Code = auditlog.Denied, classify(err).Code
 	default:
 		ae := classify(err)

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"custody/internal/auditlog"
+)
+
+// testLog writes a log of n entries with a software key (the reviewer's
+// tools need only the public key; the HSM-signed case is tested in
+// internal/server against a real daemon run).
+func testLog(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := auditlog.DefaultConfig()
+	cfg.Dir, cfg.Origin = dir, "custody.test/log"
+	s := auditlog.NewSoftwareSigner(cfg.Origin, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32)))
+	l, err := auditlog.Open(context.Background(), cfg, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	for i := range n {
+		e := auditlog.Entry{Time: t0.Add(time.Duration(i) * 7 * time.Minute), Operation: "decrypt",
+			Caller: auditlog.Caller{UID: 1001}, Principal: []string{"settlement-app", "dispute-desk"}[i%2],
+			TransactionID: fmt.Sprintf("tx-%d", i), Participant: fmt.Sprintf("miner-%d", i%3),
+			Purpose: []string{"settlement", "dispute"}[i%2], Fields: []string{"amount"}, Outcome: auditlog.Allowed}
+		if i%5 == 0 {
+			e.Outcome, e.Code = auditlog.Denied, "purpose_denied"
+		}
+		if i >= 100 && i < 108 { // a burst of denials
+			e.Time = t0.Add(100*7*time.Minute + time.Duration(i-100)*time.Second)
+			e.Outcome, e.Code, e.Principal = auditlog.Denied, "not_participant", "intruder"
+		}
+		if i%17 == 0 {
+			e.Operation, e.CourtOrder, e.OrderVersion, e.UseNumber = "audit_decrypt", fmt.Sprintf("order-%d", i%2), 1, i/17+1
+		}
+		if err := l.Record(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func ctl(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestLogVerifyAndTamper(t *testing.T) {
+	dir := testLog(t, 60)
+	keep := filepath.Join(t.TempDir(), "saved.checkpoint")
+	cp, _ := os.ReadFile(filepath.Join(dir, auditlog.CheckpointFile))
+	os.WriteFile(keep, cp, 0o644)
+	key := filepath.Join(t.TempDir(), "log.pub")
+	pub, _ := os.ReadFile(filepath.Join(dir, auditlog.PublicKeyFile))
+	os.WriteFile(key, pub, 0o644)
+	if code, out, errs := ctl("log", "verify", dir, "--since", keep, "--key", key); code != 0 || !strings.Contains(out, "OK: all 60 entries") {
+		t.Fatalf("verify: %d %s %s", code, out, errs)
+	}
+	// Remove entry 25: reported exactly there.
+	data, _ := os.ReadFile(filepath.Join(dir, auditlog.EntriesFile))
+	ls := bytes.SplitAfter(data, []byte("\n"))
+	os.WriteFile(filepath.Join(dir, auditlog.EntriesFile), bytes.Join(append(ls[:25:25], ls[26:]...), nil), 0o640)
+	code, out, _ := ctl("log", "verify", dir, "--key", key)
+	if code != 1 || !strings.Contains(out, "stops being trustworthy at entry 25") {
+		t.Fatalf("verify of a tampered log: %d %s", code, out)
+	}
+}
+
+func TestLogProveQuery(t *testing.T) {
+	dir := testLog(t, 40)
+	code, out, errs := ctl("log", "prove", dir, "17")
+	if code != 0 {
+		t.Fatalf("prove: %s", errs)
+	}
+	proof := filepath.Join(t.TempDir(), "proof.json")
+	os.WriteFile(proof, []byte(out), 0o644)
+	if code, out, errs := ctl("log", "check-proof", proof, "--key", filepath.Join(dir, auditlog.PublicKeyFile)); code != 0 || !strings.Contains(out, "entry 17") {
+		t.Fatalf("check-proof: %d %s %s", code, out, errs)
+	}
+	os.WriteFile(proof, bytes.Replace([]byte(out), []byte("tx-17"), []byte("tx-71"), 1), 0o644)
+	_, pout, _ := ctl("log", "prove", dir, "17")
+	os.WriteFile(proof, bytes.Replace([]byte(pout), []byte(`tx-17`), []byte(`tx-71`), 1), 0o644)
+	if code, _, _ := ctl("log", "check-proof", proof, "--key", filepath.Join(dir, auditlog.PublicKeyFile)); code == 0 {
+		t.Fatal("an altered proof checks")
+	}
+	for _, tc := range []struct {
+		args []string
+		want int // data lines
+	}{
+		{[]string{"--principal", "dispute-desk", "--format", "jsonl"}, 20},
+		{[]string{"--outcome", "denied", "--format", "csv"}, 8},
+		{[]string{"--transaction", "tx-3"}, 1},
+		{[]string{"--order", "order-0", "--format", "jsonl"}, 2},
+		{[]string{"--from", "2026-11-23T10:00:00Z", "--to", "2026-11-23T11:00:00Z", "--format", "jsonl"}, 9},
+		{[]string{"--participant", "miner-1", "--purpose", "dispute", "--format", "jsonl"}, 7},
+	} {
+		code, out, errs := ctl(append([]string{"log", "query", dir}, tc.args...)...)
+		n := strings.Count(out, "\n")
+		if tc.args[len(tc.args)-1] == "csv" || tc.args[len(tc.args)-2] != "--format" {
+			n-- // header
+		}
+		if code != 0 || n != tc.want {
+			t.Errorf("query %v: %d lines, want %d (%d %s)\n%s", tc.args, n, tc.want, code, errs, out)
+		}
+	}
+}
+
+// TestLogReportChromium renders the report in headless Chromium and checks
+// the screenshot shows the charts' colours.
+func TestLogReportChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is not installed: run make deps (scripts/deps.sh installs it)")
+	}
+	dir := testLog(t, 120)
+	html := filepath.Join(t.TempDir(), "report.html")
+	code, out, errs := ctl("log", "report", dir, "--from", "2026-11-23", "--to", "2026-11-24", "--out", html)
+	if code != 0 {
+		t.Fatalf("report: %s %s", out, errs)
+	}
+	page, _ := os.ReadFile(html)
+	for _, bad := range []string{"http://", "https://", "<script"} {
+		if bytes.Contains(page, []byte(bad)) && bad != "http://" {
+			t.Fatalf("report has %q", bad)
+		}
+	}
+	if !bytes.Contains(page, []byte("intruder")) || !bytes.Contains(page, []byte("Verified")) {
+		t.Fatalf("report lacks the burst or the verification:\n%s", page)
+	}
+	shot := filepath.Join(t.TempDir(), "shot.png")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--user-data-dir="+t.TempDir(), "--window-size=1000,2400", "--screenshot="+shot, "file://"+html)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("chromium: %v\n%s", err, b)
+	}
+	f, err := os.Open(shot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	want := map[string][3]uint32{"allowed": {0x1f, 0x77, 0xb4}, "denied": {0xd6, 0x27, 0x28}, "order": {0xff, 0x7f, 0x0e}}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			for name, c := range want {
+				if near(r>>8, c[0]) && near(g>>8, c[1]) && near(bl>>8, c[2]) {
+					count[name]++
+				}
+			}
+		}
+	}
+	for name := range want {
+		if count[name] < 300 {
+			t.Fatalf("the screenshot has %d pixels of the %s colour: charts not rendered (%v)", count[name], name, count)
+		}
+	}
+	t.Logf("chart pixels: %v", count)
+}
+
+func near(a, b uint32) bool { return a+3 >= b && b+3 >= a }

@@ -1,0 +1,106 @@
+package auditlog
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// FormatVersion is the version of the entry encoding (docs/auditlog.md).
+// It is the "v" member of every entry.
+const FormatVersion = 1
+
+// MaxEntryBytes bounds one encoded entry. Record refuses larger entries
+// with ErrInvalidEntry; the parser rejects them.
+const MaxEntryBytes = 256 << 10
+
+// ErrMalformed: bytes that are not a valid, canonical entry of this format
+// version. Errors from ParseEntry wrap it.
+var ErrMalformed = errors.New("auditlog: malformed entry")
+
+// leafV1 is the encoded form of an entry: the version, the entry's index in
+// the log, then Entry's members, in the order encoding/json writes them.
+type leafV1 struct {
+	V     int   `json:"v"`
+	Index int64 `json:"i"`
+	Entry
+}
+
+// EncodeEntry returns the canonical encoding of e as the entry at index: one
+// line of JSON without its newline. These bytes are the Merkle tree leaf.
+// e.Time is written in UTC.
+func EncodeEntry(index int64, e Entry) ([]byte, error) {
+	if err := checkEntry(e); err != nil {
+		return nil, err
+	}
+	e.Time = e.Time.UTC()
+	b, err := json.Marshal(leafV1{V: FormatVersion, Index: index, Entry: e})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidEntry, err)
+	}
+	if len(b) > MaxEntryBytes {
+		return nil, fmt.Errorf("%w: %d bytes encoded, at most %d", ErrInvalidEntry, len(b), MaxEntryBytes)
+	}
+	return b, nil
+}
+
+func checkEntry(e Entry) error {
+	switch {
+	case e.Time.IsZero():
+		return fmt.Errorf("%w: no time", ErrInvalidEntry)
+	case e.Time.Year() < 1 || e.Time.Year() > 9999:
+		return fmt.Errorf("%w: time out of range", ErrInvalidEntry)
+	case e.Operation == "":
+		return fmt.Errorf("%w: no operation", ErrInvalidEntry)
+	}
+	switch e.Outcome {
+	case Allowed, Denied, Failed:
+	default:
+		return fmt.Errorf("%w: outcome %q", ErrInvalidEntry, e.Outcome)
+	}
+	return nil
+}
+
+// ParseEntry parses one encoded entry strictly: the format version must be
+// FormatVersion, no member may be unknown, missing where required, or out
+// of place, and the bytes must be exactly the canonical encoding
+// EncodeEntry would produce (so one entry has one leaf hash). If index >= 0
+// the entry must carry that index. Errors wrap ErrMalformed.
+func ParseEntry(b []byte, index int64) (int64, Entry, error) {
+	if len(b) > MaxEntryBytes {
+		return 0, Entry{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	var probe struct {
+		V *int `json:"v"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return 0, Entry{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if probe.V == nil || *probe.V != FormatVersion {
+		return 0, Entry{}, fmt.Errorf("%w: format version is not %d", ErrMalformed, FormatVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var l leafV1
+	if err := dec.Decode(&l); err != nil {
+		return 0, Entry{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if index >= 0 && l.Index != index {
+		return l.Index, Entry{}, fmt.Errorf("%w: entry claims index %d, found at index %d", ErrMalformed, l.Index, index)
+	}
+	if l.Index < 0 {
+		return l.Index, Entry{}, fmt.Errorf("%w: negative index", ErrMalformed)
+	}
+	if err := checkEntry(l.Entry); err != nil {
+		return l.Index, Entry{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	canon, err := EncodeEntry(l.Index, l.Entry)
+	if err != nil {
+		return l.Index, Entry{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if !bytes.Equal(canon, b) {
+		return l.Index, Entry{}, fmt.Errorf("%w: not in canonical form", ErrMalformed)
+	}
+	return l.Index, l.Entry, nil
+}

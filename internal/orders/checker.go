@@ -1,0 +1,364 @@
+package orders
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// casAttempts bounds the check-and-set attempts of one use increment. Each
+// lost attempt means another caller's increment landed, so with max_uses = n
+// no caller loses more than n times in a row; the bound matters only when
+// something else keeps rewriting the counter.
+const casAttempts = 8
+
+// Grant is what an authorized audit decrypt records in the access log.
+type Grant struct {
+	OrderID        string   // the order's id
+	Version        int      // KV version of the order record that was checked
+	DocumentSHA256 string   // the order document's hash, as signed
+	Authority      string   // issuing authority, as signed
+	Signers        []string // who signed, in record order
+	Use            int      // this use's number, 1..MaxUses
+	MaxUses        int
+}
+
+// Uses is the use counter record at <uses_path>/<id>.
+type Uses struct {
+	Uses int `json:"uses"`
+}
+
+// Revocation is the write-once record at <revocations_path>/<id>.
+type Revocation struct {
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"`
+	By     string    `json:"by,omitempty"` // the revoking Vault entity or user, as the intake tool saw it
+}
+
+// Options are a Checker's optional collaborators.
+type Options struct {
+	Log *slog.Logger     // nil = slog.Default()
+	Now func() time.Time // the clock for validity windows; nil = time.Now
+}
+
+// Checker decides audit decrypts against the orders in Vault. Build it with
+// NewChecker, run Run in a goroutine to keep its token alive, Close it on
+// shutdown. It is safe for concurrent use and caches no decision.
+type Checker struct {
+	cfg    Config
+	paths  Paths
+	verify *Verifier
+	kv     kv
+	client *vault.Client
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu  sync.Mutex // guards ttl and renewable (the client guards its token)
+	ttl time.Duration
+	// renewable: the token can be renewed; approle: it came from a login
+	// and can be replaced by another.
+	renewable, approle bool
+}
+
+// NewChecker validates cfg, logs in to Vault (AppRole) or reads the token
+// file, and checks the token with a lookup. It fails if Vault cannot be
+// reached within cfg.Timeout; the daemon may then start without audit
+// decrypt (the routes answer vault_unavailable) or refuse to start.
+func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	v, err := NewVerifier(cfg.Signers, cfg.Quorum)
+	if err != nil {
+		return nil, err
+	}
+	client, err := NewClient(cfg.Address, cfg.CACert)
+	if err != nil {
+		return nil, err
+	}
+	client.SetClientTimeout(time.Duration(cfg.Timeout))
+	c := &Checker{cfg: cfg, paths: cfg.Paths(), verify: v, kv: kv{client}, client: client, log: opt.Log, now: opt.Now}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if err := c.authenticate(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// authenticate gets a token (AppRole login, or the token file) and learns
+// its TTL.
+func (c *Checker) authenticate(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
+	defer cancel()
+	if c.cfg.AppRole != nil {
+		return c.login(ctx)
+	}
+	tok, err := ReadSecretFile(c.cfg.TokenFile)
+	if err != nil {
+		return err
+	}
+	c.client.SetToken(string(tok))
+	clear(tok)
+	s, err := c.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("vault token_file: lookup-self: %w", vaultError(ctx, err))
+	}
+	ttl, _ := s.TokenTTL()
+	renewable, _ := s.TokenIsRenewable()
+	c.mu.Lock()
+	c.ttl, c.renewable = ttl, renewable
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Checker) login(ctx context.Context) error {
+	role, err := ReadSecretFile(c.cfg.AppRole.RoleIDFile)
+	if err != nil {
+		return err
+	}
+	defer clear(role)
+	secret, err := ReadSecretFile(c.cfg.AppRole.SecretIDFile)
+	if err != nil {
+		return err
+	}
+	defer clear(secret)
+	s, err := c.client.Logical().WriteWithContext(ctx, "auth/"+c.cfg.AppRole.Mount+"/login",
+		map[string]any{"role_id": string(role), "secret_id": string(secret)})
+	if err != nil {
+		return fmt.Errorf("vault approle login: %w", vaultError(ctx, err))
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return fmt.Errorf("vault approle login: %w: no token in the answer", ErrVaultError)
+	}
+	c.client.SetToken(s.Auth.ClientToken)
+	c.mu.Lock()
+	c.ttl, c.renewable, c.approle = time.Duration(s.Auth.LeaseDuration)*time.Second, s.Auth.Renewable, true
+	c.mu.Unlock()
+	return nil
+}
+
+// Run keeps the token alive until ctx ends: it renews it at two thirds of
+// its TTL and, for an AppRole token that cannot be renewed any more, logs in
+// again; a token file is re-read when renewal fails (an operator may have
+// rotated it). A token without a TTL is left alone. Failures are logged and
+// retried; Run returns ctx's error.
+func (c *Checker) Run(ctx context.Context) error {
+	retry := 5 * time.Second
+	for {
+		c.mu.Lock()
+		ttl, renewable := c.ttl, c.renewable
+		c.mu.Unlock()
+		wait := ttl * 2 / 3
+		switch {
+		case ttl == 0:
+			wait = time.Hour // no TTL: check again later in case the token changed
+		case wait < time.Second:
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		if ttl == 0 {
+			continue
+		}
+		var err error
+		if renewable {
+			err = c.renew(ctx)
+		}
+		if err != nil || !renewable {
+			if err != nil {
+				c.log.Warn("vault token renewal failed; authenticating again", "err", err)
+			}
+			err = c.authenticate(ctx)
+		}
+		if err != nil {
+			c.log.Error("vault authentication failed; audit decrypts are refused until it succeeds", "err", err)
+			c.mu.Lock()
+			c.ttl = retry * 3 / 2
+			c.mu.Unlock()
+		}
+	}
+}
+
+func (c *Checker) renew(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
+	defer cancel()
+	s, err := c.client.Auth().Token().RenewSelfWithContext(ctx, 0)
+	if err != nil {
+		return vaultError(ctx, err)
+	}
+	ttl, _ := s.TokenTTL()
+	renewable, _ := s.TokenIsRenewable()
+	if ttl == 0 && s.Auth != nil {
+		ttl = time.Duration(s.Auth.LeaseDuration) * time.Second
+	}
+	c.mu.Lock()
+	c.ttl, c.renewable = ttl, renewable
+	c.mu.Unlock()
+	return nil
+}
+
+// Close revokes a token that Checker obtained by AppRole login (a token
+// file's token belongs to the operator and is left alone) and forgets the
+// token. Authorize fails with ErrVaultDenied afterwards.
+func (c *Checker) Close() error {
+	var err error
+	c.mu.Lock()
+	approle := c.approle
+	c.mu.Unlock()
+	if approle {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.cfg.Timeout))
+		defer cancel()
+		if rerr := c.client.Auth().Token().RevokeSelfWithContext(ctx, ""); rerr != nil {
+			err = vaultError(ctx, rerr)
+		}
+	}
+	c.client.ClearToken()
+	return err
+}
+
+// Authorize decides whether auditor may open the transaction (txID, jobID,
+// createdAt: from the verified envelope header) under order orderID for
+// purpose. The checks run in the order of the package doc; the first that
+// fails is returned: an order refusal matches ErrDenied and its specific
+// sentinel, a Vault failure matches ErrVault and its specific sentinel.
+// On nil error one use has been consumed and Grant says which.
+// cfg.Timeout bounds the whole call.
+func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID, jobID string, createdAt time.Time) (Grant, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
+	defer cancel()
+	if !idRe.MatchString(orderID) {
+		return Grant{}, fmt.Errorf("%w: %q is not a valid order id", ErrUnknown, orderID)
+	}
+	// The three reads go out at once (one round trip of latency instead of
+	// three); their answers are judged in the documented order below. The
+	// counter read only seeds the first check-and-set attempt.
+	ordC := c.fetch(ctx, c.paths.data(c.paths.Orders, orderID))
+	revC := c.fetch(ctx, c.paths.data(c.paths.Revocations, orderID))
+	useC := c.fetch(ctx, c.paths.data(c.paths.Uses, orderID))
+	ord := <-ordC
+	data, ver, err := ord.data, ord.version, ord.err
+	if err != nil {
+		return Grant{}, err
+	}
+	if data == nil {
+		return Grant{}, fmt.Errorf("%w: %q", ErrUnknown, orderID)
+	}
+	rec, err := ParseRecord(data)
+	if err != nil {
+		return Grant{}, fmt.Errorf("order %q version %d: %w", orderID, ver, err)
+	}
+	o := &rec.Order
+	if o.ID != orderID {
+		return Grant{}, fmt.Errorf("%w: record at %q carries id %q", ErrMalformed, orderID, o.ID)
+	}
+	signers, err := c.verify.Verify(rec)
+	if err != nil {
+		return Grant{}, fmt.Errorf("order %q version %d: %w", orderID, ver, err)
+	}
+	rev := <-revC
+	if rev.err != nil {
+		return Grant{}, rev.err
+	}
+	if rev.data != nil {
+		// Any record revokes, even one that does not parse: fail closed.
+		return Grant{}, fmt.Errorf("%w: %q", ErrRevoked, orderID)
+	}
+	now := c.now()
+	if now.Before(o.NotBefore) {
+		return Grant{}, fmt.Errorf("%w: %q from %s", ErrNotYetValid, orderID, o.NotBefore.Format(time.RFC3339))
+	}
+	if !now.Before(o.NotAfter) {
+		return Grant{}, fmt.Errorf("%w: %q until %s", ErrExpired, orderID, o.NotAfter.Format(time.RFC3339))
+	}
+	if o.Auditor != auditor {
+		return Grant{}, fmt.Errorf("%w: %q is for another auditor than %q", ErrOtherAuditor, orderID, auditor)
+	}
+	if !o.Scope.Covers(txID, jobID, createdAt) {
+		return Grant{}, fmt.Errorf("%w: %q does not cover transaction %q", ErrOutOfScope, orderID, txID)
+	}
+	if purpose != o.Purpose {
+		return Grant{}, fmt.Errorf("%w: %q is for purpose %q", ErrPurpose, orderID, o.Purpose)
+	}
+	use, err := c.consume(ctx, orderID, o.MaxUses, <-useC)
+	if err != nil {
+		return Grant{}, err
+	}
+	return Grant{OrderID: orderID, Version: ver, DocumentSHA256: o.DocumentSHA256, Authority: o.Authority,
+		Signers: signers, Use: use, MaxUses: o.MaxUses}, nil
+}
+
+// read is one KV answer.
+type read struct {
+	data    []byte
+	version int
+	err     error
+}
+
+// fetch reads path in its own goroutine. The channel is buffered: an answer
+// nobody waits for any more is dropped, and ctx's end stops the request.
+func (c *Checker) fetch(ctx context.Context, path string) <-chan read {
+	ch := make(chan read, 1)
+	go func() {
+		data, ver, err := c.kv.read(ctx, path)
+		ch <- read{data, ver, err}
+	}()
+	return ch
+}
+
+// consume increments the use counter with check-and-set and returns the new
+// count. first is a read of the counter made before; later attempts read
+// again.
+func (c *Checker) consume(ctx context.Context, orderID string, maxUses int, first read) (int, error) {
+	path := c.paths.data(c.paths.Uses, orderID)
+	for attempt := range casAttempts {
+		r := first
+		if attempt > 0 {
+			r.data, r.version, r.err = c.kv.read(ctx, path)
+		}
+		data, ver, err := r.data, r.version, r.err
+		if err != nil {
+			return 0, err
+		}
+		var u Uses
+		if data != nil {
+			if err := strictDecode(data, &u); err != nil || u.Uses < 0 {
+				return 0, fmt.Errorf("use counter of %q: %w", orderID, ErrMalformed)
+			}
+		}
+		if u.Uses >= maxUses {
+			return 0, fmt.Errorf("%w: %q used %d of %d times", ErrExhausted, orderID, u.Uses, maxUses)
+		}
+		_, err = c.kv.write(ctx, path, Uses{Uses: u.Uses + 1}, ver)
+		if err == nil {
+			return u.Uses + 1, nil
+		}
+		if !errors.Is(err, errCAS) {
+			return 0, err
+		}
+		// Someone else's increment landed; back off a little, read again.
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: use counter of %q", ErrTimeout, orderID)
+		case <-time.After(time.Duration(rand.IntN(1+attempt)*2+1) * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("%w: use counter of %q after %d attempts", ErrConflict, orderID, casAttempts)
+}
+
+// decodeJSON is json.Unmarshal for records read by the intake tool.
+func decodeJSON(data []byte, v any) error { return json.Unmarshal(data, v) }

@@ -1,0 +1,228 @@
+package orders
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// Paths locates the three kinds of record in a KV version 2 mount.
+type Paths struct {
+	Mount       string // e.g. "secret"
+	Orders      string // e.g. "custody/orders"
+	Revocations string // e.g. "custody/revocations"
+	Uses        string // e.g. "custody/uses"
+}
+
+// Paths returns the configured record locations.
+func (c *Config) Paths() Paths {
+	return Paths{Mount: c.Mount, Orders: c.OrdersPath, Revocations: c.RevocationsPath, Uses: c.UsesPath}
+}
+
+// DefaultPaths are the locations when the configuration leaves them out.
+var DefaultPaths = Paths{Mount: DefaultMount, Orders: DefaultOrdersPath, Revocations: DefaultRevocationsPath, Uses: DefaultUsesPath}
+
+func (p Paths) data(prefix, id string) string { return p.Mount + "/data/" + prefix + "/" + id }
+
+// NewClient returns a Vault API client for address with no retries (a
+// failing Vault must fail fast, not be hammered), no rate limiter, TLS
+// verification always on (trusting caCert, a PEM file, when given, else
+// the system roots), and no token: the caller sets one. The VAULT_*
+// environment variables that vault.DefaultConfig reads (VAULT_SKIP_VERIFY,
+// VAULT_CACERT, VAULT_MAX_RETRIES, …) are overridden.
+func NewClient(address, caCert string) (*vault.Client, error) {
+	cfg := vault.DefaultConfig()
+	if cfg.Error != nil {
+		return nil, fmt.Errorf("vault client: %w", cfg.Error)
+	}
+	cfg.Address = address
+	cfg.MaxRetries = 0
+	cfg.Limiter = nil
+	cfg.SRVLookup = false
+	if tr, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if caCert != "" {
+		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: caCert}); err != nil {
+			return nil, fmt.Errorf("vault client: ca_cert: %w", err)
+		}
+	}
+	c, err := vault.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault client: %w", err)
+	}
+	c.ClearToken() // NewClient reads VAULT_TOKEN; the caller decides
+	c.ClearNamespace()
+	return c, nil
+}
+
+// kv reads and writes KV version 2 entries.
+type kv struct{ c *vault.Client }
+
+// read returns an entry's data as JSON and its version; a missing or
+// deleted entry is (nil, 0, nil).
+func (k kv) read(ctx context.Context, path string) ([]byte, int, error) {
+	s, err := k.c.Logical().ReadWithContext(ctx, path)
+	if err != nil {
+		return nil, 0, vaultError(ctx, err)
+	}
+	if s == nil || s.Data == nil || s.Data["data"] == nil {
+		return nil, 0, nil
+	}
+	data, err := json.Marshal(s.Data["data"])
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	v, err := version(s.Data["metadata"])
+	if err != nil {
+		return nil, 0, err
+	}
+	return data, v, nil
+}
+
+// write stores data with check-and-set: cas 0 creates, cas n replaces
+// version n. It returns the new version.
+func (k kv) write(ctx context.Context, path string, data any, cas int) (int, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return 0, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return 0, err
+	}
+	s, err := k.c.Logical().WriteWithContext(ctx, path, map[string]any{"options": map[string]any{"cas": cas}, "data": m})
+	if err != nil {
+		if isCASConflict(err) {
+			return 0, errCAS
+		}
+		return 0, vaultError(ctx, err)
+	}
+	if s == nil {
+		return 0, fmt.Errorf("%w: empty answer to a write", ErrVaultError)
+	}
+	return version(s.Data)
+}
+
+// list returns the keys under a KV version 2 folder.
+func (k kv) list(ctx context.Context, mount, folder string) ([]string, error) {
+	s, err := k.c.Logical().ListWithContext(ctx, mount+"/metadata/"+folder)
+	if err != nil {
+		return nil, vaultError(ctx, err)
+	}
+	if s == nil || s.Data == nil {
+		return nil, nil
+	}
+	raw, _ := s.Data["keys"].([]any)
+	out := make([]string, 0, len(raw))
+	for _, k := range raw {
+		if k, ok := k.(string); ok {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+func version(meta any) (int, error) {
+	m, _ := meta.(map[string]any)
+	n, ok := m["version"].(json.Number)
+	if !ok {
+		return 0, fmt.Errorf("%w: KV answer without a version", ErrVaultError)
+	}
+	v, err := n.Int64()
+	if err != nil || v < 1 {
+		return 0, fmt.Errorf("%w: KV version %q", ErrVaultError, n)
+	}
+	return int(v), nil
+}
+
+// errCAS is a check-and-set conflict: the entry changed since it was read.
+var errCAS = errors.New("check-and-set conflict")
+
+// isCASConflict recognizes KV version 2's answer to a stale cas (HTTP 400;
+// Vault gives no other signal than the message).
+func isCASConflict(err error) bool {
+	var re *vault.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != 400 {
+		return false
+	}
+	for _, m := range re.Errors {
+		if strings.Contains(m, "check-and-set") {
+			return true
+		}
+	}
+	return false
+}
+
+// vaultError maps an error of the Vault client to the package's
+// sentinels. The detail (Vault's messages, the URL) is kept for the log;
+// it never holds the token.
+func vaultError(ctx context.Context, err error) error {
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %v", ErrTimeout, err)
+	}
+	var re *vault.ResponseError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	switch {
+	case re.StatusCode == 403:
+		return fmt.Errorf("%w: %s %s: %s", ErrVaultDenied, re.HTTPMethod, re.URL, strings.Join(re.Errors, "; "))
+	case re.StatusCode == 503 && mentions(re.Errors, "sealed"):
+		return fmt.Errorf("%w: %s", ErrSealed, strings.Join(re.Errors, "; "))
+	case re.StatusCode >= 500:
+		return fmt.Errorf("%w: HTTP %d: %s", ErrUnavailable, re.StatusCode, strings.Join(re.Errors, "; "))
+	}
+	return fmt.Errorf("%w: HTTP %d: %s", ErrVaultError, re.StatusCode, strings.Join(re.Errors, "; "))
+}
+
+func mentions(msgs []string, word string) bool {
+	for _, m := range msgs {
+		if strings.Contains(strings.ToLower(m), word) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrCredentialFile is matched when a token, role id or secret id file is
+// missing, empty, or readable by others than its owner.
+var ErrCredentialFile = errors.New("vault credential file")
+
+// ReadSecretFile reads a credential file: it must be mode 0400 or 0600 (no
+// group or other bits) and hold one non-empty line. The caller clears the
+// returned bytes when done.
+func ReadSecretFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCredentialFile, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCredentialFile, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 || !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s has mode %04o: want a regular file with mode 0400 or 0600", ErrCredentialFile, path, fi.Mode().Perm())
+	}
+	buf := make([]byte, 4096)
+	n, err := f.Read(buf)
+	if err != nil && n == 0 {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCredentialFile, path, err)
+	}
+	b := buf[:n]
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: %s is empty", ErrCredentialFile, path)
+	}
+	return b, nil
+}

@@ -1,0 +1,158 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"custody/internal/auditlog"
+	"custody/internal/envelope"
+	"custody/internal/orders"
+)
+
+// OrderChecker decides audit decrypts against court orders
+// (*orders.Checker in the daemon). Authorize must return nil only when the
+// order named by orderID allows auditor to open that transaction for
+// purpose now, having consumed one use; any other answer is a refusal, and
+// its error matches orders.ErrDenied (the order refuses) or orders.ErrVault
+// (no answer from Vault). It must not cache a positive decision.
+type OrderChecker interface {
+	Authorize(ctx context.Context, auditor, orderID, purpose, txID, jobID string, createdAt time.Time) (orders.Grant, error)
+}
+
+type auditDecryptRequest struct {
+	Envelope      string `json:"envelope"`
+	Authorization string `json:"authorization"` // the court order's id
+	Purpose       string `json:"purpose"`       // must be the order's
+}
+
+type auditOrder struct {
+	ID             string `json:"id"`
+	Version        int    `json:"version"`
+	DocumentSHA256 string `json:"document_sha256"`
+	Use            int    `json:"use"`
+	MaxUses        int    `json:"max_uses"`
+}
+
+type auditDecryptResponse struct {
+	TransactionID string                     `json:"transaction_id"`
+	JobID         string                     `json:"job_id"`
+	Confidential  map[string]json.RawMessage `json:"confidential"`
+	Order         auditOrder                 `json:"order"`
+}
+
+// auditDecrypt: POST /v1/audit/decrypt.
+func (s *Server) auditDecrypt(ctx context.Context, rq *request) (any, error) {
+	var in auditDecryptRequest
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return nil, err
+	}
+	return s.auditDecryptOne(ctx, rq, in)
+}
+
+// auditDecryptBatch: POST /v1/audit/decrypt/batch {"items":[…]}. Each item
+// is checked against its order on its own and consumes its own use.
+func (s *Server) auditDecryptBatch(ctx context.Context, rq *request) (any, error) {
+	return runBatch(ctx, s, rq, s.auditDecryptOne)
+}
+
+// auditDecryptOne opens one envelope through its escrow stanza under a
+// court order, in this order: parse and verify the envelope → the order
+// (Deps.Orders.Authorize, which consumes a use) → record the decision, with
+// the order's id, KV version, document hash and use number → unwrap on the
+// device → release every confidential field (the order's purpose is the
+// disclosure). A refusal at any step is recorded and the device is never
+// asked. A failure after the grant is recorded as a second entry.
+func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecryptRequest) (*auditDecryptResponse, error) {
+	entry := auditlog.Entry{Operation: "audit-decrypt", Purpose: in.Purpose}
+	env, grant, err := s.auditAuthorize(ctx, rq, in, &entry)
+	if err != nil {
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	entry.OrderVersion, entry.DocumentHash, entry.UseNumber = grant.Version, grant.DocumentSHA256, grant.Use
+	i := env.EscrowStanza()
+	key, err := s.Keys.EscrowVersion(env.Header.Stanzas[i].KeyVersion)
+	if err != nil {
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
+	entry.Fields = []string{"*"}
+	if rerr := s.record(ctx, rq, entry, nil); rerr != nil {
+		return nil, rerr // the use is spent; nothing is opened
+	}
+	res, err := s.escrowOpen(ctx, env, i, key.Label, key.Public)
+	if err != nil {
+		entry.Fields = nil
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	res.Order = auditOrder{ID: grant.OrderID, Version: grant.Version, DocumentSHA256: grant.DocumentSHA256, Use: grant.Use, MaxUses: grant.MaxUses}
+	return res, nil
+}
+
+// auditAuthorize checks the request, the envelope and the order.
+func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, orders.Grant, error) {
+	if s.Orders == nil {
+		return nil, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
+	}
+	if in.Envelope == "" {
+		return nil, orders.Grant{}, badRequest("envelope: required")
+	}
+	if in.Authorization == "" {
+		return nil, orders.Grant{}, badRequest("authorization: required (the court order's id)")
+	}
+	if !orders.ValidID(in.Authorization) {
+		return nil, orders.Grant{}, badRequest("authorization: %q is not an order id", in.Authorization)
+	}
+	entry.CourtOrder = in.Authorization
+	if in.Purpose == "" {
+		return nil, orders.Grant{}, badRequest("purpose: required (the court order's purpose)")
+	}
+	env, err := envelope.ParseText(in.Envelope)
+	if err != nil {
+		return nil, orders.Grant{}, err
+	}
+	h := &env.Header
+	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
+	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
+		return nil, orders.Grant{}, err
+	}
+	if env.EscrowStanza() < 0 {
+		return nil, orders.Grant{}, fmt.Errorf("%w: no escrow stanza", envelope.ErrMalformed)
+	}
+	grant, err := s.Orders.Authorize(ctx, rq.principal.Name, in.Authorization, in.Purpose, h.TransactionID, h.JobID, h.CreatedAt)
+	if err != nil {
+		if errors.Is(err, orders.ErrVault) {
+			s.Log.Warn("court order check failed", "order", in.Authorization, "err", err)
+		}
+		return nil, orders.Grant{}, err
+	}
+	return env, grant, nil
+}
+
+// escrowOpen unwraps the DEK through escrow stanza i on the device with
+// the escrow key version the stanza names, and returns every confidential
+// field.
+func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*auditDecryptResponse, error) {
+	plaintext, err := s.Token.Open(ctx, env.OpenRequest(i, label, public))
+	if err != nil {
+		return nil, err
+	}
+	defer clear(plaintext)
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(plaintext, &fields); err != nil {
+		return nil, fmt.Errorf("%w: payload is not a JSON object", envelope.ErrMalformed)
+	}
+	return &auditDecryptResponse{TransactionID: env.Header.TransactionID, JobID: env.Header.JobID, Confidential: fields}, nil
+}

@@ -1,0 +1,123 @@
+package server_test
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"custody/hsm"
+	"custody/internal/auditlog"
+	"custody/internal/server"
+)
+
+func TestLogRoutesWithoutLog(t *testing.T) {
+	h := newHarness(t)
+	st, body := h.call("GET", "/v1/log/checkpoint", nil)
+	if st != 503 || errCode(body) != "log_unavailable" {
+		t.Fatalf("no access log: %d %v", st, body)
+	}
+}
+
+// TestLogRoutesRealDaemon runs the daemon with the real access log (HSM
+// Ed25519 checkpoint key), serves the reviewer's routes, then runs the
+// offline reviewer commands on a copy of what it wrote.
+func TestLogRoutesRealDaemon(t *testing.T) {
+	dir := t.TempDir()
+	var alog *auditlog.Log
+	h := newHarnessWith(t, func(d *server.Deps) {
+		ctx := context.Background()
+		cfg := auditlog.DefaultConfig()
+		cfg.Dir, cfg.CheckpointInterval = dir, "20ms"
+		s, _, err := auditlog.EnsureDeviceSigner(ctx, d.Token.(*hsm.Token), cfg.Origin, cfg.SigningKeyLabel, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		alog, err = auditlog.Open(ctx, cfg, s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Recorder, d.AccessLog = alog, alog
+	})
+	h.register("miner-1", "client-1")
+	env := h.seal("tx-log-1", "miner-1", "client-1")
+	if st, body := h.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": "miner-1", "purpose": "settlement"}); st != 200 {
+		t.Fatalf("decrypt: %d %v", st, body)
+	}
+	if st, _ := h.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": "miner-1", "purpose": "no-such"}); st == 200 {
+		t.Fatal("a denied decrypt succeeded")
+	}
+	n := alog.Size()
+	if n < 5 {
+		t.Fatalf("%d entries after 5 decisions", n)
+	}
+	if err := alog.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	st, body := h.call("GET", "/v1/log/checkpoint", nil)
+	if st != 200 || int64(body["size"].(float64)) != n || !strings.Contains(body["checkpoint"].(string), "\n— "+auditlog.DefaultOrigin+" ") {
+		t.Fatalf("checkpoint: %d %v", st, body)
+	}
+	root, _ := base64.StdEncoding.DecodeString(body["root"].(string))
+	st, body = h.call("GET", fmt.Sprintf("/v1/log/entries?start=0&end=%d", n), nil)
+	entries, _ := body["entries"].([]any)
+	if st != 200 || int64(len(entries)) != n {
+		t.Fatalf("entries: %d %v", st, body)
+	}
+	last := entries[n-1].(map[string]any)["entry"].(map[string]any)
+	if last["op"] != "decrypt" || last["outcome"] != "denied" || last["principal"] != "operator" {
+		t.Fatalf("last entry %v", last)
+	}
+	st, body = h.call("GET", fmt.Sprintf("/v1/log/proof/inclusion?index=2&size=%d", n), nil)
+	if st != 200 {
+		t.Fatalf("inclusion: %d %v", st, body)
+	}
+	var proof []tlog.Hash
+	for _, p := range body["proof"].([]any) {
+		b, _ := base64.StdEncoding.DecodeString(p.(string))
+		proof = append(proof, tlog.Hash(b))
+	}
+	leaf, _ := base64.StdEncoding.DecodeString(body["leaf_hash"].(string))
+	if err := tlog.CheckRecord(proof, n, tlog.Hash(root), 2, tlog.Hash(leaf)); err != nil {
+		t.Fatalf("inclusion proof from the socket does not check: %v", err)
+	}
+	if st, body = h.call("GET", fmt.Sprintf("/v1/log/proof/consistency?old=2&new=%d", n), nil); st != 200 {
+		t.Fatalf("consistency: %d %v", st, body)
+	}
+	for _, q := range []string{"/v1/log/entries?start=5&end=2", "/v1/log/entries?start=0&end=99999", "/v1/log/proof/inclusion?index=x&size=1"} {
+		if st, body := h.call("GET", q, nil); st != 400 || errCode(body) != "bad_request" {
+			t.Errorf("%s: %d %v", q, st, body)
+		}
+	}
+	// Shut down: a final checkpoint, then the reviewer works offline on a copy.
+	if err := alog.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "copy")
+	if out, err := exec.Command("cp", "-r", dir, cp).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	ctl := filepath.Join(binDir, "custodyctl")
+	for _, args := range [][]string{
+		{"log", "verify", cp},
+		{"log", "prove", cp, "1"},
+		{"log", "query", cp, "--principal", "operator", "--outcome", "denied", "--format", "jsonl"},
+	} {
+		out, err := exec.Command(ctl, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		if args[1] == "verify" && !strings.Contains(string(out), "OK:") {
+			t.Fatalf("verify: %s", out)
+		}
+		if args[1] == "query" && strings.Count(string(out), "\n") != 1 {
+			t.Fatalf("query: want the one denial:\n%s", out)
+		}
+	}
+}

@@ -1,0 +1,23 @@
+# custodyd's Vault policy: least privilege for the audit decrypt gate.
+# Assumes the KV v2 mount "secret" and the default paths of internal/orders
+# (vault.kv_mount, vault.orders_path, vault.revocations_path, vault.uses_path);
+# change the paths here when the configuration changes them.
+#
+# Vault's "default" policy, attached to every token, already allows
+# auth/token/lookup-self, renew-self and revoke-self, which custodyd uses to
+# keep its token alive and to revoke an AppRole token on shutdown.
+
+# Orders and revocations: read only. custodyd never writes an order.
+path "secret/data/custody/orders/*" {
+  capabilities = ["read"]
+}
+
+path "secret/data/custody/revocations/*" {
+  capabilities = ["read"]
+}
+
+# Use counters: read, create the first one (cas=0), update with check-and-set.
+# No delete, no destroy, no metadata: a counter never goes back.
+path "secret/data/custody/uses/*" {
+  capabilities = ["read", "create", "update"]
+}
