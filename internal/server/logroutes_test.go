@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -118,6 +119,31 @@ func TestLogRoutesRealDaemon(t *testing.T) {
 		}
 		if args[1] == "query" && strings.Count(string(out), "\n") != 1 {
 			t.Fatalf("query: want the one denial:\n%s", out)
+		}
+	}
+}
+
+// TestLogRoutesNeedReviewer: without the reviewer role the log routes are
+// refused, and the refusal is recorded.
+func TestLogRoutesNeedReviewer(t *testing.T) {
+	h := newHarness(t)
+	noReviewer := strings.Replace(testPolicy, `"roles": ["admin", "application", "reviewer"]`, `"roles": ["admin", "application"]`, 1)
+	if noReviewer == testPolicy {
+		t.Fatal("test policy changed shape: update this test")
+	}
+	if err := os.WriteFile(h.store.Path(), []byte(noReviewer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/log/checkpoint", "/v1/log/entries?start=0&end=1", "/v1/log/proof/inclusion?index=0&size=1", "/v1/log/proof/consistency?old=1&new=1"} {
+		st, body := h.call("GET", path, nil)
+		if st != 403 || errCode(body) != "permission_denied" {
+			t.Errorf("%s without the reviewer role: %d %v", path, st, body)
+		}
+		if e := h.rec.last(); e.Outcome != auditlog.Denied || e.Code != "permission_denied" {
+			t.Errorf("%s: refusal not recorded: %+v", path, e)
 		}
 	}
 }

@@ -43,7 +43,7 @@ func (s *Server) registerParticipant(ctx context.Context, rq *request) (any, err
 	entry := auditlog.Entry{Operation: "register", Participant: in.ID}
 	v, err := s.register(ctx, in.ID)
 	if err == nil {
-		entry.KeyLabel = v.Label
+		entry.KeyLabel, entry.KeyVersion = v.Label, int(v.Number)
 	}
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 		return nil, rerr

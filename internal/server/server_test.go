@@ -54,7 +54,7 @@ func TestEncryptDecryptRoundTrip(t *testing.T) {
 	}
 	e := h.rec.last()
 	if e.Operation != "decrypt" || e.Outcome != auditlog.Allowed || e.Participant != "miner-789" || e.Purpose != "settlement" ||
-		strings.Join(e.Fields, ",") != "amount,pricing" || e.KeyLabel != "custody/participant/miner-789/v1" ||
+		strings.Join(e.Fields, ",") != "amount,pricing" || e.KeyLabel != "custody/participant/miner-789/v1" || e.KeyVersion != 1 ||
 		e.Principal != "operator" || e.Caller.UID != 0 || e.Caller.PID != int32(os.Getpid()) || e.EndUser.IP != "192.0.2.7" {
 		t.Errorf("decrypt entry: %+v", e)
 	}

@@ -267,7 +267,7 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	if err != nil {
 		return nil, err
 	}
-	entry.KeyLabel = key.Label
+	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	plaintext, err := s.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
 	if err != nil {
 		return nil, err
