@@ -159,6 +159,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if _, err := registry.EnsureDaemonKeys(ctx, time.Now()); err != nil {
 		return err
 	}
+	meters.WatchKeys(registry, keys.DefaultRotateAfter)
 	logSigner, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
 	if err != nil {
 		return fmt.Errorf("access log key: %w", err)

@@ -197,6 +197,9 @@ func TestLifecycle(t *testing.T) {
 		`custody_requests_total{code="ok",route="POST /v1/participants"} 1`,
 		`custody_hsm_operation_duration_seconds_count{op="generate",result="ok"} 3`,
 		`custody_hsm_token_up 1`,
+		`custody_keys{kind="participant"} 1`,
+		`custody_keys_due_for_rotation{kind="escrow"} 0`,
+		`custody_log_writable 1`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("metrics page lacks %q", want)

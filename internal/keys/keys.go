@@ -326,3 +326,46 @@ func (s *Signer) Label() string { return s.label }
 func (s *Signer) Sign(ctx context.Context, digest []byte) ([]byte, error) {
 	return s.dev.Sign(ctx, s.label, digest)
 }
+
+// DefaultRotateAfter is how old an active key may grow before it is due for
+// rotation: the 90 days of the design document.
+const DefaultRotateAfter = 90 * 24 * time.Hour
+
+// Age describes the active keys of one kind for monitoring.
+type Age struct {
+	Count  int           // active keys of this kind
+	Oldest time.Duration // age of the oldest active key (0 when its creation day is unknown)
+	Due    int           // active keys older than the rotation period
+}
+
+// Ages reports, for "participant", "escrow" and "signing", how many active
+// keys there are, how old the oldest is and how many are due for rotation
+// (older than rotateAfter) at now. Creation is known to the day
+// (CKA_START_DATE).
+func (r *Registry) Ages(now time.Time, rotateAfter time.Duration) map[string]Age {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := map[string]Age{}
+	add := func(kind string, v Version) {
+		a := out[kind]
+		a.Count++
+		if !v.Created.IsZero() {
+			age := now.Sub(v.Created)
+			a.Oldest = max(a.Oldest, age)
+			if age > rotateAfter {
+				a.Due++
+			}
+		}
+		out[kind] = a
+	}
+	for _, vs := range r.participants {
+		add("participant", vs[len(vs)-1])
+	}
+	if len(r.escrow) > 0 {
+		add("escrow", r.escrow[len(r.escrow)-1])
+	}
+	if len(r.signing) > 0 {
+		add("signing", r.signing[len(r.signing)-1])
+	}
+	return out
+}

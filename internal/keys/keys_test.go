@@ -126,3 +126,29 @@ func TestRegistryRebuildsFromToken(t *testing.T) {
 		t.Errorf("unknown participant: %v", err)
 	}
 }
+
+func TestAges(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	r, _ := Load(ctx, tok, log)
+	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	recent := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
+	r.EnsureDaemonKeys(ctx, old)
+	r.Register(ctx, "a", old)
+	r.Register(ctx, "b", recent)
+	ages := r.Ages(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC), DefaultRotateAfter)
+	if p := ages["participant"]; p.Count != 2 || p.Due != 1 || p.Oldest != 329*24*time.Hour {
+		t.Errorf("participants: %+v", p)
+	}
+	if e := ages["escrow"]; e.Count != 1 || e.Due != 1 {
+		t.Errorf("escrow: %+v", e)
+	}
+	if s := ages["signing"]; s.Count != 1 || s.Due != 1 {
+		t.Errorf("signing: %+v", s)
+	}
+}

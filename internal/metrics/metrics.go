@@ -22,6 +22,7 @@ import (
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/keys"
 )
 
 // Metrics is the registry and its collectors. Safe for concurrent use.
@@ -160,6 +161,40 @@ func (m *Metrics) WatchLog(l LogSource) {
 			})),
 	)
 	l.OnSync(func(d time.Duration) { fsync.Observe(d.Seconds()) })
+}
+
+// KeySource is what the key metrics read: *keys.Registry.
+type KeySource interface {
+	Ages(now time.Time, rotateAfter time.Duration) map[string]keys.Age
+}
+
+// keyAges is a collector over the key registry: it is read at scrape time.
+type keyAges struct {
+	src                KeySource
+	rotateAfter        time.Duration
+	count, oldest, due *prometheus.Desc
+}
+
+func (k *keyAges) Describe(ch chan<- *prometheus.Desc) { ch <- k.count; ch <- k.oldest; ch <- k.due }
+
+func (k *keyAges) Collect(ch chan<- prometheus.Metric) {
+	for kind, a := range k.src.Ages(time.Now(), k.rotateAfter) {
+		ch <- prometheus.MustNewConstMetric(k.count, prometheus.GaugeValue, float64(a.Count), kind)
+		ch <- prometheus.MustNewConstMetric(k.oldest, prometheus.GaugeValue, a.Oldest.Seconds(), kind)
+		ch <- prometheus.MustNewConstMetric(k.due, prometheus.GaugeValue, float64(a.Due), kind)
+	}
+}
+
+// WatchKeys registers the key metrics by kind (participant, escrow,
+// signing): active keys, the age of the oldest, and how many are older than
+// rotateAfter.
+func (m *Metrics) WatchKeys(src KeySource, rotateAfter time.Duration) {
+	m.Registry.MustRegister(&keyAges{
+		src: src, rotateAfter: rotateAfter,
+		count:  prometheus.NewDesc("custody_keys", "Active keys by kind.", []string{"kind"}, nil),
+		oldest: prometheus.NewDesc("custody_key_oldest_age_seconds", "Age of the oldest active key by kind (creation is known to the day).", []string{"kind"}, nil),
+		due:    prometheus.NewDesc("custody_keys_due_for_rotation", "Active keys older than the rotation period, by kind.", []string{"kind"}, nil),
+	})
 }
 
 // Token meters the HSM operations of an *hsm.Token; everything else passes

@@ -18,6 +18,8 @@ import (
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
+	"custody/internal/auditlog"
+	"custody/internal/keys"
 	"custody/internal/metrics"
 )
 
@@ -171,6 +173,8 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	defer tok.Close()
 	m := metrics.New()
 	m.WatchToken(tok)
+	m.WatchKeys(fakeKeys{}, keys.DefaultRotateAfter)
+	m.WatchLog(fakeLog{})
 	m.ObserveRequest("GET /v1/health", "ok", time.Millisecond)
 	m.PolicyReload(nil)
 	m.Meter(tok).Sign(context.Background(), "none", make([]byte, 32))
@@ -192,3 +196,14 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 		t.Errorf("only %d metric references found in the dashboard", n)
 	}
 }
+
+type fakeKeys struct{}
+
+func (fakeKeys) Ages(time.Time, time.Duration) map[string]keys.Age {
+	return map[string]keys.Age{"escrow": {Count: 1, Oldest: time.Hour}}
+}
+
+type fakeLog struct{}
+
+func (fakeLog) Status() auditlog.Status      { return auditlog.Status{Entries: 3, Writable: true} }
+func (fakeLog) OnSync(f func(time.Duration)) { f(time.Millisecond) }
