@@ -43,5 +43,6 @@ bench: deps ## Benchmarks: socket vs raw open chain, encrypt vs software seal, l
 vectors: ## Regenerate the envelope known-answer vectors
 	$(GO) run ./internal/envelope/internal/katgen > internal/envelope/testdata/vectors.json
 
-clean: ## Remove build output and the socket (keeps the token)
-	rm -rf bin run
+clean: ## Remove build output and the socket (keeps the token and the access log in run/log)
+	rm -rf bin
+	rm -f run/custodyd.sock run/demo-*.json
