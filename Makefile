@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help deps build run demo test test-short fuzz bench vectors lint clean
+.PHONY: help deps deps-test build run demo test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,7 +25,10 @@ lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: deps lint ## The whole suite: vet, then every test with -race against SoftHSM (as root: creates test users)
+deps-test: ## deps, plus chromium for the report rendering test
+	@scripts/deps.sh test
+
+test: deps-test lint ## The whole suite: vet, then every test with -race against SoftHSM (as root: creates test users)
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 test-short: deps ## Unit tests without -race

@@ -27,6 +27,7 @@ import (
 	"custody/internal/config"
 	"custody/internal/keys"
 	"custody/internal/metrics"
+	"custody/internal/orders"
 	"custody/internal/policy"
 	"custody/internal/server"
 )
@@ -192,6 +193,23 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	daemonEvent("daemon.start", nil)
 
+	// Court orders: without a vault section the audit routes answer
+	// vault_unavailable; with one, a Vault that cannot be reached at start is
+	// not fatal either (every audit decrypt checks Vault and fails closed).
+	var checker server.OrderChecker
+	if cfg.Vault != nil {
+		c, err := orders.NewChecker(ctx, *cfg.Vault, orders.Options{Log: log})
+		if err != nil {
+			return fmt.Errorf("vault: %w", err)
+		}
+		go c.Run(ctx)
+		defer c.Close()
+		checker = c
+		log.Info("court orders checked against Vault", "address", cfg.Vault.Address, "quorum", cfg.Vault.Quorum, "signers", len(cfg.Vault.Signers))
+	} else {
+		log.Warn("no vault section in the configuration: audit decrypts are refused")
+	}
+
 	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
@@ -203,6 +221,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Policy:    policies,
 		Recorder:  alog,
 		AccessLog: alog,
+		Orders:    checker,
 		Log:       log,
 		Limits:    cfg.Limits,
 		Version:   version,

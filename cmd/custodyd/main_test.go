@@ -94,6 +94,7 @@ func setup(t *testing.T) *daemon {
 		"socket":      map[string]any{"path": "c.sock", "mode": "0600"},
 		"policy_file": "policy.json",
 		"metrics":     map[string]any{"listen": "unix:m.sock"},
+		"access_log":  map[string]any{"dir": "log"},
 	}
 	data, _ := json.Marshal(cfg)
 	writeFile(t, d.config, string(data))
@@ -245,7 +246,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	// The access log verifies offline, its final checkpoint (signed at
 	// shutdown) covers every entry, and it holds the daemon's own events.
-	logDir := filepath.Join(d.dir, "run", "log")
+	logDir := filepath.Join(d.dir, "log")
 	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", logDir, "--json").CombinedOutput()
 	if err != nil {
 		t.Fatalf("log verify after shutdown: %v\n%s", err, out)
@@ -400,7 +401,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Fatalf("only %d requests acknowledged before SIGTERM", len(acked))
 	}
 
-	logDir := filepath.Join(d.dir, "run", "log")
+	logDir := filepath.Join(d.dir, "log")
 	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", logDir, "--json").CombinedOutput()
 	if err != nil {
 		t.Fatalf("log verify: %v\n%s", err, out)

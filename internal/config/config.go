@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"custody/internal/auditlog"
+	"custody/internal/orders"
 )
 
 // MaxFileSize bounds the configuration file.
@@ -39,6 +40,9 @@ type Config struct {
 	Metrics    Metrics `json:"metrics"`
 	// AccessLog is the tamper-evident access log (docs/auditlog.md).
 	AccessLog auditlog.Config `json:"access_log"`
+	// Vault holds the court orders that gate audit decrypts (docs/orders.md).
+	// Without it, audit decrypts are refused with vault_unavailable.
+	Vault *orders.Config `json:"vault,omitempty"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
 	ShutdownTimeout string `json:"shutdown_timeout"`
@@ -149,7 +153,9 @@ func Load(path string) (Config, error) {
 	if err := c.decode(data); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
-	c.resolve(filepath.Dir(path))
+	var set Config // what the file itself names: only those paths are relative to it
+	json.Unmarshal(data, &set)
+	c.resolve(filepath.Dir(path), set)
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -172,13 +178,31 @@ func (c *Config) decode(data []byte) error {
 	return nil
 }
 
-func (c *Config) resolve(dir string) {
-	if p, ok := strings.CutPrefix(c.Metrics.Listen, "unix:"); ok && p != "" && !filepath.IsAbs(p) {
-		c.Metrics.Listen = "unix:" + filepath.Join(dir, p)
+// resolve makes the relative paths the file set (those non-empty in set)
+// relative to dir, the file's directory; defaults stay relative to the
+// working directory.
+func (c *Config) resolve(dir string, set Config) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
 	}
-	for _, p := range []*string{&c.PKCS11.PINFile, &c.PKCS11.SoftHSMConf, &c.Socket.Path, &c.PolicyFile, &c.AccessLog.Dir} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(dir, *p)
+	if c.Vault != nil {
+		c.Vault.ResolvePaths(abs)
+	}
+	if p, ok := strings.CutPrefix(set.Metrics.Listen, "unix:"); ok {
+		c.Metrics.Listen = "unix:" + abs(p)
+	}
+	for _, f := range []struct{ dst, set *string }{
+		{&c.PKCS11.PINFile, &set.PKCS11.PINFile},
+		{&c.PKCS11.SoftHSMConf, &set.PKCS11.SoftHSMConf},
+		{&c.Socket.Path, &set.Socket.Path},
+		{&c.PolicyFile, &set.PolicyFile},
+		{&c.AccessLog.Dir, &set.AccessLog.Dir},
+	} {
+		if *f.set != "" {
+			*f.dst = abs(*f.dst)
 		}
 	}
 }
@@ -226,6 +250,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.AccessLog.Validate(); err != nil {
 		return err
+	}
+	if c.Vault != nil {
+		if err := c.Vault.Validate(); err != nil {
+			return err
+		}
 	}
 	m, err := strconv.ParseUint(c.Socket.Mode, 8, 32)
 	if err != nil || m > 0o777 || len(c.Socket.Mode) != 4 || c.Socket.Mode[0] != '0' {

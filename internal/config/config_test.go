@@ -34,6 +34,9 @@ func TestLoad(t *testing.T) {
 	if c.Socket.Path != "/run/custody/s.sock" || c.SocketMode() != 0o600 || c.PKCS11.TokenLabel != "t2" {
 		t.Errorf("loaded: %+v", c)
 	}
+	if c.PolicyFile != Default().PolicyFile || c.AccessLog.Dir != Default().AccessLog.Dir {
+		t.Errorf("a default path was made relative to the file: %s %s", c.PolicyFile, c.AccessLog.Dir)
+	}
 	if c.PKCS11.Module != Default().PKCS11.Module || c.Limits.MaxBatchItems != Default().Limits.MaxBatchItems {
 		t.Errorf("defaults not kept for absent fields: %+v", c)
 	}
