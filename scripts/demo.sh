@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ctl="bin/custodyctl --socket ${CUSTODY_SOCKET:-run/custodyd.sock}"
 for p in client-456 miner-789; do
-  $ctl participants register "$p" 2>/dev/null || $ctl participants show "$p" | head -1
+  if $ctl participants register "$p" >/dev/null 2>&1; then echo "registered $p"; else echo "$p is already registered"; fi
 done
 tx="tx-$(date +%s)"
 cat > run/demo-request.json <<JSON
@@ -27,3 +27,28 @@ echo "== decrypt for a purpose the policy does not grant (expected: purpose_deni
 if $ctl decrypt --envelope-file run/demo-sealed.json --as miner-789 --purpose marketing; then
   echo "unexpected: allowed" >&2; exit 1
 fi
+
+# Court-order audit decrypt (needs the dev Vault that make run starts).
+if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
+  export VAULT_ADDR
+  VAULT_ADDR=$(cat run/vault/addr)
+  order="order-$tx"
+  intake="--vault-token-file run/vault/intake.token"
+  echo "Order of the court in the matter of $tx (demo)" > run/demo-order.txt
+  echo "== legal intake files court order $order naming the auditor principal 'operator'"
+  bin/custodyctl order create $intake --id "$order" --auditor operator --purpose investigation \
+    --authority "Demo District Court" --document run/demo-order.txt --transactions "$tx" --max-uses 2 \
+    --not-before "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" --not-after "$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+  echo "== one signature of the 2 required: the audit decrypt is refused"
+  bin/custodyctl order sign "$order" $intake --key run/orders/judge-1.key >/dev/null
+  if $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation; then
+    echo "unexpected: allowed" >&2; exit 1
+  fi
+  echo "== second signature: quorum met, the escrow stanza opens on the HSM"
+  bin/custodyctl order sign "$order" $intake --key run/orders/judge-2.key >/dev/null
+  $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation
+fi
+echo "== the access log, verified offline once the daemon has signed its next checkpoint (within 1 s)"
+sleep 1.5
+bin/custodyctl log verify run/log
+bin/custodyctl log query run/log --transaction "$tx"

@@ -72,10 +72,10 @@ start() {
   for attempt in 1 2 3 4 5; do
     port="$(free_port)"
     addr="http://127.0.0.1:$port"
-    # The root token reaches Vault on its argv (dev mode only; the process is
-    # ours, on loopback, and dies with the test run). It is written to a 0400
-    # file and never printed.
-    (umask 077; exec setsid "$bin" server -dev -dev-root-token-id="$token" \
+    # The root token reaches Vault through its environment, not its argv
+    # (which every user can read in ps); it is written to a 0400 file and
+    # never printed. The dev server itself prints it to DIR/vault.log (0600).
+    (umask 077; export VAULT_DEV_ROOT_TOKEN_ID="$token"; exec "$bin" server -dev \
         -dev-listen-address="127.0.0.1:$port" -dev-no-store-token \
         >"$dir/vault.log" 2>&1 </dev/null) &
     local pid=$!

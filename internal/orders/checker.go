@@ -237,8 +237,13 @@ func (c *Checker) Close() error {
 // fails is returned: an order refusal matches ErrDenied and its specific
 // sentinel, a Vault failure matches ErrVault and its specific sentinel.
 // On nil error one use has been consumed and Grant says which.
-// cfg.Timeout bounds the whole call.
+// cfg.Timeout bounds the whole call. A nil *Checker refuses everything
+// with ErrUnavailable (so that a nil pointer stored in an interface fails
+// closed too).
 func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID, jobID string, createdAt time.Time) (Grant, error) {
+	if c == nil {
+		return Grant{}, fmt.Errorf("%w: audit decrypt is not configured", ErrUnavailable)
+	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
 	defer cancel()
 	if !idRe.MatchString(orderID) {

@@ -40,7 +40,7 @@ func (s signer) pinned() orders.Signer {
 
 // env is one Vault with an intake client and a checker (2 of 3 signers).
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	vault   *vaulttest.Server
 	signers []signer // judge-a, judge-b, judge-c: pinned
 	intake  *orders.Intake
@@ -51,7 +51,7 @@ type env struct {
 	now     time.Time
 }
 
-func newEnv(t *testing.T, vs *vaulttest.Server) *env {
+func newEnv(t testing.TB, vs *vaulttest.Server) *env {
 	t.Helper()
 	e := &env{t: t, vault: vs, now: time.Now().UTC().Truncate(time.Second)}
 	e.signers = []signer{newSigner("judge-a"), newSigner("judge-b"), newSigner("judge-c")}

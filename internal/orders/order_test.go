@@ -1,6 +1,7 @@
 package orders_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -211,5 +212,12 @@ func TestPrivateKeyFile(t *testing.T) {
 	writeFile(p2, pemBytes, 0o644)
 	if _, _, err := orders.LoadPrivateKey(p2); err == nil {
 		t.Fatal("a 0644 key file was accepted")
+	}
+}
+
+func TestNilCheckerFailsClosed(t *testing.T) {
+	var c *orders.Checker
+	if _, err := c.Authorize(context.Background(), "a", "order-1", "p", "tx-1", "", time.Now()); !errors.Is(err, orders.ErrUnavailable) {
+		t.Fatalf("nil checker: %v", err)
 	}
 }

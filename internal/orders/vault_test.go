@@ -414,3 +414,40 @@ func TestNewCheckerFailsClosed(t *testing.T) {
 		t.Fatalf("bad token: %v", err)
 	}
 }
+
+// BenchmarkAuthorize measures one Authorize against the dev server on
+// loopback: three concurrent reads (order, revocation, counter) and one
+// check-and-set write. Compare BenchmarkKVRead and BenchmarkKVWrite.
+func BenchmarkAuthorize(b *testing.B) {
+	vs := vaulttest.Shared(b)
+	e := newEnv(b, vs)
+	o := e.order()
+	o.MaxUses = orders.MaxUsesLimit
+	e.create(o, 2)
+	for b.Loop() {
+		if _, err := e.authorize(o.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkKVRead and BenchmarkKVWrite are the raw Vault costs under
+// Authorize.
+func BenchmarkKVRead(b *testing.B) {
+	c := vaulttest.Shared(b).Root(b)
+	c.Logical().Write("secret/data/bench/read", map[string]any{"data": map[string]any{"uses": 1}})
+	for b.Loop() {
+		if _, err := c.Logical().Read("secret/data/bench/read"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkKVWrite(b *testing.B) {
+	c := vaulttest.Shared(b).Root(b)
+	for b.Loop() {
+		if _, err := c.Logical().Write("secret/data/bench/write", map[string]any{"data": map[string]any{"uses": 1}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
+	"custody/internal/keys"
 	"custody/internal/orders"
 )
 
@@ -68,7 +69,7 @@ func (s *Server) auditDecryptBatch(ctx context.Context, rq *request) (any, error
 // asked. A failure after the grant is recorded as a second entry.
 func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecryptRequest) (*auditDecryptResponse, error) {
 	entry := auditlog.Entry{Operation: "audit-decrypt", Purpose: in.Purpose}
-	env, grant, err := s.auditAuthorize(ctx, rq, in, &entry)
+	env, key, grant, err := s.auditAuthorize(ctx, rq, in, &entry)
 	if err != nil {
 		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 			return nil, rerr
@@ -76,20 +77,14 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecry
 		return nil, err
 	}
 	entry.OrderVersion, entry.DocumentHash, entry.UseNumber = grant.Version, grant.DocumentSHA256, grant.Use
-	i := env.EscrowStanza()
-	key, err := s.Keys.EscrowVersion(env.Header.Stanzas[i].KeyVersion)
-	if err != nil {
-		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-			return nil, rerr
-		}
-		return nil, err
-	}
+	// The key only now that it will be used; every field, since the order's
+	// purpose is the disclosure.
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	entry.Fields = []string{"*"}
 	if rerr := s.record(ctx, rq, entry, nil); rerr != nil {
 		return nil, rerr // the use is spent; nothing is opened
 	}
-	res, err := s.escrowOpen(ctx, env, i, key.Label, key.Public)
+	res, err := s.escrowOpen(ctx, env, env.EscrowStanza(), key.Label, key.Public)
 	if err != nil {
 		entry.Fields = nil
 		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
@@ -101,44 +96,52 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecry
 	return res, nil
 }
 
-// auditAuthorize checks the request, the envelope and the order.
-func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, orders.Grant, error) {
+// auditAuthorize checks the request, the envelope, that the token knows
+// the escrow key version its stanza names (before a use is spent), and
+// last the order.
+func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, keys.Version, orders.Grant, error) {
+	var none keys.Version
 	if s.Orders == nil {
-		return nil, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
+		return nil, none, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
 	}
 	if in.Envelope == "" {
-		return nil, orders.Grant{}, badRequest("envelope: required")
+		return nil, none, orders.Grant{}, badRequest("envelope: required")
 	}
 	if in.Authorization == "" {
-		return nil, orders.Grant{}, badRequest("authorization: required (the court order's id)")
+		return nil, none, orders.Grant{}, badRequest("authorization: required (the court order's id)")
 	}
 	if !orders.ValidID(in.Authorization) {
-		return nil, orders.Grant{}, badRequest("authorization: %q is not an order id", in.Authorization)
+		return nil, none, orders.Grant{}, badRequest("authorization: %q is not an order id", in.Authorization)
 	}
 	entry.CourtOrder = in.Authorization
 	if in.Purpose == "" {
-		return nil, orders.Grant{}, badRequest("purpose: required (the court order's purpose)")
+		return nil, none, orders.Grant{}, badRequest("purpose: required (the court order's purpose)")
 	}
 	env, err := envelope.ParseText(in.Envelope)
 	if err != nil {
-		return nil, orders.Grant{}, err
+		return nil, none, orders.Grant{}, err
 	}
 	h := &env.Header
 	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
 	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
-		return nil, orders.Grant{}, err
+		return nil, none, orders.Grant{}, err
 	}
-	if env.EscrowStanza() < 0 {
-		return nil, orders.Grant{}, fmt.Errorf("%w: no escrow stanza", envelope.ErrMalformed)
+	i := env.EscrowStanza()
+	if i < 0 {
+		return nil, none, orders.Grant{}, fmt.Errorf("%w: no escrow stanza", envelope.ErrMalformed)
+	}
+	key, err := s.Keys.EscrowVersion(h.Stanzas[i].KeyVersion)
+	if err != nil {
+		return nil, none, orders.Grant{}, err
 	}
 	grant, err := s.Orders.Authorize(ctx, rq.principal.Name, in.Authorization, in.Purpose, h.TransactionID, h.JobID, h.CreatedAt)
 	if err != nil {
 		if errors.Is(err, orders.ErrVault) {
 			s.Log.Warn("court order check failed", "order", in.Authorization, "err", err)
 		}
-		return nil, orders.Grant{}, err
+		return nil, none, orders.Grant{}, err
 	}
-	return env, grant, nil
+	return env, key, grant, nil
 }
 
 // escrowOpen unwraps the DEK through escrow stanza i on the device with

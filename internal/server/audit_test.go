@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,11 +65,17 @@ type auditHarness struct {
 
 func newAuditHarness(t testing.TB, vs *vaulttest.Server) *auditHarness {
 	t.Helper()
+	return newAuditHarnessAt(t, vs, vs.Addr, 3*time.Second)
+}
+
+// newAuditHarnessAt has the daemon reach Vault at addr with timeout.
+func newAuditHarnessAt(t testing.TB, vs *vaulttest.Server, addr string, timeout time.Duration) *auditHarness {
+	t.Helper()
 	if auditPolicy == testPolicy {
 		t.Fatal("auditPolicy: testPolicy changed shape; give root's principal the auditor role again")
 	}
 	a := &auditHarness{vault: vs, wall: time.Now().UTC().Truncate(time.Second)}
-	a.cfg = orders.Config{Address: vs.Addr, Timeout: orders.Duration(3 * time.Second), Quorum: 2}
+	a.cfg = orders.Config{Address: addr, Timeout: orders.Duration(timeout), Quorum: 2}
 	for _, name := range []string{"judge-a", "judge-b", "judge-c"} {
 		pub, k, _ := ed25519.GenerateKey(nil)
 		a.signers = append(a.signers, k)
@@ -260,7 +268,7 @@ func TestAuditDecryptRefusals(t *testing.T) {
 				t.Fatalf("the escrow key was used %d times by a refused request", n-before)
 			}
 			last := a.rec.last()
-			if last.Operation != "audit-decrypt" || last.Outcome == auditlog.Allowed || last.Code != errCode(body) || last.CourtOrder != o.ID {
+			if last.Operation != "audit-decrypt" || last.Outcome == auditlog.Allowed || last.Code != errCode(body) || last.CourtOrder != o.ID || last.KeyLabel != "" {
 				t.Fatalf("access entry %+v", last)
 			}
 			if strings.HasPrefix(c.code, "order_") && last.Outcome != auditlog.Denied {
@@ -433,5 +441,92 @@ func TestAuditNotConfigured(t *testing.T) {
 	st, body := h.call("POST", "/v1/audit/decrypt", map[string]any{"envelope": env, "authorization": "order-1", "purpose": "x"})
 	if st != 503 || errCode(body) != server.CodeVaultUnavailable {
 		t.Fatalf("%d %v", st, body)
+	}
+}
+
+// hangProxy forwards TCP to Vault until hang is called; from then on it
+// accepts connections and never answers, like a Vault that stalls.
+type hangProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	hung   bool
+	conns  []net.Conn
+}
+
+func newHangProxy(t testing.TB, target string) *hangProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &hangProxy{ln: ln, target: strings.TrimPrefix(target, "http://")}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			hung := p.hung
+			p.mu.Unlock()
+			if hung {
+				continue // held open, never read
+			}
+			up, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, up)
+			p.mu.Unlock()
+			go io.Copy(up, c)
+			go io.Copy(c, up)
+		}
+	}()
+	return p
+}
+
+func (p *hangProxy) addr() string { return "http://" + p.ln.Addr().String() }
+
+// hang closes the forwarded connections; new ones are held unanswered.
+func (p *hangProxy) hang() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hung = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func TestAuditVaultSlow(t *testing.T) {
+	vs := vaulttest.Shared(t)
+	proxy := newHangProxy(t, vs.Addr)
+	a := newAuditHarnessAt(t, vs, proxy.addr(), 500*time.Millisecond)
+	env := a.seal("tx-1", "client-1")
+	o := a.order()
+	a.issue(o, 2)
+	if st, body := a.audit(env, o.ID, "tax-investigation"); st != 200 {
+		t.Fatalf("through the proxy: %d %v", st, body)
+	}
+	proxy.hang()
+	before := a.tok.count(a.escrow)
+	start := time.Now()
+	st, body := a.audit(env, o.ID, "tax-investigation")
+	if st != 504 || errCode(body) != server.CodeVaultTimeout || a.tok.count(a.escrow) != before {
+		t.Fatalf("%d %v", st, body)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("answered after %v with a 500ms vault.timeout", d)
 	}
 }

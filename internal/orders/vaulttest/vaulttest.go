@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 )
@@ -213,9 +214,22 @@ func (s *Server) Seal(tb testing.TB) {
 // Unseal unseals it with the dev server's unseal key.
 func (s *Server) Unseal(tb testing.TB) {
 	tb.Helper()
-	st, err := s.Root(tb).Sys().Unseal(s.UnsealKey)
+	c := s.Root(tb)
+	st, err := c.Sys().Unseal(s.UnsealKey)
 	if err != nil || st.Sealed {
 		tb.Fatalf("unseal: %v (sealed=%v)", err, st != nil && st.Sealed)
+	}
+	// Unsealed is not yet serving: wait until the KV mount answers.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Logical().Read("secret/config")
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("vault not serving 10s after unseal: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

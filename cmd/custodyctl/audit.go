@@ -1,0 +1,75 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+)
+
+// audit implements `custodyctl audit decrypt`: an auditor opens an envelope
+// through its escrow stanza under a court order that Vault holds.
+func (c *client) audit(args []string, stdin io.Reader, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "decrypt" {
+		return usageError{"usage: custodyctl audit decrypt --envelope-file F --order ID --purpose P (or a JSON request on stdin / in a file)"}
+	}
+	fs := flag.NewFlagSet("audit decrypt", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	envFile := fs.String("envelope-file", "", "file with the envelope text, or encrypt's JSON output")
+	order := fs.String("order", "", "the court order's id (Vault)")
+	purpose := fs.String("purpose", "", "the order's purpose")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	var body []byte
+	if *envFile != "" || *order != "" {
+		if *envFile == "" || *order == "" || *purpose == "" {
+			return usageError{"audit decrypt with flags needs --envelope-file, --order and --purpose"}
+		}
+		env, err := envelopeFromFile(*envFile)
+		if err != nil {
+			return err
+		}
+		body, _ = json.Marshal(map[string]string{"envelope": env, "authorization": *order, "purpose": *purpose})
+	} else {
+		var err error
+		if body, err = readInput(fs.Args(), stdin); err != nil {
+			return err
+		}
+	}
+	path := "/v1/audit/decrypt"
+	if isBatch(body) {
+		path += "/batch"
+		c.json = true
+	}
+	var r struct {
+		TransactionID string                     `json:"transaction_id"`
+		JobID         string                     `json:"job_id"`
+		Confidential  map[string]json.RawMessage `json:"confidential"`
+		Order         struct {
+			ID      string `json:"id"`
+			Version int    `json:"version"`
+			Use     int    `json:"use"`
+			MaxUses int    `json:"max_uses"`
+		} `json:"order"`
+	}
+	raw, err := c.call("POST", path, body, &r)
+	if err != nil || c.json {
+		if err == nil {
+			c.printJSON(raw)
+		}
+		return err
+	}
+	fmt.Fprintf(c.out, "transaction %s (job %s), opened through the escrow stanza under order %s (version %d), use %d of %d\n",
+		r.TransactionID, r.JobID, r.Order.ID, r.Order.Version, r.Order.Use, r.Order.MaxUses)
+	names := make([]string, 0, len(r.Confidential))
+	for k := range r.Confidential {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Fprintf(c.out, "  %s: %s\n", k, r.Confidential[k])
+	}
+	return nil
+}
