@@ -1,6 +1,10 @@
 package hsm
 
-import "context"
+import (
+	"context"
+
+	"github.com/miekg/pkcs11"
+)
 
 // HoldAllSessions borrows every session of t's pool, waiting for operations
 // in flight to finish, so that a test can pull the sessions away while no
@@ -22,4 +26,17 @@ func HoldAllSessions(ctx context.Context, t *Token) (release func(), err error) 
 		held = append(held, s)
 	}
 	return release, nil
+}
+
+// SessionAESForTest, RewrapDEKTemplateForTest and DeriveRewrapKEKForTest
+// expose the rewrap path's templates so a test can check that the token
+// enforces them.
+func SessionAESForTest(derive, unwrap bool) []*pkcs11.Attribute { return sessionAES(derive, unwrap) }
+
+func RewrapDEKTemplateForTest() []*pkcs11.Attribute { return rewrapDEKTemplate() }
+
+func DeriveRewrapKEKForTest(c *pkcs11.Ctx, h pkcs11.SessionHandle, z pkcs11.ObjectHandle, context [32]byte) (pkcs11.ObjectHandle, error) {
+	param, cdata := keyDerivationStringData(context[:])
+	defer cdata.free()
+	return c.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, z, rewrapKEK())
 }

@@ -52,6 +52,9 @@ type KeySpec struct {
 	// Created is stored as CKA_START_DATE on both objects (a date: the time
 	// of day is lost). Zero leaves the attribute unset.
 	Created time.Time
+	// RotateAfter is stored as CKA_END_DATE on the public object: the day
+	// from which the key is due for rotation. Zero leaves it unset.
+	RotateAfter time.Time
 }
 
 // KeyInfo describes a key pair on the token. It holds no secret.
@@ -66,6 +69,8 @@ type KeyInfo struct {
 	Public []byte
 	// Created comes from CKA_START_DATE (midnight UTC of that date); zero if unset.
 	Created time.Time
+	// RotateAfter comes from CKA_END_DATE of the public object; zero if unset.
+	RotateAfter time.Time
 }
 
 // keyID is CKA_ID for a label.
@@ -160,6 +165,9 @@ func (t *Token) GenerateKeyPair(ctx context.Context, spec KeySpec) (KeyInfo, err
 		pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_START_DATE, d))
 		priv = append(priv, pkcs11.NewAttribute(pkcs11.CKA_START_DATE, d))
 	}
+	if !spec.RotateAfter.IsZero() {
+		pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_END_DATE, spec.RotateAfter.UTC()))
+	}
 
 	t.createMu.Lock()
 	defer t.createMu.Unlock()
@@ -253,11 +261,13 @@ func (t *Token) keyInfo(h pkcs11.SessionHandle, priv, pub pkcs11.ObjectHandle) (
 	pa, err := t.mod.ctx.GetAttributeValue(h, pub, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_START_DATE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_END_DATE, nil),
 	})
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("C_GetAttributeValue (public key): %w", err)
 	}
 	info.Created = parseDate(pa[1].Value)
+	info.RotateAfter = parseDate(pa[2].Value)
 	info.Public, err = parseECPoint(alg, pa[0].Value)
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("key %q: %w", info.Label, err)

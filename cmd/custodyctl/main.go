@@ -37,11 +37,19 @@ Commands:
                                   --envelope-file F  a file with the envelope text, or encrypt's JSON output
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
+  keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys.
+  rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable.
+
   log verify|prove|query|report  Offline reviewer tools on a copied access-log directory
                                 (no daemon needed); see custodyctl log help.
   order create|sign|revoke|show|list|keygen
                                 Court orders in Vault for the legal intake role and signers,
                                 with your own Vault token; see custodyctl order help.
+
+  audit decrypt                 Open an envelope through its escrow stanza under a court order (auditor role):
+                                  --envelope-file F --order ID --purpose P, or {"envelope","authorization","purpose"}
+                                  on stdin / in a file, or {"items":[…]}. Vault must hold a valid, signed,
+                                  in-scope, unexhausted order naming you (docs/orders.md).
 
 Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
@@ -101,10 +109,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.encrypt(rest[1:], stdin)
 	case "decrypt":
 		err = c.decrypt(rest[1:], stdin, stderr)
+	case "audit":
+		err = c.audit(rest[1:], stdin, stderr)
 	case "log":
 		err = runLog(rest[1:], stdout, stderr)
 	case "order":
 		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
+	case "keys":
+		err = c.keys(rest[1:], stderr)
+	case "rewrap":
+		err = c.rewrap(rest[1:], stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -1,7 +1,6 @@
 package auditlog
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -216,104 +215,55 @@ func (l *Log) recoverEntries() error {
 	if l.f, err = os.OpenFile(l.path(EntriesFile), os.O_RDWR|os.O_CREATE, 0o640); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	sc := &scanner{r: bufio.NewReaderSize(l.f, 1<<20)}
-	var goodEnd int64
-	for {
-		off := sc.off
-		line, complete, err := sc.next()
-		if err != nil {
-			return fmt.Errorf("%w: reading entries: %v", ErrUnavailable, err)
+	if st, err := l.f.Stat(); err == nil {
+		l.tree.hashes = make([]tlog.Hash, 0, 2*st.Size()/256+16)
+		l.offsets = make([]int64, 0, st.Size()/256+16)
+	}
+	// Entry bad (at byte badOff) is the first that is cut short or
+	// invalid. A crash leaves this only at the tail: nothing valid may
+	// follow it.
+	bad, badOff, validAfter := int64(-1), int64(0), false
+	sum, err := scanLeaves(l.f, scanOptions{}, func(i int64, lf *leaf) error {
+		switch {
+		case bad < 0 && lf.err == nil && lf.idx == i: // ParseEntry(line, i) accepts it
+			l.tree.appendLeafHash(lf.hash)
+			l.offsets = append(l.offsets, lf.off)
+		case bad < 0:
+			bad, badOff = i, lf.off
+		case lf.err == nil: // a valid entry (at any index) after it
+			validAfter = true
+			return errValidAfter
 		}
-		if line == nil && !complete {
-			break
+		return nil
+	})
+	if err != nil && !errors.Is(err, errValidAfter) {
+		return fmt.Errorf("%w: reading entries: %v", ErrUnavailable, err)
+	}
+	if bad < 0 && sum.torn > 0 {
+		bad, badOff = sum.n, sum.end // an incomplete last line
+	}
+	l.size = sum.end
+	if bad >= 0 {
+		if validAfter {
+			return fmt.Errorf("%w: entry %d at byte %d is invalid and valid entries follow it (not a torn write); run custodyctl log verify %s", ErrCorrupt, bad, badOff, l.dir)
 		}
-		i := l.tree.n
-		if complete {
-			if _, _, perr := ParseEntry(line, i); perr == nil {
-				if err := l.tree.append(line); err != nil {
-					return err
-				}
-				l.offsets = append(l.offsets, off)
-				goodEnd = sc.off
-				continue
-			}
-		}
-		// Entry i is cut short or invalid. A crash leaves this only at the
-		// tail: nothing valid may follow.
-		if valid, err := sc.anyValidAfter(); err != nil {
-			return fmt.Errorf("%w: reading entries: %v", ErrUnavailable, err)
-		} else if valid {
-			return fmt.Errorf("%w: entry %d at byte %d is invalid and valid entries follow it (not a torn write); run custodyctl log verify %s", ErrCorrupt, i, off, l.dir)
-		}
-		end := sc.off
-		if err := l.f.Truncate(off); err != nil {
+		if err := l.f.Truncate(badOff); err != nil {
 			return fmt.Errorf("%w: truncating torn tail: %v", ErrUnavailable, err)
 		}
 		if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		l.log.Warn("access log: torn tail truncated (an unacknowledged write cut by a crash)",
-			"dir", l.dir, "entries_kept", i, "offset", off, "bytes_dropped", end-off)
-		break
+			"dir", l.dir, "entries_kept", bad, "offset", badOff, "bytes_dropped", sum.end+sum.torn-badOff)
+		l.size = badOff
 	}
-	l.size = goodEnd
 	l.offsets = append(l.offsets, l.size)
 	return nil
 }
 
-// scanner reads newline-terminated records and counts bytes.
-type scanner struct {
-	r   *bufio.Reader
-	off int64
-}
-
-// next returns the next record without its newline and whether it had one.
-// (nil, false, nil) is the end. A record longer than MaxEntryBytes+1 is cut
-// (it is invalid anyway) but consumed whole.
-func (s *scanner) next() ([]byte, bool, error) {
-	var buf []byte
-	for {
-		chunk, err := s.r.ReadSlice('\n')
-		s.off += int64(len(chunk))
-		if len(buf) <= MaxEntryBytes+1 {
-			buf = append(buf, chunk...)
-		}
-		switch {
-		case err == nil:
-			if n := len(buf); n > 0 && buf[n-1] == '\n' {
-				buf = buf[:n-1]
-			}
-			if buf == nil {
-				buf = []byte{}
-			}
-			return buf, true, nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case err == io.EOF:
-			return buf, false, nil
-		default:
-			return nil, false, err
-		}
-	}
-}
-
-// anyValidAfter consumes the rest and reports whether a complete, valid
-// entry (at any index) is in it.
-func (s *scanner) anyValidAfter() (bool, error) {
-	found := false
-	for {
-		line, complete, err := s.next()
-		if err != nil {
-			return false, err
-		}
-		if !complete {
-			return found, nil
-		}
-		if _, _, err := ParseEntry(line, -1); err == nil {
-			found = true
-		}
-	}
-}
+// errValidAfter stops recoverEntries' scan: a valid entry follows an
+// invalid one.
+var errValidAfter = errors.New("a valid entry follows an invalid one")
 
 // recoverCheckpoints verifies every stored checkpoint against the tree.
 func (l *Log) recoverCheckpoints() error {

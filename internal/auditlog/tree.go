@@ -41,6 +41,19 @@ func (t *tree) append(leaf []byte) error {
 	return nil
 }
 
+// appendLeafHash adds one leaf by its hash (tlog.RecordHash of the entry):
+// tlog.StoredHashesForRecordHash without its allocations, reading the
+// left siblings straight from t.hashes.
+func (t *tree) appendLeafHash(h tlog.Hash) {
+	n := t.n
+	t.hashes = append(t.hashes, h)
+	for l := 0; (n>>l)&1 == 1; l++ {
+		h = tlog.NodeHash(t.hashes[tlog.StoredHashIndex(l, n>>l-1)], h)
+		t.hashes = append(t.hashes, h)
+	}
+	t.n++
+}
+
 // truncate forgets leaves from n on.
 func (t *tree) truncate(n int64) {
 	if n < t.n {

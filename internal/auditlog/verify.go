@@ -1,7 +1,6 @@
 package auditlog
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -72,13 +71,12 @@ func Verify(dir string, opts VerifyOptions) (*VerifyResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, torn, err := scanTree(dir, func(i int64, line []byte) {
-		idx, _, perr := ParseEntry(line, -1)
+	t, torn, err := scanTree(dir, func(i int64, l *leaf) {
 		switch {
-		case perr != nil:
-			add(i, "malformed", "entry %d is not a valid entry (modified?): %v", i, perr)
-		case idx != i:
-			add(i, "out_of_order", "the entry at position %d claims index %d: entries removed, reordered or inserted", i, idx)
+		case l.err != nil:
+			add(i, "malformed", "entry %d is not a valid entry (modified?): %v", i, l.err)
+		case l.idx != i:
+			add(i, "out_of_order", "the entry at position %d claims index %d: entries removed, reordered or inserted", i, l.idx)
 		}
 	})
 	if err != nil {
@@ -191,33 +189,30 @@ func readCheckpoints(dir string, v note.Verifier, add func(int64, string, string
 }
 
 // scanTree hashes every complete line of dir's entries file into a tree,
-// calling each(i, line) for every entry; torn is the length of an
-// incomplete last line.
-func scanTree(dir string, each func(i int64, line []byte)) (*tree, int64, error) {
+// calling each(i, l) for every entry (parsed strictly: l.err, l.idx);
+// torn is the length of an incomplete last line.
+func scanTree(dir string, each func(i int64, l *leaf)) (*tree, int64, error) {
 	f, err := os.Open(filepath.Join(dir, EntriesFile))
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
-	st, _ := f.Stat()
-	t := &tree{hashes: make([]tlog.Hash, 0, 2*st.Size()/256+16)}
-	sc := &scanner{r: bufio.NewReaderSize(f, 1<<20)}
-	for {
-		off := sc.off
-		line, complete, err := sc.next()
-		if err != nil {
-			return nil, 0, err
-		}
-		if !complete {
-			return t, sc.off - off, nil
-		}
-		if each != nil {
-			each(t.n, line)
-		}
-		if err := t.append(line); err != nil {
-			return nil, 0, err
-		}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
 	}
+	t := &tree{hashes: make([]tlog.Hash, 0, 2*st.Size()/256+16)}
+	sum, err := scanLeaves(f, scanOptions{}, func(i int64, l *leaf) error {
+		if each != nil {
+			each(i, l)
+		}
+		t.appendLeafHash(l.hash)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return t, sum.torn, nil
 }
 
 // ReadEntries calls fn for every entry of dir's entries file in order,
@@ -230,23 +225,17 @@ func ReadEntries(dir string, fn func(index int64, e Entry) error) error {
 		return err
 	}
 	defer f.Close()
-	sc := &scanner{r: bufio.NewReaderSize(f, 1<<20)}
-	for i := int64(0); ; i++ {
-		line, complete, err := sc.next()
-		if err != nil {
-			return err
-		}
-		if !complete {
-			return nil
-		}
-		_, e, err := ParseEntry(line, i)
-		if err != nil {
+	_, err = scanLeaves(f, scanOptions{entries: true}, func(i int64, l *leaf) error {
+		if l.err != nil || l.idx != i {
+			err := l.err // a line longer than MaxEntryBytes: l.line is its head
+			if len(l.line) <= MaxEntryBytes {
+				_, _, err = ParseEntry(l.line, i) // the error ParseEntry gives at this index
+			}
 			return fmt.Errorf("entry %d: %w", i, err)
 		}
-		if err := fn(i, e); err != nil {
-			return err
-		}
-	}
+		return fn(i, l.e)
+	})
+	return err
 }
 
 // ProofBundle is everything a third party needs to check that one entry
@@ -274,9 +263,9 @@ func Prove(dir string, v note.Verifier, index int64) (*ProofBundle, error) {
 	}
 	cp := cps[len(cps)-1]
 	var entry []byte
-	t, _, err := scanTree(dir, func(i int64, line []byte) {
+	t, _, err := scanTree(dir, func(i int64, l *leaf) {
 		if i == index {
-			entry = append([]byte(nil), line...)
+			entry = append([]byte(nil), l.line...)
 		}
 	})
 	if err != nil {

@@ -45,6 +45,9 @@ var (
 	ErrUnknownVersion     = errors.New("keys: no such key version")
 	ErrExists             = errors.New("keys: participant already registered")
 	ErrNoDaemonKeys       = errors.New("keys: escrow or signing key missing")
+	// ErrDestroyed: the version existed and was retired: destroyed on the
+	// token. Envelopes that still need it cannot be opened through it.
+	ErrDestroyed = errors.New("keys: key version destroyed")
 )
 
 const (
@@ -59,6 +62,10 @@ type Device interface {
 	GenerateKeyPair(ctx context.Context, spec hsm.KeySpec) (hsm.KeyInfo, error)
 	ListKeys(ctx context.Context, labelPrefix string) ([]hsm.KeyInfo, error)
 	Sign(ctx context.Context, label string, digest []byte) ([]byte, error)
+	// Key lifecycle (lifecycle.go).
+	DestroyKeyPair(ctx context.Context, label string) error
+	PutDataObject(ctx context.Context, d hsm.DataObject) error
+	ListDataObjects(ctx context.Context, labelPrefix string) ([]hsm.DataObject, error)
 }
 
 // Version is one key pair on the token.
@@ -66,8 +73,14 @@ type Version struct {
 	Number  uint32
 	Label   string
 	Alg     hsm.KeyAlg
-	Public  []byte
+	Public  []byte // nil for a destroyed version
 	Created time.Time
+	// RotateAfter is when the version is due for rotation (CKA_END_DATE of
+	// its public object; for versions created before it was recorded,
+	// Created plus the registry's rotation period). Zero when unknown.
+	RotateAfter time.Time
+	// Destroyed is when the version was retired; zero while it exists.
+	Destroyed time.Time
 }
 
 // Fingerprint is the SHA-256 of the public key, hex.
@@ -80,6 +93,8 @@ func (v Version) Fingerprint() string {
 type Registry struct {
 	dev Device
 	log *slog.Logger
+
+	rotateAfter time.Duration // see SetRotateAfter
 
 	create sync.Mutex // serializes key creation
 
@@ -96,11 +111,15 @@ func Load(ctx context.Context, dev Device, log *slog.Logger) (*Registry, error) 
 	if err != nil {
 		return nil, fmt.Errorf("keys: listing the token: %w", err)
 	}
-	r := &Registry{dev: dev, log: log, participants: map[string][]Version{}, signingPub: map[string]*ecdsa.PublicKey{}}
+	r := &Registry{dev: dev, log: log, participants: map[string][]Version{}, signingPub: map[string]*ecdsa.PublicKey{},
+		rotateAfter: DefaultRotateAfter}
 	for _, info := range infos {
 		if err := r.add(info); err != nil {
 			log.Warn("ignoring token object with an unexpected label", "label", info.Label, "err", err)
 		}
+	}
+	if err := r.loadTombstones(ctx); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -111,7 +130,7 @@ func (r *Registry) add(info hsm.KeyInfo) error {
 	if err != nil {
 		return err
 	}
-	v := Version{Number: n, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created}
+	v := Version{Number: n, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created, RotateAfter: info.RotateAfter}
 	switch kind {
 	case "participant":
 		r.participants[id] = insert(r.participants[id], v)
@@ -213,7 +232,7 @@ func (r *Registry) Register(ctx context.Context, id string, now time.Time) (Vers
 	if known {
 		return Version{}, fmt.Errorf("%w: %s", ErrExists, id)
 	}
-	info, err := r.dev.GenerateKeyPair(ctx, hsm.KeySpec{Label: ParticipantLabel(id, 1), Alg: hsm.X25519, Usage: hsm.UsageDerive, Created: now})
+	info, err := r.dev.GenerateKeyPair(ctx, hsm.KeySpec{Label: ParticipantLabel(id, 1), Alg: hsm.X25519, Usage: hsm.UsageDerive, Created: now, RotateAfter: now.Add(r.RotateAfter())})
 	if errors.Is(err, hsm.ErrExists) {
 		return Version{}, fmt.Errorf("%w: %s (on the token)", ErrExists, id)
 	}
@@ -226,7 +245,7 @@ func (r *Registry) Register(ctx context.Context, id string, now time.Time) (Vers
 	if err != nil {
 		return Version{}, err
 	}
-	return Version{Number: 1, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created}, nil
+	return Version{Number: 1, Label: info.Label, Alg: info.Alg, Public: info.Public, Created: info.Created, RotateAfter: info.RotateAfter}, nil
 }
 
 // Participant returns every version of a participant's key, oldest first.
@@ -278,6 +297,9 @@ func (r *Registry) EscrowVersion(n uint32) (Version, error) {
 func find(vs []Version, n uint32, what string) (Version, error) {
 	for _, v := range vs {
 		if v.Number == n {
+			if !v.Destroyed.IsZero() {
+				return Version{}, fmt.Errorf("%w: %s v%d (retired %s)", ErrDestroyed, what, n, v.Destroyed.UTC().Format(time.DateOnly))
+			}
 			return v, nil
 		}
 	}

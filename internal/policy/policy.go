@@ -24,6 +24,9 @@ const (
 	PermDecrypt              Permission = "transactions.decrypt"  // application; per-request checks via AuthorizeDecrypt
 	PermLogRead              Permission = "log.read"              // reviewer: checkpoints, entries, proofs
 	PermAuditDecrypt         Permission = "audit.decrypt"         // auditor; per-request checks against a court order in Vault
+	PermKeysAdmin            Permission = "keys.admin"            // admin: list keys, rotate, retire (destroy) versions
+	PermRewrap               Permission = "envelopes.rewrap"      // admin, application: move envelopes to active key versions
+	PermKeysProve            Permission = "keys.prove"            // every known principal: proof of possession
 )
 
 // permRoles maps each permission to the roles that carry it; nil means every
@@ -36,6 +39,9 @@ var permRoles = map[Permission][]string{
 	PermDecrypt:              {RoleApplication},
 	PermLogRead:              {RoleReviewer},
 	PermAuditDecrypt:         {RoleAuditor},
+	PermKeysAdmin:            {RoleAdmin},
+	PermRewrap:               {RoleAdmin, RoleApplication},
+	PermKeysProve:            nil,
 }
 
 // Caller is a peer process as the kernel reports it (SO_PEERCRED).

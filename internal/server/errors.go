@@ -66,6 +66,11 @@ const (
 	CodeVaultDenied        = "vault_denied"           // Vault refused the daemon's token (policy, revoked, expired)
 	CodeVaultTimeout       = "vault_timeout"          // Vault slower than vault.timeout
 	CodeVaultError         = "vault_error"            // Vault answered with another error
+
+	// Key lifecycle (lifecycle.go).
+	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
+	CodeKeyActive         = "key_active"         // the active version cannot be retired; rotate first
+	CodeRetireUnconfirmed = "retire_unconfirmed" // retire without confirm_rewrapped and rewrapped_count
 )
 
 // apiError is an error with its HTTP status and stable code.
@@ -115,6 +120,8 @@ var errorMap = []mapping{
 	{policy.ErrFieldDenied, http.StatusForbidden, CodeFieldDenied, itself},
 	{policy.ErrDenied, http.StatusForbidden, CodePermissionDenied, itself},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, CodeUnknownParticipant, itself},
+	{keys.ErrDestroyed, http.StatusGone, CodeKeyDestroyed, itself},
+	{keys.ErrActiveVersion, http.StatusConflict, CodeKeyActive, itself},
 	{keys.ErrUnknownVersion, http.StatusNotFound, CodeUnknownKeyVersion, itself},
 	{keys.ErrExists, http.StatusConflict, CodeParticipantExists, itself},
 	{envelope.ErrVersion, http.StatusBadRequest, CodeUnsupportedVersion, itself},

@@ -30,5 +30,11 @@ func (s *Server) routes() []route {
 		{"GET /v1/log/proof/consistency", policy.PermLogRead, "log.proof", s.logConsistency},
 		{"POST /v1/audit/decrypt", policy.PermAuditDecrypt, "audit-decrypt", s.auditDecrypt},
 		{"POST /v1/audit/decrypt/batch", policy.PermAuditDecrypt, "audit-decrypt", s.auditDecryptBatch},
+		{"POST /v1/envelopes/rewrap", policy.PermRewrap, "rewrap", s.rewrapEnvelopes},
+		{"POST /v1/envelopes/rewrap/stream", policy.PermRewrap, "rewrap", s.rewrapEnvelopesStream},
+		{"GET /v1/keys", policy.PermKeysAdmin, "keys", s.listKeys},
+		{"POST /v1/keys/{id}/rotate", policy.PermKeysAdmin, "key.rotate", s.rotateKey},
+		{"POST /v1/keys/{id}/retire", policy.PermKeysAdmin, "key.retire", s.retireKey},
+		{"POST /v1/keys/{id}/prove", policy.PermKeysProve, "key.prove", s.proveKey},
 	}
 }

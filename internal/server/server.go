@@ -153,6 +153,8 @@ func (s *Server) guard(rt route) http.Handler {
 			}
 			code = ae.Code
 			writeError(w, ae)
+		} else if st, ok := body.(streamer); ok {
+			st.stream(ctx, w) // a streaming route writes its own answer (lifecycle.go)
 		} else {
 			writeJSON(w, http.StatusOK, body)
 		}

@@ -1,0 +1,328 @@
+package hsm
+
+import (
+	"context"
+	"crypto/ecdh"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// WrapTarget is one new recipient of a DEK being rewrapped.
+type WrapTarget struct {
+	// Alg is the recipient's algorithm: X25519 or P256. The device generates
+	// an ephemeral key pair of this algorithm as session objects.
+	Alg KeyAlg
+	// RecipientPublic is 32 bytes (X25519) or the 65-byte point 04||X||Y (P256).
+	RecipientPublic []byte
+	// Context returns the 32-byte KDFECBContext context for the ephemeral
+	// public key the device generated (encoded like RecipientPublic). The
+	// caller owns the context rule (package envelope computes it); hsm only
+	// applies it: KEK' = AES-256-ECB_Z'(Context(E')).
+	Context func(ephemeralPublic []byte) [32]byte
+}
+
+// RewrapRequest names a wrapped DEK the token can open (the same fields as
+// the first half of an OpenRequest) and the recipients to wrap it for.
+type RewrapRequest struct {
+	KeyLabel   string   // private key of a current recipient
+	Alg        KeyAlg   // its algorithm
+	KDF        KDF      // KDFECBContext
+	PeerPublic []byte   // the stanza's ephemeral public key
+	Context    [32]byte // the stanza's KDF context
+	WrappedDEK []byte   // the stanza's RFC 5649 wrap of the DEK (40 bytes)
+	Targets    []WrapTarget
+}
+
+// Rewrapped is the DEK wrapped for one WrapTarget.
+type Rewrapped struct {
+	EphemeralPublic []byte // the device-generated ephemeral public key, encoded like the recipient's
+	WrappedDEK      []byte // RFC 5649 wrap of the DEK under the new KEK (40 bytes)
+}
+
+// MaxRewrapTargets bounds RewrapRequest.Targets (an envelope has at most 64
+// participants and the escrow stanza).
+const MaxRewrapTargets = 65
+
+// Rewrap moves a DEK to new recipients without it ever leaving the token.
+// On one session it derives Z and the KEK from req exactly as Open does and
+// unwraps req.WrappedDEK into a session AES key that is sensitive, can
+// neither encrypt nor decrypt, and is extractable only so that C_WrapKey
+// can wrap it (the KEK's CKA_UNWRAP_TEMPLATE forces those attributes).
+// Then, for each target: a fresh ephemeral key pair of target.Alg is
+// generated on the device (session objects; X25519 through the path the
+// capability probe found), Z' = ECDH(ephemeral, target.RecipientPublic),
+// KEK' = AES-256-ECB_Z'(target.Context(E')) as a wrap-only key, and the DEK
+// is wrapped under KEK' with CKM_AES_KEY_WRAP_PAD (RFC 5649 for a 32-byte
+// key, checked against software in rewrap_test.go). Every session object is
+// destroyed on every path; the result holds only public values.
+//
+// Errors: ErrInvalidRequest for wrong lengths, an unknown algorithm or KDF,
+// no or too many targets; ErrNotFound for an unknown label; ErrIntegrity if
+// the source stanza does not unwrap (tampered or mismatched) or a target
+// public key is not a valid point; ErrUnsupported for a key of another kind
+// or a token without X25519 generation; ErrUnavailable.
+func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, error) {
+	if err := validateRewrap(req); err != nil {
+		return nil, fmt.Errorf("hsm: rewrap %q: %w", req.KeyLabel, err)
+	}
+	var out []Rewrapped
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		for attempt := 0; ; attempt++ {
+			k, err := t.privateKey(h, req.KeyLabel)
+			if err != nil {
+				return err
+			}
+			if k.alg != req.Alg || k.usage != UsageDerive {
+				return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, req.KeyLabel, k.alg, k.usage, req.Alg)
+			}
+			out, err = t.rewrap(h, k.h, req)
+			if isHandleInvalid(err) && attempt == 0 {
+				t.forget(req.KeyLabel)
+				continue
+			}
+			return err
+		}
+	})
+	if !errors.Is(err, ErrUnavailable) {
+		// Z, KEK, DEK, then per target: two ephemeral objects, Z', KEK'.
+		t.pool.noteSessionObjects(ctx, uint64(3+4*len(req.Targets)))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hsm: rewrap %q: %w", req.KeyLabel, err)
+	}
+	return out, nil
+}
+
+func validateRewrap(req RewrapRequest) error {
+	switch {
+	case req.KeyLabel == "":
+		return fmt.Errorf("%w: empty key label", ErrInvalidRequest)
+	case req.KDF != KDFECBContext:
+		return fmt.Errorf("%w: unknown KDF %d", ErrInvalidRequest, req.KDF)
+	case len(req.WrappedDEK) != wrappedDEKSize:
+		return fmt.Errorf("%w: wrapped DEK is %d bytes, want %d", ErrInvalidRequest, len(req.WrappedDEK), wrappedDEKSize)
+	case len(req.Targets) == 0 || len(req.Targets) > MaxRewrapTargets:
+		return fmt.Errorf("%w: %d targets, want 1..%d", ErrInvalidRequest, len(req.Targets), MaxRewrapTargets)
+	}
+	if err := checkPeer(req.Alg, req.PeerPublic); err != nil {
+		return err
+	}
+	for i, tg := range req.Targets {
+		if tg.Context == nil {
+			return fmt.Errorf("%w: target %d has no context function", ErrInvalidRequest, i)
+		}
+		if err := checkPeer(tg.Alg, tg.RecipientPublic); err != nil {
+			return fmt.Errorf("target %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// checkPeer checks the length (and for P-256 the curve membership) of a
+// public key sent to the device.
+func checkPeer(alg KeyAlg, pub []byte) error {
+	switch alg {
+	case X25519:
+		if len(pub) != 32 {
+			return fmt.Errorf("%w: X25519 public key is %d bytes, want 32", ErrInvalidRequest, len(pub))
+		}
+	case P256:
+		if len(pub) != 65 {
+			return fmt.Errorf("%w: P-256 public key is %d bytes, want 65", ErrInvalidRequest, len(pub))
+		}
+		if _, err := ecdh.P256().NewPublicKey(pub); err != nil {
+			return fmt.Errorf("%w: public key is not a P-256 point", ErrIntegrity)
+		}
+	default:
+		return fmt.Errorf("%w: unknown algorithm %d", ErrInvalidRequest, alg)
+	}
+	return nil
+}
+
+// rewrapDEKTemplate is what a DEK unwrapped for rewrapping must look like:
+// a sensitive session AES key that can do nothing but be wrapped (and
+// CKA_EXTRACTABLE only for that). It is forced through the
+// CKA_UNWRAP_TEMPLATE of the rewrap KEK.
+func rewrapDEKTemplate() []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+	}
+}
+
+var rewrapUnwrapTemplateValue = sync.OnceValue(func() []byte {
+	return attributeArray(rewrapDEKTemplate())
+})
+
+// rewrapKEK is the template of the KEK that unwraps a DEK for rewrapping.
+func rewrapKEK() []*pkcs11.Attribute {
+	a := sessionAES(false, false)
+	for i, at := range a {
+		if at.Type == pkcs11.CKA_UNWRAP {
+			a[i] = pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true)
+		}
+	}
+	return append(a, &pkcs11.Attribute{Type: pkcs11.CKA_UNWRAP_TEMPLATE, Value: rewrapUnwrapTemplateValue()})
+}
+
+// sessionAESWith is sessionAES(false, false) with one usage attribute set.
+func sessionAESWith(usage uint) []*pkcs11.Attribute {
+	a := sessionAES(false, false)
+	for i, at := range a {
+		if at.Type == usage {
+			a[i] = pkcs11.NewAttribute(usage, true)
+			return a
+		}
+	}
+	return append(a, pkcs11.NewAttribute(usage, true))
+}
+
+// sessionObjects collects the session objects of one chain and destroys
+// them all.
+type sessionObjects struct {
+	c    *pkcs11.Ctx
+	h    pkcs11.SessionHandle
+	objs []pkcs11.ObjectHandle
+}
+
+func (s *sessionObjects) add(o ...pkcs11.ObjectHandle) { s.objs = append(s.objs, o...) }
+
+func (s *sessionObjects) destroy() {
+	for _, o := range s.objs {
+		_ = s.c.DestroyObject(s.h, o)
+	}
+	s.objs = nil
+}
+
+// deriveKEK runs ECDH(priv, peer) into Z and AES-ECB_Z(context) into a
+// session AES key with template kekTmpl. Z is added to objs, the KEK too.
+func (t *Token) deriveKEK(h pkcs11.SessionHandle, objs *sessionObjects, priv pkcs11.ObjectHandle, peer []byte, context [32]byte, kekTmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	c := t.mod.ctx
+	z, err := c.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE,
+		pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer))}, priv, sessionAES(true, false))
+	if err != nil {
+		if isLost(err) || isHandleInvalid(err) {
+			return 0, err
+		}
+		return 0, fmt.Errorf("%w: ECDH derive: %w", ErrIntegrity, err)
+	}
+	objs.add(z)
+	param, cdata := keyDerivationStringData(context[:])
+	kek, err := c.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, z, kekTmpl)
+	cdata.free()
+	if err != nil {
+		return 0, fmt.Errorf("KEK derive (AES_ECB_ENCRYPT_DATA): %w", err)
+	}
+	objs.add(kek)
+	return kek, nil
+}
+
+// ephemeralPair generates a session key pair of alg that can only derive.
+func (t *Token) ephemeralPair(h pkcs11.SessionHandle, objs *sessionObjects, alg KeyAlg) (pkcs11.ObjectHandle, []byte, error) {
+	var mech, keyType uint
+	var params []byte
+	switch alg {
+	case X25519:
+		if t.caps.X25519 == "" {
+			return 0, nil, fmt.Errorf("%w: X25519 key generation", ErrUnsupported)
+		}
+		mech, keyType = x25519Mechanism(t.caps.X25519)
+		params = oidX25519
+	case P256:
+		mech, keyType, params = pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKK_EC, oidP256
+	default:
+		return 0, nil, fmt.Errorf("%w: unknown algorithm %d", ErrInvalidRequest, alg)
+	}
+	pub := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+	}
+	priv := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+	}
+	pubH, privH, err := t.mod.ctx.GenerateKeyPair(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
+	if err != nil {
+		return 0, nil, fmt.Errorf("C_GenerateKeyPair (ephemeral %s): %w", alg, err)
+	}
+	objs.add(pubH, privH)
+	a, err := t.mod.ctx.GetAttributeValue(h, pubH, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+	if err != nil {
+		return 0, nil, fmt.Errorf("C_GetAttributeValue (ephemeral public): %w", err)
+	}
+	point, err := parseECPoint(alg, a[0].Value)
+	if err != nil {
+		return 0, nil, err
+	}
+	return privH, point, nil
+}
+
+func (t *Token) rewrap(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req RewrapRequest) ([]Rewrapped, error) {
+	c := t.mod.ctx
+	objs := &sessionObjects{c: c, h: h}
+	defer objs.destroy()
+
+	kek, err := t.deriveKEK(h, objs, priv, req.PeerPublic, req.Context, rewrapKEK())
+	if err != nil {
+		return nil, err
+	}
+	dek, err := c.UnwrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, rewrapDEKTemplate())
+	if err != nil {
+		return nil, integrity("unwrap DEK for rewrap (AES_KEY_WRAP_PAD)", err)
+	}
+	objs.add(dek)
+
+	out := make([]Rewrapped, 0, len(req.Targets))
+	for i, tg := range req.Targets {
+		ephPriv, ephPub, err := t.ephemeralPair(h, objs, tg.Alg)
+		if err != nil {
+			return nil, fmt.Errorf("target %d: %w", i, err)
+		}
+		newKEK, err := t.deriveKEK(h, objs, ephPriv, tg.RecipientPublic, tg.Context(ephPub), sessionAESWith(pkcs11.CKA_WRAP))
+		if err != nil {
+			return nil, fmt.Errorf("target %d: %w", i, err)
+		}
+		wrapped, err := c.WrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, newKEK, dek)
+		if err != nil {
+			return nil, fmt.Errorf("target %d: C_WrapKey (AES_KEY_WRAP_PAD): %w", i, err)
+		}
+		if len(wrapped) != wrappedDEKSize {
+			return nil, fmt.Errorf("target %d: token wrapped the DEK into %d bytes, want %d", i, len(wrapped), wrappedDEKSize)
+		}
+		out = append(out, Rewrapped{EphemeralPublic: ephPub, WrappedDEK: wrapped})
+		// Free this target's objects now: a wide envelope would otherwise
+		// hold 4 per target until the end.
+		keep := objs.objs[:3]
+		for _, o := range objs.objs[3:] {
+			_ = c.DestroyObject(h, o)
+		}
+		objs.objs = keep
+	}
+	return out, nil
+}

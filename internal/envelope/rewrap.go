@@ -1,0 +1,73 @@
+package envelope
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"maps"
+	"slices"
+
+	"custody/hsm"
+)
+
+// ReplaceStanzas returns a copy of e in which the stanzas at the indices of
+// repl are replaced by the given ones and the header is signed again by s
+// (whose key id becomes the header's SigningKeyID). Nonce and ciphertext
+// are byte-for-byte e's: the payload AAD covers the binding only, not the
+// stanzas (docs/envelope.md), so the payload stays valid. e is not modified.
+//
+// Each replacement must be for the same recipient as the stanza it
+// replaces: same kind and participant id (a rewrap moves a stanza to
+// another key version, never to another recipient). The new stanza is not
+// checked against the DEK: the caller produced it on the device from an
+// unwrap that succeeded.
+//
+// Call it only on an envelope that verified. Errors: ErrInvalidInput (an
+// index out of range, a replacement for another recipient, a bad stanza,
+// no signer or a signature of the wrong size); the signer's error, wrapped.
+func ReplaceStanzas(ctx context.Context, e *Envelope, repl map[int]Stanza, s Signer) (*Envelope, error) {
+	if s == nil {
+		return nil, fmt.Errorf("%w: no signer", ErrInvalidInput)
+	}
+	out := &Envelope{Header: e.Header, Nonce: bytes.Clone(e.Nonce), Ciphertext: e.Ciphertext}
+	out.Header.Stanzas = slices.Clone(e.Header.Stanzas)
+	out.Header.SigningKeyID = s.KeyID()
+	for _, i := range slices.Sorted(maps.Keys(repl)) {
+		if i < 0 || i >= len(out.Header.Stanzas) {
+			return nil, fmt.Errorf("%w: stanza %d out of range", ErrInvalidInput, i)
+		}
+		old, st := out.Header.Stanzas[i], repl[i]
+		if st.Kind != old.Kind || st.ParticipantID != old.ParticipantID {
+			return nil, fmt.Errorf("%w: stanza %d: a replacement must be for the same recipient", ErrInvalidInput, i)
+		}
+		st.EphemeralPublic = bytes.Clone(st.EphemeralPublic)
+		st.WrappedDEK = bytes.Clone(st.WrappedDEK)
+		out.Header.Stanzas[i] = st
+	}
+	out.Signature = make([]byte, SignatureSize) // so that Validate checks the rest
+	if err := out.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidInput, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256(out.SignedMessage())
+	sig, err := s.Sign(ctx, digest[:])
+	if err != nil {
+		return nil, fmt.Errorf("envelope: signing header: %w", err)
+	}
+	if len(sig) != SignatureSize {
+		return nil, fmt.Errorf("%w: signer returned %d bytes, want %d (r||s)", ErrInvalidInput, len(sig), SignatureSize)
+	}
+	out.Signature = bytes.Clone(sig)
+	return out, nil
+}
+
+// StanzaContext returns the ecb-context KDF context for a new stanza of
+// algorithm alg whose recipient key is recipientPublic, as a function of the
+// ephemeral public key (which the device generates during a rewrap).
+func StanzaContext(alg hsm.KeyAlg, recipientPublic []byte) func(ephemeralPublic []byte) [32]byte {
+	r := bytes.Clone(recipientPublic)
+	return func(eph []byte) [32]byte { return KDFContext(alg, hsm.KDFECBContext, eph, r) }
+}
