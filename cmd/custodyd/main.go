@@ -160,7 +160,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if _, err := registry.EnsureDaemonKeys(ctx, time.Now()); err != nil {
 		return err
 	}
-	meters.WatchKeys(registry, keys.DefaultRotateAfter)
+	registry.SetRotateAfter(cfg.Keys.RotateAfterDuration())
+	meters.WatchKeys(registry, cfg.Keys.RotateAfterDuration())
 	logSigner, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
 	if err != nil {
 		return fmt.Errorf("access log key: %w", err)
@@ -204,7 +205,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 		go c.Run(ctx)
 		defer c.Close()
-		checker = c
+		checker = meters.MeterOrders(c)
 		log.Info("court orders checked against Vault", "address", cfg.Vault.Address, "quorum", cfg.Vault.Quorum, "signers", len(cfg.Vault.Signers))
 	} else {
 		log.Warn("no vault section in the configuration: audit decrypts are refused")
@@ -228,6 +229,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	})
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	go srv.RunRotation(ctx, cfg.Keys.RotationInterval())
 	if cfg.Metrics.Listen != "" {
 		mln, err := listenMetrics(cfg.Metrics.Listen)
 		if err != nil {

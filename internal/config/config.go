@@ -43,6 +43,8 @@ type Config struct {
 	// Vault holds the court orders that gate audit decrypts (docs/orders.md).
 	// Without it, audit decrypts are refused with vault_unavailable.
 	Vault *orders.Config `json:"vault,omitempty"`
+	// Keys says when keys are due for rotation.
+	Keys Keys `json:"keys"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
 	ShutdownTimeout string `json:"shutdown_timeout"`
@@ -77,6 +79,25 @@ type Socket struct {
 	// Who may connect is decided by this mode and the policy together.
 	Mode string `json:"mode"`
 }
+
+// Keys is the key lifecycle policy.
+type Keys struct {
+	// RotateAfter is how old an active participant key may grow before the
+	// daemon rotates it (a Go duration; "2160h" = 90 days).
+	RotateAfter string `json:"rotate_after"`
+	// RotationCheck is how often the daemon looks for keys due ("1h").
+	RotationCheck string `json:"rotation_check"`
+}
+
+// RotateAfterDuration and RotationInterval return the durations (Validate
+// has checked them).
+func (k Keys) RotateAfterDuration() time.Duration {
+	d, _ := time.ParseDuration(k.RotateAfter)
+	return d
+}
+
+// RotationInterval: see RotateAfterDuration.
+func (k Keys) RotationInterval() time.Duration { d, _ := time.ParseDuration(k.RotationCheck); return d }
 
 // Metrics is where Prometheus scrapes custodyd.
 type Metrics struct {
@@ -116,6 +137,7 @@ func Default() Config {
 		PolicyFile:      "policies/example.json",
 		ShutdownTimeout: "30s",
 		AccessLog:       defaultAccessLog(),
+		Keys:            Keys{RotateAfter: "2160h", RotationCheck: "1h"},
 		Limits: Limits{
 			MaxBodyBytes:         8 << 20,
 			MaxBatchItems:        1000,
@@ -247,6 +269,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.Metrics.validate(); err != nil {
 		return err
+	}
+	if d, err := time.ParseDuration(c.Keys.RotateAfter); err != nil || d < time.Hour {
+		return fmt.Errorf("keys.rotate_after: %q is not a duration of at least 1h (e.g. \"2160h\" for 90 days)", c.Keys.RotateAfter)
+	}
+	if d, err := time.ParseDuration(c.Keys.RotationCheck); err != nil || d < time.Second {
+		return fmt.Errorf("keys.rotation_check: %q is not a duration of at least 1s (e.g. \"1h\")", c.Keys.RotationCheck)
 	}
 	if err := c.AccessLog.Validate(); err != nil {
 		return err

@@ -63,6 +63,8 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 		{`{"metrics":{"listen":"localhost"}}`, "metrics.listen"},
 		{`{"metrics":{"listen":"unix:"}}`, "metrics.listen"},
 		{`{"shutdown_timeout":"2h"}`, "shutdown_timeout"},
+		{`{"keys":{"rotate_after":"10m"}}`, "keys.rotate_after"},
+		{`{"keys":{"rotation_check":"soon"}}`, "keys.rotation_check"},
 		{`{"limits":{"max_in_flight_per_caller":0}}`, "limits.max_in_flight_per_caller"},
 		{`{"sokcet":{}}`, `unknown field "sokcet"`},
 		{`{} {}`, "trailing data"},

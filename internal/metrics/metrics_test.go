@@ -21,6 +21,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/keys"
 	"custody/internal/metrics"
+	"custody/internal/orders"
 )
 
 func TestMain(m *testing.M) {
@@ -207,3 +208,25 @@ type fakeLog struct{}
 
 func (fakeLog) Status() auditlog.Status      { return auditlog.Status{Entries: 3, Writable: true} }
 func (fakeLog) OnSync(f func(time.Duration)) { f(time.Millisecond) }
+
+type fakeOrders struct{ err *error }
+
+func (f fakeOrders) Authorize(context.Context, string, string, string, string, string, time.Time) (orders.Grant, error) {
+	return orders.Grant{}, *f.err
+}
+
+func TestVaultCheckMetrics(t *testing.T) {
+	m := metrics.New()
+	var next error
+	o := m.MeterOrders(fakeOrders{&next})
+	for _, err := range []error{nil, nil, orders.ErrRevoked, orders.ErrSealed, orders.ErrTimeout, fmt.Errorf("x: %w", orders.ErrUnavailable), orders.ErrVaultDenied} {
+		next = err
+		o.Authorize(context.Background(), "a", "o", "p", "t", "j", time.Now())
+	}
+	fams := scrape(t, m)
+	for outcome, want := range map[string]float64{"allowed": 2, "denied": 1, "sealed": 1, "timeout": 1, "unavailable": 1, "permission_denied": 1} {
+		if got := value(t, fams, "custody_vault_check_duration_seconds", map[string]string{"outcome": outcome}); got != want {
+			t.Errorf("outcome %s: %v, want %v", outcome, got, want)
+		}
+	}
+}
