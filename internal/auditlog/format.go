@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
 )
 
 // FormatVersion is the version of the entry encoding (docs/auditlog.md).
@@ -118,4 +121,38 @@ func parseEntryJSON(b []byte, index int64) (int64, Entry, error) {
 		return l.Index, Entry{}, fmt.Errorf("%w: not in canonical form", ErrMalformed)
 	}
 	return l.Index, l.Entry, nil
+}
+
+// validUTF8 replaces invalid UTF-8 in every string of e with U+FFFD, as the
+// JSON encoding would, so that what is written parses back to itself. Some
+// strings come from outside (a caller's executable path, forwarded end-user
+// context); without this, one bad byte would make the entry non-canonical
+// and the log unreadable from there on.
+func validUTF8(e Entry) Entry {
+	fix := func(s *string) {
+		if !utf8.ValidString(*s) {
+			*s = strings.ToValidUTF8(*s, "\uFFFD")
+		}
+	}
+	for _, p := range []*string{&e.Operation, &e.Caller.Executable, &e.Principal, &e.TransactionID, &e.JobID,
+		&e.Participant, &e.KeyLabel, &e.Purpose, &e.EndUser.IP, &e.EndUser.UserAgent, &e.EndUser.RequestID,
+		&e.CourtOrder, &e.DocumentHash, &e.Code, &e.Detail} {
+		fix(p)
+	}
+	e.Participants = fixAll(e.Participants, fix)
+	e.Fields = fixAll(e.Fields, fix)
+	return e
+}
+
+func fixAll(list []string, fix func(*string)) []string {
+	for i := range list {
+		if !utf8.ValidString(list[i]) {
+			list = slices.Clone(list)
+			for j := range list {
+				fix(&list[j])
+			}
+			return list
+		}
+	}
+	return list
 }

@@ -341,3 +341,39 @@ func TestTornTail(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 }
+
+// TestInvalidUTF8FromOutside: strings from outside the daemon (an
+// executable path, a forwarded user agent) may hold invalid UTF-8; the
+// entry is stored with U+FFFD instead, and the log still reopens and
+// verifies.
+func TestInvalidUTF8FromOutside(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	l := openLog(t, cfg)
+	e := entry(0)
+	e.Caller.Executable = "/opt/app\xff\xfe/bin"
+	e.EndUser.UserAgent = "agent\xc3"
+	e.Fields = []string{"ok", "bad\x80"}
+	if err := l.Record(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(context.Background(), entry(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, cfg)
+	defer l.Close()
+	es, err := l.Entries(0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := auditlog.ParseEntry(es[0].Data, 0)
+	if err != nil || got.Caller.Executable != "/opt/app\uFFFD/bin" || got.EndUser.UserAgent != "agent\uFFFD" || got.Fields[1] != "bad\uFFFD" {
+		t.Fatalf("stored %+v, %v", got, err)
+	}
+	if res, err := auditlog.Verify(dir, auditlog.VerifyOptions{Verifier: testVerifier(t)}); err != nil || !res.OK {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}

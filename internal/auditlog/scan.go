@@ -55,7 +55,7 @@ type scanBatch struct {
 // scanLeaves reads r (an entries file from its start) and calls fn for
 // every complete line in order. fn's error stops the scan and is returned.
 func scanLeaves(r io.Reader, opts scanOptions, fn func(i int64, l *leaf) error) (scanSummary, error) {
-	workers := max(1, runtime.GOMAXPROCS(0))
+	workers := min(max(1, runtime.GOMAXPROCS(0)), 16) // a batch in flight is 1.3 MB
 	inFlight := 2*workers + 2
 	free := make(chan *scanBatch, inFlight)
 	for range inFlight {
