@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-test build run demo test test-short fuzz bench vectors lint clean
+.PHONY: help deps deps-test bench-rewrap-100k build run demo test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 
 bench: deps ## Benchmarks: socket vs raw open chain, encrypt vs software seal, leak and RSS check
 	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} ./hsm/ ./internal/server/ ./internal/auditlog/
+
+bench-rewrap-100k: deps ## The 100,000-envelope streaming rewrap: peak RSS of custodyctl and the daemon (many minutes)
+	CUSTODY_BENCH_100K=1 $(GO) test -run '^$$' -bench 'Rewrap100k' -benchtime 1x -timeout 60m ./internal/server/
 
 vectors: ## Regenerate the envelope known-answer vectors
 	$(GO) run ./internal/envelope/internal/katgen > internal/envelope/testdata/vectors.json
