@@ -26,6 +26,14 @@
 // the one SoftHSM allows (it has no HKDF): KEK = AES-256-ECB_Z(context). It
 // is a PRF of Z keyed by a 32-byte context, not HKDF; see api.go.
 //
+// Rewrap (rewrap.go) moves a DEK to a new recipient without it leaving the
+// device: the DEK is unwrapped as a sensitive session key that can neither
+// encrypt nor decrypt and is CKA_EXTRACTABLE only so that C_WrapKey can wrap
+// it under the new KEK (derived from an ephemeral key pair generated on the
+// device). While it exists, any wrap key in the session could wrap it out;
+// only a holder of the user PIN can open such a session, and on SoftHSM that
+// person can read Z anyway (below).
+//
 // Limits of the token, honestly: SoftHSM has no CKA_DERIVE_TEMPLATE, so
 // anyone holding the user PIN can ECDH-derive from a derive key into an
 // extractable secret and read Z (a test does exactly that). The user PIN is
