@@ -1,0 +1,39 @@
+package ceremony
+
+import "errors"
+
+// Sentinel errors. Callers branch on these with errors.Is.
+var (
+	// ErrOfficers: the officers file is malformed or names an unknown user.
+	ErrOfficers = errors.New("ceremony: invalid officers file")
+	// ErrNotOfficer: the caller is not a declared officer.
+	ErrNotOfficer = errors.New("ceremony: caller is not a declared officer")
+	// ErrUnknownRequest: no pending request with that id.
+	ErrUnknownRequest = errors.New("ceremony: unknown request")
+	// ErrSelfApproval: the requester tried to approve their own request.
+	ErrSelfApproval = errors.New("ceremony: a requester cannot approve their own request")
+	// ErrRequestMismatch: the approval names another hash or nonce than the request.
+	ErrRequestMismatch = errors.New("ceremony: approval does not match the request (hash or nonce)")
+	// ErrExpired: the request's approval window has closed (or not opened).
+	ErrExpired = errors.New("ceremony: outside the request's approval window")
+	// ErrDuplicateApproval: this officer already approved the request.
+	ErrDuplicateApproval = errors.New("ceremony: officer already approved this request")
+	// ErrNotApproved: fewer than M distinct officers approved the request.
+	ErrNotApproved = errors.New("ceremony: request lacks its quorum of approvals")
+	// ErrFormat: a share file, backup manifest, request or transcript does not parse.
+	ErrFormat = errors.New("ceremony: malformed file")
+	// ErrWrongBackup: a share belongs to another backup.
+	ErrWrongBackup = errors.New("ceremony: share belongs to another backup")
+	// ErrDuplicateShare: a share with that index (or from that officer) was already submitted.
+	ErrDuplicateShare = errors.New("ceremony: duplicate share")
+	// ErrCorruptShare: a share does not match the backup's commitment for its index.
+	ErrCorruptShare = errors.New("ceremony: share does not match the backup's commitment")
+	// ErrNotEnoughShares: fewer than M shares were submitted.
+	ErrNotEnoughShares = errors.New("ceremony: not enough shares")
+	// ErrKCV: the combined KEK does not match the backup's key check value.
+	ErrKCV = errors.New("ceremony: key check value mismatch")
+	// ErrCanary: the restored key did not open the backup's canary envelope; the key was removed.
+	ErrCanary = errors.New("ceremony: canary envelope did not open with the restored key")
+	// ErrTranscript: a transcript's signatures do not verify or a required signer is missing.
+	ErrTranscript = errors.New("ceremony: transcript does not verify")
+)
