@@ -39,22 +39,10 @@ func (t *Token) Open(ctx context.Context, req OpenRequest) ([]byte, error) {
 		return nil, fmt.Errorf("hsm: open %q: %w", req.KeyLabel, err)
 	}
 	var pt []byte
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for attempt := 0; ; attempt++ {
-			k, err := t.privateKey(h, req.KeyLabel)
-			if err != nil {
-				return err
-			}
-			if k.alg != req.Alg || k.usage != UsageDerive {
-				return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, req.KeyLabel, k.alg, k.usage, req.Alg)
-			}
-			pt, err = t.open(h, k.h, req)
-			if isHandleInvalid(err) && attempt == 0 {
-				t.forget(req.KeyLabel)
-				continue
-			}
-			return err
-		}
+	err := t.withDeriveKey(ctx, req.KeyLabel, req.Alg, func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error {
+		var err error
+		pt, err = t.open(h, key, req)
+		return err
 	})
 	// Each chain creates (and destroys) up to three session objects: Z, KEK,
 	// DEK; none when no session could be had.
@@ -65,6 +53,30 @@ func (t *Token) Open(ctx context.Context, req OpenRequest) ([]byte, error) {
 		return nil, fmt.Errorf("hsm: open %q: %w", req.KeyLabel, err)
 	}
 	return pt, nil
+}
+
+// withDeriveKey runs fn on a pooled session with the handle of the derive
+// key labelled label, which must be of algorithm alg; if the token says the
+// cached handle is stale (the object was replaced behind our back), it looks
+// the key up once more and runs fn again.
+func (t *Token) withDeriveKey(ctx context.Context, label string, alg KeyAlg, fn func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error) error {
+	return t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		for attempt := 0; ; attempt++ {
+			k, err := t.privateKey(h, label)
+			if err != nil {
+				return err
+			}
+			if k.alg != alg || k.usage != UsageDerive {
+				return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, label, k.alg, k.usage, alg)
+			}
+			err = fn(h, k.h)
+			if isHandleInvalid(err) && attempt == 0 {
+				t.forget(label)
+				continue
+			}
+			return err
+		}
+	})
 }
 
 func validateOpen(req OpenRequest) error {

@@ -44,22 +44,10 @@ func (t *Token) ProvePossession(ctx context.Context, req PossessionRequest) ([]b
 		return nil, fmt.Errorf("hsm: prove %q: %w", req.KeyLabel, err)
 	}
 	var mac []byte
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for attempt := 0; ; attempt++ {
-			k, err := t.privateKey(h, req.KeyLabel)
-			if err != nil {
-				return err
-			}
-			if k.alg != req.Alg || k.usage != UsageDerive {
-				return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, req.KeyLabel, k.alg, k.usage, req.Alg)
-			}
-			mac, err = t.prove(h, k.h, req)
-			if isHandleInvalid(err) && attempt == 0 {
-				t.forget(req.KeyLabel)
-				continue
-			}
-			return err
-		}
+	err := t.withDeriveKey(ctx, req.KeyLabel, req.Alg, func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error {
+		var err error
+		mac, err = t.prove(h, key, req)
+		return err
 	})
 	if !errors.Is(err, ErrUnavailable) {
 		t.pool.noteSessionObjects(ctx, 2)

@@ -69,22 +69,10 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 		return nil, fmt.Errorf("hsm: rewrap %q: %w", req.KeyLabel, err)
 	}
 	var out []Rewrapped
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for attempt := 0; ; attempt++ {
-			k, err := t.privateKey(h, req.KeyLabel)
-			if err != nil {
-				return err
-			}
-			if k.alg != req.Alg || k.usage != UsageDerive {
-				return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, req.KeyLabel, k.alg, k.usage, req.Alg)
-			}
-			out, err = t.rewrap(h, k.h, req)
-			if isHandleInvalid(err) && attempt == 0 {
-				t.forget(req.KeyLabel)
-				continue
-			}
-			return err
-		}
+	err := t.withDeriveKey(ctx, req.KeyLabel, req.Alg, func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error {
+		var err error
+		out, err = t.rewrap(h, key, req)
+		return err
 	})
 	if !errors.Is(err, ErrUnavailable) {
 		// Z, KEK, DEK, then per target: two ephemeral objects, Z', KEK'.

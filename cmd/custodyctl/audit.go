@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 )
 
 // audit implements `custodyctl audit decrypt`: an auditor opens an envelope
@@ -63,13 +62,6 @@ func (c *client) audit(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	fmt.Fprintf(c.out, "transaction %s (job %s), opened through the escrow stanza under order %s (version %d), use %d of %d\n",
 		r.TransactionID, r.JobID, r.Order.ID, r.Order.Version, r.Order.Use, r.Order.MaxUses)
-	names := make([]string, 0, len(r.Confidential))
-	for k := range r.Confidential {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		fmt.Fprintf(c.out, "  %s: %s\n", k, r.Confidential[k])
-	}
+	c.printFields(r.Confidential)
 	return nil
 }

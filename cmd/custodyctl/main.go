@@ -392,15 +392,20 @@ func (c *client) decrypt(args []string, stdin io.Reader, stderr io.Writer) error
 		return err
 	}
 	fmt.Fprintf(c.out, "transaction %s (job %s)\n", r.TransactionID, r.JobID)
-	names := make([]string, 0, len(r.Confidential))
-	for k := range r.Confidential {
+	c.printFields(r.Confidential)
+	return nil
+}
+
+// printFields prints decrypted fields, one per line, sorted by name.
+func (c *client) printFields(fields map[string]json.RawMessage) {
+	names := make([]string, 0, len(fields))
+	for k := range fields {
 		names = append(names, k)
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		fmt.Fprintf(c.out, "  %s: %s\n", k, r.Confidential[k])
+		fmt.Fprintf(c.out, "  %s: %s\n", k, fields[k])
 	}
-	return nil
 }
 
 // envelopeFromFile accepts either the bare envelope text or a JSON object

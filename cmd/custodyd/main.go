@@ -250,7 +250,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "\ncustodyd is serving on %s. Try, from another terminal:\n"+
 		"  bin/custodyctl --socket %s health\n"+
 		"  curl -s --unix-socket %s http://custody/v1/health\n"+
-		"  make demo   # register participants, encrypt, decrypt\n"+
+		"  make demo   # participants, encrypt, decrypt, a court order, the access log\n"+
 		"Stop with Ctrl-C.\n\n", cfg.Socket.Path, cfg.Socket.Path, cfg.Socket.Path)
 
 	hup := make(chan os.Signal, 1)
