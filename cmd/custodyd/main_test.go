@@ -247,19 +247,10 @@ func TestLifecycle(t *testing.T) {
 	// The access log verifies offline, its final checkpoint (signed at
 	// shutdown) covers every entry, and it holds the daemon's own events.
 	logDir := filepath.Join(d.dir, "log")
-	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", logDir, "--json").CombinedOutput()
-	if err != nil {
-		t.Fatalf("log verify after shutdown: %v\n%s", err, out)
+	if v := verifyLog(t, logDir); v.Entries == 0 || v.CheckpointSize != v.Entries {
+		t.Errorf("final checkpoint covers %d of %d entries", v.CheckpointSize, v.Entries)
 	}
-	var v struct {
-		Entries        int64 `json:"entries"`
-		CheckpointSize int64 `json:"latest_checkpoint_size"`
-	}
-	json.Unmarshal(out, &v)
-	if v.Entries == 0 || v.CheckpointSize != v.Entries {
-		t.Errorf("final checkpoint covers %d of %d entries:\n%s", v.CheckpointSize, v.Entries, out)
-	}
-	out, _ = exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--format", "jsonl").CombinedOutput()
+	out, _ := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--format", "jsonl").CombinedOutput()
 	for _, op := range []string{`"op":"daemon.start"`, `"op":"register"`, `"op":"policy.reload"`, `"op":"daemon.stop"`} {
 		if !strings.Contains(string(out), op) {
 			t.Errorf("access log lacks %s:\n%s", op, out)
@@ -402,19 +393,11 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 
 	logDir := filepath.Join(d.dir, "log")
-	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", logDir, "--json").CombinedOutput()
-	if err != nil {
-		t.Fatalf("log verify: %v\n%s", err, out)
-	}
-	var v struct {
-		Entries        int64 `json:"entries"`
-		CheckpointSize int64 `json:"latest_checkpoint_size"`
-	}
-	json.Unmarshal(out, &v)
+	v := verifyLog(t, logDir)
 	if v.CheckpointSize != v.Entries {
 		t.Errorf("final checkpoint covers %d of %d entries", v.CheckpointSize, v.Entries)
 	}
-	out, err = exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--op", "encrypt", "--outcome", "allowed", "--format", "jsonl").CombinedOutput()
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--op", "encrypt", "--outcome", "allowed", "--format", "jsonl").CombinedOutput()
 	if err != nil {
 		t.Fatalf("log query: %v\n%s", err, out)
 	}
@@ -432,4 +415,24 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged, %d encrypt entries, %d entries in all", len(acked), len(logged), v.Entries)
+}
+
+type logSummary struct {
+	Entries        int64 `json:"entries"`
+	CheckpointSize int64 `json:"latest_checkpoint_size"`
+}
+
+// verifyLog runs the reviewer's offline verification on a log directory
+// and fails the test unless it passes.
+func verifyLog(t *testing.T, dir string) logSummary {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", dir, "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("log verify %s: %v\n%s", dir, err, out)
+	}
+	var v logSummary
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("log verify --json: %v\n%s", err, out)
+	}
+	return v
 }
