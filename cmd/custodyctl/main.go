@@ -51,6 +51,10 @@ Commands:
                                   on stdin / in a file, or {"items":[…]}. Vault must hold a valid, signed,
                                   in-scope, unexhausted order naming you (docs/orders.md).
 
+  ceremony request|approve|status|genesis|backup|share|restore|rotate|cosign|verify
+                                Escrow key ceremonies for security officers (role officer, listed
+                                in the officers file); see custodyctl ceremony help.
+
 Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
   --json          print the daemon's JSON response as it is
@@ -119,6 +123,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.keys(rest[1:], stderr)
 	case "rewrap":
 		err = c.rewrap(rest[1:], stderr)
+	case "ceremony":
+		err = c.ceremony(rest[1:], stdin, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -157,8 +157,16 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := registry.EnsureDaemonKeys(ctx, time.Now()); err != nil {
+	if cfg.Ceremony.AutoGenesisOn() {
+		// Demo only: production sets ceremony.auto_genesis false and the
+		// officers run `custodyctl ceremony genesis` (docs/ceremonies.md).
+		if _, err := registry.Genesis(ctx, time.Now(), "auto-genesis at daemon start (ceremony.auto_genesis, demo only)"); err != nil {
+			return err
+		}
+	} else if done, err := registry.GenesisDone(ctx); err != nil {
 		return err
+	} else if !done {
+		log.Warn("the escrow key genesis ceremony has not run on this token: audit decrypts are refused until officers run `custodyctl ceremony genesis`")
 	}
 	registry.SetRotateAfter(cfg.Keys.RotateAfterDuration())
 	meters.WatchKeys(registry, cfg.Keys.RotateAfterDuration())
@@ -211,21 +219,27 @@ func cmdRun(args []string, stderr io.Writer) error {
 		log.Warn("no vault section in the configuration: audit decrypts are refused")
 	}
 
+	ceremonies, err := loadCeremonies(cfg, token, log)
+	if err != nil {
+		return err
+	}
+
 	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
 	srv := server.New(server.Deps{
-		Token:     metered,
-		Observer:  meters,
-		Keys:      registry,
-		Policy:    policies,
-		Recorder:  alog,
-		AccessLog: alog,
-		Orders:    checker,
-		Log:       log,
-		Limits:    cfg.Limits,
-		Version:   version,
+		Token:      metered,
+		Observer:   meters,
+		Keys:       registry,
+		Policy:     policies,
+		Recorder:   alog,
+		AccessLog:  alog,
+		Orders:     checker,
+		Ceremonies: ceremonies,
+		Log:        log,
+		Limits:     cfg.Limits,
+		Version:    version,
 	})
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()

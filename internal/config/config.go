@@ -45,6 +45,8 @@ type Config struct {
 	Vault *orders.Config `json:"vault,omitempty"`
 	// Keys says when keys are due for rotation.
 	Keys Keys `json:"keys"`
+	// Ceremony configures the escrow key ceremonies (docs/ceremonies.md).
+	Ceremony Ceremony `json:"ceremony"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
 	ShutdownTimeout string `json:"shutdown_timeout"`
@@ -88,6 +90,26 @@ type Keys struct {
 	// RotationCheck is how often the daemon looks for keys due ("1h").
 	RotationCheck string `json:"rotation_check"`
 }
+
+// Ceremony configures the escrow key ceremonies. Without an officers file
+// the ceremony routes answer ceremony_unavailable.
+type Ceremony struct {
+	// OfficersFile lists the security officers (ceremony.ParseOfficers).
+	OfficersFile string `json:"officers_file"`
+	// SOPINFile holds the token's security officer PIN (mode 0400 or 0600),
+	// needed by backups only.
+	SOPINFile string `json:"so_pin_file"`
+	// OutputDir receives transcripts, backup manifests and share files.
+	OutputDir string `json:"output_dir"`
+	// AutoGenesis makes the daemon run genesis by itself at start when the
+	// token has not had one (creating the escrow and signing keys without a
+	// ceremony). Demo only: true by default so that the first run works;
+	// production sets it to false and runs `custodyctl ceremony genesis`.
+	AutoGenesis *bool `json:"auto_genesis,omitempty"`
+}
+
+// AutoGenesisOn reports AutoGenesis with its default (true).
+func (c Ceremony) AutoGenesisOn() bool { return c.AutoGenesis == nil || *c.AutoGenesis }
 
 // RotateAfterDuration and RotationInterval return the durations (Validate
 // has checked them).
@@ -222,6 +244,9 @@ func (c *Config) resolve(dir string, set Config) {
 		{&c.Socket.Path, &set.Socket.Path},
 		{&c.PolicyFile, &set.PolicyFile},
 		{&c.AccessLog.Dir, &set.AccessLog.Dir},
+		{&c.Ceremony.OfficersFile, &set.Ceremony.OfficersFile},
+		{&c.Ceremony.SOPINFile, &set.Ceremony.SOPINFile},
+		{&c.Ceremony.OutputDir, &set.Ceremony.OutputDir},
 	} {
 		if *f.set != "" {
 			*f.dst = abs(*f.dst)
@@ -279,6 +304,9 @@ func (c Config) Validate() error {
 	if err := c.AccessLog.Validate(); err != nil {
 		return err
 	}
+	if err := c.Ceremony.validate(); err != nil {
+		return err
+	}
 	if c.Vault != nil {
 		if err := c.Vault.Validate(); err != nil {
 			return err
@@ -290,6 +318,18 @@ func (c Config) Validate() error {
 	}
 	if m&0o600 != 0o600 {
 		return fmt.Errorf("socket.mode: %q must let the owner read and write", c.Socket.Mode)
+	}
+	return nil
+}
+
+func (c Ceremony) validate() error {
+	switch {
+	case c.OfficersFile == "" && (c.SOPINFile != "" || c.OutputDir != ""):
+		return errors.New("ceremony.officers_file: required when so_pin_file or output_dir is set")
+	case c.OfficersFile != "" && c.OutputDir == "":
+		return errors.New("ceremony.output_dir: required with ceremony.officers_file (transcripts are written there)")
+	case c.OfficersFile != "" && c.SOPINFile == "":
+		return errors.New("ceremony.so_pin_file: required with ceremony.officers_file (backups log the security officer in)")
 	}
 	return nil
 }

@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"custody/hsm"
@@ -96,7 +97,8 @@ type Registry struct {
 
 	rotateAfter time.Duration // see SetRotateAfter
 
-	create sync.Mutex // serializes key creation
+	create  sync.Mutex  // serializes key creation
+	genesis atomic.Bool // the genesis marker was seen on the token (genesis.go)
 
 	mu           sync.RWMutex
 	participants map[string][]Version // ascending by Number

@@ -27,6 +27,7 @@ const (
 	PermKeysAdmin            Permission = "keys.admin"            // admin: list keys, rotate, retire (destroy) versions
 	PermRewrap               Permission = "envelopes.rewrap"      // admin, application: move envelopes to active key versions
 	PermKeysProve            Permission = "keys.prove"            // every known principal: proof of possession
+	PermCeremony             Permission = "ceremony"              // officer (and listed in the officers file): escrow key ceremonies
 )
 
 // permRoles maps each permission to the roles that carry it; nil means every
@@ -42,6 +43,7 @@ var permRoles = map[Permission][]string{
 	PermKeysAdmin:            {RoleAdmin},
 	PermRewrap:               {RoleAdmin, RoleApplication},
 	PermKeysProve:            nil,
+	PermCeremony:             {RoleOfficer},
 }
 
 // Caller is a peer process as the kernel reports it (SO_PEERCRED).

@@ -101,6 +101,9 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecry
 // last the order.
 func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, keys.Version, orders.Grant, error) {
 	var none keys.Version
+	if err := s.requireGenesis(ctx); err != nil { // ceremony.go
+		return nil, none, orders.Grant{}, err
+	}
 	if s.Orders == nil {
 		return nil, none, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
 	}

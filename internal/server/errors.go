@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"custody/hsm"
+	"custody/internal/ceremony"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/orders"
@@ -71,6 +72,27 @@ const (
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
 	CodeKeyActive         = "key_active"         // the active version cannot be retired; rotate first
 	CodeRetireUnconfirmed = "retire_unconfirmed" // retire without confirm_rewrapped and rewrapped_count
+
+	// Escrow key ceremonies (ceremony.go, docs/ceremonies.md).
+	CodeCeremonyUnavailable = "ceremony_unavailable" // no ceremony section (officers file) in the configuration
+	CodeGenesisRequired     = "genesis_required"     // audit decrypts wait for the genesis ceremony
+	CodeNotOfficer          = "not_officer"          // role officer, but the caller's Unix user is not in the officers file
+	CodeUnknownRequest      = "unknown_request"      // no pending ceremony request with that id (and kind)
+	CodeSelfApproval        = "self_approval"        // the requester approved their own request
+	CodeRequestMismatch     = "request_mismatch"     // the approval names another hash or nonce than the request
+	CodeRequestExpired      = "request_expired"      // outside the request's window
+	CodeDuplicateApproval   = "duplicate_approval"   // this officer already approved
+	CodeNotApproved         = "not_approved"         // fewer than M distinct officers approved
+	CodeCeremonyMalformed   = "ceremony_malformed"   // a share, manifest, request or transcript does not parse
+	CodeWrongBackup         = "wrong_backup"         // the share belongs to another backup
+	CodeDuplicateShare      = "duplicate_share"      // that share (index) or that officer's share is already in
+	CodeCorruptShare        = "corrupt_share"        // the share does not match the backup's commitment
+	CodeNotShareHolder      = "not_share_holder"     // the share names another officer than the caller
+	CodeNotEnoughShares     = "not_enough_shares"    // fewer than M shares submitted
+	CodeKCVMismatch         = "kcv_mismatch"         // the combined KEK does not match the key check value
+	CodeCanaryFailed        = "canary_failed"        // the restored key did not open the canary; it was removed
+	CodeKeyExists           = "key_exists"           // the token already holds a key with that label
+	CodeSOLogin             = "so_login_refused"     // the token refused the security officer's PIN
 )
 
 // apiError is an error with its HTTP status and stable code.
@@ -152,5 +174,22 @@ var errorMap = []mapping{
 	{orders.ErrTimeout, http.StatusGatewayTimeout, CodeVaultTimeout, says("Vault did not answer within vault.timeout")},
 	{orders.ErrUnavailable, http.StatusServiceUnavailable, CodeVaultUnavailable, says("Vault is unreachable; audit decrypts are refused until it is back")},
 	{orders.ErrVaultError, http.StatusServiceUnavailable, CodeVaultError, says("Vault answered with an error; see the daemon log")},
+	{keys.ErrNoGenesis, http.StatusConflict, CodeGenesisRequired, says("the escrow key genesis ceremony has not run on this token; officers run `custodyctl ceremony genesis` first")},
+	{ceremony.ErrNotOfficer, http.StatusForbidden, CodeNotOfficer, itself},
+	{ceremony.ErrUnknownRequest, http.StatusNotFound, CodeUnknownRequest, itself},
+	{ceremony.ErrSelfApproval, http.StatusForbidden, CodeSelfApproval, itself},
+	{ceremony.ErrRequestMismatch, http.StatusConflict, CodeRequestMismatch, itself},
+	{ceremony.ErrExpired, http.StatusForbidden, CodeRequestExpired, itself},
+	{ceremony.ErrDuplicateApproval, http.StatusConflict, CodeDuplicateApproval, itself},
+	{ceremony.ErrNotApproved, http.StatusConflict, CodeNotApproved, itself},
+	{ceremony.ErrWrongBackup, http.StatusBadRequest, CodeWrongBackup, itself},
+	{ceremony.ErrDuplicateShare, http.StatusConflict, CodeDuplicateShare, itself},
+	{ceremony.ErrCorruptShare, http.StatusBadRequest, CodeCorruptShare, itself},
+	{ceremony.ErrNotEnoughShares, http.StatusConflict, CodeNotEnoughShares, itself},
+	{ceremony.ErrKCV, http.StatusBadRequest, CodeKCVMismatch, itself},
+	{ceremony.ErrCanary, http.StatusInternalServerError, CodeCanaryFailed, itself},
+	{ceremony.ErrFormat, http.StatusBadRequest, CodeCeremonyMalformed, itself},
+	{hsm.ErrExists, http.StatusConflict, CodeKeyExists, says("the token already holds a key with that label; nothing was changed")},
+	{hsm.ErrSOLogin, http.StatusServiceUnavailable, CodeSOLogin, says("the token refused the security officer's login; check ceremony.so_pin_file")},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
 }

@@ -59,7 +59,8 @@ func testMain(m *testing.M) int {
 	}
 	defer cleanup()
 	defer vaulttest.Stop() // the dev Vault of the audit tests, if they started one
-	for _, name := range []string{appUser, otherUser} {
+	// The officers of ceremony_test.go are real Unix users too.
+	for _, name := range append([]string{appUser, otherUser}, officerUsers...) {
 		u, err := addUser(name)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -194,7 +195,7 @@ func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.keys.EnsureDaemonKeys(ctx, h.now); err != nil {
+	if _, err := h.keys.Genesis(ctx, h.now, "test harness"); err != nil { // escrow and signing keys, genesis marker
 		t.Fatal(err)
 	}
 	policyPath := filepath.Join(dir, "policy.json")

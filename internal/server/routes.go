@@ -1,6 +1,7 @@
 package server
 
 import (
+	"custody/internal/ceremony"
 	"custody/internal/policy"
 )
 
@@ -36,5 +37,14 @@ func (s *Server) routes() []route {
 		{"POST /v1/keys/{id}/rotate", policy.PermKeysAdmin, "key.rotate", s.rotateKey},
 		{"POST /v1/keys/{id}/retire", policy.PermKeysAdmin, "key.retire", s.retireKey},
 		{"POST /v1/keys/{id}/prove", policy.PermKeysProve, "key.prove", s.proveKey},
+		{"GET /v1/ceremony", policy.PermCeremony, "ceremony.status", s.ceremonyStatusRoute},
+		{"POST /v1/ceremony/requests", policy.PermCeremony, "ceremony.request", s.ceremonyCreate},
+		{"GET /v1/ceremony/requests/{id}", policy.PermCeremony, "ceremony.show", s.ceremonyShow},
+		{"POST /v1/ceremony/requests/{id}/approve", policy.PermCeremony, "ceremony.approve", s.ceremonyApprove},
+		{"POST /v1/ceremony/requests/{id}/shares", policy.PermCeremony, "ceremony.share", s.ceremonyShare},
+		{"POST /v1/ceremony/genesis", policy.PermCeremony, "ceremony.genesis", s.ceremonyExecute(ceremony.KindGenesis)},
+		{"POST /v1/ceremony/backup", policy.PermCeremony, "ceremony.backup", s.ceremonyExecute(ceremony.KindBackup)},
+		{"POST /v1/ceremony/restore", policy.PermCeremony, "ceremony.restore", s.ceremonyExecute(ceremony.KindRestore)},
+		{"POST /v1/ceremony/rotate", policy.PermCeremony, "ceremony.rotate", s.ceremonyExecute(ceremony.KindRotate)},
 	}
 }

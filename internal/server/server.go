@@ -61,6 +61,9 @@ type Deps struct {
 	Version   string           // shown by health
 	Observer  Observer         // nil = no metrics
 	Orders    OrderChecker     // court orders in Vault (audit.go); nil interface = audit routes answer vault_unavailable
+	// Ceremonies configures the escrow key ceremonies (ceremony.go); nil =
+	// the ceremony routes answer ceremony_unavailable.
+	Ceremonies *Ceremonies
 }
 
 // Observer is told about every request: its route pattern, "ok" or the

@@ -1,0 +1,519 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
+
+	"custody/internal/ceremony"
+)
+
+const ceremonyUsage = `custodyctl ceremony — escrow key ceremonies (role officer, and your Unix user in the
+daemon's officers file; docs/ceremonies.md)
+
+A ceremony step is a request that M other officers approve, each as their own Unix user,
+within its window; then any officer executes it, once.
+
+  request KIND [--m M] [--n N] [--window D] [--manifest FILE] [--param k=v]
+        Open a request. KIND is genesis, backup, restore or rotate. --m: approvals needed
+        (and, for backup, the shares needed to restore; default 2); --n: backup shares to
+        make, one per officer in file order (default: every officer); --window: how long
+        approvals are accepted (default 1h, 1m to 24h); --manifest: restore only, the
+        backup's manifest.json. Prints the id, the SHA-256 to approve and the request text.
+  show ID
+        Print a pending request's text, its SHA-256 and who approved it.
+  approve ID --hash H
+        Approve request ID. H is the SHA-256 you read and checked (show ID); a request
+        whose hash differs is refused (request_mismatch), so is your own (self_approval)
+        and one whose window closed (request_expired).
+  status
+        Whether genesis ran, the escrow key versions (active, decrypt-only, destroyed)
+        and the pending requests.
+  genesis [ID]
+        Execute an approved genesis request (ID may be left out when exactly one genesis
+        request is pending): creates the escrow, envelope-signing and access-log keys on
+        the device unless they exist and prints each public key's SHA-256 as hex and as
+        words to read aloud. Until genesis ran, audit decrypts are refused.
+  backup ID
+        Execute an approved backup: the escrow key wrapped on the device under a fresh
+        KEK, the KEK split M-of-N, each share age-encrypted to one officer. Prints the
+        files written in the daemon's output directory and their SHA-256s.
+  share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]
+        Offline: decrypt your own share file with your age identity. The share is
+        secret: it goes to --out (created with mode 0600) or stdout.
+  share submit ID FILE
+        Submit your decrypted share (FILE, or - for stdin) to restore request ID. It
+        must be your own share; a share of another backup, a corrupted one or one
+        already in is refused and named.
+  restore ID
+        Execute an approved restore once M shares are in: the daemon combines them,
+        checks the key check value, unwraps the escrow key into its token and opens the
+        backup's canary envelope with it.
+  rotate ID
+        Execute an approved rotation: a new escrow key version for new envelopes; the
+        older versions stay for decryption until envelopes are rewrapped.
+  cosign TRANSCRIPT --key FILE [--out FILE]
+        Offline: add your signature (a note signer key, "PRIVATE+KEY+name+…", in FILE)
+        to a signed transcript; rewrites TRANSCRIPT unless --out is given.
+  verify TRANSCRIPT --officers FILE --log-key FILE [--min-cosigners N]
+        Offline: check the daemon's signature (the access log's verifier key, e.g.
+        run/log/log.pub) and every officer co-signature (the officers file); by default
+        every approver named in the transcript must have co-signed.
+`
+
+func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
+		fmt.Fprint(c.out, ceremonyUsage)
+		return nil
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "request":
+		return c.ceremonyRequest(rest, stderr)
+	case "show":
+		if len(rest) != 1 {
+			return usageError{"usage: custodyctl ceremony show ID"}
+		}
+		var v requestView
+		raw, err := c.call("GET", "/v1/ceremony/requests/"+rest[0], nil, &v)
+		return c.printRequest(raw, v, err)
+	case "approve":
+		return c.ceremonyApprove(rest, stderr)
+	case "status":
+		return c.ceremonyStatus(rest)
+	case "genesis", "backup", "restore", "rotate":
+		return c.ceremonyExecute(sub, rest)
+	case "share":
+		if len(rest) > 0 && rest[0] == "decrypt" {
+			return c.shareDecrypt(rest[1:], stderr)
+		}
+		if len(rest) > 0 && rest[0] == "submit" {
+			return c.shareSubmit(rest[1:], stdin)
+		}
+		return usageError{"usage: custodyctl ceremony share decrypt FILE --identity F | share submit ID FILE"}
+	case "cosign":
+		return c.cosign(rest, stderr)
+	case "verify":
+		return c.verifyTranscript(rest, stderr)
+	}
+	return usageError{fmt.Sprintf("unknown ceremony command %q (see custodyctl ceremony help)", sub)}
+}
+
+type requestView struct {
+	ID        string            `json:"id"`
+	Kind      string            `json:"kind"`
+	Params    map[string]string `json:"params"`
+	Requester string            `json:"requester"`
+	M         int               `json:"m"`
+	NotAfter  string            `json:"not_after"`
+	Nonce     string            `json:"nonce"`
+	Hash      string            `json:"hash"`
+	Canonical string            `json:"canonical"`
+	Approvals []string          `json:"approvals"`
+	Shares    int               `json:"shares"`
+}
+
+func (c *client) printRequest(raw []byte, v requestView, err error) error {
+	if err != nil || c.json {
+		if err == nil {
+			c.printJSON(raw)
+		}
+		return err
+	}
+	fmt.Fprintf(c.out, "request %s (%s), %d of %d approvals%s, open until %s\nsha256 %s\n\n%s", v.ID, v.Kind,
+		len(v.Approvals), v.M, listed(v.Approvals), v.NotAfter, v.Hash, v.Canonical)
+	if v.Kind == ceremony.KindRestore {
+		fmt.Fprintf(c.out, "\nshares submitted: %d\n", v.Shares)
+	}
+	return nil
+}
+
+func listed(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + ")"
+}
+
+type paramFlags map[string]string
+
+func (p paramFlags) String() string { return "" }
+func (p paramFlags) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok {
+		return fmt.Errorf("--param %q: want key=value", s)
+	}
+	p[k] = v
+	return nil
+}
+
+func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony request", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	m := fs.Int("m", 2, "approvals needed (and shares needed to restore a backup)")
+	n := fs.Int("n", 0, "backup: shares to make (0 = every officer)")
+	window := fs.String("window", "", "approval window (default 1h)")
+	manifest := fs.String("manifest", "", "restore: the backup's manifest.json")
+	params := paramFlags{}
+	fs.Var(params, "param", "extra parameter key=value (repeatable)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 1 {
+		return usageError{"usage: custodyctl ceremony request genesis|backup|restore|rotate [--m M] [--n N] [--window D] [--manifest FILE]"}
+	}
+	in := map[string]any{"kind": pos[0], "m": *m, "n": *n, "window": *window, "params": map[string]string(params)}
+	if *manifest != "" {
+		b, err := os.ReadFile(*manifest)
+		if err != nil {
+			return err
+		}
+		in["manifest"] = string(b)
+	} else if pos[0] == ceremony.KindRestore {
+		return usageError{"ceremony request restore needs --manifest FILE (the backup's manifest.json)"}
+	}
+	body, _ := json.Marshal(in)
+	var v requestView
+	raw, err := c.call("POST", "/v1/ceremony/requests", body, &v)
+	return c.printRequest(raw, v, err)
+}
+
+func (c *client) ceremonyApprove(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony approve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	hash := fs.String("hash", "", "the request's SHA-256, as you read it")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 1 || *hash == "" {
+		return usageError{"usage: custodyctl ceremony approve ID --hash H"}
+	}
+	var cur requestView
+	if _, err := c.call("GET", "/v1/ceremony/requests/"+pos[0], nil, &cur); err != nil {
+		return err
+	}
+	body, _ := json.Marshal(map[string]string{"hash": strings.ToLower(strings.TrimSpace(*hash)), "nonce": cur.Nonce})
+	var v requestView
+	raw, err := c.call("POST", "/v1/ceremony/requests/"+pos[0]+"/approve", body, &v)
+	if err != nil || c.json {
+		return c.printRequest(raw, v, err)
+	}
+	fmt.Fprintf(c.out, "approved request %s (%s): %d of %d approvals%s\n", v.ID, v.Kind, len(v.Approvals), v.M, listed(v.Approvals))
+	return nil
+}
+
+func (c *client) ceremonyStatus(args []string) error {
+	if len(args) != 0 {
+		return usageError{"usage: custodyctl ceremony status"}
+	}
+	var st struct {
+		Officer        string `json:"officer"`
+		Genesis        bool   `json:"genesis"`
+		EscrowVersions []struct {
+			Label, State, SHA256 string
+			Version              int
+		} `json:"escrow_versions"`
+		Pending []requestView `json:"pending"`
+	}
+	raw, err := c.call("GET", "/v1/ceremony", nil, &st)
+	if err != nil || c.json {
+		if err == nil {
+			c.printJSON(raw)
+		}
+		return err
+	}
+	fmt.Fprintf(c.out, "you are officer %s\ngenesis: %v\nescrow key versions:\n", st.Officer, st.Genesis)
+	for _, v := range st.EscrowVersions {
+		fmt.Fprintf(c.out, "  v%d  %-12s %s  sha256 %s\n", v.Version, v.State, v.Label, v.SHA256)
+	}
+	fmt.Fprintf(c.out, "pending requests: %d\n", len(st.Pending))
+	for _, p := range st.Pending {
+		fmt.Fprintf(c.out, "  %s  %-8s by %s, %d of %d approvals%s, until %s\n", p.ID, p.Kind, p.Requester, len(p.Approvals), p.M, listed(p.Approvals), p.NotAfter)
+	}
+	return nil
+}
+
+func (c *client) ceremonyExecute(kind string, args []string) error {
+	if len(args) > 1 || (len(args) == 0 && kind != ceremony.KindGenesis) {
+		return usageError{fmt.Sprintf("usage: custodyctl ceremony %s ID", kind)}
+	}
+	var id string
+	if len(args) == 1 {
+		id = args[0]
+	} else { // genesis without an id: the one pending genesis request
+		var st struct {
+			Pending []requestView `json:"pending"`
+		}
+		if _, err := c.call("GET", "/v1/ceremony", nil, &st); err != nil {
+			return err
+		}
+		for _, p := range st.Pending {
+			if p.Kind == ceremony.KindGenesis {
+				if id != "" {
+					return usageError{"several genesis requests are pending; name one: custodyctl ceremony genesis ID"}
+				}
+				id = p.ID
+			}
+		}
+		if id == "" {
+			return errors.New("no genesis request is pending: custodyctl ceremony request genesis, then have it approved")
+		}
+	}
+	body, _ := json.Marshal(map[string]string{"request": id})
+	var out struct {
+		Request      string `json:"request"`
+		Fingerprints []struct {
+			Label, SHA256, Words string
+			Created              bool
+		} `json:"fingerprints"`
+		Outputs []struct {
+			Path, SHA256 string
+		} `json:"outputs"`
+		KCV        string `json:"kcv"`
+		BackupID   string `json:"backup_id"`
+		Transcript struct {
+			Path, SHA256 string
+		} `json:"transcript"`
+	}
+	raw, err := c.call("POST", "/v1/ceremony/"+kind, body, &out)
+	if err != nil || c.json {
+		if err == nil {
+			c.printJSON(raw)
+		}
+		return err
+	}
+	fmt.Fprintf(c.out, "%s done (request %s)\n", kind, out.Request)
+	for _, f := range out.Fingerprints {
+		state := "existing"
+		if f.Created {
+			state = "new"
+		}
+		fmt.Fprintf(c.out, "key %s (%s)\n  sha256 %s\n  words  %s\n", f.Label, state, f.SHA256, f.Words)
+	}
+	if out.BackupID != "" {
+		fmt.Fprintf(c.out, "backup %s\n", out.BackupID)
+	}
+	if out.KCV != "" {
+		fmt.Fprintf(c.out, "key check value %s\n", out.KCV)
+	}
+	for _, o := range out.Outputs {
+		fmt.Fprintf(c.out, "wrote %s\n  sha256 %s\n", o.Path, o.SHA256)
+	}
+	fmt.Fprintf(c.out, "transcript %s\n  sha256 %s\n", out.Transcript.Path, out.Transcript.SHA256)
+	return nil
+}
+
+func (c *client) shareDecrypt(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony share decrypt", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	idFile := fs.String("identity", "", "your age identity file (AGE-SECRET-KEY-1…)")
+	outFile := fs.String("out", "", "write the share here (mode 0600) instead of stdout")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 1 || *idFile == "" {
+		return usageError{"usage: custodyctl ceremony share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]"}
+	}
+	f, err := os.Open(*idFile)
+	if err != nil {
+		return err
+	}
+	ids, err := age.ParseIdentities(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("--identity %s: %w", *idFile, err)
+	}
+	var id *age.X25519Identity
+	for _, i := range ids {
+		if x, ok := i.(*age.X25519Identity); ok {
+			id = x
+			break
+		}
+	}
+	if id == nil {
+		return fmt.Errorf("--identity %s: no X25519 identity", *idFile)
+	}
+	data, err := os.ReadFile(pos[0])
+	if err != nil {
+		return err
+	}
+	s, err := ceremony.DecryptShare(data, id)
+	if err != nil {
+		return err
+	}
+	text := s.Text()
+	defer clear(text)
+	clear(s.Value)
+	if *outFile == "" {
+		_, err = c.out.Write(text)
+		return err
+	}
+	w, err := os.OpenFile(*outFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(text); err != nil {
+		w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+func (c *client) shareSubmit(args []string, stdin io.Reader) error {
+	if len(args) != 2 {
+		return usageError{"usage: custodyctl ceremony share submit ID FILE (- for stdin)"}
+	}
+	var text []byte
+	var err error
+	if args[1] == "-" {
+		text, err = io.ReadAll(io.LimitReader(stdin, 4096))
+	} else {
+		text, err = os.ReadFile(args[1])
+	}
+	if err != nil {
+		return err
+	}
+	defer clear(text)
+	body, _ := json.Marshal(map[string]string{"share": string(text)})
+	defer clear(body)
+	var out struct {
+		Shares    int `json:"shares"`
+		Threshold int `json:"threshold"`
+	}
+	raw, err := c.call("POST", "/v1/ceremony/requests/"+args[0]+"/shares", body, &out)
+	if err != nil || c.json {
+		if err == nil {
+			c.printJSON(raw)
+		}
+		return err
+	}
+	fmt.Fprintf(c.out, "share accepted: %d of %d shares in for request %s\n", out.Shares, out.Threshold, args[0])
+	return nil
+}
+
+func (c *client) cosign(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony cosign", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	keyFile := fs.String("key", "", "your note signer key file")
+	outFile := fs.String("out", "", "write the co-signed transcript here (default: rewrite TRANSCRIPT)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 1 || *keyFile == "" {
+		return usageError{"usage: custodyctl ceremony cosign TRANSCRIPT --key FILE [--out FILE]"}
+	}
+	kb, err := os.ReadFile(*keyFile)
+	if err != nil {
+		return err
+	}
+	signer, err := note.NewSigner(strings.TrimSpace(string(kb)))
+	clear(kb)
+	if err != nil {
+		return fmt.Errorf("--key %s: not a note signer key: %w", *keyFile, err)
+	}
+	signed, err := os.ReadFile(pos[0])
+	if err != nil {
+		return err
+	}
+	out, err := ceremony.Cosign(signed, signer)
+	if err != nil {
+		return err
+	}
+	dst := *outFile
+	if dst == "" {
+		dst = pos[0]
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "co-signed by %s: %s\n", signer.Name(), dst)
+	return nil
+}
+
+func (c *client) verifyTranscript(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	offFile := fs.String("officers", "", "the officers file")
+	logKey := fs.String("log-key", "", "the access log's verifier key file (run/log/log.pub)")
+	minCo := fs.Int("min-cosigners", -1, "officer co-signatures required (default: every approver in the transcript)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 1 || *offFile == "" || *logKey == "" {
+		return usageError{"usage: custodyctl ceremony verify TRANSCRIPT --officers FILE --log-key FILE"}
+	}
+	od, err := os.ReadFile(*offFile)
+	if err != nil {
+		return err
+	}
+	// Offline: the officers' Unix users need not exist here.
+	offs, err := ceremony.ParseOfficers(od, func(string) (uint32, error) { return 0, nil })
+	if err != nil {
+		return err
+	}
+	lk, err := os.ReadFile(*logKey)
+	if err != nil {
+		return err
+	}
+	lv, err := note.NewVerifier(strings.TrimSpace(string(lk)))
+	if err != nil {
+		return fmt.Errorf("--log-key %s: not a note verifier key: %w", *logKey, err)
+	}
+	signed, err := os.ReadFile(pos[0])
+	if err != nil {
+		return err
+	}
+	v, err := ceremony.VerifyTranscript(signed, lv, offs.Verifiers(), max(*minCo, 0))
+	if err != nil {
+		return err
+	}
+	if *minCo < 0 {
+		for _, p := range v.Transcript.Participants {
+			if p[1] == "approver" && !contains(v.Cosigners, p[0]) {
+				return fmt.Errorf("%w: approver %s has not co-signed", ceremony.ErrTranscript, p[0])
+			}
+		}
+	}
+	t := v.Transcript
+	fmt.Fprintf(c.out, "%s: transcript verifies\n  %s ceremony, request %s, %s\n  token %s (%s)\n  signed by the log key %s and co-signed by %s\n",
+		filepath.Base(pos[0]), t.Kind, t.RequestID, t.Time.Format("2006-01-02 15:04:05 UTC"), t.TokenLabel, t.TokenSerial, lv.Name(), strings.Join(v.Cosigners, ", "))
+	for _, f := range t.Fingerprints {
+		fmt.Fprintf(c.out, "  key %s sha256 %s\n", f[0], f[1])
+	}
+	for _, o := range t.Outputs {
+		fmt.Fprintf(c.out, "  file %s sha256 %s\n", o[0], o[1])
+	}
+	if t.KCV != "" {
+		fmt.Fprintf(c.out, "  key check value %s\n", t.KCV)
+	}
+	for _, d := range t.Deviations {
+		fmt.Fprintf(c.out, "  deviation: %s\n", d)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

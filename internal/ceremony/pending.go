@@ -1,0 +1,58 @@
+package ceremony
+
+import "slices"
+
+// Pending returns the ids of the requests still open (not executed, window
+// not closed), oldest first.
+func (a *Approvals) Pending() []string {
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	type item struct {
+		id string
+		nb int64
+	}
+	var items []item
+	for id, p := range a.reqs {
+		if !p.used && !now.After(p.req.NotAfter) {
+			items = append(items, item{id, p.req.NotBefore.UnixNano()})
+		}
+	}
+	slices.SortFunc(items, func(x, y item) int {
+		if x.nb != y.nb {
+			return int(x.nb - y.nb)
+		}
+		if x.id < y.id {
+			return -1
+		}
+		return 1
+	})
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = it.id
+	}
+	return out
+}
+
+// Count returns how many shares are in.
+func (r *Restore) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.shares)
+}
+
+// Submitters returns the officers who submitted a share, by share index.
+func (r *Restore) Submitters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	idx := make([]int, 0, len(r.shares))
+	for i := range r.shares {
+		idx = append(idx, i)
+	}
+	slices.Sort(idx)
+	out := make([]string, 0, len(idx))
+	for _, i := range idx {
+		out = append(out, r.m.Shares[i-1].Officer)
+	}
+	return out
+}

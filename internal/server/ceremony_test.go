@@ -1,0 +1,450 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
+
+	"custody/hsm"
+	"custody/hsm/hsmtest"
+	"custody/internal/auditlog"
+	"custody/internal/ceremony"
+	"custody/internal/config"
+	"custody/internal/envelope"
+	"custody/internal/keys"
+	"custody/internal/policy"
+	"custody/internal/server"
+)
+
+// officerUsers are created by TestMain: custody-o1..o5 are in the officers
+// file; custody-o6 has role officer in the policy but is not in the file.
+var officerUsers = []string{"custody-o1", "custody-o2", "custody-o3", "custody-o4", "custody-o5", "custody-o6"}
+
+// ceremonyPolicy: root seals and audits (auditPolicy); the six officer
+// users have role officer.
+var ceremonyPolicy = strings.Replace(auditPolicy, `"principals": [`,
+	`"principals": [
+    {"name": "officers", "users": ["custody-o1", "custody-o2", "custody-o3", "custody-o4", "custody-o5", "custody-o6"], "roles": ["officer"]},`, 1)
+
+// officerKit is one officer's secrets, in a directory only that officer's
+// Unix user can read.
+type officerKit struct {
+	user     string
+	name     string
+	dir      string
+	identity string // age identity file
+	noteKey  string // note signer key file
+	id       *age.X25519Identity
+}
+
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *clock) set(t time.Time)         { c.ns.Store(t.UnixNano()) }
+func (c *clock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// ceremonyHarness is a daemon on a fresh token on which genesis has not
+// run, with ceremonies configured.
+type ceremonyHarness struct {
+	*harness
+	clock  *clock
+	outDir string
+	soPIN  string
+}
+
+// newOfficerKits makes five officers with fresh age and note keys and
+// writes the officers file.
+func newOfficerKits(t *testing.T) ([]officerKit, string) {
+	t.Helper()
+	base, err := os.MkdirTemp("", "custody-officers-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	var entries []string
+	var kits []officerKit
+	for i := 1; i <= 5; i++ {
+		k := officerKit{user: fmt.Sprintf("custody-o%d", i), name: fmt.Sprintf("o%d", i), dir: filepath.Join(base, fmt.Sprintf("o%d", i))}
+		u := users[k.user]
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Mkdir(k.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		k.id, _ = age.GenerateX25519Identity()
+		sk, vk, err := note.GenerateKey(rand.Reader, k.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.identity, k.noteKey = filepath.Join(k.dir, "identity.txt"), filepath.Join(k.dir, "note.key")
+		os.WriteFile(k.identity, []byte(k.id.String()+"\n"), 0o600)
+		os.WriteFile(k.noteKey, []byte(sk+"\n"), 0o600)
+		for _, p := range []string{k.dir, k.identity, k.noteKey} {
+			if err := os.Chown(p, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		entries = append(entries, fmt.Sprintf(`{"name":%q,"user":%q,"age_recipient":%q,"signer":%q}`, k.name, k.user, k.id.Recipient(), vk))
+		kits = append(kits, k)
+	}
+	file := filepath.Join(base, "officers.json")
+	if err := os.WriteFile(file, []byte(`{"version":1,"officers":[`+strings.Join(entries, ",")+"]}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return kits, file
+}
+
+func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "custody-cer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	c := &ceremonyHarness{clock: &clock{}, outDir: filepath.Join(dir, "ceremonies")}
+	c.clock.set(time.Now().UTC().Truncate(time.Second))
+	h := &harness{t: t, dir: dir, socket: filepath.Join(dir, "custodyd.sock"), rec: &recorder{}, now: c.clock.now()}
+	c.harness = h
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
+	h.cfg = hsmtest.NewToken(t)
+	c.soPIN = filepath.Join(filepath.Dir(h.cfg.PINFile), "so.pin")
+	if h.token, err = hsm.Open(ctx, h.cfg, log); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.token.Close() })
+	if h.keys, err = keys.Load(ctx, h.token, log); err != nil {
+		t.Fatal(err)
+	}
+	policyPath := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(policyPath, []byte(ceremonyPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if h.store, err = policy.NewStore(policyPath); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(officersFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs, err := ceremony.ParseOfficers(data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(c.outDir, 0o755)
+	h.srv = server.New(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
+		Limits: config.Default().Limits, Now: c.clock.now, Version: "test",
+		Ceremonies: &server.Ceremonies{Officers: offs, SOPINFile: c.soPIN, OutputDir: c.outDir, Device: h.token,
+			LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}})
+	ln, err := server.Listen(h.socket, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go h.srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.srv.Shutdown(ctx)
+	})
+	h.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
+	}}}
+	return c
+}
+
+// ctl runs custodyctl as officer user and expects success.
+func (c *ceremonyHarness) ctl(user string, args ...string) string {
+	c.t.Helper()
+	code, out, errOut := c.ctlAs(user, "", args...)
+	if code != 0 {
+		c.t.Fatalf("custodyctl %s as %s: exit %d: %s%s", strings.Join(args, " "), user, code, out, errOut)
+	}
+	return out
+}
+
+// ctlFails runs custodyctl as user and expects exit 1 naming code.
+func (c *ceremonyHarness) ctlFails(code, user, stdin string, args ...string) {
+	c.t.Helper()
+	exit, out, errOut := c.ctlAs(user, stdin, args...)
+	if exit != 1 || !strings.Contains(errOut, code+":") {
+		c.t.Fatalf("custodyctl %s as %s: exit %d, want 1 with %s: %s%s", strings.Join(args, " "), user, exit, code, out, errOut)
+	}
+}
+
+type reqOut struct {
+	ID, Hash, Kind string
+}
+
+// request opens a request as user and has approvers approve it.
+func (c *ceremonyHarness) request(user string, approvers []string, args ...string) reqOut {
+	c.t.Helper()
+	var r reqOut
+	out := c.ctl(user, append([]string{"--json", "ceremony", "request"}, args...)...)
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.ID == "" || len(r.Hash) != 64 {
+		c.t.Fatalf("request %v: %v: %s", args, err, out)
+	}
+	for _, a := range approvers {
+		c.ctl(a, "ceremony", "approve", r.ID, "--hash", r.Hash)
+	}
+	return r
+}
+
+type execOut struct {
+	Request      string
+	BackupID     string `json:"backup_id"`
+	KCV          string
+	Fingerprints []struct{ Label, SHA256, Words string }
+	Outputs      []struct{ Path, SHA256 string }
+	Transcript   struct{ Path, SHA256 string }
+}
+
+func (c *ceremonyHarness) execute(user, kind string, args ...string) execOut {
+	c.t.Helper()
+	var e execOut
+	out := c.ctl(user, append([]string{"--json", "ceremony", kind}, args...)...)
+	if err := json.Unmarshal([]byte(out), &e); err != nil {
+		c.t.Fatalf("%s: %v: %s", kind, err, out)
+	}
+	// The transcript's hash is in the access log.
+	found := false
+	c.rec.mu.Lock()
+	for _, en := range c.rec.entries {
+		if en.Operation == "ceremony.transcript" && strings.Contains(en.Detail, e.Transcript.SHA256) {
+			found = true
+		}
+	}
+	c.rec.mu.Unlock()
+	if !found || !fileHashIs(c.t, e.Transcript.Path, e.Transcript.SHA256) {
+		c.t.Fatalf("%s: transcript %s not in the access log or hash differs", kind, e.Transcript.Path)
+	}
+	return e
+}
+
+func fileHashIs(t testing.TB, path, want string) bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]) == want
+}
+
+// noEscrowOn asserts the token holds no escrow key and no session object.
+func noEscrowOn(t *testing.T, tok *hsm.Token, when string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := tok.FindKey(ctx, "custody/escrow/v1"); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("%s: escrow key on the token: %v", when, err)
+	}
+	if n, err := tok.SessionObjectCount(ctx); err != nil || n != 0 {
+		t.Fatalf("%s: %d session objects left (%v)", when, n, err)
+	}
+}
+
+// TestCeremonyScenario: five officers as real Unix users, M=3. Genesis →
+// envelopes → backup → the escrow key wiped → restore into a new token from
+// shares 2, 4, 5 submitted by officers 2, 4, 5 → the old envelopes open
+// through the escrow stanza; rotation; and every refusal on the way.
+func TestCeremonyScenario(t *testing.T) {
+	ctx := context.Background()
+	kits, officersFile := newOfficerKits(t)
+	o := func(i int) string { return kits[i-1].user }
+	a := newCeremonyHarness(t, officersFile)
+
+	// Before genesis: audit decrypts are refused; so are non-officers.
+	auditBody := map[string]string{"envelope": "x", "authorization": "order-1", "purpose": "tax"}
+	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); st != http.StatusConflict || errCode(body) != server.CodeGenesisRequired {
+		t.Fatalf("audit decrypt before genesis: %d %v", st, body)
+	}
+	a.ctlFails(server.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
+	a.ctlFails(server.CodePermissionDenied, appUser, "", "ceremony", "status")
+	if out := a.ctl(o(1), "ceremony", "status"); !strings.Contains(out, "genesis: false") {
+		t.Fatalf("status before genesis: %s", out)
+	}
+
+	// Genesis, approved by two others.
+	g := a.request(o(1), []string{o(2), o(3)}, "genesis", "--m", "2")
+	out := a.ctl(o(1), "ceremony", "genesis")
+	for _, want := range []string{"custody/escrow/v1 (new)", "custody/signing/v1 (new)", auditlog.DefaultSigningKeyLabel, "words"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("genesis output lacks %q: %s", want, out)
+		}
+	}
+	a.ctlFails(server.CodeUnknownRequest, o(1), "", "ceremony", "genesis", g.ID) // once only
+	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != server.CodeVaultUnavailable {
+		t.Fatalf("audit decrypt after genesis still refused for genesis: %d %v", st, body)
+	}
+	esc, err := a.keys.Escrow()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Envelopes sealed to escrow v1.
+	a.register("client-1", "miner-1")
+	var envs []string
+	for i := range 3 {
+		envs = append(envs, a.seal(fmt.Sprintf("tx-%d", i+1), "client-1", "miner-1"))
+	}
+
+	// Backup: refusals first.
+	b1 := a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "3", "--n", "5")
+	a.ctlFails(server.CodeNotApproved, o(1), "", "ceremony", "backup", b1.ID)
+	a.ctlFails(server.CodeSelfApproval, o(1), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	a.ctlFails(server.CodeRequestMismatch, o(4), "", "ceremony", "approve", b1.ID, "--hash", g.Hash) // another request's hash
+	a.ctlFails(server.CodeDuplicateApproval, o(2), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	a.ctl(o(4), "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	bk := a.execute(o(1), "backup", b1.ID)
+	if len(bk.Outputs) != 6 || bk.KCV == "" || bk.BackupID == "" {
+		t.Fatalf("backup outputs: %+v", bk)
+	}
+	for _, f := range bk.Outputs {
+		if !fileHashIs(t, f.Path, f.SHA256) {
+			t.Fatalf("%s: hash differs from the answer", f.Path)
+		}
+	}
+	manifest := bk.Outputs[0].Path
+	b2 := a.request(o(2), []string{o(1), o(3), o(4)}, "backup", "--m", "3")
+	other := a.execute(o(3), "backup", b2.ID)
+
+	// The backup transcript: three approvers co-sign, it verifies offline;
+	// one byte changed, it does not.
+	signer, _, err := auditlog.EnsureDeviceSigner(ctx, a.token, auditlog.DefaultOrigin, auditlog.DefaultSigningKeyLabel, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPub := filepath.Join(a.dir, "log.pub")
+	os.WriteFile(logPub, []byte(signer.VerifierKey()+"\n"), 0o644)
+	tr := filepath.Join(a.dir, "transcript.txt")
+	raw, _ := os.ReadFile(bk.Transcript.Path)
+	os.WriteFile(tr, raw, 0o644)
+	verify := []string{"ceremony", "verify", tr, "--officers", officersFile, "--log-key", logPub}
+	if code, _, errOut := a.ctlRoot("", verify...); code != 1 || !strings.Contains(errOut, "approver o2 has not co-signed") {
+		t.Fatalf("verify before co-signing: %d %s", code, errOut)
+	}
+	for _, i := range []int{2, 3, 4} {
+		if code, out, errOut := a.ctlRoot("", "ceremony", "cosign", tr, "--key", kits[i-1].noteKey); code != 0 {
+			t.Fatalf("cosign o%d: %s%s", i, out, errOut)
+		}
+	}
+	if code, out, errOut := a.ctlRoot("", verify...); code != 0 || !strings.Contains(out, "co-signed by o2, o3, o4") || !strings.Contains(out, "key check value "+bk.KCV) {
+		t.Fatalf("verify: %d %s%s", code, out, errOut)
+	}
+	raw, _ = os.ReadFile(tr)
+	raw[bytes.Index(raw, []byte("kcv "))+4] ^= 1
+	os.WriteFile(tr, raw, 0o644)
+	if code, _, errOut := a.ctlRoot("", verify...); code != 1 || !strings.Contains(errOut, "transcript does not verify") {
+		t.Fatalf("verify of a changed transcript: %d %s", code, errOut)
+	}
+
+	// Wipe the escrow key from token A.
+	if err := a.token.DestroyKeyPair(ctx, esc.Label); err != nil {
+		t.Fatal(err)
+	}
+
+	// Token B, with its own daemon.
+	b := newCeremonyHarness(t, officersFile)
+	noEscrowOn(t, b.token, "fresh token")
+	// An approval after its window.
+	late := b.request(o(1), nil, "rotate", "--m", "2", "--window", "1m")
+	b.clock.advance(2 * time.Minute)
+	b.ctlFails(server.CodeRequestExpired, o(2), "", "ceremony", "approve", late.ID, "--hash", late.Hash)
+
+	r := b.request(o(1), []string{o(2), o(3), o(4)}, "restore", "--m", "3", "--manifest", manifest)
+	share := func(k officerKit, file string) string { // officer k decrypts their own share file
+		p := filepath.Join(k.dir, fmt.Sprintf("share-%d.txt", time.Now().UnixNano()))
+		b.ctl(k.user, "ceremony", "share", "decrypt", file, "--identity", k.identity, "--out", p)
+		return p
+	}
+	shareFile := func(res execOut, i int) string { return res.Outputs[i].Path } // share i is Outputs[i]
+	s2 := share(kits[1], shareFile(bk, 2))
+	b.ctl(o(2), "ceremony", "share", "submit", r.ID, s2)
+	b.ctlFails(server.CodeDuplicateShare, o(2), "", "ceremony", "share", "submit", r.ID, s2)
+	b.ctl(o(4), "ceremony", "share", "submit", r.ID, share(kits[3], shareFile(bk, 4)))
+	// M-1 shares.
+	b.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "restore", r.ID)
+	noEscrowOn(t, b.token, "M-1 shares")
+	// A share from another backup, a corrupted share, another officer's share.
+	b.ctlFails(server.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], shareFile(other, 5)))
+	s5 := share(kits[4], shareFile(bk, 5))
+	text, err := os.ReadFile(s5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt := bytes.Clone(text)
+	k := bytes.Index(corrupt, []byte("value ")) + 6
+	corrupt[k] = "01"[boolInt(corrupt[k] == '0')]
+	b.ctlFails(server.CodeCorruptShare, o(5), string(corrupt), "ceremony", "share", "submit", r.ID, "-")
+	s2text, _ := os.ReadFile(s2)
+	b.ctlFails(server.CodeNotShareHolder, o(5), string(s2text), "ceremony", "share", "submit", r.ID, "-")
+	noEscrowOn(t, b.token, "bad shares")
+	if _, err := b.keys.Escrow(); !errors.Is(err, keys.ErrNoDaemonKeys) {
+		t.Fatalf("registry of B knows an escrow key: %v", err)
+	}
+	// Share 5: restore.
+	b.ctl(o(5), "ceremony", "share", "submit", r.ID, s5)
+	rs := b.execute(o(1), "restore", r.ID)
+	if rs.KCV != bk.KCV || len(rs.Fingerprints) != 1 || rs.Fingerprints[0].SHA256 != esc.Fingerprint() {
+		t.Fatalf("restore answer: %+v", rs)
+	}
+	b.ctlFails(server.CodeUnknownRequest, o(1), "", "ceremony", "restore", r.ID)
+
+	// The old envelopes open on B through the escrow stanza, with the key
+	// version B's daemon now knows.
+	v1, err := b.keys.EscrowVersion(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, text := range envs {
+		env, err := envelope.ParseText(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := b.token.Open(ctx, env.OpenRequest(env.EscrowStanza(), v1.Label, v1.Public))
+		if err != nil || !bytes.Contains(pt, []byte("IBAN DE00")) {
+			t.Fatalf("envelope %d through the restored escrow key: %v", i, err)
+		}
+	}
+	if n, _ := b.token.SessionObjectCount(ctx); n != 0 {
+		t.Fatalf("%d session objects left on B", n)
+	}
+	// B counts as past genesis: audit decrypts are no longer refused for it.
+	if _, body := b.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != server.CodeVaultUnavailable {
+		t.Fatalf("audit decrypt on B after restore: %v", body)
+	}
+
+	// Rotation on B: v2 active, v1 stays for decryption.
+	rot := b.request(o(2), []string{o(3), o(5)}, "rotate", "--m", "2")
+	b.execute(o(2), "rotate", rot.ID)
+	st := b.ctl(o(4), "ceremony", "status")
+	if !strings.Contains(st, "v1  decrypt-only") || !strings.Contains(st, "v2  active") || !strings.Contains(st, "genesis: true") {
+		t.Fatalf("status after rotation: %s", st)
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
