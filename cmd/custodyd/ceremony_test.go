@@ -31,6 +31,16 @@ func TestNoAutoGenesis(t *testing.T) {
 	if strings.Contains(d.log.String(), "custody/escrow/v1") {
 		t.Fatalf("an escrow key was created at start:\n%s", d.log)
 	}
+	// Sealing needs the escrow key: refused with a code that says what to do.
+	if out, err := d.ctl("participants", "register", "p-1"); err != nil {
+		t.Fatalf("register: %v\n%s", err, out)
+	}
+	req := `{"transaction_id":"tx-1","job_id":"j","confidential":{"a":1},"participants":["p-1"]}`
+	cmd := exec.Command(filepath.Join(binDir, "custodyctl"), "--socket", d.socket, "encrypt", "-")
+	cmd.Stdin = strings.NewReader(req)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "genesis_required") {
+		t.Errorf("encrypt before genesis: %v\n%s", err, out)
+	}
 	d.signal(syscall.SIGTERM)
 	<-d.done
 }

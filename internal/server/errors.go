@@ -175,6 +175,7 @@ var errorMap = []mapping{
 	{orders.ErrUnavailable, http.StatusServiceUnavailable, CodeVaultUnavailable, says("Vault is unreachable; audit decrypts are refused until it is back")},
 	{orders.ErrVaultError, http.StatusServiceUnavailable, CodeVaultError, says("Vault answered with an error; see the daemon log")},
 	{keys.ErrNoGenesis, http.StatusConflict, CodeGenesisRequired, says("the escrow key genesis ceremony has not run on this token; officers run `custodyctl ceremony genesis` first")},
+	{keys.ErrNoDaemonKeys, http.StatusConflict, CodeGenesisRequired, says("the token has no escrow or signing key yet; officers run the genesis ceremony (`custodyctl ceremony genesis`) first")},
 	{ceremony.ErrNotOfficer, http.StatusForbidden, CodeNotOfficer, itself},
 	{ceremony.ErrUnknownRequest, http.StatusNotFound, CodeUnknownRequest, itself},
 	{ceremony.ErrSelfApproval, http.StatusForbidden, CodeSelfApproval, itself},
