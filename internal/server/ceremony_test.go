@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -152,23 +151,10 @@ func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
 		t.Fatal(err)
 	}
 	os.MkdirAll(c.outDir, 0o755)
-	h.srv = server.New(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
+	h.serve(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
 		Limits: config.Default().Limits, Now: c.clock.now, Version: "test",
 		Ceremonies: &server.Ceremonies{Officers: offs, SOPINFile: c.soPIN, OutputDir: c.outDir, Device: h.token,
 			LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}})
-	ln, err := server.Listen(h.socket, 0o666)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go h.srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		h.srv.Shutdown(ctx)
-	})
-	h.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
-	}}}
 	return c
 }
 

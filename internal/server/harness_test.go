@@ -214,13 +214,21 @@ func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 	if adjust != nil {
 		adjust(&deps)
 	}
+	h.serve(deps)
+	return h
+}
+
+// serve starts a server with deps on h.socket (mode 0666, so that the test
+// users reach it), stops it at the test's end, and points h.client at it.
+func (h *harness) serve(deps server.Deps) {
+	h.t.Helper()
 	h.srv = server.New(deps)
 	ln, err := server.Listen(h.socket, 0o666)
 	if err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
 	go h.srv.Serve(ln)
-	t.Cleanup(func() {
+	h.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		h.srv.Shutdown(ctx)
@@ -228,7 +236,6 @@ func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 	h.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.socket)
 	}}}
-	return h
 }
 
 // call sends a request as root (this process) and decodes the answer.
