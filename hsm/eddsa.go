@@ -71,30 +71,8 @@ func (t *Token) GenerateEd25519(ctx context.Context, label string, created time.
 		pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_START_DATE, d))
 		priv = append(priv, pkcs11.NewAttribute(pkcs11.CKA_START_DATE, d))
 	}
-	t.createMu.Lock()
-	defer t.createMu.Unlock()
 	var out ed25519.PublicKey
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for _, q := range [][]*pkcs11.Attribute{
-			{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
-			{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
-		} {
-			objs, err := t.findObjects(h, q, 1)
-			if err != nil {
-				return err
-			}
-			if len(objs) > 0 {
-				return fmt.Errorf("%w: label %q", ErrExists, label)
-			}
-		}
-		pubH, _, err := t.mod.ctx.GenerateKeyPair(h,
-			[]*pkcs11.Mechanism{pkcs11.NewMechanism(ckmECEdwardsKeyPairGen, nil)}, pub, priv)
-		if err != nil {
-			if isCode(err, pkcs11.CKR_MECHANISM_INVALID) {
-				return fmt.Errorf("%w: Ed25519 key generation: %w", ErrUnsupported, err)
-			}
-			return fmt.Errorf("C_GenerateKeyPair (Ed25519): %w", err)
-		}
+	err := t.generateNew(ctx, label, id, ckmECEdwardsKeyPairGen, pub, priv, func(h pkcs11.SessionHandle, pubH, _ pkcs11.ObjectHandle) (err error) {
 		out, err = t.ed25519Public(h, pubH)
 		return err
 	})

@@ -169,32 +169,10 @@ func (t *Token) GenerateKeyPair(ctx context.Context, spec KeySpec) (KeyInfo, err
 		pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_END_DATE, spec.RotateAfter.UTC()))
 	}
 
-	t.createMu.Lock()
-	defer t.createMu.Unlock()
 	var info KeyInfo
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for _, q := range [][]*pkcs11.Attribute{
-			{pkcs11.NewAttribute(pkcs11.CKA_LABEL, spec.Label)},
-			{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
-		} {
-			objs, err := t.findObjects(h, q, 1)
-			if err != nil {
-				return err
-			}
-			if len(objs) > 0 {
-				return fmt.Errorf("%w: label %q", ErrExists, spec.Label)
-			}
-		}
-		pubH, privH, err := t.mod.ctx.GenerateKeyPair(h,
-			[]*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
-		if err != nil {
-			return fmt.Errorf("C_GenerateKeyPair (%s): %w", spec.Alg, err)
-		}
+	err := t.generateNew(ctx, spec.Label, id, mech, pub, priv, func(h pkcs11.SessionHandle, pubH, privH pkcs11.ObjectHandle) (err error) {
 		info, err = t.keyInfo(h, privH, pubH)
-		if err != nil {
-			return err
-		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("hsm: generate %q: %w", spec.Label, err)
@@ -202,6 +180,38 @@ func (t *Token) GenerateKeyPair(ctx context.Context, spec KeySpec) (KeyInfo, err
 	t.log.Info("hsm: key pair generated", "label", spec.Label, "alg", spec.Alg.String(),
 		"usage", spec.Usage.String(), "backup", spec.Backup)
 	return info, nil
+}
+
+// generateNew creates a key pair with mech and the two templates unless an
+// object already has label or id (ErrExists: nothing is overwritten), then
+// calls read on the new objects in the same session. Creation is serialized
+// within the process.
+func (t *Token) generateNew(ctx context.Context, label string, id []byte, mech uint, pub, priv []*pkcs11.Attribute,
+	read func(h pkcs11.SessionHandle, pubH, privH pkcs11.ObjectHandle) error) error {
+	t.createMu.Lock()
+	defer t.createMu.Unlock()
+	return t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		for _, q := range [][]*pkcs11.Attribute{
+			{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
+			{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
+		} {
+			objs, err := t.findObjects(h, q, 1)
+			if err != nil {
+				return err
+			}
+			if len(objs) > 0 {
+				return fmt.Errorf("%w: label %q", ErrExists, label)
+			}
+		}
+		pubH, privH, err := t.mod.ctx.GenerateKeyPair(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
+		if err != nil {
+			if isCode(err, pkcs11.CKR_MECHANISM_INVALID) {
+				return fmt.Errorf("%w: C_GenerateKeyPair: %w", ErrUnsupported, err)
+			}
+			return fmt.Errorf("C_GenerateKeyPair: %w", err)
+		}
+		return read(h, pubH, privH)
+	})
 }
 
 // findObjects returns up to max objects matching tmpl (max <= 0: all).
