@@ -217,3 +217,42 @@ func TestNoSessionObjectLeak(t *testing.T) {
 		t.Fatalf("SessionObjectCount = %d, %v; want 0", n, err)
 	}
 }
+
+// TestOpenAfterKeyDestroyedElsewhere: a private key whose cached handle was
+// destroyed behind the Token's back (another PKCS#11 handle, as another
+// process would) is looked up again once, and the caller gets ErrNotFound,
+// not a raw CKR_OBJECT_HANDLE_INVALID; the pool stays healthy.
+func TestOpenAfterKeyDestroyedElsewhere(t *testing.T) {
+	tok, cfg := openToken(t)
+	key := genKey(t, tok, "gone", hsm.X25519, hsm.UsageDerive)
+	s := seal(t, key, []byte("payload"), []byte("aad"))
+	if _, err := tok.Open(testCtx(t), s.req); err != nil { // caches the handle
+		t.Fatal(err)
+	}
+	r := newRaw(t, cfg)
+	if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, "gone"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	objs, _, err := r.c.FindObjects(r.h, 1)
+	r.c.FindObjectsFinal(r.h)
+	if err != nil || len(objs) != 1 {
+		t.Fatalf("find: %v %v", objs, err)
+	}
+	if err := r.c.DestroyObject(r.h, objs[0]); err != nil {
+		t.Fatal(err)
+	}
+	before := tok.Info().Rebuilds
+	if _, err := tok.Open(testCtx(t), s.req); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("open after the key was destroyed elsewhere: %v, want ErrNotFound", err)
+	}
+	if got := tok.Info().Rebuilds; got != before {
+		t.Errorf("a stale key handle rebuilt the pool (%d → %d)", before, got)
+	}
+	other := genKey(t, tok, "still-here", hsm.X25519, hsm.UsageDerive)
+	if _, err := tok.Open(testCtx(t), seal(t, other, []byte("x"), nil).req); err != nil {
+		t.Errorf("the token after the miss: %v", err)
+	}
+}
