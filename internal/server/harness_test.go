@@ -60,14 +60,20 @@ func testMain(m *testing.M) int {
 	defer cleanup()
 	defer vaulttest.Stop() // the dev Vault of the audit tests, if they started one
 	// The officers of ceremony_test.go are real Unix users too.
-	for _, name := range append([]string{appUser, otherUser}, officerUsers...) {
+	names := append([]string{appUser, otherUser}, officerUsers...)
+	release, err := shareTestUsers()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer release(names)
+	for _, name := range names {
 		u, err := addUser(name)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		users[name] = u
-		defer exec.Command("userdel", name).Run()
 	}
 	binDir, err = os.MkdirTemp("", "custody-bin-")
 	if err != nil {
@@ -354,4 +360,27 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.WriteFile(to, data, 0o755)
+}
+
+// shareTestUsers lets several test runs on one machine share the test users:
+// each run holds a shared lock on a file while it runs, and the returned
+// release deletes the users only when no other run still holds it.
+func shareTestUsers() (release func(names []string), err error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "custody-test-users.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func(names []string) {
+		defer f.Close()
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			return // another run still uses the users; the last one out deletes them
+		}
+		for _, name := range names {
+			exec.Command("userdel", name).Run()
+		}
+	}, nil
 }
