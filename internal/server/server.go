@@ -147,18 +147,20 @@ func (s *Server) guard(rt route) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
 		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.Timeout())
 		defer cancel()
-		body, err := s.serve(ctx, r, rt)
+		body, err := s.serve(ctx, w, r, rt)
 		code := "ok"
-		if err != nil {
+		_, wrote := body.(streamedResponse)
+		switch {
+		case err != nil:
 			ae := classify(err)
 			if ae.Code == CodeInternal {
 				s.Log.Error("request failed", "route", rt.pattern, "err", err)
 			}
 			code = ae.Code
 			writeError(w, ae)
-		} else if st, ok := body.(streamer); ok {
-			st.stream(ctx, w) // a streaming route writes its own answer (lifecycle.go)
-		} else {
+		case wrote:
+			// a streaming route has written its own answer
+		default:
 			writeJSON(w, http.StatusOK, body)
 		}
 		if s.Observer != nil {
@@ -170,7 +172,7 @@ func (s *Server) guard(rt route) http.Handler {
 // serve identifies and authorizes the caller, holds one of its in-flight
 // slots, and runs the route's handler. A refusal at the door is recorded
 // like any other decision.
-func (s *Server) serve(ctx context.Context, r *http.Request, rt route) (any, error) {
+func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rt route) (any, error) {
 	rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
 		IP:        clip(r.Header.Get("Custody-End-User-IP")),
 		UserAgent: clip(r.Header.Get("Custody-End-User-Agent")),
@@ -190,8 +192,19 @@ func (s *Server) serve(ctx context.Context, r *http.Request, rt route) (any, err
 		}
 		return nil, err
 	}
-	return rt.handle(ctx, rq)
+	body, err := rt.handle(ctx, rq)
+	if st, ok := body.(streamer); ok && err == nil {
+		// A streaming route writes its own answer (lifecycle.go), while the
+		// caller's in-flight slot is still held.
+		st.stream(ctx, w)
+		return streamedResponse{}, nil
+	}
+	return body, err
 }
+
+// streamedResponse is what serve returns once a streaming route has
+// written its answer itself.
+type streamedResponse struct{}
 
 func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 	p, err := peerFrom(rq.Context())
