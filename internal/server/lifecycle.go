@@ -263,7 +263,7 @@ func parseRewrapLine(line []byte) (rewrapItem, error) {
 // maxStreamLine bounds one input line of the streaming rewrap.
 const maxStreamLine = envelope.MaxTextSize + 1024
 
-// streamer is a response written by the handler's own loop (see guard)
+// streamer is a response written by the handler's own loop (see Server.serve)
 // instead of one JSON value.
 type streamer interface {
 	stream(ctx context.Context, w http.ResponseWriter)
