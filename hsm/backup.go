@@ -162,17 +162,8 @@ func (t *Token) RestoreFromBackup(ctx context.Context, label string, kek, wrappe
 	var info KeyInfo
 	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
 		c := t.mod.ctx
-		for _, q := range [][]*pkcs11.Attribute{
-			{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
-			{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
-		} {
-			objs, err := t.findObjects(h, q, 1)
-			if err != nil {
-				return err
-			}
-			if len(objs) > 0 {
-				return fmt.Errorf("%w: label %q", ErrExists, label)
-			}
+		if err := t.checkFree(h, label, id); err != nil {
+			return err
 		}
 		kekH, err := c.CreateObject(h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),

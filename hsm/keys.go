@@ -191,17 +191,8 @@ func (t *Token) generateNew(ctx context.Context, label string, id []byte, mech u
 	t.createMu.Lock()
 	defer t.createMu.Unlock()
 	return t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		for _, q := range [][]*pkcs11.Attribute{
-			{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
-			{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
-		} {
-			objs, err := t.findObjects(h, q, 1)
-			if err != nil {
-				return err
-			}
-			if len(objs) > 0 {
-				return fmt.Errorf("%w: label %q", ErrExists, label)
-			}
+		if err := t.checkFree(h, label, id); err != nil {
+			return err
 		}
 		pubH, privH, err := t.mod.ctx.GenerateKeyPair(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
 		if err != nil {
@@ -212,6 +203,24 @@ func (t *Token) generateNew(ctx context.Context, label string, id []byte, mech u
 		}
 		return read(h, pubH, privH)
 	})
+}
+
+// checkFree returns ErrExists if any object has label or id: keys are never
+// overwritten. Callers hold createMu.
+func (t *Token) checkFree(h pkcs11.SessionHandle, label string, id []byte) error {
+	for _, q := range [][]*pkcs11.Attribute{
+		{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
+		{pkcs11.NewAttribute(pkcs11.CKA_ID, id)},
+	} {
+		objs, err := t.findObjects(h, q, 1)
+		if err != nil {
+			return err
+		}
+		if len(objs) > 0 {
+			return fmt.Errorf("%w: label %q", ErrExists, label)
+		}
+	}
+	return nil
 }
 
 // findObjects returns up to max objects matching tmpl (max <= 0: all).
