@@ -40,3 +40,6 @@ func DeriveRewrapKEKForTest(c *pkcs11.Ctx, h pkcs11.SessionHandle, z pkcs11.Obje
 	defer cdata.free()
 	return c.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, z, rewrapKEK())
 }
+
+// MaxBatchRecipients is how many wrap keys a RewrapBatch keeps at once.
+const MaxBatchRecipients = maxBatchRecipients

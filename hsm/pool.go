@@ -410,16 +410,7 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 		if err != nil {
 			return err
 		}
-		err = fn(s.h)
-		if err != nil && !isLost(err) && p.ambiguous(err) && p.sessionLost(s.h) {
-			// The session was closed under the call: a loss, not bad data.
-			err = fmt.Errorf("%w (session lost during the call)", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
-		}
-		if err != nil && !isLost(err) && (errors.Is(err, ErrNotFound) || p.ambiguous(err)) && p.tokenGone() {
-			// The token itself went away (SoftHSM: its directory was
-			// removed; its objects vanish and C_GetTokenInfo fails).
-			err = fmt.Errorf("%w (token gone during the call: %w)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT), err)
-		}
+		err = p.diagnose(s.h, fn(s.h))
 		lost := isLost(err)
 		p.release(s, !lost)
 		if !lost {
@@ -433,6 +424,21 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 			return rerr
 		}
 	}
+}
+
+// diagnose returns err, or a loss (isLost) when err came while session h or
+// the token went away: a failure then says nothing about the data.
+func (p *pool) diagnose(h pkcs11.SessionHandle, err error) error {
+	if err != nil && !isLost(err) && p.ambiguous(err) && p.sessionLost(h) {
+		// The session was closed under the call: a loss, not bad data.
+		err = fmt.Errorf("%w (session lost during the call)", pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID))
+	}
+	if err != nil && !isLost(err) && (errors.Is(err, ErrNotFound) || p.ambiguous(err)) && p.tokenGone() {
+		// The token itself went away (SoftHSM: its directory was
+		// removed; its objects vanish and C_GetTokenInfo fails).
+		err = fmt.Errorf("%w (token gone during the call: %w)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT), err)
+	}
+	return err
 }
 
 func (p *pool) stats() (n, inUse int, rebuilds, recycles uint64) {

@@ -3,8 +3,8 @@ package hsm
 import (
 	"context"
 	"crypto/ecdh"
-	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -42,46 +42,154 @@ type Rewrapped struct {
 	WrappedDEK      []byte // RFC 5649 wrap of the DEK under the new KEK (40 bytes)
 }
 
-// MaxRewrapTargets bounds RewrapRequest.Targets (an envelope has at most 64
-// participants and the escrow stanza).
-const MaxRewrapTargets = 65
+// RewrapResult is the outcome of one request of a batch: Wrapped holds one
+// entry per target, in order, or Err says why this request failed.
+type RewrapResult struct {
+	Wrapped []Rewrapped
+	Err     error
+}
 
-// Rewrap moves a DEK to new recipients without it ever leaving the token.
-// On one session it derives Z and the KEK from req exactly as Open does and
-// unwraps req.WrappedDEK into a session AES key that is sensitive, can
-// neither encrypt nor decrypt, and is extractable only so that C_WrapKey
-// can wrap it (the KEK's CKA_UNWRAP_TEMPLATE forces those attributes).
-// Then, for each target: a fresh ephemeral key pair of target.Alg is
-// generated on the device (session objects; X25519 through the path the
-// capability probe found), Z' = ECDH(ephemeral, target.RecipientPublic),
-// KEK' = AES-256-ECB_Z'(target.Context(E')) as a wrap-only key, and the DEK
-// is wrapped under KEK' with CKM_AES_KEY_WRAP_PAD (RFC 5649 for a 32-byte
-// key, checked against software in rewrap_test.go). Every session object is
-// destroyed on every path; the result holds only public values.
-//
-// Errors: ErrInvalidRequest for wrong lengths, an unknown algorithm or KDF,
-// no or too many targets; ErrNotFound for an unknown label; ErrIntegrity if
-// the source stanza does not unwrap (tampered or mismatched) or a target
-// public key is not a valid point; ErrUnsupported for a key of another kind
-// or a token without X25519 generation; ErrUnavailable.
+// Limits of one rewrap call.
+const (
+	// MaxRewrapTargets bounds RewrapRequest.Targets (an envelope has at
+	// most 64 participants and the escrow stanza).
+	MaxRewrapTargets = 65
+	// MaxRewrapBatch bounds the requests of one RewrapBatch, and with it
+	// how many new stanzas share one ephemeral key.
+	MaxRewrapBatch = 1024
+	// maxBatchRecipients bounds the wrap keys a batch keeps on the device
+	// at once; past it they are destroyed and made afresh.
+	maxBatchRecipients = 256
+)
+
+// Rewrap is RewrapBatch of the single request req.
 func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, error) {
-	if err := validateRewrap(req); err != nil {
-		return nil, fmt.Errorf("hsm: rewrap %q: %w", req.KeyLabel, err)
+	r := t.RewrapBatch(ctx, []RewrapRequest{req})[0]
+	return r.Wrapped, r.Err
+}
+
+// RewrapBatch moves the DEKs of reqs to new recipients without any DEK
+// ever leaving the token. It runs every request, in order, on one session.
+//
+// For each request it derives Z and the KEK exactly as Open does and
+// unwraps WrappedDEK into a session AES key that is sensitive, can neither
+// encrypt nor decrypt, and is extractable only so that C_WrapKey can wrap
+// it (the KEK's CKA_UNWRAP_TEMPLATE forces those attributes). It then wraps
+// that DEK with CKM_AES_KEY_WRAP_PAD (RFC 5649 for a 32-byte key, checked
+// against software in rewrap_test.go) under a wrap key for each target.
+//
+// The wrap key for a recipient is made once per batch: an ephemeral key
+// pair of the target's algorithm generated on the device (session objects;
+// X25519 through the path the capability probe found), Z' = ECDH(ephemeral,
+// RecipientPublic), KEK' = AES-256-ECB_Z'(Context(E')) as a wrap-only key;
+// the ephemeral private key and Z' are destroyed at once. Every request of
+// the batch with a target of the same Alg and RecipientPublic shares that
+// E' and KEK' (their Context functions must agree, as the envelope's rule
+// does). This is what makes a rewrap cost about as much as an open: a key
+// generation and an ECDH per stanza would cost twice the open chain again.
+// The price is that stanzas rewrapped in one batch for one recipient carry
+// the same ephemeral public key, so they can be linked to that batch; see
+// docs/envelope.md.
+//
+// Every session object is destroyed before RewrapBatch returns; results
+// hold only public values. Results are per request, in order:
+// ErrInvalidRequest for wrong lengths, an unknown algorithm or KDF, no or
+// too many targets (or more than MaxRewrapBatch requests: then for every
+// request); ErrNotFound for an unknown label; ErrIntegrity if the source
+// stanza does not unwrap (tampered or mismatched) or a target public key is
+// not a valid point; ErrUnsupported for a key of another kind or a token
+// without X25519 generation; ErrUnavailable, or the context's error, for
+// every request not finished when the token or the caller went away. A
+// failed request does not stop the others.
+func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapResult {
+	res := make([]RewrapResult, len(reqs))
+	done := make([]bool, len(reqs))
+	fail := func(i int, err error) {
+		res[i], done[i] = RewrapResult{Err: fmt.Errorf("hsm: rewrap %q: %w", reqs[i].KeyLabel, err)}, true
 	}
-	var out []Rewrapped
-	err := t.withDeriveKey(ctx, req.KeyLabel, req.Alg, func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error {
+	pending := 0
+	for i, req := range reqs {
 		var err error
-		out, err = t.rewrap(h, key, req)
-		return err
+		if len(reqs) > MaxRewrapBatch {
+			err = fmt.Errorf("%w: batch of %d requests, at most %d", ErrInvalidRequest, len(reqs), MaxRewrapBatch)
+		} else {
+			err = validateRewrap(req)
+		}
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		pending++
+	}
+	if pending == 0 {
+		return res
+	}
+	var created uint64
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		b := &rewrapBatch{t: t, h: h, wrapKeys: map[string]wrapKey{}}
+		defer func() {
+			b.destroyWrapKeys()
+			created += b.created
+		}()
+		for i, req := range reqs {
+			if done[i] {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var out []Rewrapped
+			err := t.withKey(h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
+				var err error
+				out, err = b.rewrap(key, req)
+				return err
+			})
+			if err = t.pool.diagnose(h, err); isLost(err) {
+				return err // withSession rebuilds and runs what is left on a new session
+			}
+			if err != nil {
+				fail(i, err)
+				continue
+			}
+			res[i], done[i] = RewrapResult{Wrapped: out}, true
+		}
+		return nil
 	})
-	if !errors.Is(err, ErrUnavailable) {
-		// Z, KEK, DEK, then per target: two ephemeral objects, Z', KEK'.
-		t.pool.noteSessionObjects(ctx, uint64(3+4*len(req.Targets)))
-	}
+	t.pool.noteSessionObjects(ctx, created)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: rewrap %q: %w", req.KeyLabel, err)
+		for i := range reqs {
+			if !done[i] {
+				fail(i, err)
+			}
+		}
 	}
-	return out, nil
+	return res
+}
+
+// rewrapBatch is the state of one RewrapBatch on one session: the wrap key
+// made for each recipient so far.
+type rewrapBatch struct {
+	t        *Token
+	h        pkcs11.SessionHandle
+	wrapKeys map[string]wrapKey // by alg byte ‖ recipient public key
+	keks     []pkcs11.ObjectHandle
+	created  uint64 // session objects created, for the pool's recycling
+}
+
+// destroyWrapKeys destroys every wrap key of the batch so far.
+func (b *rewrapBatch) destroyWrapKeys() {
+	for _, o := range b.keks {
+		_ = b.t.mod.ctx.DestroyObject(b.h, o)
+	}
+	b.keks = nil
+	clear(b.wrapKeys)
+}
+
+// wrapKey is a recipient's wrap-only KEK' on the device and the ephemeral
+// public key E' it was derived with.
+type wrapKey struct {
+	kek             pkcs11.ObjectHandle
+	ephemeralPublic []byte
 }
 
 func validateRewrap(req RewrapRequest) error {
@@ -179,14 +287,23 @@ func sessionAESWith(usage uint) []*pkcs11.Attribute {
 }
 
 // sessionObjects collects the session objects of one chain and destroys
-// them all.
+// them all; created counts every object added.
 type sessionObjects struct {
-	c    *pkcs11.Ctx
-	h    pkcs11.SessionHandle
-	objs []pkcs11.ObjectHandle
+	c       *pkcs11.Ctx
+	h       pkcs11.SessionHandle
+	objs    []pkcs11.ObjectHandle
+	created uint64
 }
 
-func (s *sessionObjects) add(o ...pkcs11.ObjectHandle) { s.objs = append(s.objs, o...) }
+func (s *sessionObjects) add(o ...pkcs11.ObjectHandle) {
+	s.objs = append(s.objs, o...)
+	s.created += uint64(len(o))
+}
+
+// keep takes o off the list destroy works through (it stays counted).
+func (s *sessionObjects) keep(o pkcs11.ObjectHandle) {
+	s.objs = slices.DeleteFunc(s.objs, func(x pkcs11.ObjectHandle) bool { return x == o })
+}
 
 func (s *sessionObjects) destroy() {
 	for _, o := range s.objs {
@@ -271,16 +388,51 @@ func (t *Token) ephemeralPair(h pkcs11.SessionHandle, objs *sessionObjects, alg 
 	return privH, point, nil
 }
 
-func (t *Token) rewrap(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req RewrapRequest) ([]Rewrapped, error) {
-	c := t.mod.ctx
-	objs := &sessionObjects{c: c, h: h}
-	defer objs.destroy()
+// wrapKey returns the batch's wrap key for tg, making it on first use.
+func (b *rewrapBatch) wrapKey(tg WrapTarget) (wrapKey, error) {
+	id := string(append([]byte{byte(tg.Alg)}, tg.RecipientPublic...))
+	if wk, ok := b.wrapKeys[id]; ok {
+		return wk, nil
+	}
+	if len(b.wrapKeys) == maxBatchRecipients {
+		b.destroyWrapKeys()
+	}
+	eph := sessionObjects{c: b.t.mod.ctx, h: b.h}
+	defer func() {
+		b.created += eph.created
+		eph.destroy()
+	}()
+	ephPriv, ephPub, err := b.t.ephemeralPair(b.h, &eph, tg.Alg)
+	if err != nil {
+		return wrapKey{}, err
+	}
+	kek, err := b.t.deriveKEK(b.h, &eph, ephPriv, tg.RecipientPublic, tg.Context(ephPub), sessionAESWith(pkcs11.CKA_WRAP))
+	if err != nil {
+		return wrapKey{}, err
+	}
+	// KEK' outlives the ephemeral pair and Z': the batch destroys it.
+	eph.keep(kek)
+	b.keks = append(b.keks, kek)
+	wk := wrapKey{kek: kek, ephemeralPublic: ephPub}
+	b.wrapKeys[id] = wk
+	return wk, nil
+}
 
-	kek, err := t.deriveKEK(h, objs, priv, req.PeerPublic, req.Context, rewrapKEK())
+// rewrap unwraps req's DEK with the private key priv and wraps it for each
+// target. The source's Z, KEK and DEK are destroyed before it returns.
+func (b *rewrapBatch) rewrap(priv pkcs11.ObjectHandle, req RewrapRequest) ([]Rewrapped, error) {
+	c := b.t.mod.ctx
+	objs := &sessionObjects{c: c, h: b.h}
+	defer func() {
+		b.created += objs.created
+		objs.destroy()
+	}()
+
+	kek, err := b.t.deriveKEK(b.h, objs, priv, req.PeerPublic, req.Context, rewrapKEK())
 	if err != nil {
 		return nil, err
 	}
-	dek, err := c.UnwrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, rewrapDEKTemplate())
+	dek, err := c.UnwrapKey(b.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, rewrapDEKTemplate())
 	if err != nil {
 		return nil, integrity("unwrap DEK for rewrap (AES_KEY_WRAP_PAD)", err)
 	}
@@ -288,29 +440,18 @@ func (t *Token) rewrap(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req Rew
 
 	out := make([]Rewrapped, 0, len(req.Targets))
 	for i, tg := range req.Targets {
-		ephPriv, ephPub, err := t.ephemeralPair(h, objs, tg.Alg)
+		wk, err := b.wrapKey(tg)
 		if err != nil {
 			return nil, fmt.Errorf("target %d: %w", i, err)
 		}
-		newKEK, err := t.deriveKEK(h, objs, ephPriv, tg.RecipientPublic, tg.Context(ephPub), sessionAESWith(pkcs11.CKA_WRAP))
-		if err != nil {
-			return nil, fmt.Errorf("target %d: %w", i, err)
-		}
-		wrapped, err := c.WrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, newKEK, dek)
+		wrapped, err := c.WrapKey(b.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, wk.kek, dek)
 		if err != nil {
 			return nil, fmt.Errorf("target %d: C_WrapKey (AES_KEY_WRAP_PAD): %w", i, err)
 		}
 		if len(wrapped) != wrappedDEKSize {
 			return nil, fmt.Errorf("target %d: token wrapped the DEK into %d bytes, want %d", i, len(wrapped), wrappedDEKSize)
 		}
-		out = append(out, Rewrapped{EphemeralPublic: ephPub, WrappedDEK: wrapped})
-		// Free this target's objects now: a wide envelope would otherwise
-		// hold 4 per target until the end.
-		keep := objs.objs[:3]
-		for _, o := range objs.objs[3:] {
-			_ = c.DestroyObject(h, o)
-		}
-		objs.objs = keep
+		out = append(out, Rewrapped{EphemeralPublic: wk.ephemeralPublic, WrappedDEK: wrapped})
 	}
 	return out, nil
 }
