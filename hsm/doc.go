@@ -26,11 +26,11 @@
 // the one SoftHSM allows (it has no HKDF): KEK = AES-256-ECB_Z(context). It
 // is a PRF of Z keyed by a 32-byte context, not HKDF; see api.go.
 //
-// Rewrap (rewrap.go) moves a DEK to a new recipient without it leaving the
-// device: the DEK is unwrapped as a sensitive session key that can neither
-// encrypt nor decrypt and is CKA_EXTRACTABLE only so that C_WrapKey can wrap
-// it under the new KEK (derived from an ephemeral key pair generated on the
-// device). While it exists, any wrap key in the session could wrap it out;
+// RewrapBatch (rewrap.go) moves DEKs to new recipients without them leaving
+// the device: each DEK is unwrapped as a sensitive session key that can
+// neither encrypt nor decrypt and is CKA_EXTRACTABLE only so that C_WrapKey
+// can wrap it under the new KEK (derived from an ephemeral key pair
+// generated on the device, one per recipient per batch). While it exists, any wrap key in the session could wrap it out;
 // only a holder of the user PIN can open such a session, and on SoftHSM that
 // person can read Z anyway (below).
 //

@@ -32,7 +32,7 @@ import (
 
 // lifecycleToken is what rewrap and proof need from the token beyond Token.
 type lifecycleToken interface {
-	Rewrap(ctx context.Context, req hsm.RewrapRequest) ([]hsm.Rewrapped, error)
+	RewrapBatch(ctx context.Context, reqs []hsm.RewrapRequest) []hsm.RewrapResult
 	ProvePossession(ctx context.Context, req hsm.PossessionRequest) ([]byte, error)
 }
 
@@ -72,89 +72,175 @@ const maxRefLength = 256
 
 // rewrapEnvelopes: POST /v1/envelopes/rewrap {"items":[{"envelope","ref"}]}.
 func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) {
-	return runBatch(ctx, s, rq, s.rewrapOne)
-}
-
-// rewrapOne rewraps one envelope and records the decision.
-func (s *Server) rewrapOne(ctx context.Context, rq *request, in rewrapItem) (*rewrapResult, error) {
-	entry := auditlog.Entry{Operation: "rewrap"}
-	res, err := s.rewrap(ctx, in, &entry)
-	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-		return nil, rerr
-	}
+	in, err := decodeBatch[rewrapItem](s, rq)
 	if err != nil {
 		return nil, err
 	}
-	return res, nil
+	out := batchResponse[rewrapResult]{Results: make([]batchResult[rewrapResult], len(in.Items))}
+	for i, o := range s.rewrapItems(ctx, rq, in.Items) {
+		if o.err != nil {
+			out.Results[i].Error = classify(o.err)
+		} else {
+			out.Results[i].Result = o.res
+		}
+	}
+	return out, nil
 }
 
-// rewrap verifies the envelope, finds every stanza that is not on its
+// rewrapOutcome is the answer for one rewrapItem.
+type rewrapOutcome struct {
+	res *rewrapResult
+	err error
+}
+
+// rewrapItems rewraps items and records a decision for each, keeping their
+// order. They are cut into as many contiguous shards as the token has
+// sessions; a shard is one RewrapBatch on the device, so the stanzas it
+// writes for one recipient key share an ephemeral key (hsm.RewrapBatch).
+// One item's failure does not stop the others.
+func (s *Server) rewrapItems(ctx context.Context, rq *request, items []rewrapItem) []rewrapOutcome {
+	out := make([]rewrapOutcome, len(items))
+	shards := max(1, min(s.Token.Info().Sessions, len(items)))
+	size := (len(items) + shards - 1) / shards
+	var wg sync.WaitGroup
+	for lo := 0; lo < len(items); lo += size {
+		hi := min(len(items), lo+size)
+		wg.Go(func() { s.rewrapShard(ctx, rq, items[lo:hi], out[lo:hi]) })
+	}
+	wg.Wait()
+	return out
+}
+
+// rewrapShard works out every item's rewrap on the host, runs those that
+// move a stanza as one batch on the device, then signs and records each
+// (in parallel, so that their access-log entries share a commit).
+func (s *Server) rewrapShard(ctx context.Context, rq *request, items []rewrapItem, out []rewrapOutcome) {
+	plans := make([]*rewrapPlan, len(items))
+	var reqs []hsm.RewrapRequest
+	var onDevice []int
+	for i, in := range items {
+		plans[i] = s.planRewrap(in)
+		if plans[i].err == nil && plans[i].res == nil {
+			reqs = append(reqs, plans[i].req)
+			onDevice = append(onDevice, i)
+		}
+	}
+	if len(reqs) > 0 {
+		lt, err := s.lifecycle()
+		var results []hsm.RewrapResult
+		if err == nil {
+			results = lt.RewrapBatch(ctx, reqs)
+		}
+		for k, i := range onDevice {
+			if err != nil {
+				plans[i].err = err
+			} else if results[k].Err != nil {
+				plans[i].err = results[k].Err
+			} else {
+				plans[i].wrapped = results[k].Wrapped
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for i, p := range plans {
+		wg.Go(func() {
+			if p.err == nil && p.res == nil {
+				p.res, p.err = s.finishRewrap(ctx, p)
+			}
+			if rerr := s.record(ctx, rq, p.entry, p.err); rerr != nil {
+				out[i] = rewrapOutcome{err: rerr}
+				return
+			}
+			out[i] = rewrapOutcome{res: p.res, err: p.err}
+		})
+	}
+	wg.Wait()
+}
+
+// rewrapPlan is one envelope's rewrap as worked out on the host.
+type rewrapPlan struct {
+	entry auditlog.Entry
+	err   error         // the item fails with this
+	res   *rewrapResult // set when the envelope is already current, or when finished
+
+	// For the device and after it.
+	ref         string
+	env         *envelope.Envelope
+	moved       []movedStanza
+	idx         []int          // stanzas to replace
+	newVersions []keys.Version // their recipients' active versions
+	req         hsm.RewrapRequest
+	wrapped     []hsm.Rewrapped
+}
+
+// planRewrap verifies the envelope, finds every stanza that is not on its
 // recipient's active version (escrow: only when a newer escrow version
-// exists), unwraps the DEK on the device through one stanza whose key is
-// still on the token, wraps it for the active versions there, and re-signs
-// the header. An envelope already current comes back unchanged.
-func (s *Server) rewrap(ctx context.Context, in rewrapItem, entry *auditlog.Entry) (*rewrapResult, error) {
+// exists) and picks the stanza to unwrap the DEK through: the first, stale
+// ones first, whose key version is still on the token. An envelope already
+// current gets its result at once.
+func (s *Server) planRewrap(in rewrapItem) *rewrapPlan {
+	p := &rewrapPlan{entry: auditlog.Entry{Operation: "rewrap"}, ref: in.Ref}
+	if p.err = s.planRewrapInto(p, in); p.err != nil {
+		p.res = nil
+	}
+	return p
+}
+
+func (s *Server) planRewrapInto(p *rewrapPlan, in rewrapItem) error {
 	if in.Envelope == "" {
-		return nil, badRequest("envelope: required")
+		return badRequest("envelope: required")
 	}
 	if len(in.Ref) > maxRefLength {
-		return nil, badRequest("ref: longer than %d bytes", maxRefLength)
+		return badRequest("ref: longer than %d bytes", maxRefLength)
 	}
 	env, err := envelope.ParseText(in.Envelope)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	h := &env.Header
-	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
+	p.entry.TransactionID, p.entry.JobID = h.TransactionID, h.JobID
 	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
-		return nil, err
+		return err
 	}
-	out := &rewrapResult{Ref: in.Ref, Envelope: in.Envelope}
+	p.env = env
+	p.res = &rewrapResult{Ref: in.Ref, Envelope: in.Envelope}
 
 	var targets []hsm.WrapTarget
-	var idx []int
-	var newVersions []keys.Version
 	esc := env.EscrowStanza()
 	for i, st := range h.Stanzas {
 		var active keys.Version
 		if i == esc {
 			if active, err = s.Keys.Escrow(); err != nil {
-				return nil, err
+				return err
 			}
 			if st.KeyVersion >= active.Number {
 				continue
 			}
 		} else {
 			if active, err = s.Keys.Active(st.ParticipantID); err != nil {
-				return nil, err
+				return err
 			}
 			if st.KeyVersion == active.Number {
 				continue
 			}
 		}
 		targets = append(targets, hsm.WrapTarget{Alg: active.Alg, RecipientPublic: active.Public, Context: envelope.StanzaContext(active.Alg, active.Public)})
-		idx = append(idx, i)
-		newVersions = append(newVersions, active)
-		out.Moved = append(out.Moved, movedStanza{Participant: st.ParticipantID, Escrow: i == esc, From: st.KeyVersion, To: active.Number})
-		entry.Participants = append(entry.Participants, st.ParticipantID)
+		p.idx = append(p.idx, i)
+		p.newVersions = append(p.newVersions, active)
+		p.moved = append(p.moved, movedStanza{Participant: st.ParticipantID, Escrow: i == esc, From: st.KeyVersion, To: active.Number})
+		p.entry.Participants = append(p.entry.Participants, st.ParticipantID)
 	}
 	if len(targets) == 0 {
-		return out, nil
+		return nil // already current: p.res is the answer
 	}
+	p.res = nil
 
-	// The source: the first stanza, stale ones first, whose key version is
-	// still on the token.
-	order := append(append([]int(nil), idx...), func() []int {
-		var rest []int
-		for i := range h.Stanzas {
-			if !contains(idx, i) {
-				rest = append(rest, i)
-			}
+	order := append([]int(nil), p.idx...)
+	for i := range h.Stanzas {
+		if !contains(p.idx, i) {
+			order = append(order, i)
 		}
-		return rest
-	}()...)
-	var src keys.Version
-	var srcIdx = -1
+	}
 	var firstErr error
 	for _, i := range order {
 		st := h.Stanzas[i]
@@ -165,58 +251,51 @@ func (s *Server) rewrap(ctx context.Context, in rewrapItem, entry *auditlog.Entr
 			v, err = s.Keys.ParticipantVersion(st.ParticipantID, st.KeyVersion)
 		}
 		if err == nil && v.Alg == st.Alg {
-			src, srcIdx = v, i
-			break
+			p.entry.KeyLabel, p.entry.KeyVersion = v.Label, int(v.Number)
+			p.req = hsm.RewrapRequest{
+				KeyLabel: v.Label, Alg: st.Alg, KDF: st.KDF, PeerPublic: st.EphemeralPublic,
+				Context:    envelope.KDFContext(st.Alg, st.KDF, st.EphemeralPublic, v.Public),
+				WrappedDEK: st.WrappedDEK, Targets: targets,
+			}
+			return nil
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
 	}
-	if srcIdx < 0 {
-		if firstErr == nil {
-			firstErr = fmt.Errorf("%w: no stanza matches its key's algorithm", envelope.ErrMalformed)
-		}
-		return nil, firstErr
+	if firstErr == nil {
+		firstErr = fmt.Errorf("%w: no stanza matches its key's algorithm", envelope.ErrMalformed)
 	}
-	entry.KeyLabel, entry.KeyVersion = src.Label, int(src.Number)
-	lt, err := s.lifecycle()
-	if err != nil {
-		return nil, err
-	}
-	st := h.Stanzas[srcIdx]
-	wrapped, err := lt.Rewrap(ctx, hsm.RewrapRequest{
-		KeyLabel: src.Label, Alg: st.Alg, KDF: st.KDF, PeerPublic: st.EphemeralPublic,
-		Context:    envelope.KDFContext(st.Alg, st.KDF, st.EphemeralPublic, src.Public),
-		WrappedDEK: st.WrappedDEK, Targets: targets,
-	})
-	if err != nil {
-		return nil, err
-	}
-	repl := make(map[int]envelope.Stanza, len(idx))
-	for k, i := range idx {
-		old := h.Stanzas[i]
-		repl[i] = envelope.Stanza{Kind: old.Kind, ParticipantID: old.ParticipantID, KeyVersion: newVersions[k].Number,
-			Alg: newVersions[k].Alg, KDF: hsm.KDFECBContext, EphemeralPublic: wrapped[k].EphemeralPublic, WrappedDEK: wrapped[k].WrappedDEK}
+	return firstErr
+}
+
+// finishRewrap puts the stanzas the device wrapped into the envelope and
+// signs its header again; payload and binding stay byte-for-byte the same.
+func (s *Server) finishRewrap(ctx context.Context, p *rewrapPlan) (*rewrapResult, error) {
+	repl := make(map[int]envelope.Stanza, len(p.idx))
+	for k, i := range p.idx {
+		old := p.env.Header.Stanzas[i]
+		repl[i] = envelope.Stanza{Kind: old.Kind, ParticipantID: old.ParticipantID, KeyVersion: p.newVersions[k].Number,
+			Alg: p.newVersions[k].Alg, KDF: hsm.KDFECBContext, EphemeralPublic: p.wrapped[k].EphemeralPublic, WrappedDEK: p.wrapped[k].WrappedDEK}
 	}
 	signer, err := s.Keys.Signer()
 	if err != nil {
 		return nil, err
 	}
-	next, err := envelope.ReplaceStanzas(ctx, env, repl, signer)
+	next, err := envelope.ReplaceStanzas(ctx, p.env, repl, signer)
 	if err != nil {
 		return nil, err
 	}
 	var moved []string
-	for _, m := range out.Moved {
+	for _, m := range p.moved {
 		who := m.Participant
 		if m.Escrow {
 			who = "escrow"
 		}
 		moved = append(moved, fmt.Sprintf("%s v%d→v%d", who, m.From, m.To))
 	}
-	entry.Detail = "moved " + strings.Join(moved, ", ")
-	out.Envelope, out.Changed = next.Text(), true
-	return out, nil
+	p.entry.Detail = "moved " + strings.Join(moved, ", ")
+	return &rewrapResult{Ref: p.ref, Envelope: next.Text(), Changed: true, Moved: p.moved}, nil
 }
 
 func contains(xs []int, x int) bool {
@@ -260,6 +339,14 @@ func parseRewrapLine(line []byte) (rewrapItem, error) {
 	return it, nil
 }
 
+// The streaming rewrap reads rewrapStreamWindow lines per token session
+// into a window, rewraps a window at a time and keeps rewrapStreamWindows
+// windows in flight.
+const (
+	rewrapStreamWindow  = 32
+	rewrapStreamWindows = 2
+)
+
 // maxStreamLine bounds one input line of the streaming rewrap.
 const maxStreamLine = envelope.MaxTextSize + 1024
 
@@ -299,62 +386,63 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 	enc.SetEscapeHTML(false)
 	sc := bufio.NewScanner(st.rq.Body)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
-	window := max(2, 2*s.Token.Info().Sessions)
-	type job struct {
-		line int
-		raw  []byte
+	// Lines are rewrapped a window at a time (rewrapItems: one device batch
+	// per session). Two windows are in flight so that the device is busy
+	// while the other window's answers are signed, logged and written;
+	// answers go out in input order.
+	size := rewrapStreamWindow * max(1, s.Token.Info().Sessions)
+	type window struct {
+		lines   []streamJob
+		results chan []streamLine
+	}
+	inFlight := make(chan *window, rewrapStreamWindows-1)
+	slots := make(chan struct{}, rewrapStreamWindows)
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		for w := range inFlight {
+			for _, r := range <-w.results {
+				if r.Error != nil && r.rewrapResult != nil {
+					_ = enc.Encode(struct {
+						Line  int       `json:"line"`
+						Ref   string    `json:"ref,omitempty"`
+						Error *apiError `json:"error"`
+					}{r.Line, r.Ref, r.Error})
+					continue
+				}
+				_ = enc.Encode(r)
+			}
+			_ = rc.Flush()
+		}
+	}()
+	var lines []streamJob
+	send := func() {
+		if len(lines) == 0 {
+			return
+		}
+		w := &window{lines: lines, results: make(chan []streamLine, 1)}
+		lines = nil
+		slots <- struct{}{}
+		go func() {
+			w.results <- st.rewrapWindow(ctx, w.lines)
+			<-slots
+		}()
+		inFlight <- w
 	}
 	lineNo := 0
-	batch := make([]job, 0, window)
-	results := make([]streamLine, window)
-	flush := func() {
-		var wg sync.WaitGroup
-		for k, j := range batch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				results[k] = streamLine{Line: j.line}
-				it, err := parseRewrapLine(j.raw)
-				if err == nil {
-					var res *rewrapResult
-					if res, err = s.rewrapOne(ctx, st.rq, it); err == nil {
-						results[k].rewrapResult = res
-						return
-					}
-				}
-				results[k].Error = classify(err)
-				if it.Ref != "" {
-					results[k].rewrapResult = &rewrapResult{Ref: it.Ref}
-				}
-			}()
-		}
-		wg.Wait()
-		for k := range batch {
-			r := results[k]
-			if r.Error != nil && r.rewrapResult != nil {
-				_ = enc.Encode(struct {
-					Line  int       `json:"line"`
-					Ref   string    `json:"ref,omitempty"`
-					Error *apiError `json:"error"`
-				}{r.Line, r.Ref, r.Error})
-				continue
-			}
-			_ = enc.Encode(r)
-		}
-		_ = rc.Flush()
-		batch = batch[:0]
-	}
 	for sc.Scan() {
 		lineNo++
 		if len(strings.TrimSpace(sc.Text())) == 0 {
 			continue
 		}
-		batch = append(batch, job{line: lineNo, raw: append([]byte(nil), sc.Bytes()...)})
-		if len(batch) == window {
-			flush()
+		lines = append(lines, streamJob{line: lineNo, raw: append([]byte(nil), sc.Bytes()...)})
+		if len(lines) == size {
+			send()
 		}
 	}
-	flush()
+	send()
+	close(inFlight)
+	<-written
 	if err := sc.Err(); err != nil {
 		ae := badRequest("reading line %d: %v", lineNo+1, err)
 		var mbe *http.MaxBytesError
@@ -363,6 +451,44 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 		}
 		_ = enc.Encode(streamLine{Line: lineNo + 1, Error: ae})
 	}
+}
+
+// streamJob is one non-blank input line of the streaming rewrap.
+type streamJob struct {
+	line int
+	raw  []byte
+}
+
+// rewrapWindow answers one window of input lines, in order.
+func (st *rewrapStream) rewrapWindow(ctx context.Context, lines []streamJob) []streamLine {
+	results := make([]streamLine, len(lines))
+	var items []rewrapItem
+	var at []int
+	for k, j := range lines {
+		results[k] = streamLine{Line: j.line}
+		it, err := parseRewrapLine(j.raw)
+		if err != nil {
+			results[k].Error = classify(err)
+			continue
+		}
+		items = append(items, it)
+		at = append(at, k)
+	}
+	if len(items) == 0 {
+		return results
+	}
+	for n, o := range st.s.rewrapItems(ctx, st.rq, items) {
+		k := at[n]
+		if o.err == nil {
+			results[k].rewrapResult = o.res
+			continue
+		}
+		results[k].Error = classify(o.err)
+		if items[n].Ref != "" {
+			results[k].rewrapResult = &rewrapResult{Ref: items[n].Ref}
+		}
+	}
+	return results
 }
 
 // --- keys ---

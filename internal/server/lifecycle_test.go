@@ -229,6 +229,86 @@ func (h *harness) sealMany(t testing.TB, n int, path string) {
 	w.Flush()
 }
 
+// TestRewrapStream sends 150 lines (three windows) to the streaming route
+// with a blank line, a line that is not JSON and a tampered envelope among
+// them: every other line comes back changed, in input order with its line
+// number, and opens; the bad lines fail on their own. The new miner-1
+// stanzas share ephemeral keys within a device batch only: fewer distinct
+// keys than envelopes, more than one.
+func TestRewrapStream(t *testing.T) {
+	h := newHarness(t)
+	h.register("miner-1")
+	in := filepath.Join(t.TempDir(), "in.jsonl")
+	h.sealMany(t, 148, in)
+	if _, err := h.keys.Rotate(t.Context(), "miner-1", h.now); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	tampered := readEnvelopes(t, in)[70]
+	env, _ := envelope.ParseText(tampered)
+	env.Header.Stanzas[0].WrappedDEK[3] ^= 1
+	lines[70] = fmt.Sprintf(`{"envelope":%q,"ref":"bad"}`, env.Text())
+	lines = append(lines[:40], append([]string{"", "not json"}, lines[40:]...)...) // input lines 41 and 42
+	st, out := h.callRaw("POST", "/v1/envelopes/rewrap/stream", strings.Join(lines, "\n")+"\n")
+	if st != 200 {
+		t.Fatalf("stream: %d %s", st, out)
+	}
+	ephemeral := map[string]bool{}
+	answers := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(answers) != 149 { // every non-blank input line
+		t.Fatalf("%d answers for 149 non-blank lines", len(answers))
+	}
+	prev := 0
+	for _, a := range answers {
+		var l struct {
+			Line     int    `json:"line"`
+			Ref      string `json:"ref"`
+			Envelope string `json:"envelope"`
+			Changed  bool   `json:"changed"`
+			Error    *struct{ Code string }
+		}
+		if err := json.Unmarshal([]byte(a), &l); err != nil {
+			t.Fatalf("answer %q: %v", a, err)
+		}
+		if l.Line <= prev {
+			t.Fatalf("answer for line %d after line %d", l.Line, prev)
+		}
+		prev = l.Line
+		switch {
+		case l.Line == 42:
+			if l.Error == nil || l.Error.Code != server.CodeBadRequest {
+				t.Fatalf("line 42 (not JSON): %s", a)
+			}
+		case l.Ref == "bad":
+			if l.Error == nil || l.Error.Code != server.CodeSignatureInvalid {
+				t.Fatalf("tampered envelope: %s", a)
+			}
+		default:
+			if l.Error != nil || !l.Changed {
+				t.Fatalf("line %d: %s", l.Line, a)
+			}
+			e, err := envelope.ParseText(l.Envelope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ephemeral[string(e.Header.Stanzas[0].EphemeralPublic)] = true
+			if l.Line%10 == 0 {
+				if st, body := h.decryptAs(l.Envelope, "miner-1"); st != 200 {
+					t.Fatalf("line %d does not open: %v", l.Line, body)
+				}
+			}
+		}
+	}
+	if len(ephemeral) < 2 || len(ephemeral) >= 147 {
+		t.Fatalf("%d distinct ephemeral keys over 147 rewrapped envelopes", len(ephemeral))
+	}
+	noLeftovers(t, h)
+}
+
 // TestRewrapCLIKillAndResume kills custodyctl rewrap halfway through 10,000
 // envelopes and resumes: every line is in the output exactly once, and the
 // finished lines were not redone.

@@ -103,19 +103,29 @@ func (s *Server) decryptBatch(ctx context.Context, rq *request) (any, error) {
 	return runBatch(ctx, s, rq, s.decryptOne)
 }
 
+// decodeBatch decodes {"items":[…]}: at least one item, at most
+// limits.max_batch_items.
+func decodeBatch[In any](s *Server, rq *request) (batchRequest[In], error) {
+	var in batchRequest[In]
+	if err := decodeJSON(rq.Request, &in); err != nil {
+		return in, err
+	}
+	if len(in.Items) == 0 {
+		return in, badRequest("items: empty batch")
+	}
+	if len(in.Items) > s.Limits.MaxBatchItems {
+		return in, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.Limits.MaxBatchItems)
+	}
+	return in, nil
+}
+
 // runBatch decodes {"items":[…]} and runs one for each item on as many
 // workers as the token has sessions, keeping the results in item order.
 // One item's failure does not stop the others.
 func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func(context.Context, *request, In) (*Out, error)) (any, error) {
-	var in batchRequest[In]
-	if err := decodeJSON(rq.Request, &in); err != nil {
+	in, err := decodeBatch[In](s, rq)
+	if err != nil {
 		return nil, err
-	}
-	if len(in.Items) == 0 {
-		return nil, badRequest("items: empty batch")
-	}
-	if len(in.Items) > s.Limits.MaxBatchItems {
-		return nil, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.Limits.MaxBatchItems)
 	}
 	out := batchResponse[Out]{Results: make([]batchResult[Out], len(in.Items))}
 	workers := max(1, min(s.Token.Info().Sessions, len(in.Items)))
