@@ -144,6 +144,7 @@ func (r *raw) attr(t testing.TB, o pkcs11.ObjectHandle, typ uint) []byte {
 type sealed struct {
 	req hsm.OpenRequest
 	z   []byte // the ECDH secret, for known-answer checks
+	dek []byte // the DEK, for checks of a rewrap
 }
 
 // ecdhSoftware computes Z for the recipient public key with a fresh
@@ -186,7 +187,8 @@ func seal(t testing.TB, key hsm.KeyInfo, plaintext, aad []byte) sealed {
 	block, _ := aes.NewCipher(dek)
 	gcm, _ := cipher.NewGCM(block)
 	return sealed{
-		z: z,
+		z:   z,
+		dek: dek,
 		req: hsm.OpenRequest{
 			KeyLabel:   key.Label,
 			Alg:        key.Alg,

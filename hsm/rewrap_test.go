@@ -208,6 +208,56 @@ func TestRewrapBatch(t *testing.T) {
 	}
 }
 
+// TestRewrapBatchSessionLoss drops every session of the token halfway
+// through a batch (from the target's context function, so that no call is
+// inside SoftHSM at that moment): the pool rebuilds once, the rest of the
+// batch runs on a new session with new wrap keys, and every result is
+// right. Not parallel: closing all sessions while another test's call is in
+// the module crashes SoftHSM 2.6.1.
+func TestRewrapBatchSessionLoss(t *testing.T) {
+	tok, cfg := openToken(t)
+	ctx := testCtx(t)
+	key := genKey(t, tok, "batch-loss", hsm.X25519, hsm.UsageDerive)
+	sealed := seal(t, key, []byte("x"), nil)
+	dek := sealed.dek
+	var reqs []hsm.RewrapRequest
+	var sts []softwareTarget
+	dropped := false
+	for i := range 6 {
+		st := newSoftwareTarget(t, hsm.P256)
+		if i == 3 {
+			context := st.target.Context
+			st.target.Context = func(eph []byte) [32]byte {
+				if !dropped {
+					dropped = true
+					closeAllSessions(t, cfg)
+				}
+				return context(eph)
+			}
+		}
+		sts = append(sts, st)
+		req := sealed.req
+		reqs = append(reqs, hsm.RewrapRequest{KeyLabel: key.Label, Alg: key.Alg, KDF: hsm.KDFECBContext, PeerPublic: req.PeerPublic,
+			Context: req.Context, WrappedDEK: req.WrappedDEK, Targets: []hsm.WrapTarget{st.target}})
+	}
+	before := tok.Info().Rebuilds
+	for i, r := range tok.RewrapBatch(ctx, reqs) {
+		if r.Err != nil {
+			t.Fatalf("request %d: %v", i, r.Err)
+		}
+		if !bytes.Equal(sts[i].unwrap(t, r.Wrapped[0]), dek) {
+			t.Fatalf("request %d: wrong DEK", i)
+		}
+	}
+	if !dropped {
+		t.Fatal("the sessions were never dropped")
+	}
+	if got := tok.Info().Rebuilds - before; got != 1 {
+		t.Fatalf("Rebuilds went up by %d, want 1", got)
+	}
+	noSessionObjects(t, tok)
+}
+
 // TestRewrapBatchManyRecipients gives one batch more distinct recipients
 // than it keeps wrap keys for: the oldest are destroyed and every result is
 // still right, and nothing is left on the token.
