@@ -227,6 +227,22 @@ func (t *Token) Sign(ctx context.Context, label string, digest []byte) ([]byte, 
 	return sig, err
 }
 
+// RewrapBatch is hsm.Token.RewrapBatch, one observation per batch as op
+// "rewrap_batch": result "ok" when every request succeeded, else "error".
+func (t *Token) RewrapBatch(ctx context.Context, reqs []hsm.RewrapRequest) []hsm.RewrapResult {
+	start := time.Now()
+	res := t.Token.RewrapBatch(ctx, reqs)
+	var err error
+	for _, r := range res {
+		if r.Err != nil {
+			err = r.Err
+			break
+		}
+	}
+	t.observe("rewrap_batch", start, err)
+	return res
+}
+
 // GenerateKeyPair is hsm.Token.GenerateKeyPair, timed as op "generate".
 func (t *Token) GenerateKeyPair(ctx context.Context, spec hsm.KeySpec) (hsm.KeyInfo, error) {
 	start := time.Now()

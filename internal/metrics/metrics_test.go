@@ -109,6 +109,7 @@ func TestMetricsAfterWorkload(t *testing.T) {
 	}
 	mt.Sign(ctx, "missing", digest[:])
 	mt.Open(ctx, hsm.OpenRequest{KeyLabel: "missing"})
+	mt.RewrapBatch(ctx, []hsm.RewrapRequest{{KeyLabel: "missing"}})
 	for range 5 {
 		m.ObserveRequest("POST /v1/transactions/decrypt", "ok", 3*time.Millisecond)
 	}
@@ -126,6 +127,7 @@ func TestMetricsAfterWorkload(t *testing.T) {
 		{"custody_hsm_operation_duration_seconds", map[string]string{"op": "sign", "result": "ok"}, 3},
 		{"custody_hsm_operation_duration_seconds", map[string]string{"op": "sign", "result": "error"}, 1},
 		{"custody_hsm_operation_duration_seconds", map[string]string{"op": "open", "result": "error"}, 1},
+		{"custody_hsm_operation_duration_seconds", map[string]string{"op": "rewrap_batch", "result": "error"}, 1},
 		{"custody_requests_total", map[string]string{"route": "POST /v1/transactions/decrypt", "code": "ok"}, 5},
 		{"custody_requests_total", map[string]string{"route": "POST /v1/transactions/decrypt", "code": "purpose_denied"}, 1},
 		{"custody_request_duration_seconds", map[string]string{"route": "POST /v1/transactions/decrypt", "outcome": "error"}, 1},

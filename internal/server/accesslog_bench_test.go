@@ -26,6 +26,25 @@ func (r *switchRecorder) Record(ctx context.Context, e auditlog.Entry) error {
 	return nil
 }
 
+// durableLog opens the durable access log, as custodyd does, in a
+// temporary directory with its checkpoint key on d's token; closed at
+// cleanup.
+func durableLog(b *testing.B, d *server.Deps) *auditlog.Log {
+	ctx := context.Background()
+	cfg := auditlog.DefaultConfig()
+	cfg.Dir = b.TempDir()
+	s, _, err := auditlog.EnsureDeviceSigner(ctx, d.Token.(*hsm.Token), cfg.Origin, cfg.SigningKeyLabel, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := auditlog.Open(ctx, cfg, s, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	return l
+}
+
 // BenchmarkDecryptAccessLog measures decrypt throughput with every decision
 // made durable in the access log (group-committed fdatasync on this
 // machine's disk, checkpoints signed in the HSM) against no log at all,
@@ -34,19 +53,9 @@ func (r *switchRecorder) Record(ctx context.Context, e auditlog.Entry) error {
 func BenchmarkDecryptAccessLog(b *testing.B) {
 	rec := &switchRecorder{}
 	h := newHarnessWith(b, func(d *server.Deps) {
-		ctx := context.Background()
-		cfg := auditlog.DefaultConfig()
-		cfg.Dir = b.TempDir()
-		s, _, err := auditlog.EnsureDeviceSigner(ctx, d.Token.(*hsm.Token), cfg.Origin, cfg.SigningKeyLabel, time.Now())
-		if err != nil {
-			b.Fatal(err)
-		}
-		if rec.alog, err = auditlog.Open(ctx, cfg, s, nil); err != nil {
-			b.Fatal(err)
-		}
+		rec.alog = durableLog(b, d)
 		d.Recorder = rec
 	})
-	b.Cleanup(func() { rec.alog.Close() })
 	h.register("client-1")
 	body := fmt.Sprintf(`{"envelope":%q,"as":"client-1","purpose":"dispute"}`, h.seal("tx-l", "client-1"))
 	op := func() error {
