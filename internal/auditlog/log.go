@@ -3,6 +3,7 @@ package auditlog
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -92,9 +93,9 @@ type Log struct {
 	fault error // last write failure; nil when healthy
 
 	ckMu     sync.Mutex   // one checkpoint at a time
-	mu       sync.RWMutex // guards tree, offsets, latest, faultPub, ckErr
+	mu       sync.RWMutex // guards tree, starts, size (writes), latest, faultPub, ckErr
 	tree     tree
-	offsets  []int64 // offsets[i] = start of entry i; offsets[n] = committed size
+	starts   column // record i: the byte offset of entry i, 8 bytes big-endian
 	latest   Checkpoint
 	pubFault error
 	ckErr    error
@@ -190,6 +191,8 @@ func (l *Log) closeFiles() {
 			f.Close()
 		}
 	}
+	l.tree.hashes.close()
+	l.starts.close()
 }
 
 // checkPublicKey writes log.pub on first open, or checks it.
@@ -215,9 +218,11 @@ func (l *Log) recoverEntries() error {
 	if l.f, err = os.OpenFile(l.path(EntriesFile), os.O_RDWR|os.O_CREATE, 0o640); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	if st, err := l.f.Stat(); err == nil {
-		l.tree.hashes = make([]tlog.Hash, 0, 2*st.Size()/256+16)
-		l.offsets = make([]int64, 0, st.Size()/256+16)
+	if l.tree.hashes, err = newFileColumn(l.dir, tlog.HashSize); err != nil {
+		return err
+	}
+	if l.starts, err = newFileColumn(l.dir, 8); err != nil {
+		return err
 	}
 	// Entry bad (at byte badOff) is the first that is cut short or
 	// invalid. A crash leaves this only at the tail: nothing valid may
@@ -227,7 +232,7 @@ func (l *Log) recoverEntries() error {
 		switch {
 		case bad < 0 && lf.err == nil && lf.idx == i: // ParseEntry(line, i) accepts it
 			l.tree.appendLeafHash(lf.hash)
-			l.offsets = append(l.offsets, lf.off)
+			l.starts.append(binary.BigEndian.AppendUint64(nil, uint64(lf.off)))
 		case bad < 0:
 			bad, badOff = i, lf.off
 		case lf.err == nil: // a valid entry (at any index) after it
@@ -257,7 +262,6 @@ func (l *Log) recoverEntries() error {
 			"dir", l.dir, "entries_kept", bad, "offset", badOff, "bytes_dropped", sum.end+sum.torn-badOff)
 		l.size = badOff
 	}
-	l.offsets = append(l.offsets, l.size)
 	return nil
 }
 
@@ -434,15 +438,12 @@ func (l *Log) commit(batch []*request, buf []byte) []byte {
 	// Durable: add to the tree, then acknowledge.
 	l.mu.Lock()
 	start := 0
-	for i, end := range lines {
-		if err := l.tree.append(buf[start : end-1]); err != nil {
-			l.mu.Unlock()
-			panic(err) // cannot happen: the tree has every hash it reads
-		}
-		l.offsets[len(l.offsets)-1] = l.size + int64(start)
-		l.offsets = append(l.offsets, l.size+int64(end))
+	var off [8]byte
+	for _, end := range lines {
+		l.tree.append(buf[start : end-1])
+		binary.BigEndian.PutUint64(off[:], uint64(l.size+int64(start)))
+		l.starts.append(off[:])
 		start = end
-		_ = i
 	}
 	l.size += int64(len(buf))
 	if l.fault != nil {
@@ -716,12 +717,30 @@ func (l *Log) Entries(start, end int64) ([]RawEntry, error) {
 		return nil, fmt.Errorf("%w: entries [%d, %d) of %d (at most %d at a time)", ErrRange, start, end, n, MaxRead)
 	}
 	out := make([]RawEntry, end-start)
-	for i := range out {
-		out[i].Index = start + int64(i)
-		out[i].LeafHash = l.tree.leafHash(start + int64(i))
+	var from, to int64
+	err := func() error {
+		defer l.mu.RUnlock()
+		for i := range out {
+			out[i].Index = start + int64(i)
+			h, err := l.tree.leafHash(start + int64(i))
+			if err != nil {
+				return err
+			}
+			out[i].LeafHash = h
+		}
+		var err error
+		if from, err = l.start(start); err != nil {
+			return err
+		}
+		to = l.size
+		if end < n {
+			to, err = l.start(end)
+		}
+		return err
+	}()
+	if err != nil {
+		return nil, err
 	}
-	from, to := l.offsets[start], l.offsets[end]
-	l.mu.RUnlock()
 	buf := make([]byte, to-from)
 	if _, err := l.f.ReadAt(buf, from); err != nil {
 		return nil, fmt.Errorf("%w: reading entries: %v", ErrUnavailable, err)
@@ -737,6 +756,15 @@ func (l *Log) Entries(start, end int64) ([]RawEntry, error) {
 		}
 	}
 	return out, nil
+}
+
+// start is the byte offset of entry i in the entries file. l.mu held.
+func (l *Log) start(i int64) (int64, error) {
+	var b [8]byte
+	if err := l.starts.at(i, b[:]); err != nil {
+		return 0, err
+	}
+	return int64(binary.BigEndian.Uint64(b[:])), nil
 }
 
 // InclusionProof proves entry index is in the tree of the given size.
@@ -793,7 +821,11 @@ func proveInclusion(t *tree, index, size int64) (InclusionProof, error) {
 	if err != nil {
 		return InclusionProof{}, err
 	}
-	return InclusionProof{Index: index, Size: size, LeafHash: t.leafHash(index), Root: root, Proof: nonNil(p)}, nil
+	leaf, err := t.leafHash(index)
+	if err != nil {
+		return InclusionProof{}, err
+	}
+	return InclusionProof{Index: index, Size: size, LeafHash: leaf, Root: root, Proof: nonNil(p)}, nil
 }
 
 func proveConsistency(t *tree, old, size int64) (ConsistencyProof, error) {

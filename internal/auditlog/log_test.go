@@ -110,6 +110,70 @@ func TestRecordVerifyProve(t *testing.T) {
 	l.Close()
 }
 
+// TestIndexMemoryBounded records 20,000 entries (1.4 MB of hashes and
+// offsets): the log keeps at most two flush thresholds of them in memory,
+// and entries, inclusion and consistency proofs read back right from the
+// index files, before and after a reopen, which leaves no file behind.
+func TestIndexMemoryBounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := openLog(t, testConfig(dir))
+	ctx := context.Background()
+	const n = 20000
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := g; i < n; i += 16 {
+				if err := l.Record(ctx, entry(i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	check := func(l *auditlog.Log) {
+		t.Helper()
+		if m := auditlog.IndexMemory(l); m > 2*256<<10 {
+			t.Fatalf("%d bytes of index in memory after %d entries", m, n)
+		}
+		for _, r := range [][2]int64{{0, 1000}, {9500, 10500}, {n - 1000, n}} {
+			es, err := l.Entries(r[0], r[1])
+			if err != nil || len(es) != int(r[1]-r[0]) {
+				t.Fatalf("Entries%v: %d, %v", r, len(es), err)
+			}
+			for _, e := range es {
+				if _, _, err := auditlog.ParseEntry(e.Data, e.Index); err != nil {
+					t.Fatalf("entry %d: %v", e.Index, err)
+				}
+			}
+		}
+		for _, i := range []int64{0, 4321, n - 1} {
+			p, err := l.ProveInclusion(i, n)
+			if err != nil || p.Check() != nil {
+				t.Fatalf("inclusion of %d: %v %v", i, err, p.Check())
+			}
+		}
+		c, err := l.ProveConsistency(777, n)
+		if err != nil || c.Check() != nil {
+			t.Fatalf("consistency: %v %v", err, c.Check())
+		}
+	}
+	check(l)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, testConfig(dir))
+	check(l)
+	l.Close()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".index") {
+			t.Fatalf("index file %s left in the log directory", e.Name())
+		}
+	}
+}
+
 func TestOneWriter(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t.TempDir())

@@ -2,9 +2,11 @@ package auditlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -12,30 +14,102 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// TestAppendLeafHash: the tree built from leaf hashes stores exactly
-// tlog.StoredHashes' hashes, and its roots are tlog's.
-func TestAppendLeafHash(t *testing.T) {
-	var ref, got tree
+// refHashes is tlog's own stored-hash list, built with tlog.StoredHashes.
+type refHashes []tlog.Hash
+
+func (r refHashes) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		out[i] = r[x]
+	}
+	return out, nil
+}
+
+// TestTreeMatchesTlog: a tree, in memory and in a file written out every 5
+// hashes, stores exactly tlog.StoredHashes' hashes, and its roots and
+// inclusion proofs are tlog's.
+func TestTreeMatchesTlog(t *testing.T) {
+	inFile, err := newFileColumn(t.TempDir(), tlog.HashSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inFile.close()
+	inFile.flushAt = 5 * tlog.HashSize
+	trees := map[string]*tree{"memory": {}, "file": {hashes: inFile}}
+	var ref refHashes
 	for i := range 1100 {
 		leaf := []byte(strings.Repeat("x", i%7) + string(rune('a'+i%26)))
-		if err := ref.append(leaf); err != nil {
+		hs, err := tlog.StoredHashes(int64(i), leaf, ref)
+		if err != nil {
 			t.Fatal(err)
 		}
-		got.appendLeafHash(tlog.RecordHash(leaf))
-		if got.n != ref.n || len(got.hashes) != len(ref.hashes) {
-			t.Fatalf("leaf %d: %d leaves, %d hashes; tlog %d, %d", i, got.n, len(got.hashes), ref.n, len(ref.hashes))
+		ref = append(ref, hs...)
+		for _, tr := range trees {
+			tr.append(leaf)
 		}
 	}
-	for i := range ref.hashes {
-		if got.hashes[i] != ref.hashes[i] {
-			t.Fatalf("stored hash %d differs", i)
+	if trees["file"].hashes.flushed == 0 {
+		t.Fatal("the file-backed tree wrote nothing to its file")
+	}
+	for name, tr := range trees {
+		if tr.n != 1100 || tr.hashes.len() != int64(len(ref)) {
+			t.Fatalf("%s: %d leaves, %d hashes; tlog 1100, %d", name, tr.n, tr.hashes.len(), len(ref))
+		}
+		got, err := tr.ReadHashes(func() (idx []int64) {
+			for i := range ref {
+				idx = append(idx, int64(i))
+			}
+			return idx
+		}())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ref {
+			if got[i] != ref[i] {
+				t.Fatalf("%s: stored hash %d differs", name, i)
+			}
+		}
+		for _, size := range []int64{0, 1, 2, 3, 7, 8, 9, 1023, 1024, 1025, 1100} {
+			want, _ := tlog.TreeHash(size, ref)
+			if got, err := tr.root(size); err != nil || got != want {
+				t.Fatalf("%s: root of %d differs (%v)", name, size, err)
+			}
+		}
+		for _, idx := range []int64{0, 5, 511, 1099} {
+			p, err := proveInclusion(tr, idx, 1100)
+			if err != nil || p.Check() != nil {
+				t.Fatalf("%s: inclusion of %d: %v / %v", name, idx, err, p.Check())
+			}
 		}
 	}
-	for _, size := range []int64{0, 1, 2, 3, 7, 8, 9, 1023, 1024, 1025, 1100} {
-		a, _ := ref.root(size)
-		b, _ := got.root(size)
-		if a != b {
-			t.Fatalf("root of %d differs", size)
+	if _, err := trees["file"].ReadHashes([]int64{int64(len(ref))}); !errors.Is(err, ErrRange) {
+		t.Fatalf("hash past the end: %v, want ErrRange", err)
+	}
+}
+
+// TestColumnWriteFails: when the index file cannot be written (disk full),
+// records stay in memory and read back; nothing is lost.
+func TestColumnWriteFails(t *testing.T) {
+	p := t.TempDir() + "/ro"
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p) // read-only: every WriteAt fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := column{size: 8, f: f, flushAt: 16}
+	for i := range 10 {
+		c.append(binary.BigEndian.AppendUint64(nil, uint64(i)))
+	}
+	if c.len() != 10 || c.flushed != 0 {
+		t.Fatalf("len %d, flushed %d", c.len(), c.flushed)
+	}
+	var b [8]byte
+	for i := range int64(10) {
+		if err := c.at(i, b[:]); err != nil || binary.BigEndian.Uint64(b[:]) != uint64(i) {
+			t.Fatalf("record %d: %v %x", i, err, b)
 		}
 	}
 }

@@ -11,55 +11,49 @@ import (
 var ErrRange = errors.New("auditlog: out of range")
 
 // tree holds every stored hash of the RFC 6962 tree (tlog's layout: about
-// two hashes per leaf, 64 bytes per entry in memory). Hashing is tlog's:
-// leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left || right).
-// Not safe for concurrent use; Log guards it.
+// two hashes per leaf, 64 bytes per entry) in a column: in memory for the
+// offline tools, in a file with a bounded tail in memory for a Log. Hashing
+// is tlog's: leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left ||
+// right). The zero tree keeps everything in memory. Not safe for concurrent
+// use; Log guards it.
 type tree struct {
 	n      int64
-	hashes []tlog.Hash
+	hashes column
+	// frontier[l] is the last hash stored at level l: the left sibling of
+	// the next node made at that level, so appends never read the column.
+	frontier [64]tlog.Hash
 }
 
+// ReadHashes is tlog.HashReader.
 func (t *tree) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
-		if x < 0 || x >= int64(len(t.hashes)) {
-			return nil, fmt.Errorf("%w: stored hash %d of %d", ErrRange, x, len(t.hashes))
+		if err := t.hashes.at(x, out[i][:]); err != nil {
+			return nil, fmt.Errorf("stored hash %d: %w", x, err)
 		}
-		out[i] = t.hashes[x]
 	}
 	return out, nil
 }
 
 // append adds one leaf (the encoded entry).
-func (t *tree) append(leaf []byte) error {
-	hs, err := tlog.StoredHashes(t.n, leaf, t)
-	if err != nil {
-		return err
-	}
-	t.hashes = append(t.hashes, hs...)
-	t.n++
-	return nil
-}
+func (t *tree) append(leaf []byte) { t.appendLeafHash(tlog.RecordHash(leaf)) }
 
-// appendLeafHash adds one leaf by its hash (tlog.RecordHash of the entry):
-// tlog.StoredHashesForRecordHash without its allocations, reading the
-// left siblings straight from t.hashes.
+// appendLeafHash adds one leaf by its hash (tlog.RecordHash of the entry),
+// storing what tlog.StoredHashesForRecordHash would.
 func (t *tree) appendLeafHash(h tlog.Hash) {
-	n := t.n
-	t.hashes = append(t.hashes, h)
-	for l := 0; (n>>l)&1 == 1; l++ {
-		h = tlog.NodeHash(t.hashes[tlog.StoredHashIndex(l, n>>l-1)], h)
-		t.hashes = append(t.hashes, h)
+	if t.hashes.size == 0 {
+		t.hashes.size = tlog.HashSize
+	}
+	for level := 0; ; level++ {
+		left := t.frontier[level]
+		t.hashes.append(h[:])
+		t.frontier[level] = h
+		if (t.n>>level)&1 == 0 {
+			break
+		}
+		h = tlog.NodeHash(left, h)
 	}
 	t.n++
-}
-
-// truncate forgets leaves from n on.
-func (t *tree) truncate(n int64) {
-	if n < t.n {
-		t.hashes = t.hashes[:tlog.StoredHashCount(n)]
-		t.n = n
-	}
 }
 
 func (t *tree) root(size int64) (tlog.Hash, error) {
@@ -69,7 +63,11 @@ func (t *tree) root(size int64) (tlog.Hash, error) {
 	return tlog.TreeHash(size, t)
 }
 
-func (t *tree) leafHash(i int64) tlog.Hash { return t.hashes[tlog.StoredHashIndex(0, i)] }
+func (t *tree) leafHash(i int64) (tlog.Hash, error) {
+	var h tlog.Hash
+	err := t.hashes.at(tlog.StoredHashIndex(0, i), h[:])
+	return h, err
+}
 
 func (t *tree) inclusion(index, size int64) (tlog.RecordProof, error) {
 	if size < 1 || size > t.n || index < 0 || index >= size {

@@ -201,7 +201,7 @@ func scanTree(dir string, each func(i int64, l *leaf)) (*tree, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	t := &tree{hashes: make([]tlog.Hash, 0, 2*st.Size()/256+16)}
+	t := &tree{hashes: column{size: tlog.HashSize, tail: make([]byte, 0, 2*tlog.HashSize*(st.Size()/256+16))}}
 	sum, err := scanLeaves(f, scanOptions{}, func(i int64, l *leaf) error {
 		if each != nil {
 			each(i, l)
