@@ -131,6 +131,12 @@ func (st softwareTarget) unwrap(t testing.TB, r hsm.Rewrapped) []byte {
 	return dek
 }
 
+// rewrapOf is the rewrap request for the DEK of an open request, to targets.
+func rewrapOf(o hsm.OpenRequest, targets ...hsm.WrapTarget) hsm.RewrapRequest {
+	return hsm.RewrapRequest{KeyLabel: o.KeyLabel, Alg: o.Alg, KDF: o.KDF, PeerPublic: o.PeerPublic,
+		Context: o.Context, WrappedDEK: bytes.Clone(o.WrappedDEK), Targets: targets}
+}
+
 // TestRewrapBatch runs good, tampered and unknown-key requests in one
 // batch: each good one gives the DEK it was sealed with to every target
 // (checked in software), the bad ones fail on their own without stopping
@@ -146,17 +152,8 @@ func TestRewrapBatch(t *testing.T) {
 	var reqs []hsm.RewrapRequest
 	var deks [][]byte
 	for i := range 5 {
-		dek := make([]byte, 32)
-		rand.Read(dek)
-		ephPub, z := ecdhSoftware(t, key.Alg, key.Public)
-		var context [32]byte
-		rand.Read(context[:])
-		wrapped, err := wrapPad(ecb(t, z, context[:]), dek)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req := hsm.RewrapRequest{KeyLabel: key.Label, Alg: key.Alg, KDF: hsm.KDFECBContext, PeerPublic: ephPub,
-			Context: context, WrappedDEK: wrapped, Targets: []hsm.WrapTarget{targets[0].target, targets[1].target}}
+		sealed := seal(t, key, []byte("x"), nil)
+		req := rewrapOf(sealed.req, targets[0].target, targets[1].target)
 		switch i {
 		case 1:
 			req.WrappedDEK[20] ^= 1
@@ -164,7 +161,7 @@ func TestRewrapBatch(t *testing.T) {
 			req.KeyLabel = "not-on-the-token"
 		}
 		reqs = append(reqs, req)
-		deks = append(deks, dek)
+		deks = append(deks, sealed.dek)
 	}
 	res := tok.RewrapBatch(ctx, reqs)
 	if len(res) != len(reqs) {
@@ -236,9 +233,7 @@ func TestRewrapBatchSessionLoss(t *testing.T) {
 			}
 		}
 		sts = append(sts, st)
-		req := sealed.req
-		reqs = append(reqs, hsm.RewrapRequest{KeyLabel: key.Label, Alg: key.Alg, KDF: hsm.KDFECBContext, PeerPublic: req.PeerPublic,
-			Context: req.Context, WrappedDEK: req.WrappedDEK, Targets: []hsm.WrapTarget{st.target}})
+		reqs = append(reqs, rewrapOf(sealed.req, st.target))
 	}
 	before := tok.Info().Rebuilds
 	for i, r := range tok.RewrapBatch(ctx, reqs) {
@@ -266,23 +261,15 @@ func TestRewrapBatchManyRecipients(t *testing.T) {
 	tok, _ := openToken(t)
 	ctx := testCtx(t)
 	key := genKey(t, tok, "batch-many", hsm.X25519, hsm.UsageDerive)
-	dek := make([]byte, 32)
-	rand.Read(dek)
-	ephPub, z := ecdhSoftware(t, key.Alg, key.Public)
-	var context [32]byte
-	rand.Read(context[:])
-	wrapped, err := wrapPad(ecb(t, z, context[:]), dek)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sealed := seal(t, key, []byte("x"), nil)
+	dek := sealed.dek
 	n := hsm.MaxBatchRecipients + 10
 	var sts []softwareTarget
 	var reqs []hsm.RewrapRequest
 	for range n {
 		st := newSoftwareTarget(t, hsm.X25519)
 		sts = append(sts, st)
-		reqs = append(reqs, hsm.RewrapRequest{KeyLabel: key.Label, Alg: key.Alg, KDF: hsm.KDFECBContext, PeerPublic: ephPub,
-			Context: context, WrappedDEK: wrapped, Targets: []hsm.WrapTarget{st.target, sts[0].target}})
+		reqs = append(reqs, rewrapOf(sealed.req, st.target, sts[0].target))
 	}
 	for i, r := range tok.RewrapBatch(ctx, reqs) {
 		if r.Err != nil {
@@ -455,8 +442,7 @@ func BenchmarkRewrapVsOpen(b *testing.B) {
 	key := genKey(b, tok, "bench-rewrap", hsm.X25519, hsm.UsageDerive)
 	s := seal(b, key, make([]byte, 256), []byte("aad")).req
 	st := newSoftwareTarget(b, hsm.X25519)
-	req := hsm.RewrapRequest{KeyLabel: key.Label, Alg: key.Alg, KDF: hsm.KDFECBContext, PeerPublic: s.PeerPublic,
-		Context: s.Context, WrappedDEK: s.WrappedDEK, Targets: []hsm.WrapTarget{st.target}}
+	req := rewrapOf(s, st.target)
 	b.Run("open", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
