@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,6 +198,12 @@ func BenchmarkRewrap100kStreaming(b *testing.B) {
 			b.ReportMetric(float64(m)/1024, fmt.Sprintf("daemon-rss-q%d-MiB", q+1))
 		}
 		b.ReportMetric(n/d.Seconds(), "rewraps/s")
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "daemon-go-heap-MiB")
+		b.ReportMetric(float64(ms.Sys)/(1<<20), "daemon-go-sys-MiB")
+		b.ReportMetric(float64(ms.HeapIdle-ms.HeapReleased)/(1<<20), "daemon-go-idle-MiB")
+		b.ReportMetric(float64(h.token.Info().Recycles), "module-recycles")
 		b.Logf("%s", strings.TrimSpace(stdout.String()))
 	}
 }
