@@ -1,6 +1,9 @@
 package hsm
 
-import "errors"
+import (
+	"context"
+	"errors"
+)
 
 // Sentinel errors. Callers branch on these with errors.Is; the wrapped cause
 // (a PKCS#11 return code, say) is for logs only.
@@ -80,4 +83,20 @@ type OpenRequest struct {
 	Nonce      []byte   // 12-byte GCM nonce
 	Ciphertext []byte   // GCM ciphertext followed by its 16-byte tag
 	AAD        []byte   // additional authenticated data
+}
+
+type backgroundKey struct{}
+
+// WithBackground marks ctx for bulk work that must not slow the others: a
+// token call made with it takes a session only when no call without it is
+// waiting for one, and RewrapBatch gives its session back between requests
+// as soon as one is (starting again afterwards with new wrap keys).
+func WithBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+// IsBackground reports whether ctx was marked by WithBackground.
+func IsBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
 }

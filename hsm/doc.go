@@ -51,6 +51,13 @@
 // and an entry is dropped on CKR_OBJECT_HANDLE_INVALID (the key deleted by
 // another process) and looked up once more.
 //
+// Bulk work runs in the background (WithBackground on its context): its
+// calls take a session only when no other call is waiting for one (for up
+// to 50 ms, so that it still moves under a saturating load), and a
+// background RewrapBatch gives its session back between two requests as
+// soon as another call waits. A rewrap job then costs the applications'
+// decrypts at most about one rewrap each in waiting, instead of a batch.
+//
 // # Recovery
 //
 // A call that fails with a "session or token lost" code

@@ -49,6 +49,9 @@ type pool struct {
 	recycleAfter uint64
 	created      atomic.Uint64 // session objects created since the last recycle
 
+	waiting atomic.Int32  // foreground borrowers blocked in borrow
+	yields  atomic.Uint64 // background batches that gave their session back to one
+
 	mu       sync.Mutex
 	gen      uint64
 	slot     uint
@@ -145,8 +148,18 @@ func (p *pool) start() error {
 }
 
 // borrow takes a session, waiting for one if all are in use. While the pool
-// is broken it triggers a rebuild (rate-limited) instead of waiting.
+// is broken it triggers a rebuild (rate-limited) instead of waiting. A
+// borrower with a background context (WithBackground) lets every waiting
+// foreground borrower go first, for up to backgroundMaxWait.
 func (p *pool) borrow(ctx context.Context) (session, error) {
+	background := IsBackground(ctx)
+	deferUntil := time.Now().Add(backgroundMaxWait)
+	waiting := false
+	defer func() {
+		if waiting {
+			p.waiting.Add(-1)
+		}
+	}()
 	for {
 		p.mu.Lock()
 		closed, broken, bch, gen := p.closed, p.broken, p.brokenCh, p.gen
@@ -160,23 +173,69 @@ func (p *pool) borrow(ctx context.Context) (session, error) {
 			}
 			continue
 		}
+		if background && time.Now().After(deferUntil) {
+			background = false // waited long enough: in line like the others
+		}
+		if background && p.contended() {
+			select {
+			case <-time.After(backgroundPoll):
+				continue
+			case <-ctx.Done():
+				return session{}, ctx.Err()
+			}
+		}
 		select {
 		case s := <-p.free:
-			p.mu.Lock()
-			current := s.gen == p.gen && !p.closed
-			if current {
-				p.out[s.gen]++
-			}
-			p.mu.Unlock()
-			if current {
+			if p.take(s) {
 				return s, nil
 			}
-			// Taken from free just before a rebuild drained it: drop it.
+			continue
+		default:
+		}
+		if !background && !waiting {
+			waiting = true
+			p.waiting.Add(1)
+		}
+		select {
+		case s := <-p.free:
+			if !p.take(s) {
+				continue
+			}
+			if background && p.contended() {
+				// A foreground call started waiting while this one was:
+				// it goes first.
+				p.release(s, true)
+				continue
+			}
+			return s, nil
 		case <-bch:
 		case <-ctx.Done():
 			return session{}, ctx.Err()
 		}
 	}
+}
+
+// A background borrower looks again every backgroundPoll while foreground
+// borrowers wait; after backgroundMaxWait it queues like any other, so that
+// bulk work still moves under a saturating load.
+const (
+	backgroundPoll    = 200 * time.Microsecond
+	backgroundMaxWait = 50 * time.Millisecond
+)
+
+// contended reports whether a foreground borrower is waiting for a session.
+func (p *pool) contended() bool { return p.waiting.Load() > 0 }
+
+// take marks s borrowed if it is of the current generation; a session taken
+// from free just before a rebuild drained it is dropped (false).
+func (p *pool) take(s session) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	current := s.gen == p.gen && !p.closed
+	if current {
+		p.out[s.gen]++
+	}
+	return current
 }
 
 // release gives a borrowed session back. It returns to free only if it is

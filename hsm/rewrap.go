@@ -91,6 +91,10 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 // the same ephemeral public key, so they can be linked to that batch; see
 // docs/envelope.md.
 //
+// With a background context (WithBackground) the batch gives its session
+// back between two requests whenever another call waits for one, and goes
+// on with what is left when it gets one again (with new wrap keys).
+//
 // Every session object is destroyed before RewrapBatch returns; results
 // hold only public values. Results are per request, in order:
 // ErrInvalidRequest for wrong lengths, an unknown algorithm or KDF, no or
@@ -125,36 +129,54 @@ func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapR
 		return res
 	}
 	var created uint64
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		b := &rewrapBatch{t: t, h: h, wrapKeys: map[string]wrapKey{}}
-		defer func() {
-			b.destroyWrapKeys()
-			created += b.created
-		}()
-		for i, req := range reqs {
-			if done[i] {
-				continue
+	b := &rewrapBatch{t: t, wrapKeys: map[string]wrapKey{}}
+	background := IsBackground(ctx)
+	var err error
+	for {
+		yielded := false
+		err = t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+			b.h = h
+			defer func() {
+				// The wrap keys go with the session: a new borrow makes new ones.
+				b.destroyWrapKeys()
+				created += b.created
+				b.created = 0
+			}()
+			did := 0
+			for i, req := range reqs {
+				if done[i] {
+					continue
+				}
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if background && did > 0 && t.pool.contended() {
+					yielded = true
+					t.pool.yields.Add(1)
+					return nil
+				}
+				did++
+				var out []Rewrapped
+				err := t.withKey(h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
+					var err error
+					out, err = b.rewrap(key, req)
+					return err
+				})
+				if err = t.pool.diagnose(h, err); isLost(err) {
+					return err // withSession rebuilds and runs what is left on a new session
+				}
+				if err != nil {
+					fail(i, err)
+					continue
+				}
+				res[i], done[i] = RewrapResult{Wrapped: out}, true
 			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			var out []Rewrapped
-			err := t.withKey(h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
-				var err error
-				out, err = b.rewrap(key, req)
-				return err
-			})
-			if err = t.pool.diagnose(h, err); isLost(err) {
-				return err // withSession rebuilds and runs what is left on a new session
-			}
-			if err != nil {
-				fail(i, err)
-				continue
-			}
-			res[i], done[i] = RewrapResult{Wrapped: out}, true
+			return nil
+		})
+		if err != nil || !yielded {
+			break
 		}
-		return nil
-	})
+	}
 	t.pool.noteSessionObjects(ctx, created)
 	if err != nil {
 		for i := range reqs {

@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
 	"custody/hsm"
+	"custody/hsm/hsmtest"
 	"custody/internal/keywrap"
 	"custody/internal/pop"
 )
@@ -249,6 +252,52 @@ func TestRewrapBatchSessionLoss(t *testing.T) {
 	}
 	if got := tok.Info().Rebuilds - before; got != 1 {
 		t.Fatalf("Rebuilds went up by %d, want 1", got)
+	}
+	noSessionObjects(t, tok)
+}
+
+// TestRewrapBatchYields runs a background batch of 400 rewraps on a token
+// with one session while foreground opens come one every few milliseconds:
+// the batch gives the session to the waiting opens (Info().Yields), which
+// all finish while the batch still runs, and every rewrap is still right.
+func TestRewrapBatchYields(t *testing.T) {
+	t.Parallel()
+	cfg := hsmtest.NewToken(t)
+	cfg.Sessions = 1
+	tok, err := hsm.Open(testCtx(t), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	ctx := testCtx(t)
+	key := genKey(t, tok, "yield", hsm.X25519, hsm.UsageDerive)
+	sealed := seal(t, key, []byte("live"), nil)
+	st := newSoftwareTarget(t, hsm.P256)
+	reqs := make([]hsm.RewrapRequest, 400)
+	for i := range reqs {
+		reqs[i] = rewrapOf(sealed.req, st.target)
+	}
+	done := make(chan []hsm.RewrapResult, 1)
+	go func() { done <- tok.RewrapBatch(hsm.WithBackground(ctx), reqs) }()
+	for range 10 {
+		time.Sleep(3 * time.Millisecond) // pacing, not a measurement
+		if got, err := tok.Open(ctx, sealed.req); err != nil || string(got) != "live" {
+			t.Fatalf("open during the batch: %q, %v", got, err)
+		}
+	}
+	select {
+	case <-done:
+		t.Fatal("the batch finished before the 10 opens: it did not give way (or the machine is far slower than expected)")
+	default:
+	}
+	res := <-done
+	for i, r := range res {
+		if r.Err != nil || !bytes.Equal(st.unwrap(t, r.Wrapped[0]), sealed.dek) {
+			t.Fatalf("request %d: %v", i, r.Err)
+		}
+	}
+	if y := tok.Info().Yields; y == 0 {
+		t.Fatal("no yield")
 	}
 	noSessionObjects(t, tok)
 }

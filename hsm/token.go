@@ -193,6 +193,9 @@ type TokenInfo struct {
 	Recycles uint64
 	// InUse is the number of sessions borrowed right now.
 	InUse int
+	// Yields counts the times a background RewrapBatch gave its session
+	// back because another call was waiting (WithBackground).
+	Yields uint64
 }
 
 // Info returns the token's identity and pool statistics. It does not call
@@ -200,6 +203,7 @@ type TokenInfo struct {
 func (t *Token) Info() TokenInfo {
 	i := t.info
 	i.Sessions, i.InUse, i.Rebuilds, i.Recycles = t.pool.stats()
+	i.Yields = t.pool.yields.Load()
 	return i
 }
 

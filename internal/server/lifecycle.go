@@ -97,8 +97,11 @@ type rewrapOutcome struct {
 // order. They are cut into as many contiguous shards as the token has
 // sessions; a shard is one RewrapBatch on the device, so the stanzas it
 // writes for one recipient key share an ephemeral key (hsm.RewrapBatch).
-// One item's failure does not stop the others.
+// One item's failure does not stop the others. Rewrap is bulk work: its
+// token calls run in the background (hsm.WithBackground) and give way to
+// every other request waiting for a session.
 func (s *Server) rewrapItems(ctx context.Context, rq *request, items []rewrapItem) []rewrapOutcome {
+	ctx = hsm.WithBackground(ctx)
 	out := make([]rewrapOutcome, len(items))
 	shards := max(1, min(s.Token.Info().Sessions, len(items)))
 	size := (len(items) + shards - 1) / shards
