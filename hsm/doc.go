@@ -122,10 +122,12 @@
 // per ECDH derive on an X25519 key, and C_Finalize does not give them back
 // (measured outside this package, plain miekg/pkcs11 calls: 12,000 derives
 // per C_Finalize cycle grow the process by 1.7 MB a cycle; P-256 derives and
-// AES derives stay flat). Every open, rewrap and proof of possession with an
-// X25519 key does one, so on SoftHSM custodyd's resident set grows about
-// 15 MB per 100,000 of them (BenchmarkRewrap100kStreaming shows it while
-// the Go heap stays at 6 MiB). A restart gives it back; a hardware or
+// AES derives stay flat). SoftHSMv2 issue 896 reports the same kind of leak
+// (ASN.1 decoding in OpenSSL) for every use of an EdDSA-type key, which is
+// how SoftHSM holds X25519 keys. Every open, rewrap and proof of possession
+// with an X25519 key does one derive, so on SoftHSM custodyd's resident set
+// grows about 15 MB per 100,000 of them (BenchmarkRewrap100kStreaming shows
+// it while the Go heap stays at 6 MiB). A restart gives it back; a hardware or
 // network HSM does not run inside the daemon's process.
 //
 // # Why not crypto11
