@@ -1,10 +1,17 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"custody/hsm"
 	"custody/internal/server"
@@ -66,4 +73,63 @@ func TestPerCallerLimit(t *testing.T) {
 	if st, out := h.call("POST", "/v1/transactions/decrypt", body); st != 200 {
 		t.Errorf("after the flood: %d %v", st, out)
 	}
+}
+
+// TestStalledClientsReleaseTheirSlot: with request_timeout 1s and one
+// in-flight slot per caller, a client that sends a stream request's headers
+// and then nothing, and one that sends a whole stream but never reads the
+// answer, each lose their connection after the timeout, and the caller can
+// be served again.
+func TestStalledClientsReleaseTheirSlot(t *testing.T) {
+	h := newHarnessWith(t, func(d *server.Deps) {
+		d.Limits.MaxInFlightPerCaller = 1
+		d.Limits.RequestTimeout = "1s"
+	})
+	h.register("miner-1")
+	in := filepath.Join(t.TempDir(), "in.jsonl")
+	h.sealMany(t, 300, in)
+	lines, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, send := range map[string]func(c net.Conn){
+		"silent body": func(c net.Conn) {
+			fmt.Fprintf(c, "POST /v1/envelopes/rewrap/stream HTTP/1.1\r\nHost: custody\r\nContent-Length: 100000\r\n\r\n{\"envelope\":")
+		},
+		"never reads": func(c net.Conn) {
+			// 6 MB of answers, never read: the socket buffers fill up and
+			// the daemon stops reading too (so the body is sent aside).
+			body := bytes.Repeat(lines, 30)
+			fmt.Fprintf(c, "POST /v1/envelopes/rewrap/stream HTTP/1.1\r\nHost: custody\r\nContent-Length: %d\r\n\r\n", len(body))
+			go c.Write(body)
+		},
+	} {
+		c, err := net.Dial("unix", h.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		send(c)
+		// The slot is taken (nothing else competes for it now): a second
+		// request of root is refused...
+		time.Sleep(300 * time.Millisecond)
+		if st, out := h.call("GET", "/v1/health", nil); st != 429 {
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			got, _ := io.ReadAll(io.LimitReader(c, 400))
+			t.Fatalf("%s: the stalled request does not hold the slot: %d %v; it answered %q", name, st, errCode(out), got)
+		}
+		// ...until the stalled request times out.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, _ := h.call("GET", "/v1/health", nil)
+			if st == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the slot was not released after request_timeout", name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		c.Close()
+	}
+	noLeftovers(t, h)
 }

@@ -106,13 +106,29 @@ func New(d Deps) *Server {
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s; see docs/api.md", r.Method, r.URL.Path))
 	})
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           s.withDeadlines(mux),
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
 	}
 	return s
+}
+
+// withDeadlines sets the connection's read and write deadlines for each
+// request: limits.request_timeout bounds the connection too, so a client
+// that stops sending its body or stops reading the answer cannot hold a
+// handler (and its caller's in-flight slot) past it. The write deadline
+// leaves a second to send the timeout's error. Every request sets them
+// afresh, so a kept-alive connection never carries an old one.
+func (s *Server) withDeadlines(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dl := time.Now().Add(s.Limits.Timeout())
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(dl)
+		_ = rc.SetWriteDeadline(dl.Add(time.Second))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Serve accepts connections on ln until Shutdown.
