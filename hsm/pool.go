@@ -152,7 +152,8 @@ func (p *pool) start() error {
 // borrower with a background context (WithBackground) lets every waiting
 // foreground borrower go first, for up to backgroundMaxWait.
 func (p *pool) borrow(ctx context.Context) (session, error) {
-	background := IsBackground(ctx)
+	foreground := !IsBackground(ctx)
+	deferring := !foreground // background, and not yet for backgroundMaxWait
 	deferUntil := time.Now().Add(backgroundMaxWait)
 	waiting := false
 	defer func() {
@@ -173,10 +174,10 @@ func (p *pool) borrow(ctx context.Context) (session, error) {
 			}
 			continue
 		}
-		if background && time.Now().After(deferUntil) {
-			background = false // waited long enough: in line like the others
+		if deferring && time.Now().After(deferUntil) {
+			deferring = false // waited long enough: in line like the others
 		}
-		if background && p.contended() {
+		if deferring && p.contended() {
 			select {
 			case <-time.After(backgroundPoll):
 				continue
@@ -192,7 +193,7 @@ func (p *pool) borrow(ctx context.Context) (session, error) {
 			continue
 		default:
 		}
-		if !background && !waiting {
+		if foreground && !waiting {
 			waiting = true
 			p.waiting.Add(1)
 		}
@@ -201,7 +202,7 @@ func (p *pool) borrow(ctx context.Context) (session, error) {
 			if !p.take(s) {
 				continue
 			}
-			if background && p.contended() {
+			if deferring && p.contended() {
 				// A foreground call started waiting while this one was:
 				// it goes first.
 				p.release(s, true)
