@@ -114,6 +114,8 @@ func (m *Metrics) WatchToken(t TokenSource) {
 			info(func(i hsm.TokenInfo) float64 { return float64(i.Rebuilds) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_module_recycles_total", Help: "PKCS#11 module re-initializations that freed retained session objects (SoftHSM)."},
 			info(func(i hsm.TokenInfo) float64 { return float64(i.Recycles) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_background_yields_total", Help: "Times a background rewrap batch gave its HSM session to a waiting request."},
+			info(func(i hsm.TokenInfo) float64 { return float64(i.Yields) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_token_up", Help: "1 if the token answered a ping at scrape time, else 0."},
 			func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -137,6 +137,7 @@ func TestMetricsAfterWorkload(t *testing.T) {
 		{"custody_hsm_sessions", nil, float64(tok.Info().Sessions)},
 		{"custody_hsm_sessions_in_use", nil, 0},
 		{"custody_hsm_pool_rebuilds_total", nil, 0},
+		{"custody_hsm_background_yields_total", nil, 0},
 	} {
 		if got := value(t, fams, tc.name, tc.labels); got != tc.want {
 			t.Errorf("%s %v = %v, want %v", tc.name, tc.labels, got, tc.want)
