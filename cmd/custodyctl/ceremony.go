@@ -23,7 +23,7 @@ A ceremony step is a request that M other officers approve, each as their own Un
 within its window; then any officer executes it, once.
 
   request KIND [--m M] [--n N] [--window D] [--manifest FILE] [--param k=v]
-        Open a request. KIND is genesis, backup, restore or rotate. --m: approvals needed
+        Open a request. KIND is genesis, backup, restore, rotate or retire. --m: approvals needed
         (and, for backup, the shares needed to restore; default 2); --n: backup shares to
         make, one per officer in file order (default: every officer); --window: how long
         approvals are accepted (default 1h, 1m to 24h); --manifest: restore only, the
@@ -60,6 +60,11 @@ within its window; then any officer executes it, once.
   rotate ID
         Execute an approved rotation: a new escrow key version for new envelopes; the
         older versions stay for decryption until envelopes are rewrapped.
+  retire ID
+        Execute an approved retirement: destroys an older escrow key version on the
+        token, for good. Request it with --param version=V --param rewrapped_count=N,
+        N from your last custodyctl rewrap run: envelopes still holding only a stanza
+        for version V can never be audit-decrypted again.
   cosign TRANSCRIPT --key FILE [--out FILE]
         Offline: add your signature (a note signer key, "PRIVATE+KEY+name+…", in FILE)
         to a signed transcript; rewrites TRANSCRIPT unless --out is given.
@@ -89,7 +94,7 @@ func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) erro
 		return c.ceremonyApprove(rest, stderr)
 	case "status":
 		return c.ceremonyStatus(rest)
-	case "genesis", "backup", "restore", "rotate":
+	case "genesis", "backup", "restore", "rotate", "retire":
 		return c.ceremonyExecute(sub, rest)
 	case "share":
 		if len(rest) > 0 && rest[0] == "decrypt" {

@@ -21,9 +21,10 @@ const (
 	KindBackup  = "backup"
 	KindRestore = "restore"
 	KindRotate  = "rotate"
+	KindRetire  = "retire"
 )
 
-var kinds = []string{KindGenesis, KindBackup, KindRestore, KindRotate}
+var kinds = []string{KindGenesis, KindBackup, KindRestore, KindRotate, KindRetire}
 
 // Request is a ceremony step waiting for M officers' approvals. Its
 // canonical text (Canonical) is what officers read, and its SHA-256 (Hash)

@@ -176,9 +176,14 @@ func (s *Server) newRequest(ctx context.Context, c *Ceremonies, o ceremony.Offic
 	}
 	var restore *ceremony.Restore
 	switch in.Kind {
-	case ceremony.KindGenesis, ceremony.KindRotate:
+	case ceremony.KindGenesis, ceremony.KindRotate, ceremony.KindRetire:
 		if in.N != 0 || in.Manifest != "" {
 			return none, badRequest("n and manifest are for backup and restore requests")
+		}
+		if in.Kind == ceremony.KindRetire {
+			if err := s.checkRetireParams(params); err != nil {
+				return none, err
+			}
 		}
 	case ceremony.KindBackup:
 		n := in.N
@@ -217,7 +222,7 @@ func (s *Server) newRequest(ctx context.Context, c *Ceremonies, o ceremony.Offic
 		params["backup_id"], params["key_label"], params["manifest_digest"] = m.BackupID, m.KeyLabel, hex.EncodeToString(sum[:])
 		restore = ceremony.NewRestore(m)
 	default:
-		return none, badRequest("kind: %q is not genesis, backup, restore or rotate", in.Kind)
+		return none, badRequest("kind: %q is not genesis, backup, restore, rotate or retire", in.Kind)
 	}
 	r, err := c.approvals.Create(o, in.Kind, params, in.M, window)
 	if err != nil {
@@ -457,6 +462,8 @@ func (s *Server) ceremonyExecute(kind string) handler {
 			err = s.runRestore(ctx, c, r, rs, t, out)
 		case ceremony.KindRotate:
 			err = s.runRotate(ctx, r, t, out)
+		case ceremony.KindRetire:
+			err = s.runRetire(ctx, r, t, out)
 		}
 		if err == nil {
 			err = s.writeTranscript(ctx, c, t, out, dir)
@@ -629,6 +636,56 @@ func (s *Server) runRotate(ctx context.Context, r ceremony.Request, t *ceremony.
 		}
 	}
 	fp := fingerprint(v.Label, v.Public, true)
+	out.Fingerprints = []fingerprintView{fp}
+	t.Fingerprints = append(t.Fingerprints, [2]string{fp.Label, fp.SHA256})
+	return nil
+}
+
+// checkRetireParams checks a retire request: "version", an escrow key
+// version that is neither active nor destroyed, and "rewrapped_count", the
+// number of envelopes the last rewrap run moved (the confirmation that
+// participant retirement asks for too). Both are rewritten in canonical
+// form, so that the text the officers approve says exactly what happens.
+func (s *Server) checkRetireParams(params map[string]string) error {
+	for k := range params {
+		if k != "version" && k != "rewrapped_count" {
+			return badRequest("param %s: a retire request takes version and rewrapped_count only", k)
+		}
+	}
+	n, err := strconv.ParseUint(params["version"], 10, 32)
+	if err != nil || n == 0 {
+		return badRequest("param version: %q is not an escrow key version (see custodyctl ceremony status)", params["version"])
+	}
+	count, err := strconv.ParseUint(params["rewrapped_count"], 10, 63)
+	if err != nil {
+		return errorf(http.StatusBadRequest, CodeRetireUnconfirmed, "retiring destroys the escrow key version for good, and with it every audit decrypt of an envelope not rewrapped: give --param rewrapped_count=N, the count of your last rewrap run")
+	}
+	v, err := s.Keys.EscrowVersion(uint32(n))
+	if err != nil {
+		return err
+	}
+	if active, err := s.Keys.Escrow(); err == nil && active.Number == v.Number {
+		return fmt.Errorf("%w: escrow v%d is active; rotate first", keys.ErrActiveVersion, n)
+	}
+	params["version"], params["rewrapped_count"] = strconv.FormatUint(n, 10), strconv.FormatUint(count, 10)
+	return nil
+}
+
+// runRetire destroys an older escrow key version on the token, as the
+// approved request says; the transcript names it by its fingerprint.
+func (s *Server) runRetire(ctx context.Context, r ceremony.Request, t *ceremony.Transcript, out *executeOut) error {
+	n, err := strconv.ParseUint(r.Params["version"], 10, 32)
+	if err != nil {
+		return badRequest("param version: %q", r.Params["version"])
+	}
+	v, err := s.Keys.EscrowVersion(uint32(n))
+	if err != nil {
+		return err
+	}
+	fp := fingerprint(v.Label, v.Public, false)
+	if _, err := s.Keys.Retire(ctx, "", true, uint32(n), s.Now(), "ceremony "+r.ID); err != nil {
+		return err
+	}
 	out.Fingerprints = []fingerprintView{fp}
 	t.Fingerprints = append(t.Fingerprints, [2]string{fp.Label, fp.SHA256})
 	return nil

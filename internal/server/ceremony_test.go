@@ -426,6 +426,21 @@ func TestCeremonyScenario(t *testing.T) {
 	if !strings.Contains(st, "v1  decrypt-only") || !strings.Contains(st, "v2  active") || !strings.Contains(st, "genesis: true") {
 		t.Fatalf("status after rotation: %s", st)
 	}
+
+	// Retiring v1 takes a request with the rewrap count, never the active
+	// version, and M approvals; then v1 is gone from the token for good.
+	b.ctlFails(server.CodeRetireUnconfirmed, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=1")
+	b.ctlFails(server.CodeKeyActive, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=2", "--param", "rewrapped_count=3")
+	ret := b.request(o(1), []string{o(4), o(5)}, "retire", "--m", "2", "--param", "version=1", "--param", "rewrapped_count=3")
+	if e := b.execute(o(3), "retire", ret.ID); len(e.Fingerprints) != 1 || e.Fingerprints[0].Label != v1.Label {
+		t.Fatalf("retire output: %+v", e)
+	}
+	if _, err := b.token.FindKey(ctx, v1.Label); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("escrow v1 after retirement: %v", err)
+	}
+	if st := b.ctl(o(4), "ceremony", "status"); !strings.Contains(st, "v1  destroyed") || !strings.Contains(st, "v2  active") {
+		t.Fatalf("status after retirement: %s", st)
+	}
 }
 
 func boolInt(b bool) int {

@@ -46,5 +46,6 @@ func (s *Server) routes() []route {
 		{"POST /v1/ceremony/backup", policy.PermCeremony, "ceremony.backup", s.ceremonyExecute(ceremony.KindBackup)},
 		{"POST /v1/ceremony/restore", policy.PermCeremony, "ceremony.restore", s.ceremonyExecute(ceremony.KindRestore)},
 		{"POST /v1/ceremony/rotate", policy.PermCeremony, "ceremony.rotate", s.ceremonyExecute(ceremony.KindRotate)},
+		{"POST /v1/ceremony/retire", policy.PermCeremony, "ceremony.retire", s.ceremonyExecute(ceremony.KindRetire)},
 	}
 }
