@@ -41,7 +41,8 @@ Usage:
   custodyd run          [--config FILE] [--log-format text|json]
         Serve the API on the configured Unix socket until SIGTERM or SIGINT.
         On first start, creates the escrow and signing keys on the token.
-        SIGHUP reloads the policy file; an invalid file keeps the old policy.
+        SIGHUP reloads the policy file and the officers file; an invalid file keeps
+        what is in force. Changed officers cancel pending ceremony requests.
   custodyd token init   [--config FILE] --so-pin-file FILE
         Initialise the configured token label on a free slot, setting the SO
         PIN from --so-pin-file and the user PIN from pkcs11.pin_file. PIN
@@ -191,16 +192,18 @@ func cmdRun(args []string, stderr io.Writer) error {
 	meters.WatchLog(alog)
 	self := auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
 	self.Executable, _ = os.Executable()
-	daemonEvent := func(op string, err error) {
+	// daemonEvent records what the daemon did on its own; code is the
+	// entry's code when err is not nil.
+	daemonEvent := func(op, code string, err error) {
 		e := auditlog.Entry{Operation: op, Caller: self, Principal: "custodyd", Outcome: auditlog.Allowed}
 		if err != nil {
-			e.Outcome, e.Code, e.Detail = auditlog.Failed, "invalid_policy", err.Error()
+			e.Outcome, e.Code, e.Detail = auditlog.Failed, code, err.Error()
 		}
 		if rerr := alog.Record(context.Background(), e); rerr != nil {
 			log.Error("access log refused a daemon event", "op", op, "err", rerr)
 		}
 	}
-	daemonEvent("daemon.start", nil)
+	daemonEvent("daemon.start", "", nil)
 
 	// Court orders: without a vault section the audit routes answer
 	// vault_unavailable; with one, a Vault that cannot be reached at start is
@@ -276,13 +279,17 @@ func cmdRun(args []string, stderr io.Writer) error {
 			notify("RELOADING=1")
 			err := policies.Reload()
 			meters.PolicyReload(err)
-			daemonEvent("policy.reload", err)
-			notify("READY=1")
+			daemonEvent("policy.reload", "invalid_policy", err)
 			if err != nil {
 				log.Error("policy reload failed; keeping the previous policy", "file", cfg.PolicyFile, "err", err)
 			} else {
 				log.Info("policy reloaded", "file", cfg.PolicyFile, "summary", policies.Current().Summary())
 			}
+			if ceremonies != nil {
+				err := reloadOfficers(cfg, ceremonies, log)
+				daemonEvent("ceremony.officers_reload", "invalid_officers", err)
+			}
+			notify("READY=1")
 		case err := <-served:
 			return err
 		case <-ctx.Done():
@@ -293,7 +300,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("shutdown deadline passed", "err", err)
 			}
-			daemonEvent("daemon.stop", nil)
+			daemonEvent("daemon.stop", "", nil)
 			return nil
 		}
 	}

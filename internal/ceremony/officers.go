@@ -36,6 +36,21 @@ type Officers struct {
 	List []Officer
 }
 
+// Equal reports whether os and other name the same officers, in the same
+// order, with the same users, recipients and signer keys.
+func (os *Officers) Equal(other *Officers) bool {
+	if len(os.List) != len(other.List) {
+		return false
+	}
+	for i, o := range os.List {
+		p := other.List[i]
+		if o.Name != p.Name || o.User != p.User || o.UID != p.UID || o.AgeRecipient != p.AgeRecipient || o.Signer != p.Signer {
+			return false
+		}
+	}
+	return true
+}
+
 // ByUID returns the officer whose Unix user has uid, or ErrNotOfficer.
 func (os *Officers) ByUID(uid uint32) (Officer, error) {
 	for _, o := range os.List {

@@ -34,6 +34,22 @@ func (a *Approvals) Pending() []string {
 	return out
 }
 
+// CancelPending drops every request not yet executed and returns their
+// ids: their approvals were counted against officers who may no longer be.
+func (a *Approvals) CancelPending() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id, p := range a.reqs {
+		if !p.used {
+			ids = append(ids, id)
+			delete(a.reqs, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // Count returns how many shares are in.
 func (r *Restore) Count() int {
 	r.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"custody/hsm"
@@ -44,13 +45,14 @@ type CeremonyDevice interface {
 // Ceremonies configures the ceremony routes; Deps.Ceremonies nil makes
 // them answer ceremony_unavailable.
 type Ceremonies struct {
-	Officers    *ceremony.Officers
-	SOPINFile   string // security officer PIN, for backups
-	OutputDir   string // transcripts, manifests and share files
+	Officers    *ceremony.Officers // at start; ReplaceOfficers changes them
+	SOPINFile   string             // security officer PIN, for backups
+	OutputDir   string             // transcripts, manifests and share files
 	Device      CeremonyDevice
 	LogOrigin   string // the access log's origin: the transcript signer's name
 	LogKeyLabel string // the access log's Ed25519 key on the token
 
+	current   atomic.Pointer[ceremony.Officers]
 	once      sync.Once
 	approvals ceremony.Approvals
 	mu        sync.Mutex
@@ -64,6 +66,33 @@ const (
 	defaultCeremonyWindow = time.Hour
 )
 
+// officers returns the officers now in force.
+func (c *Ceremonies) officers() *ceremony.Officers {
+	if o := c.current.Load(); o != nil {
+		return o
+	}
+	return c.Officers
+}
+
+// ReplaceOfficers puts offs in force (custodyd does it on SIGHUP, from the
+// officers file). If they differ from the officers in force, every pending
+// request is cancelled, its shares included, because its quorum was being
+// gathered among the old officers; the cancelled ids are returned.
+func (c *Ceremonies) ReplaceOfficers(offs *ceremony.Officers) (changed bool, cancelled []string) {
+	if offs == nil || c.officers().Equal(offs) {
+		return false, nil
+	}
+	c.current.Store(offs)
+	cancelled = c.approvals.CancelPending()
+	c.mu.Lock()
+	for id, rs := range c.restores {
+		rs.Abort()
+		delete(c.restores, id)
+	}
+	c.mu.Unlock()
+	return true, cancelled
+}
+
 func (s *Server) ceremonies() (*Ceremonies, error) {
 	c := s.Deps.Ceremonies
 	if c == nil || c.Officers == nil || c.Device == nil {
@@ -71,7 +100,9 @@ func (s *Server) ceremonies() (*Ceremonies, error) {
 	}
 	c.once.Do(func() {
 		c.approvals.Now = s.Now
+		c.mu.Lock()
 		c.restores = map[string]*ceremony.Restore{}
+		c.mu.Unlock()
 	})
 	return c, nil
 }
@@ -83,7 +114,7 @@ func (s *Server) officer(rq *request) (*Ceremonies, ceremony.Officer, error) {
 	if err != nil {
 		return nil, ceremony.Officer{}, err
 	}
-	o, err := c.Officers.ByUID(rq.peer.UID)
+	o, err := c.officers().ByUID(rq.peer.UID)
 	if err != nil {
 		return nil, ceremony.Officer{}, fmt.Errorf("%w: principal %q has role officer but uid %d is not in the officers file", ceremony.ErrNotOfficer, rq.principal.Name, rq.peer.UID)
 	}
@@ -166,7 +197,7 @@ func (s *Server) newRequest(ctx context.Context, c *Ceremonies, o ceremony.Offic
 		}
 		window = d
 	}
-	others := len(c.Officers.List) - 1
+	others := len(c.officers().List) - 1
 	if in.M < 1 || in.M > others {
 		return none, badRequest("m: %d approvals needed, but only %d other officers exist; want 1..%d", in.M, others, others)
 	}
@@ -188,10 +219,10 @@ func (s *Server) newRequest(ctx context.Context, c *Ceremonies, o ceremony.Offic
 	case ceremony.KindBackup:
 		n := in.N
 		if n == 0 {
-			n = len(c.Officers.List)
+			n = len(c.officers().List)
 		}
-		if in.M < 2 || n < in.M || n > len(c.Officers.List) {
-			return none, badRequest("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", n, in.M, len(c.Officers.List))
+		if in.M < 2 || n < in.M || n > len(c.officers().List) {
+			return none, badRequest("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", n, in.M, len(c.officers().List))
 		}
 		if in.Manifest != "" {
 			return none, badRequest("manifest: only for restore requests")
@@ -562,10 +593,10 @@ func (s *Server) runGenesis(ctx context.Context, c *Ceremonies, r ceremony.Reque
 
 func (s *Server) runBackup(ctx context.Context, c *Ceremonies, r ceremony.Request, t *ceremony.Transcript, out *executeOut, dir string) error {
 	n, _ := strconv.Atoi(r.Params["n"])
-	if n < r.Quorum || n > len(c.Officers.List) {
+	if n < r.Quorum || n > len(c.officers().List) {
 		return fmt.Errorf("%w: n %d", ceremony.ErrFormat, n)
 	}
-	holders := c.Officers.List[:n]
+	holders := c.officers().List[:n]
 	res, err := ceremony.Backup(ctx, c.Device, r.Params["key_label"], c.SOPINFile, holders, r.Quorum, s.Now())
 	if err != nil {
 		return err

@@ -67,6 +67,7 @@ type ceremonyHarness struct {
 	clock  *clock
 	outDir string
 	soPIN  string
+	cer    *server.Ceremonies
 }
 
 // newOfficerKits makes five officers with fresh age and note keys and
@@ -151,10 +152,10 @@ func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
 		t.Fatal(err)
 	}
 	os.MkdirAll(c.outDir, 0o755)
+	c.cer = &server.Ceremonies{Officers: offs, SOPINFile: c.soPIN, OutputDir: c.outDir, Device: h.token,
+		LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}
 	h.serve(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
-		Limits: config.Default().Limits, Now: c.clock.now, Version: "test",
-		Ceremonies: &server.Ceremonies{Officers: offs, SOPINFile: c.soPIN, OutputDir: c.outDir, Device: h.token,
-			LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}})
+		Limits: config.Default().Limits, Now: c.clock.now, Version: "test", Ceremonies: c.cer})
 	return c
 }
 
@@ -448,4 +449,42 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestOfficersReplaced: replacing the officers (SIGHUP in custodyd) with a
+// file that drops o5 cancels the pending request, whose quorum was being
+// gathered among the old officers, and o5 is no longer an officer; the
+// same officers again change nothing.
+func TestOfficersReplaced(t *testing.T) {
+	kits, officersFile := newOfficerKits(t)
+	o := func(i int) string { return kits[i-1].user }
+	c := newCeremonyHarness(t, officersFile)
+	r := c.request(o(1), []string{o(2)}, "genesis", "--m", "2")
+
+	data, err := os.ReadFile(officersFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f map[string]any
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	f["officers"] = f["officers"].([]any)[:4]
+	fewer, _ := json.Marshal(f)
+	offs, err := ceremony.ParseOfficers(fewer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, cancelled := c.cer.ReplaceOfficers(offs)
+	if !changed || len(cancelled) != 1 || cancelled[0] != r.ID {
+		t.Fatalf("ReplaceOfficers = %v, %v; want the pending request %s cancelled", changed, cancelled, r.ID)
+	}
+	c.ctlFails(server.CodeUnknownRequest, o(3), "", "ceremony", "approve", r.ID, "--hash", r.Hash)
+	c.ctlFails(server.CodeNotOfficer, o(5), "", "ceremony", "status")
+	again := c.request(o(1), nil, "genesis", "--m", "2")
+	same, _ := ceremony.ParseOfficers(fewer, nil)
+	if changed, cancelled := c.cer.ReplaceOfficers(same); changed || cancelled != nil {
+		t.Fatalf("the same officers again: %v, %v", changed, cancelled)
+	}
+	c.ctl(o(2), "ceremony", "approve", again.ID, "--hash", again.Hash) // still pending
 }
