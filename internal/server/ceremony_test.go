@@ -488,3 +488,97 @@ func TestOfficersReplaced(t *testing.T) {
 	}
 	c.ctl(o(2), "ceremony", "approve", again.ID, "--hash", again.Hash) // still pending
 }
+
+// TestCeremonyDeviceFailures drives, through the socket, the failures the
+// scenario cannot reach with honest files, and checks that each leaves
+// nothing on the token: a manifest whose key check value was changed
+// (kcv_mismatch), one whose canary digest was changed (canary_failed: the
+// restored key is removed again), a restore onto a token that already holds
+// the escrow key (key_exists), and a backup with a wrong SO PIN
+// (so_login_refused; the next backup with the right PIN works).
+func TestCeremonyDeviceFailures(t *testing.T) {
+	ctx := context.Background()
+	kits, officersFile := newOfficerKits(t)
+	o := func(i int) string { return kits[i-1].user }
+	a := newCeremonyHarness(t, officersFile)
+	a.request(o(1), []string{o(2), o(3)}, "genesis", "--m", "2")
+	a.ctl(o(1), "ceremony", "genesis")
+	esc, err := a.keys.Escrow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk := a.execute(o(1), "backup", a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3").ID)
+	manifest, err := os.ReadFile(bk.Outputs[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// changed writes the manifest with one member replaced.
+	changed := func(member, value string) string {
+		var m map[string]any
+		if err := json.Unmarshal(manifest, &m); err != nil {
+			t.Fatal(err)
+		}
+		m[member] = value
+		data, _ := json.Marshal(m)
+		p := filepath.Join(kits[2].dir, "manifest-"+member+".json") // o3 opens the request
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	b := newCeremonyHarness(t, officersFile)
+	// restore opens a restore request on B for the manifest file, approved
+	// and with shares 1 and 2 in, and executes it.
+	restore := func(manifestFile string) (int, string) {
+		t.Helper()
+		r := b.request(o(3), []string{o(4), o(5)}, "restore", "--m", "2", "--manifest", manifestFile)
+		for i := 1; i <= 2; i++ {
+			p := filepath.Join(kits[i-1].dir, fmt.Sprintf("share-%d.txt", time.Now().UnixNano()))
+			b.ctl(o(i), "ceremony", "share", "decrypt", bk.Outputs[i].Path, "--identity", kits[i-1].identity, "--out", p)
+			b.ctl(o(i), "ceremony", "share", "submit", r.ID, p)
+		}
+		code, out, errOut := b.ctlAs(o(3), "", "ceremony", "restore", r.ID)
+		return code, out + errOut
+	}
+	for _, tc := range []struct {
+		member, value, code string
+	}{
+		{"kcv", "000000", server.CodeKCVMismatch},
+		{"canary_plaintext_sha256", strings.Repeat("0", 64), server.CodeCanaryFailed},
+	} {
+		if code, out := restore(changed(tc.member, tc.value)); code == 0 || !strings.Contains(out, tc.code) {
+			t.Fatalf("restore with a changed %s: %d %s", tc.member, code, out)
+		}
+		noEscrowOn(t, b.token, "after "+tc.code)
+	}
+	if code, out := restore(bk.Outputs[0].Path); code != 0 {
+		t.Fatalf("restore of the honest manifest: %s", out)
+	}
+	if code, out := restore(bk.Outputs[0].Path); code == 0 || !strings.Contains(out, server.CodeKeyExists) {
+		t.Fatalf("restore onto a token holding the key: %d %s", code, out)
+	}
+	if k, err := b.token.FindKey(ctx, esc.Label); err != nil || !bytes.Equal(k.Public, esc.Public) {
+		t.Fatalf("the escrow key on B after key_exists: %v", err)
+	}
+	if n, _ := b.token.SessionObjectCount(ctx); n != 0 {
+		t.Fatalf("%d session objects left on B", n)
+	}
+
+	// A wrong SO PIN: refused before anything is wrapped; the right one works.
+	right, err := os.ReadFile(a.soPIN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.soPIN, []byte("not-the-so-pin\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
+	a.ctlFails(server.CodeSOLogin, o(1), "", "ceremony", "backup", r.ID)
+	if n, _ := a.token.SessionObjectCount(ctx); n != 0 {
+		t.Fatalf("%d session objects left on A after so_login_refused", n)
+	}
+	if err := os.WriteFile(a.soPIN, right, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.execute(o(1), "backup", a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3").ID)
+}
