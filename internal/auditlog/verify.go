@@ -82,6 +82,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer t.hashes.close()
 	n := t.n
 	res.Entries = n
 	res.Root, _ = t.root(n)
@@ -190,18 +191,20 @@ func readCheckpoints(dir string, v note.Verifier, add func(int64, string, string
 
 // scanTree hashes every complete line of dir's entries file into a tree,
 // calling each(i, l) for every entry (parsed strictly: l.err, l.idx);
-// torn is the length of an incomplete last line.
+// torn is the length of an incomplete last line. The tree keeps its hashes
+// in an unlinked temporary file (memory stays bounded for any log size);
+// the caller closes it (t.hashes.close).
 func scanTree(dir string, each func(i int64, l *leaf)) (*tree, int64, error) {
 	f, err := os.Open(filepath.Join(dir, EntriesFile))
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	hashes, err := newFileColumn(os.TempDir(), tlog.HashSize)
 	if err != nil {
 		return nil, 0, err
 	}
-	t := &tree{hashes: column{size: tlog.HashSize, tail: make([]byte, 0, 2*tlog.HashSize*(st.Size()/256+16))}}
+	t := &tree{hashes: hashes}
 	sum, err := scanLeaves(f, scanOptions{}, func(i int64, l *leaf) error {
 		if each != nil {
 			each(i, l)
@@ -210,6 +213,7 @@ func scanTree(dir string, each func(i int64, l *leaf)) (*tree, int64, error) {
 		return nil
 	})
 	if err != nil {
+		t.hashes.close()
 		return nil, 0, err
 	}
 	return t, sum.torn, nil
@@ -271,6 +275,7 @@ func Prove(dir string, v note.Verifier, index int64) (*ProofBundle, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer t.hashes.close()
 	if index < 0 || index >= cp.Size {
 		return nil, fmt.Errorf("%w: entry %d is not covered by the latest checkpoint (size %d)", ErrRange, index, cp.Size)
 	}
