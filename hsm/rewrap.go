@@ -69,7 +69,9 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 }
 
 // RewrapBatch moves the DEKs of reqs to new recipients without any DEK
-// ever leaving the token. It runs every request, in order, on one session.
+// ever leaving the token. It runs the requests in order on one session (on
+// a background context it may hand that session over and go on with a
+// new one; see below).
 //
 // For each request it derives Z and the KEK exactly as Open does and
 // unwraps WrappedDEK into a session AES key that is sensitive, can neither
@@ -78,7 +80,8 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 // that DEK with CKM_AES_KEY_WRAP_PAD (RFC 5649 for a 32-byte key, checked
 // against software in rewrap_test.go) under a wrap key for each target.
 //
-// The wrap key for a recipient is made once per batch: an ephemeral key
+// The wrap key for a recipient is made once per batch (once per session
+// the batch runs on): an ephemeral key
 // pair of the target's algorithm generated on the device (session objects;
 // X25519 through the path the capability probe found), Z' = ECDH(ephemeral,
 // RecipientPublic), KEK' = AES-256-ECB_Z'(Context(E')) as a wrap-only key;
