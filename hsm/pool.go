@@ -154,7 +154,10 @@ func (p *pool) start() error {
 func (p *pool) borrow(ctx context.Context) (session, error) {
 	foreground := !IsBackground(ctx)
 	deferring := !foreground // background, and not yet for backgroundMaxWait
-	deferUntil := time.Now().Add(backgroundMaxWait)
+	var deferUntil time.Time
+	if deferring {
+		deferUntil = time.Now().Add(backgroundMaxWait)
+	}
 	waiting := false
 	defer func() {
 		if waiting {

@@ -81,11 +81,11 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 // against software in rewrap_test.go) under a wrap key for each target.
 //
 // The wrap key for a recipient is made once per batch (once per session
-// the batch runs on): an ephemeral key
-// pair of the target's algorithm generated on the device (session objects;
-// X25519 through the path the capability probe found), Z' = ECDH(ephemeral,
-// RecipientPublic), KEK' = AES-256-ECB_Z'(Context(E')) as a wrap-only key;
-// the ephemeral private key and Z' are destroyed at once. Every request of
+// the batch runs on): an ephemeral key pair of the target's algorithm
+// generated on the device (session objects; X25519 through the path the
+// capability probe found), Z' = ECDH(ephemeral, RecipientPublic), KEK' =
+// AES-256-ECB_Z'(Context(E')) as a wrap-only key; the ephemeral private key
+// and Z' are destroyed at once. Every request of
 // the batch with a target of the same Alg and RecipientPublic shares that
 // E' and KEK' (their Context functions must agree, as the envelope's rule
 // does). This is what makes a rewrap cost about as much as an open: a key
@@ -191,8 +191,8 @@ func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapR
 	return res
 }
 
-// rewrapBatch is the state of one RewrapBatch on one session: the wrap key
-// made for each recipient so far.
+// rewrapBatch is the state of one RewrapBatch: the session it runs on now
+// and the wrap key made there for each recipient so far.
 type rewrapBatch struct {
 	t        *Token
 	h        pkcs11.SessionHandle

@@ -61,7 +61,7 @@ func TestOfficersReloadOnSIGHUP(t *testing.T) {
 	writeFile(t, officers, `{"version":1,"officers":[`+root+`,`+other+`]}`)
 	d.signal(syscall.SIGHUP)
 	d.waitLog("officers changed")
-	if out, err := d.ctl("ceremony", "status"); err != nil || !strings.Contains(out, "o1") {
+	if out, err := d.ctl("ceremony", "status"); err != nil || !strings.Contains(out, "you are officer o1") {
 		t.Fatalf("root after the reload made it an officer: %v\n%s", err, out)
 	}
 }

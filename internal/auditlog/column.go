@@ -7,12 +7,12 @@ import (
 
 // column is an append-only array of fixed-size records. With a file, the
 // newest records stay in memory only until there are columnFlush bytes of
-// them, then go to the file: the memory a Log holds stays bounded however
-// many entries it has. Without a file (the offline tools) every record
-// stays in memory.
+// them, then go to the file: memory stays bounded however many entries
+// there are. Without a file (the zero column) every record stays in memory.
 //
-// The file is derived data: Open rebuilds it from the entries file, in an
-// unlinked temporary file that disappears with the process, so it is never
+// The file is derived data, rebuilt from the entries file by whoever opens
+// the log (Open, and the offline verify and prove), in an unlinked
+// temporary file that disappears with the process, so it is never
 // fsync'd and a crash cannot leave it stale. A failed write to it (disk
 // full) keeps the records in memory and is tried again at the next flush;
 // nothing is lost, only memory is spent until the disk has room.

@@ -11,11 +11,11 @@ import (
 var ErrRange = errors.New("auditlog: out of range")
 
 // tree holds every stored hash of the RFC 6962 tree (tlog's layout: about
-// two hashes per leaf, 64 bytes per entry) in a column: in memory for the
-// offline tools, in a file with a bounded tail in memory for a Log. Hashing
-// is tlog's: leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left ||
-// right). The zero tree keeps everything in memory. Not safe for concurrent
-// use; Log guards it.
+// two hashes per leaf, 64 bytes per entry) in a column: a file with a
+// bounded tail in memory (newFileColumn), or all in memory for the zero
+// tree. Hashing is tlog's: leaf = SHA-256(0x00 || entry), node =
+// SHA-256(0x01 || left || right). Not safe for concurrent use; Log guards
+// it.
 type tree struct {
 	n      int64
 	hashes column

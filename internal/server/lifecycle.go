@@ -94,9 +94,10 @@ type rewrapOutcome struct {
 }
 
 // rewrapItems rewraps items and records a decision for each, keeping their
-// order. They are cut into as many contiguous shards as the token has
-// sessions; a shard is one RewrapBatch on the device, so the stanzas it
-// writes for one recipient key share an ephemeral key (hsm.RewrapBatch).
+// order. They are cut into contiguous shards, at least one per token
+// session and at most rewrapShardSize items each, run side by side; a shard
+// is one RewrapBatch on the device, so the stanzas it writes for one
+// recipient key share an ephemeral key (hsm.RewrapBatch).
 // One item's failure does not stop the others. Rewrap is bulk work: its
 // token calls run in the background (hsm.WithBackground) and give way to
 // every other request waiting for a session.
@@ -104,7 +105,7 @@ func (s *Server) rewrapItems(ctx context.Context, rq *request, items []rewrapIte
 	ctx = hsm.WithBackground(ctx)
 	out := make([]rewrapOutcome, len(items))
 	shards := max(1, min(s.Token.Info().Sessions, len(items)))
-	size := (len(items) + shards - 1) / shards
+	size := min(rewrapShardSize, (len(items)+shards-1)/shards)
 	var wg sync.WaitGroup
 	for lo := 0; lo < len(items); lo += size {
 		hi := min(len(items), lo+size)
@@ -183,9 +184,7 @@ type rewrapPlan struct {
 // current gets its result at once.
 func (s *Server) planRewrap(in rewrapItem) *rewrapPlan {
 	p := &rewrapPlan{entry: auditlog.Entry{Operation: "rewrap"}, ref: in.Ref}
-	if p.err = s.planRewrapInto(p, in); p.err != nil {
-		p.res = nil
-	}
+	p.err = s.planRewrapInto(p, in)
 	return p
 }
 
@@ -206,7 +205,6 @@ func (s *Server) planRewrapInto(p *rewrapPlan, in rewrapItem) error {
 		return err
 	}
 	p.env = env
-	p.res = &rewrapResult{Ref: in.Ref, Envelope: in.Envelope}
 
 	var targets []hsm.WrapTarget
 	esc := env.EscrowStanza()
@@ -234,9 +232,9 @@ func (s *Server) planRewrapInto(p *rewrapPlan, in rewrapItem) error {
 		p.entry.Participants = append(p.entry.Participants, st.ParticipantID)
 	}
 	if len(targets) == 0 {
-		return nil // already current: p.res is the answer
+		p.res = &rewrapResult{Ref: in.Ref, Envelope: in.Envelope} // already current
+		return nil
 	}
-	p.res = nil
 
 	order := append([]int(nil), p.idx...)
 	for i := range h.Stanzas {
@@ -342,11 +340,12 @@ func parseRewrapLine(line []byte) (rewrapItem, error) {
 	return it, nil
 }
 
-// The streaming rewrap reads rewrapStreamWindow lines per token session
-// into a window, rewraps a window at a time and keeps rewrapStreamWindows
-// windows in flight.
+// rewrapShardSize bounds the envelopes of one device batch, and so how
+// many new stanzas for one recipient share an ephemeral key. The streaming
+// rewrap reads one shard per token session into a window, rewraps a window
+// at a time and keeps rewrapStreamWindows windows in flight.
 const (
-	rewrapStreamWindow  = 32
+	rewrapShardSize     = 32
 	rewrapStreamWindows = 2
 )
 
@@ -393,7 +392,7 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 	// per session). Two windows are in flight so that the device is busy
 	// while the other window's answers are signed, logged and written;
 	// answers go out in input order.
-	size := rewrapStreamWindow * max(1, s.Token.Info().Sessions)
+	size := rewrapShardSize * max(1, s.Token.Info().Sessions)
 	type window struct {
 		lines   []streamJob
 		results chan []streamLine

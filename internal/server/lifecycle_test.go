@@ -234,7 +234,7 @@ func (h *harness) sealMany(t testing.TB, n int, path string) {
 // them: every other line comes back changed, in input order with its line
 // number, and opens; the bad lines fail on their own. The new miner-1
 // stanzas share ephemeral keys within a device batch only: fewer distinct
-// keys than envelopes, more than one.
+// keys than envelopes, more than one, none for more than 32 envelopes.
 func TestRewrapStream(t *testing.T) {
 	h := newHarness(t)
 	h.register("miner-1")
@@ -257,7 +257,7 @@ func TestRewrapStream(t *testing.T) {
 	if st != 200 {
 		t.Fatalf("stream: %d %s", st, out)
 	}
-	ephemeral := map[string]bool{}
+	ephemeral := map[string]int{} // envelopes per ephemeral key
 	answers := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
 	if len(answers) != 149 { // every non-blank input line
 		t.Fatalf("%d answers for 149 non-blank lines", len(answers))
@@ -295,7 +295,7 @@ func TestRewrapStream(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ephemeral[string(e.Header.Stanzas[0].EphemeralPublic)] = true
+			ephemeral[string(e.Header.Stanzas[0].EphemeralPublic)]++
 			if l.Line%10 == 0 {
 				if st, body := h.decryptAs(l.Envelope, "miner-1"); st != 200 {
 					t.Fatalf("line %d does not open: %v", l.Line, body)
@@ -305,6 +305,11 @@ func TestRewrapStream(t *testing.T) {
 	}
 	if len(ephemeral) < 2 || len(ephemeral) >= 147 {
 		t.Fatalf("%d distinct ephemeral keys over 147 rewrapped envelopes", len(ephemeral))
+	}
+	for _, n := range ephemeral {
+		if n > 32 {
+			t.Fatalf("one ephemeral key serves %d envelopes; a device batch holds at most 32", n)
+		}
 	}
 	noLeftovers(t, h)
 }
