@@ -21,9 +21,14 @@ run: ## First run: install, build, init the SoftHSM token under softhsm/, serve 
 demo: build ## Register, encrypt and decrypt against a running daemon (after make run)
 	@scripts/demo.sh
 
-lint: ## gofmt and go vet
+STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
+STATICCHECK_VERSION := (0.8.2)
+
+lint: ## gofmt, go vet and staticcheck (installed once from the Go module proxy)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	@$(STATICCHECK) -version 2>/dev/null | grep -q '$(STATICCHECK_VERSION)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(STATICCHECK) ./...
 
 deps-test: ## deps, plus chromium for the report rendering test
 	@scripts/deps.sh test

@@ -11,7 +11,9 @@ import (
 // Backup and restore of a KeySpec.Backup private key (the escrow key).
 //
 // WrapForBackup needs a KEK with CKA_TRUSTED, which only the security
-// officer can set. PKCS#11 login state is per process and token, so the
+// officer can set. The SO PIN is the caller's: package ceremony combines it
+// from the officers' shares for one approved backup and clears it after;
+// the daemon has no SO PIN of its own (docs/ceremonies.md). PKCS#11 login state is per process and token, so the
 // call takes every session of the pool (other calls wait), logs the user
 // out, logs the SO in, creates the KEK as a public session object, logs
 // the SO out and the user back in on the same session, wraps, and destroys
@@ -36,21 +38,15 @@ const BackupKEKSize = 32
 // WrapForBackup wraps the private key labelled label under kek with
 // CKM_AES_KEY_WRAP_PAD (the token puts PKCS#8 inside) and returns the
 // wrapped bytes. kek is imported as a session AES key that is CKA_TRUSTED
-// (set in an SO session, SO PIN from soPINFile, same rules as the user PIN
-// file), wrap-only, sensitive and non-extractable, and is destroyed before
+// (set in an SO session logged in with soPIN, which the caller clears),
+// wrap-only, sensitive and non-extractable, and is destroyed before
 // return on every path. The private key must have been generated with
 // KeySpec.Backup (CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED); otherwise the token
-// refuses (ErrUnsupported). Errors: ErrInvalidRequest, ErrPINFile,
-// ErrSOLogin, ErrNotFound, ErrUnsupported, ErrUnavailable.
-func (t *Token) WrapForBackup(ctx context.Context, label, soPINFile string, kek []byte) ([]byte, error) {
-	if len(kek) != BackupKEKSize || label == "" {
-		return nil, fmt.Errorf("hsm: backup %q: %w: want a label and a %d-byte KEK", label, ErrInvalidRequest, BackupKEKSize)
+// refuses (ErrUnsupported). Errors: ErrInvalidRequest, ErrSOLogin, ErrNotFound, ErrUnsupported, ErrUnavailable.
+func (t *Token) WrapForBackup(ctx context.Context, label string, soPIN, kek []byte) ([]byte, error) {
+	if len(kek) != BackupKEKSize || label == "" || len(soPIN) == 0 {
+		return nil, fmt.Errorf("hsm: backup %q: %w: want a label, an SO PIN and a %d-byte KEK", label, ErrInvalidRequest, BackupKEKSize)
 	}
-	soPIN, err := readPINFile(soPINFile)
-	if err != nil {
-		return nil, fmt.Errorf("hsm: backup: SO PIN: %w", err)
-	}
-	defer clear(soPIN)
 
 	t.createMu.Lock()
 	defer t.createMu.Unlock()

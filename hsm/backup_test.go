@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"custody/hsm"
 )
-
-func soPIN(cfg hsm.Config) string { return filepath.Join(filepath.Dir(cfg.PINFile), "so.pin") }
 
 // TestBackupRestore: an escrow key generated with Backup is wrapped under a
 // trusted KEK (SO session), restored into a second token, and opens what
@@ -20,7 +17,7 @@ func soPIN(cfg hsm.Config) string { return filepath.Join(filepath.Dir(cfg.PINFil
 func TestBackupRestore(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	src, srcCfg := openToken(t)
+	src, so := openTokenSO(t)
 	dst, _ := openToken(t)
 	key, err := src.GenerateKeyPair(ctx, hsm.KeySpec{Label: "custody/escrow/v1", Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true})
 	if err != nil {
@@ -40,7 +37,7 @@ func TestBackupRestore(t *testing.T) {
 			}
 		}()
 	}
-	wrapped, err := src.WrapForBackup(ctx, key.Label, soPIN(srcCfg), kek)
+	wrapped, err := src.WrapForBackup(ctx, key.Label, so, kek)
 	wg.Wait()
 	if err != nil {
 		t.Fatalf("WrapForBackup: %v", err)
@@ -82,20 +79,23 @@ func TestBackupRestore(t *testing.T) {
 func TestBackupRefusals(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	tok, cfg := openToken(t)
+	tok, so := openTokenSO(t)
 	kek := make([]byte, 32)
 	plain := genKey(t, tok, "not-backup", hsm.P256, hsm.UsageDerive)
-	if _, err := tok.WrapForBackup(ctx, plain.Label, soPIN(cfg), kek); !errors.Is(err, hsm.ErrUnsupported) {
+	if _, err := tok.WrapForBackup(ctx, plain.Label, so, kek); !errors.Is(err, hsm.ErrUnsupported) {
 		t.Fatalf("wrap of a non-backup key: %v, want ErrUnsupported", err)
 	}
-	if _, err := tok.WrapForBackup(ctx, "missing", soPIN(cfg), kek); !errors.Is(err, hsm.ErrNotFound) {
+	if _, err := tok.WrapForBackup(ctx, "missing", so, kek); !errors.Is(err, hsm.ErrNotFound) {
 		t.Fatalf("wrap of a missing key: %v, want ErrNotFound", err)
 	}
-	// The user PIN is not the SO PIN.
-	if _, err := tok.WrapForBackup(ctx, plain.Label, cfg.PINFile, kek); !errors.Is(err, hsm.ErrSOLogin) {
-		t.Fatalf("wrap with the user PIN as SO PIN: %v, want ErrSOLogin", err)
+	// Anything but the SO PIN is refused, and the user stays logged in.
+	if _, err := tok.WrapForBackup(ctx, plain.Label, []byte("not-the-so-pin"), kek); !errors.Is(err, hsm.ErrSOLogin) {
+		t.Fatalf("wrap with a wrong SO PIN: %v, want ErrSOLogin", err)
 	}
-	if _, err := tok.WrapForBackup(ctx, plain.Label, soPIN(cfg), kek[:16]); !errors.Is(err, hsm.ErrInvalidRequest) {
+	if _, err := tok.FindKey(ctx, plain.Label); err != nil {
+		t.Fatalf("after a refused SO login: %v", err)
+	}
+	if _, err := tok.WrapForBackup(ctx, plain.Label, so, kek[:16]); !errors.Is(err, hsm.ErrInvalidRequest) {
 		t.Fatalf("short KEK: %v, want ErrInvalidRequest", err)
 	}
 	// The token still works for the user afterwards.

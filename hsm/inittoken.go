@@ -14,18 +14,18 @@ var initMu sync.Mutex
 
 // InitToken initializes a new token labelled label on a free (uninitialized)
 // slot of the module: C_InitToken with the SO PIN, then C_InitPIN with the
-// user PIN. Both PINs are read from files with the same rules as
-// Config.PINFile (ErrPINFile), never from arguments. ErrExists if a token
-// with that label is already present; ErrNoToken if no free slot is left.
-func InitToken(ctx context.Context, modulePath, label, soPINFile, userPINFile string) error {
+// user PIN. The SO PIN is the caller's (custodyd token init makes it
+// and splits it among the officers; it is never written to disk); the user
+// PIN is read from a file with the same rules as Config.PINFile
+// (ErrPINFile), never from arguments. ErrExists if a token with that label
+// is already present; ErrNoToken if no free slot is left.
+func InitToken(ctx context.Context, modulePath, label string, soPIN []byte, userPINFile string) error {
 	if label == "" || len(label) > 32 {
 		return fmt.Errorf("hsm: init token: %w: label must be 1..32 bytes", ErrInvalidRequest)
 	}
-	soPIN, err := readPINFile(soPINFile)
-	if err != nil {
-		return fmt.Errorf("hsm: init token: SO PIN: %w", err)
+	if len(soPIN) < 4 || len(soPIN) > 255 {
+		return fmt.Errorf("hsm: init token: %w: SO PIN must be 4..255 bytes", ErrInvalidRequest)
 	}
-	defer clear(soPIN)
 	userPIN, err := readPINFile(userPINFile)
 	if err != nil {
 		return fmt.Errorf("hsm: init token: user PIN: %w", err)

@@ -41,6 +41,18 @@ func testCtx(t testing.TB) context.Context {
 func openToken(t testing.TB) (*hsm.Token, hsm.Config) {
 	t.Helper()
 	cfg := hsmtest.NewToken(t)
+	return openConfig(t, cfg), cfg
+}
+
+// openTokenSO is openToken that also returns the token's SO PIN.
+func openTokenSO(t testing.TB) (*hsm.Token, []byte) {
+	t.Helper()
+	so := []byte(fmt.Sprintf("so-pin-%d", time.Now().UnixNano()))
+	return openConfig(t, hsmtest.NewTokenWithSOPIN(t, so)), so
+}
+
+func openConfig(t testing.TB, cfg hsm.Config) *hsm.Token {
+	t.Helper()
 	tok, err := hsm.Open(testCtx(t), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -50,7 +62,7 @@ func openToken(t testing.TB) (*hsm.Token, hsm.Config) {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return tok, cfg
+	return tok
 }
 
 func genKey(t testing.TB, tok *hsm.Token, label string, alg hsm.KeyAlg, usage hsm.Usage) hsm.KeyInfo {

@@ -79,14 +79,17 @@ func TestOpenErrors(t *testing.T) {
 func TestInitTokenExists(t *testing.T) {
 	t.Parallel()
 	cfg := hsmtest.NewToken(t)
-	err := hsm.InitToken(testCtx(t), cfg.ModulePath, cfg.TokenLabel, cfg.PINFile, cfg.PINFile)
+	err := hsm.InitToken(testCtx(t), cfg.ModulePath, cfg.TokenLabel, []byte("so-pin-1234"), cfg.PINFile)
 	if !errors.Is(err, hsm.ErrExists) {
 		t.Fatalf("InitToken on existing label: %v, want ErrExists", err)
 	}
-	p := filepath.Join(t.TempDir(), "so.pin")
+	if err := hsm.InitToken(testCtx(t), cfg.ModulePath, "fresh", []byte("123"), cfg.PINFile); !errors.Is(err, hsm.ErrInvalidRequest) {
+		t.Fatalf("InitToken with a 3-byte SO PIN: %v, want ErrInvalidRequest", err)
+	}
+	p := filepath.Join(t.TempDir(), "user.pin")
 	os.WriteFile(p, []byte("1234\n"), 0o644)
-	if err := hsm.InitToken(testCtx(t), cfg.ModulePath, "fresh", p, cfg.PINFile); !errors.Is(err, hsm.ErrPINFile) {
-		t.Fatalf("InitToken with 0644 SO PIN: %v, want ErrPINFile", err)
+	if err := hsm.InitToken(testCtx(t), cfg.ModulePath, "fresh", []byte("so-pin-1234"), p); !errors.Is(err, hsm.ErrPINFile) {
+		t.Fatalf("InitToken with a 0644 user PIN: %v, want ErrPINFile", err)
 	}
 }
 

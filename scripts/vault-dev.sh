@@ -6,7 +6,8 @@
 #     one for the legal intake role (policy legal-intake) in run/vault/intake.token (0400);
 #   - three order-signer key pairs in run/orders/ (private keys 0400);
 #   - run/custodyd.json: the default configuration plus a vault section pinning the
-#     three signers' public keys with a quorum of 2.
+#     three signers' public keys with a quorum of 2, and ceremony.auto_genesis (the
+#     demo creates its escrow and signing keys at first start, without officers).
 # Tokens and keys are never printed. A dev Vault keeps everything in memory: orders
 # last as long as this server.
 set -euo pipefail
@@ -48,6 +49,7 @@ cat > run/custodyd.json <<JSON
   "socket": {"path": "custodyd.sock"},
   "policy_file": "../policies/example.json",
   "access_log": {"dir": "log"},
+  "ceremony": {"auto_genesis": true},
   "vault": {
     "address": "$VAULT_ADDR",
     "token_file": "vault/custodyd.token",

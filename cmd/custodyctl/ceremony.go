@@ -24,10 +24,15 @@ within its window; then any officer executes it, once.
 
   request KIND [--m M] [--n N] [--window D] [--manifest FILE] [--param k=v]
         Open a request. KIND is genesis, backup, restore, rotate or retire. --m: approvals needed
-        (and, for backup, the shares needed to restore; default 2); --n: backup shares to
-        make, one per officer in file order (default: every officer); --window: how long
-        approvals are accepted (default 1h, 1m to 24h); --manifest: restore only, the
-        backup's manifest.json. Prints the id, the SHA-256 to approve and the request text.
+        (and, for backup, the shares needed to restore; default 2; the daemon's floor per
+        kind, never below 2 for restore and retire); --n: backup shares to make, one per
+        officer in file order (default: every officer); --window: how long approvals are
+        accepted (default 1h, 1m to 24h); --manifest: restore only, the backup's signed
+        manifest.json (a restore accepts only manifests signed by a daemon pinned in
+        ceremony.trusted_backup_signers). --param: backup key_label=custody/escrow/vN;
+        retire version=V and rewrapped_count=N; nothing else. The daemon writes the rest:
+        the token, the key's label and fingerprint (hex and words) and the effect in words.
+        Prints the id, the SHA-256 to approve and the request text.
   show ID
         Print a pending request's text, its SHA-256 and who approved it.
   approve ID --hash H
@@ -43,16 +48,25 @@ within its window; then any officer executes it, once.
         the device unless they exist and prints each public key's SHA-256 as hex and as
         words to read aloud. Until genesis ran, audit decrypts are refused.
   backup ID
-        Execute an approved backup: the escrow key wrapped on the device under a fresh
-        KEK, the KEK split M-of-N, each share age-encrypted to one officer. Prints the
-        files written in the daemon's output directory and their SHA-256s.
+        Execute an approved backup once the SO PIN shares it needs are in (the daemon
+        holds no SO PIN: each holder decrypts their so-pin-share file from token init and
+        submits it with share submit). The escrow key is wrapped on the device under a
+        fresh KEK, the KEK split M-of-N, each share age-encrypted to one officer, the
+        manifest signed by the daemon's log key. Prints the files written (mode 0600 in
+        the daemon's output directory) and their SHA-256s; fetch yours with fetch.
+  fetch ID NAME [--out FILE]
+        Fetch an output of executed request ID: manifest.json and transcript.txt for any
+        officer, a share file only for the officer who holds it. Written to --out (mode
+        0600, never replacing a file) or ./NAME.
   share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]
-        Offline: decrypt your own share file with your age identity. The share is
-        secret: it goes to --out (created with mode 0600) or stdout.
+        Offline: decrypt your own share file (a backup share, or an SO PIN share from
+        custodyd token init) with your age identity. The share is secret: it goes to
+        --out (created with mode 0600) or stdout.
   share submit ID FILE
-        Submit your decrypted share (FILE, or - for stdin) to restore request ID. It
-        must be your own share; a share of another backup, a corrupted one or one
-        already in is refused and named.
+        Submit your decrypted share (FILE, or - for stdin) to request ID: an SO PIN
+        share to a backup request, a backup share to a restore request. It must be your
+        own share; a share of another set, a corrupted one or one already in is refused
+        and named.
   restore ID
         Execute an approved restore once M shares are in: the daemon combines them,
         checks the key check value, unwraps the escrow key into its token and opens the
@@ -96,6 +110,8 @@ func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) erro
 		return c.ceremonyStatus(rest)
 	case "genesis", "backup", "restore", "rotate", "retire":
 		return c.ceremonyExecute(sub, rest)
+	case "fetch":
+		return c.ceremonyFetch(rest, stderr)
 	case "share":
 		if len(rest) > 0 && rest[0] == "decrypt" {
 			return c.shareDecrypt(rest[1:], stderr)
@@ -124,6 +140,8 @@ type requestView struct {
 	Canonical string            `json:"canonical"`
 	Approvals []string          `json:"approvals"`
 	Shares    int               `json:"shares"`
+	ShareKind string            `json:"share_kind"`
+	Needed    int               `json:"shares_needed"`
 }
 
 func (c *client) printRequest(raw []byte, v requestView, err error) error {
@@ -135,8 +153,8 @@ func (c *client) printRequest(raw []byte, v requestView, err error) error {
 	}
 	fmt.Fprintf(c.out, "request %s (%s), %d of %d approvals%s, open until %s\nsha256 %s\n\n%s", v.ID, v.Kind,
 		len(v.Approvals), v.M, listed(v.Approvals), v.NotAfter, v.Hash, v.Canonical)
-	if v.Kind == ceremony.KindRestore {
-		fmt.Fprintf(c.out, "\nshares submitted: %d\n", v.Shares)
+	if v.ShareKind != "" {
+		fmt.Fprintf(c.out, "\n%ss submitted: %d of %d\n", v.ShareKind, v.Shares, v.Needed)
 	}
 	return nil
 }
@@ -282,7 +300,7 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 			Created              bool
 		} `json:"fingerprints"`
 		Outputs []struct {
-			Path, SHA256 string
+			Name, Path, SHA256, Holder string
 		} `json:"outputs"`
 		KCV        string `json:"kcv"`
 		BackupID   string `json:"backup_id"`
@@ -312,9 +330,51 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 		fmt.Fprintf(c.out, "key check value %s\n", out.KCV)
 	}
 	for _, o := range out.Outputs {
-		fmt.Fprintf(c.out, "wrote %s\n  sha256 %s\n", o.Path, o.SHA256)
+		who := "any officer"
+		if o.Holder != "" {
+			who = o.Holder + " only"
+		}
+		fmt.Fprintf(c.out, "wrote %s (custodyctl ceremony fetch %s %s: %s)\n  sha256 %s\n", o.Path, out.Request, o.Name, who, o.SHA256)
 	}
 	fmt.Fprintf(c.out, "transcript %s\n  sha256 %s\n", out.Transcript.Path, out.Transcript.SHA256)
+	return nil
+}
+
+func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ceremony fetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	outFile := fs.String("out", "", "write the file here (mode 0600) instead of ./NAME")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if len(pos) != 2 {
+		return usageError{"usage: custodyctl ceremony fetch ID NAME [--out FILE]"}
+	}
+	var out struct {
+		Name   string `json:"name"`
+		SHA256 string `json:"sha256"`
+		Data   []byte `json:"data"`
+	}
+	if _, err := c.call("GET", "/v1/ceremony/requests/"+pos[0]+"/outputs/"+pos[1], nil, &out); err != nil {
+		return err
+	}
+	dst := *outFile
+	if dst == "" {
+		dst = filepath.Base(out.Name)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(out.Data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "wrote %s (%d bytes)\n  sha256 %s\n", dst, len(out.Data), out.SHA256)
 	return nil
 }
 

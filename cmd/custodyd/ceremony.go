@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"custody/hsm"
 	"custody/internal/ceremony"
@@ -23,12 +26,50 @@ func loadCeremonies(cfg config.Config, token *hsm.Token, log *slog.Logger) (*ser
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(c.OutputDir, 0o755); err != nil {
+	if err := os.MkdirAll(c.OutputDir, 0o700); err != nil {
 		return nil, fmt.Errorf("ceremony.output_dir: %w", err)
 	}
-	log.Info("escrow key ceremonies enabled", "officers", len(offs.List), "output_dir", c.OutputDir)
-	return &server.Ceremonies{Officers: offs, SOPINFile: c.SOPINFile, OutputDir: c.OutputDir, Device: token,
-		LogOrigin: cfg.AccessLog.Origin, LogKeyLabel: cfg.AccessLog.SigningKeyLabel}, nil
+	if st, err := os.Stat(c.OutputDir); err != nil || st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("ceremony.output_dir %s: must be a directory of mode 0700 (share files and manifests are the daemon user's alone)", c.OutputDir)
+	}
+	cer := &server.Ceremonies{Officers: offs, OutputDir: c.OutputDir, Device: token, MinApprovals: c.MinApprovals,
+		PendingPerOfficer: c.PendingPerOfficer, LogOrigin: cfg.AccessLog.Origin, LogKeyLabel: cfg.AccessLog.SigningKeyLabel}
+	if c.SOPINShares != "" {
+		if cer.SOPIN, err = readSOPINRecord(c.SOPINShares, token.Info()); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Warn("no ceremony.so_pin_shares: backups are refused (custodyd token init --officers splits a token's SO PIN)")
+	}
+	var vs []note.Verifier
+	for _, k := range c.TrustedBackupSigners {
+		v, err := note.NewVerifier(strings.TrimSpace(k))
+		if err != nil {
+			return nil, fmt.Errorf("ceremony.trusted_backup_signers: %w", err)
+		}
+		vs = append(vs, v)
+	}
+	cer.TrustedBackupSigners = note.VerifierList(vs...)
+	log.Info("escrow key ceremonies enabled", "officers", len(offs.List), "output_dir", c.OutputDir,
+		"backups", cer.SOPIN != nil, "trusted_backup_signers", len(vs))
+	return cer, nil
+}
+
+// readSOPINRecord reads the SO PIN share record and checks that it is
+// this token's.
+func readSOPINRecord(path string, info hsm.TokenInfo) (*ceremony.SOPINRecord, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ceremony.so_pin_shares: %w", err)
+	}
+	rec, err := ceremony.ParseSOPINRecord(data)
+	if err != nil {
+		return nil, fmt.Errorf("ceremony.so_pin_shares %s: %w", path, err)
+	}
+	if rec.TokenLabel != info.Label || rec.TokenSerial != "" && rec.TokenSerial != strings.TrimSpace(info.Serial) {
+		return nil, fmt.Errorf("ceremony.so_pin_shares %s: the record is for token %q serial %q, this daemon's token is %q serial %q", path, rec.TokenLabel, rec.TokenSerial, info.Label, strings.TrimSpace(info.Serial))
+	}
+	return rec, nil
 }
 
 // readOfficers reads and parses the officers file at path.

@@ -18,12 +18,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/ceremony"
 	"custody/internal/config"
 	"custody/internal/keys"
 	"custody/internal/metrics"
@@ -43,10 +45,13 @@ Usage:
         On first start, creates the escrow and signing keys on the token.
         SIGHUP reloads the policy file and the officers file; an invalid file keeps
         what is in force. Changed officers cancel pending ceremony requests.
-  custodyd token init   [--config FILE] --so-pin-file FILE
-        Initialise the configured token label on a free slot, setting the SO
-        PIN from --so-pin-file and the user PIN from pkcs11.pin_file. PIN
-        files must be mode 0400 or 0600. PINs are never read from arguments.
+  custodyd token init   [--config FILE] --officers FILE --so-pin-threshold M --out DIR
+  custodyd token init   [--config FILE] --no-backups
+        Initialise the configured token label on a free slot, with the user PIN
+        from pkcs11.pin_file (mode 0400 or 0600) and a new random SO PIN that is
+        never written: split M-of-N among the officers of FILE (one age-encrypted
+        share file each in DIR, and DIR/so-pin.json for ceremony.so_pin_shares),
+        or given to no one (--no-backups: the escrow key can never be backed up).
   custodyd policy check FILE
         Validate a policy file and print a summary; exit status 1 if invalid.
   custodyd config check [--config FILE]
@@ -309,22 +314,113 @@ func cmdRun(args []string, stderr io.Writer) error {
 func cmdTokenInit(args []string, stdout io.Writer) error {
 	fs := newFlags("token init")
 	cfgPath := fs.String("config", "", "configuration file (JSON); defaults when empty")
-	soPIN := fs.String("so-pin-file", "", "file holding the new token's SO PIN (mode 0400 or 0600)")
+	officersFile := fs.String("officers", "", "officers file: split the new token's SO PIN among these officers")
+	threshold := fs.Int("so-pin-threshold", 0, "M: how many officers' SO PIN shares a backup needs (2 to the number of officers)")
+	outDir := fs.String("out", "", "new directory (mode 0700) for so-pin.json and one SO PIN share file per officer")
+	noBackups := fs.Bool("no-backups", false, "give the SO PIN to no one: the token works, but its escrow key can never be backed up (first-run demo)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *soPIN == "" {
-		return errors.New("--so-pin-file is required")
+	if fs.NArg() > 0 {
+		return fmt.Errorf("token init: unexpected argument %q", fs.Arg(0))
+	}
+	split := *officersFile != "" || *threshold != 0 || *outDir != ""
+	switch {
+	case split && *noBackups:
+		return errors.New("token init: --no-backups and --officers exclude each other")
+	case !split && !*noBackups:
+		return errors.New("token init: give --officers FILE --so-pin-threshold M --out DIR to split the SO PIN among the officers, or --no-backups (docs/ceremonies.md)")
+	case split && (*officersFile == "" || *threshold == 0 || *outDir == ""):
+		return errors.New("token init: --officers, --so-pin-threshold and --out go together")
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
 	}
-	if err := hsm.InitToken(context.Background(), cfg.PKCS11.Module, cfg.PKCS11.TokenLabel, *soPIN, cfg.PKCS11.PINFile); err != nil {
+	raw, err := ceremony.GenerateSOPIN()
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "token %q initialised; user PIN from %s\n", cfg.PKCS11.TokenLabel, cfg.PKCS11.PINFile)
+	defer clear(raw)
+	pin := ceremony.SOPINText(raw)
+	defer clear(pin)
+	label := cfg.PKCS11.TokenLabel
+	if !split {
+		if err := hsm.InitToken(context.Background(), cfg.PKCS11.Module, label, pin, cfg.PKCS11.PINFile); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "token %q initialised; user PIN from %s\nno one holds its SO PIN: its escrow key can never be backed up (re-initialise with --officers for that)\n", label, cfg.PKCS11.PINFile)
+		return nil
+	}
+	offs, err := readOfficers(*officersFile)
+	if err != nil {
+		return err
+	}
+	// Shares first, so that a token never ends up with an SO PIN that no
+	// file holds; the record is written again with the serial once the
+	// token exists.
+	rec, files, err := ceremony.SplitSOPIN(raw, label, "", offs.List, *threshold, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(*outDir, 0o700); err != nil {
+		return fmt.Errorf("token init: --out: %w (it must not exist yet)", err)
+	}
+	var names []string
+	for i, f := range files {
+		name := fmt.Sprintf("so-pin-share-%d-%s.age", i+1, offs.List[i].Name)
+		if err := writeNew(filepath.Join(*outDir, name), f); err != nil {
+			return err
+		}
+		names = append(names, name)
+	}
+	if err := hsm.InitToken(context.Background(), cfg.PKCS11.Module, label, pin, cfg.PKCS11.PINFile); err != nil {
+		os.RemoveAll(*outDir)
+		return err
+	}
+	if tok, err := hsm.Open(context.Background(), hsm.Config{ModulePath: cfg.PKCS11.Module, TokenLabel: label, PINFile: cfg.PKCS11.PINFile}, slog.New(slog.DiscardHandler)); err == nil {
+		rec.TokenSerial = tokenSerial(tok.Info().Serial)
+		tok.Close()
+	}
+	if err := writeNew(filepath.Join(*outDir, "so-pin.json"), rec.Marshal()); err != nil {
+		return fmt.Errorf("token %q is initialised and the shares are written, but: %w", label, err)
+	}
+	fmt.Fprintf(stdout, "token %q initialised; user PIN from %s\n", label, cfg.PKCS11.PINFile)
+	fmt.Fprintf(stdout, "its SO PIN is split %d-of-%d (set %s) and was never written:\n", rec.Threshold, rec.Total, rec.SetID)
+	for i, n := range names {
+		fmt.Fprintf(stdout, "  %s  for %s only\n", filepath.Join(*outDir, n), offs.List[i].Name)
+	}
+	fmt.Fprintf(stdout, "set ceremony.so_pin_shares to a copy of %s; give each officer their share file\n", filepath.Join(*outDir, "so-pin.json"))
 	return nil
+}
+
+// tokenSerial keeps the printable part of a token serial (SoftHSM pads it).
+func tokenSerial(s string) string { return strings.TrimSpace(s) }
+
+// writeNew creates path (mode 0600, never replacing a file) with data and
+// makes it durable: write, fsync, fsync the directory.
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func cmdPolicyCheck(args []string, stdout io.Writer) error {

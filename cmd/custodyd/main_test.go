@@ -95,6 +95,7 @@ func setup(t *testing.T) *daemon {
 		"policy_file": "policy.json",
 		"metrics":     map[string]any{"listen": "unix:m.sock"},
 		"access_log":  map[string]any{"dir": "log"},
+		"ceremony":    map[string]any{"auto_genesis": true},
 	}
 	data, _ := json.Marshal(cfg)
 	writeFile(t, d.config, string(data))

@@ -38,8 +38,7 @@ func TestOfficersReloadOnSIGHUP(t *testing.T) {
 	if err != nil || json.Unmarshal(data, &cfg) != nil {
 		t.Fatalf("reading the configuration: %v", err)
 	}
-	cfg["ceremony"] = map[string]any{"officers_file": "officers.json", "output_dir": "ceremonies",
-		"so_pin_file": cfg["pkcs11"].(map[string]any)["pin_file"]}
+	cfg["ceremony"] = map[string]any{"officers_file": "officers.json", "output_dir": "ceremonies"}
 	data, _ = json.Marshal(cfg)
 	writeFile(t, d.config, string(data))
 	officers := filepath.Join(d.dir, "officers.json")

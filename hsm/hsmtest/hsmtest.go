@@ -94,19 +94,27 @@ func Setup() (cleanup func(), err error) {
 var seq atomic.Uint64
 
 // NewToken initializes a fresh token with a unique label through
-// hsm.InitToken, with random SO and user PINs in files of mode 0400 under
-// t.TempDir(), and returns the Config to open it (Sessions 0: automatic).
-// It fails the test if SOFTHSM2_CONF is unset (Setup not called).
+// hsm.InitToken, with a random SO PIN that is discarded and a random user
+// PIN in a file of mode 0400 under t.TempDir(), and returns the Config to
+// open it (Sessions 0: automatic). It fails the test if SOFTHSM2_CONF is
+// unset (Setup not called).
 func NewToken(t testing.TB) hsm.Config {
+	t.Helper()
+	b := make([]byte, 12)
+	rand.Read(b)
+	return NewTokenWithSOPIN(t, []byte(hex.EncodeToString(b)))
+}
+
+// NewTokenWithSOPIN is NewToken with the caller's SO PIN (held in memory
+// only, as custodyd token init does), for tests of the backup path.
+func NewTokenWithSOPIN(t testing.TB, soPIN []byte) hsm.Config {
 	t.Helper()
 	if os.Getenv("SOFTHSM2_CONF") == "" {
 		t.Fatal("hsmtest: SOFTHSM2_CONF is unset: call hsmtest.Setup in TestMain")
 	}
-	dir := t.TempDir()
-	so := writePIN(t, dir, "so.pin")
-	user := writePIN(t, dir, "user.pin")
+	user := writePIN(t, t.TempDir(), "user.pin")
 	label := fmt.Sprintf("test-%d-%d", os.Getpid(), seq.Add(1))
-	err := hsm.InitToken(context.Background(), ModulePath(), label, so, user)
+	err := hsm.InitToken(context.Background(), ModulePath(), label, soPIN, user)
 	if errors.Is(err, hsm.ErrExists) {
 		t.Fatalf("hsmtest: token label %q already in use", label)
 	}

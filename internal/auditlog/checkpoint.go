@@ -180,12 +180,6 @@ func isKeyName(name string) bool {
 	return name != "" && !strings.ContainsAny(name, "+ \t\n\r\v\f\u0085\u00a0") && strings.IndexFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) < 0
 }
 
-// signerVerifier wraps a note.Signer whose verifier key is known.
-type noteKey interface {
-	note.Signer
-	VerifierKey() string
-}
-
 // SoftwareSigner is a note.Signer with an in-memory Ed25519 key, for tests
 // and benchmarks; the daemon uses a DeviceSigner.
 type SoftwareSigner struct {

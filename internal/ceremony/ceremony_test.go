@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,15 +31,75 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func openToken(t *testing.T) (*hsm.Token, hsm.Config) {
+// openToken opens a fresh token and returns its SO PIN, in raw form (as
+// custodyd token init makes it; the token has SOPINText(raw)).
+func openToken(t *testing.T) (*hsm.Token, []byte) {
 	t.Helper()
-	cfg := hsmtest.NewToken(t)
+	raw, err := ceremony.GenerateSOPIN()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := hsmtest.NewTokenWithSOPIN(t, ceremony.SOPINText(raw))
 	tok, err := hsm.Open(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tok.Close() })
-	return tok, cfg
+	return tok, raw
+}
+
+// soPINShares splits raw among offs, M-of-len(offs), as custodyd token
+// init does, and returns the record and each officer's decrypted share.
+func soPINShares(t *testing.T, raw []byte, offs []officerKeys, m int) (*ceremony.SOPINRecord, [][]byte) {
+	t.Helper()
+	rec, files, err := ceremony.SplitSOPIN(raw, "tok", "1", officerList(offs), m, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var texts [][]byte
+	for i, f := range files {
+		s, err := ceremony.DecryptShare(f, offs[i].id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts = append(texts, s.Text())
+	}
+	return rec, texts
+}
+
+// officersPart is the officers' part of a backup: a collector holding the
+// SO PIN shares of officers 1..m (2-of-len(offs) split of raw).
+func officersPart(t *testing.T, raw []byte, offs []officerKeys, m int) *ceremony.Collector {
+	t.Helper()
+	rec, texts := soPINShares(t, raw, offs, 2)
+	c := ceremony.NewCollector(rec.ShareSet())
+	for i := range m {
+		if _, err := c.Submit(offs[i].o.Name, texts[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func officerList(offs []officerKeys) []ceremony.Officer {
+	var list []ceremony.Officer
+	for _, o := range offs {
+		list = append(list, o.o)
+	}
+	return list
+}
+
+// daemonSigner is a software stand-in for the daemon's access-log key,
+// which signs manifests (the server tests use the key on the device).
+func daemonSigner(t *testing.T) (note.Signer, note.Verifiers) {
+	t.Helper()
+	sk, vk, err := note.GenerateKey(rand.Reader, "custody.test/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := note.NewSigner(sk)
+	v, _ := note.NewVerifier(vk)
+	return s, note.VerifierList(v)
 }
 
 type officerKeys struct {
@@ -96,9 +155,10 @@ func newOfficers(t *testing.T, n int) []officerKeys {
 // leaves no escrow object on B.
 func TestBackupRestoreScenario(t *testing.T) {
 	ctx := context.Background()
-	a, aCfg := openToken(t)
+	a, so := openToken(t)
 	b, _ := openToken(t)
 	offs := newOfficers(t, 5)
+	signer, trusted := daemonSigner(t)
 	const label = "custody/escrow/v1"
 	esc, err := a.GenerateKeyPair(ctx, hsm.KeySpec{Label: label, Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true})
 	if err != nil {
@@ -106,16 +166,12 @@ func TestBackupRestoreScenario(t *testing.T) {
 	}
 	envs := sealSome(t, esc.Public, 3)
 
-	var list []ceremony.Officer
-	for _, o := range offs {
-		list = append(list, o.o)
-	}
-	so := filepath.Join(filepath.Dir(aCfg.PINFile), "so.pin")
-	res, err := ceremony.Backup(ctx, a, label, so, list, 3, time.Now())
+	list := officerList(offs)
+	res, err := ceremony.Backup(ctx, a, label, officersPart(t, so, offs, 2), list, 3, signer, time.Now())
 	if err != nil {
 		t.Fatalf("Backup: %v", err)
 	}
-	other, err := ceremony.Backup(ctx, a, label, so, list, 3, time.Now())
+	other, err := ceremony.Backup(ctx, a, label, officersPart(t, so, offs, 2), list, 3, signer, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,9 +179,9 @@ func TestBackupRestoreScenario(t *testing.T) {
 	if err := a.DestroyKeyPair(ctx, label); err != nil {
 		t.Fatal(err)
 	}
-	m, err := ceremony.ParseManifest(res.Manifest.Marshal())
-	if err != nil {
-		t.Fatalf("ParseManifest: %v", err)
+	m, who, err := ceremony.OpenManifest(res.ManifestFile, trusted)
+	if err != nil || who != fmt.Sprintf("custody.test/log+%08x", signer.KeyHash()) {
+		t.Fatalf("OpenManifest: %q, %v", who, err)
 	}
 	decrypt := func(i int, files [][]byte) []byte { // officer i+1 decrypts their own share
 		s, err := ceremony.DecryptShare(files[i], offs[i].id)
@@ -146,13 +202,13 @@ func TestBackupRestoreScenario(t *testing.T) {
 	}
 
 	// M-1 shares.
-	r := ceremony.NewRestore(m)
+	r := ceremony.NewCollector(m.ShareSet())
 	for _, i := range []int{1, 3} {
 		if _, err := r.Submit(offs[i].o.Name, decrypt(i, res.ShareFiles)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := r.Finish(ctx, b); !errors.Is(err, ceremony.ErrNotEnoughShares) {
+	if err := ceremony.Restore(ctx, b, m, r); !errors.Is(err, ceremony.ErrNotEnoughShares) {
 		t.Fatalf("M-1 shares: %v", err)
 	}
 	noEscrow("M-1")
@@ -182,7 +238,7 @@ func TestBackupRestoreScenario(t *testing.T) {
 	if _, err := r.Submit(offs[4].o.Name, decrypt(4, res.ShareFiles)); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Finish(ctx, b); err != nil {
+	if err := ceremony.Restore(ctx, b, m, r); err != nil {
 		t.Fatalf("Finish: %v", err)
 	}
 	for i, e := range envs {
@@ -195,11 +251,11 @@ func TestBackupRestoreScenario(t *testing.T) {
 		t.Fatalf("%d session objects left", n)
 	}
 	// Restoring again: refused, the existing key untouched.
-	r2 := ceremony.NewRestore(m)
+	r2 := ceremony.NewCollector(m.ShareSet())
 	for _, i := range []int{0, 1, 2} {
 		r2.Submit(offs[i].o.Name, decrypt(i, res.ShareFiles))
 	}
-	if err := r2.Finish(ctx, b); !errors.Is(err, hsm.ErrExists) {
+	if err := ceremony.Restore(ctx, b, m, r2); !errors.Is(err, hsm.ErrExists) {
 		t.Fatalf("second restore: %v", err)
 	}
 }
@@ -208,27 +264,27 @@ func TestBackupRestoreScenario(t *testing.T) {
 // fails, and nothing is left on the token.
 func TestRestoreKCVAndCanary(t *testing.T) {
 	ctx := context.Background()
-	a, aCfg := openToken(t)
+	a, so := openToken(t)
 	b, _ := openToken(t)
 	offs := newOfficers(t, 3)
+	signer, _ := daemonSigner(t)
 	const label = "custody/escrow/v1"
 	if _, err := a.GenerateKeyPair(ctx, hsm.KeySpec{Label: label, Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true}); err != nil {
 		t.Fatal(err)
 	}
-	list := []ceremony.Officer{offs[0].o, offs[1].o, offs[2].o}
-	res, err := ceremony.Backup(ctx, a, label, filepath.Join(filepath.Dir(aCfg.PINFile), "so.pin"), list, 2, time.Now())
+	res, err := ceremony.Backup(ctx, a, label, officersPart(t, so, offs, 2), officerList(offs), 2, signer, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	run := func(m *ceremony.Manifest) error {
-		r := ceremony.NewRestore(m)
+		r := ceremony.NewCollector(m.ShareSet())
 		for i := range 2 {
 			s, _ := ceremony.DecryptShare(res.ShareFiles[i], offs[i].id)
 			if _, err := r.Submit(offs[i].o.Name, s.Text()); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return r.Finish(ctx, b)
+		return ceremony.Restore(ctx, b, m, r)
 	}
 	m := *res.Manifest
 	m.KCV = "000000"
@@ -245,6 +301,17 @@ func TestRestoreKCVAndCanary(t *testing.T) {
 	m.CanaryHash = "00" + m.CanaryHash[2:]
 	if err := run(&m); !errors.Is(err, ceremony.ErrCanary) {
 		t.Fatalf("bad canary: %v", err)
+	}
+	// The manifest names another public key than the wrapped private key's:
+	// the restored pair is not installed.
+	m = *res.Manifest
+	otherKey, err := a.GenerateKeyPair(ctx, hsm.KeySpec{Label: "custody/escrow/v9", Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Public = otherKey.Public
+	if err := run(&m); !errors.Is(err, ceremony.ErrCanary) {
+		t.Fatalf("public key of another key: %v", err)
 	}
 	if _, err := b.FindKey(ctx, label); !errors.Is(err, hsm.ErrNotFound) {
 		t.Fatalf("escrow key left after failures: %v", err)

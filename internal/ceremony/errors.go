@@ -18,6 +18,9 @@ var (
 	ErrExpired = errors.New("ceremony: outside the request's approval window")
 	// ErrDuplicateApproval: this officer already approved the request.
 	ErrDuplicateApproval = errors.New("ceremony: officer already approved this request")
+	// ErrTooManyPending: the requester (or the daemon) has as many pending
+	// requests as allowed.
+	ErrTooManyPending = errors.New("ceremony: too many pending requests")
 	// ErrNotApproved: fewer than M distinct officers approved the request.
 	ErrNotApproved = errors.New("ceremony: request lacks its quorum of approvals")
 	// ErrFormat: a share file, backup manifest, request or transcript does not parse.
@@ -34,6 +37,15 @@ var (
 	ErrKCV = errors.New("ceremony: key check value mismatch")
 	// ErrCanary: the restored key did not open the backup's canary envelope; the key was removed.
 	ErrCanary = errors.New("ceremony: canary envelope did not open with the restored key")
+	// ErrUntrustedManifest: a backup manifest is unsigned, or not signed by a
+	// key pinned in ceremony.trusted_backup_signers, or its signature fails.
+	ErrUntrustedManifest = errors.New("ceremony: backup manifest is not signed by a trusted daemon")
+	// ErrNotEscrowLabel: only escrow keys (custody/escrow/v<N>) are backed up
+	// and restored; never participant, signing or log keys.
+	ErrNotEscrowLabel = errors.New("ceremony: only escrow key labels can be backed up or restored")
+	// ErrNoSOPIN: the token's SO PIN was not split among the officers, so no
+	// backup can log the security officer in.
+	ErrNoSOPIN = errors.New("ceremony: no SO PIN share record for this token")
 	// ErrTranscript: a transcript's signatures do not verify or a required signer is missing.
 	ErrTranscript = errors.New("ceremony: transcript does not verify")
 )

@@ -5,11 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"custody/internal/ceremony"
 )
 
 func FuzzParseShare(f *testing.F) {
 	f.Add(ceremony.Share{BackupID: strings.Repeat("ab", 16), Index: 2, Threshold: 3, Total: 5, Officer: "o2", Value: make([]byte, 32)}.Text())
+	f.Add(ceremony.Share{Kind: ceremony.SOPINShare, BackupID: strings.Repeat("cd", 16), Index: 1, Threshold: 2, Total: 2, Officer: "o1", Value: make([]byte, 32)}.Text())
 	f.Add([]byte("custody-share v1\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ceremony.ParseShare(b)
@@ -43,6 +46,29 @@ func FuzzParseTranscript(f *testing.F) {
 		}
 		if _, err := tr.Text(); err != nil {
 			t.Fatalf("parsed transcript does not encode: %v", err)
+		}
+	})
+}
+
+func FuzzParseSOPINRecord(f *testing.F) {
+	f.Add([]byte(`{"format":"custody-so-pin v1","set_id":"` + strings.Repeat("ab", 16) + `","created":"2026-01-01T00:00:00Z","token_label":"custody","token_serial":"1","split_alg":"shamir-gf256-0x11b","share_alg":"age-x25519","threshold":2,"total":2,"shares":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ceremony.ParseSOPINRecord(b)
+		if err != nil {
+			return
+		}
+		if _, err := ceremony.ParseSOPINRecord(r.Marshal()); err != nil {
+			t.Fatalf("SO PIN record does not round-trip: %v", err)
+		}
+	})
+}
+
+func FuzzOpenManifest(f *testing.F) {
+	f.Add([]byte("custody backup manifest v2\n{}\n\n\u2014 custody.test/log AAAA\n"))
+	f.Add([]byte(`{"format":"custody-backup v1"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if m, _, err := ceremony.OpenManifest(b, note.VerifierList()); err == nil {
+			t.Fatalf("a manifest opened with no trusted signer: %+v", m)
 		}
 	})
 }

@@ -49,26 +49,3 @@ func (a *Approvals) CancelPending() []string {
 	slices.Sort(ids)
 	return ids
 }
-
-// Count returns how many shares are in.
-func (r *Restore) Count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.shares)
-}
-
-// Submitters returns the officers who submitted a share, by share index.
-func (r *Restore) Submitters() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	idx := make([]int, 0, len(r.shares))
-	for i := range r.shares {
-		idx = append(idx, i)
-	}
-	slices.Sort(idx)
-	out := make([]string, 0, len(idx))
-	for _, i := range idx {
-		out = append(out, r.m.Shares[i-1].Officer)
-	}
-	return out
-}

@@ -32,7 +32,7 @@ var kinds = []string{KindGenesis, KindBackup, KindRestore, KindRotate, KindRetir
 type Request struct {
 	ID        string            // 16 random bytes, hex
 	Kind      string            // KindGenesis, KindBackup, KindRestore, KindRotate
-	Params    map[string]string // keys [a-z_]{1,32}, values printable without newlines
+	Params    map[string]string // keys [a-z][a-z0-9_]{0,31}, values printable without newlines, at most 1024 bytes
 	Nonce     string            // 32 random bytes, hex
 	Requester string            // officer name
 	Quorum    int               // M: distinct approvers needed, requester excluded
@@ -67,13 +67,16 @@ func (r Request) Hash() string {
 }
 
 var (
-	paramKeyRe = regexp.MustCompile(`^[a-z_]{1,32}$`)
+	paramKeyRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 	hexIDRe    = regexp.MustCompile(`^[0-9a-f]{32}$`)
 	hexNonceRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
+// maxParamValue bounds a param's value: room for a fingerprint in words.
+const maxParamValue = 1024
+
 func validParamValue(v string) bool {
-	if len(v) > 256 {
+	if len(v) > maxParamValue {
 		return false
 	}
 	for _, c := range v {
@@ -208,6 +211,9 @@ type pending struct {
 // forgets them. Safe for concurrent use.
 type Approvals struct {
 	Now func() time.Time // nil = time.Now
+	// PerRequester bounds the requests one officer may have pending at
+	// once (0 = DefaultPerRequester), so one officer cannot fill the table.
+	PerRequester int
 
 	mu   sync.Mutex
 	reqs map[string]*pending
@@ -215,6 +221,9 @@ type Approvals struct {
 
 // MaxPending bounds the requests held at once.
 const MaxPending = 64
+
+// DefaultPerRequester is Approvals.PerRequester's default.
+const DefaultPerRequester = 4
 
 func (a *Approvals) now() time.Time {
 	if a.Now != nil {
@@ -249,8 +258,21 @@ func (a *Approvals) Create(requester Officer, kind string, params map[string]str
 			delete(a.reqs, id)
 		}
 	}
+	limit := a.PerRequester
+	if limit <= 0 {
+		limit = DefaultPerRequester
+	}
+	mine := 0
+	for _, p := range a.reqs {
+		if p.req.Requester == r.Requester {
+			mine++
+		}
+	}
+	if mine >= limit {
+		return Request{}, fmt.Errorf("%w: %s has %d requests pending (at most %d); let them expire or run them", ErrTooManyPending, r.Requester, mine, limit)
+	}
 	if len(a.reqs) >= MaxPending {
-		return Request{}, fmt.Errorf("%w: %d requests pending", ErrFormat, len(a.reqs))
+		return Request{}, fmt.Errorf("%w: %d requests pending", ErrTooManyPending, len(a.reqs))
 	}
 	a.reqs[r.ID] = &pending{req: r}
 	return r, nil

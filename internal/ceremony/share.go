@@ -13,8 +13,29 @@ import (
 	"filippo.io/age"
 )
 
-// Share is one officer's part of a backup KEK (plaintext form, after age
-// decryption). Its text form (Text, ParseShare):
+// ShareKind says what secret a share is a part of.
+type ShareKind int
+
+const (
+	// KEKShare is a part of a backup's KEK ("custody-share v1"; its set is
+	// the backup, named by the manifest's backup id).
+	KEKShare ShareKind = iota
+	// SOPINShare is a part of a token's security officer PIN
+	// ("custody-so-pin-share v1"; its set is the SO PIN record's set id,
+	// made by custodyd token init).
+	SOPINShare
+)
+
+func (k ShareKind) String() string {
+	if k == SOPINShare {
+		return "SO PIN share"
+	}
+	return "backup share"
+}
+
+// Share is one officer's part of a 32-byte secret: a backup KEK or a
+// token's SO PIN (plaintext form, after age decryption). Its text form
+// (Text, ParseShare), for a KEK share:
 //
 //	custody-share v1
 //	backup <32 hex>
@@ -24,10 +45,12 @@ import (
 //	officer <name>
 //	value <64 hex>
 //
-// value is the Shamir y-coordinates (GF(2^8), AES polynomial, x = index)
-// of the 32-byte KEK.
+// and for an SO PIN share the same with the first lines
+// "custody-so-pin-share v1" and "set <32 hex>". value is the Shamir
+// y-coordinates (GF(2^8), AES polynomial, x = index) of the secret.
 type Share struct {
-	BackupID  string
+	Kind      ShareKind
+	BackupID  string // the set: a backup id, or an SO PIN record's set id
 	Index     int
 	Threshold int
 	Total     int
@@ -35,15 +58,20 @@ type Share struct {
 	Value     []byte // 32 bytes; secret
 }
 
-const shareMagic = "custody-share v1"
+// The first line and the set field of each kind.
+var shareMagic = [...]struct{ magic, set, commitment string }{
+	KEKShare:   {"custody-share v1", "backup", "custody/share-commitment/v1\x00"},
+	SOPINShare: {"custody-so-pin-share v1", "set", "custody/so-pin-share-commitment/v1\x00"},
+}
 
 // Text encodes s. The result is secret.
 func (s Share) Text() []byte {
-	return fmt.Appendf(nil, "%s\nbackup %s\nindex %d\nthreshold %d\ntotal %d\nofficer %s\nvalue %s\n",
-		shareMagic, s.BackupID, s.Index, s.Threshold, s.Total, s.Officer, hex.EncodeToString(s.Value))
+	k := shareMagic[s.Kind]
+	return fmt.Appendf(nil, "%s\n%s %s\nindex %d\nthreshold %d\ntotal %d\nofficer %s\nvalue %s\n",
+		k.magic, k.set, s.BackupID, s.Index, s.Threshold, s.Total, s.Officer, hex.EncodeToString(s.Value))
 }
 
-// ParseShare parses a share's text strictly (ErrFormat).
+// ParseShare parses a share's text, of either kind, strictly (ErrFormat).
 func ParseShare(b []byte) (Share, error) {
 	bad := func(f string, a ...any) (Share, error) {
 		return Share{}, fmt.Errorf("%w: share: %s", ErrFormat, fmt.Sprintf(f, a...))
@@ -52,10 +80,18 @@ func ParseShare(b []byte) (Share, error) {
 		return bad("too large")
 	}
 	lines := strings.Split(string(b), "\n")
-	if len(lines) != 8 || lines[7] != "" || lines[0] != shareMagic {
-		return bad("not a %q file of 7 lines", shareMagic)
+	var s Share
+	switch {
+	case len(lines) != 8 || lines[7] != "":
+		return bad("not a share file of 7 lines")
+	case lines[0] == shareMagic[KEKShare].magic:
+		s.Kind = KEKShare
+	case lines[0] == shareMagic[SOPINShare].magic:
+		s.Kind = SOPINShare
+	default:
+		return bad("first line is not %q or %q", shareMagic[KEKShare].magic, shareMagic[SOPINShare].magic)
 	}
-	names := []string{"backup", "index", "threshold", "total", "officer", "value"}
+	names := []string{shareMagic[s.Kind].set, "index", "threshold", "total", "officer", "value"}
 	vals := make([]string, len(names))
 	for i, n := range names {
 		v, ok := strings.CutPrefix(lines[i+1], n+" ")
@@ -64,10 +100,9 @@ func ParseShare(b []byte) (Share, error) {
 		}
 		vals[i] = v
 	}
-	var s Share
 	s.BackupID, s.Officer = vals[0], vals[4]
 	if !hexIDRe.MatchString(s.BackupID) {
-		return bad("bad backup id")
+		return bad("bad %s id", names[0])
 	}
 	if !officerNameRe.MatchString(s.Officer) {
 		return bad("bad officer name")
@@ -90,13 +125,14 @@ func ParseShare(b []byte) (Share, error) {
 	return s, nil
 }
 
-// Commitment binds a share to its backup: SHA-256 of a domain label, the
-// backup id, the index and the value. The manifest lists one per share so
-// the daemon can name a corrupted share; a 256-bit hash of a 256-bit
-// random-looking value reveals nothing useful about it.
+// Commitment binds a share to its set: SHA-256 of a domain label (one per
+// kind), the set id, the index and the value. The public record of the set
+// (manifest, SO PIN record) lists one per share so the daemon can name a
+// corrupted share; a 256-bit hash of a 256-bit random-looking value reveals
+// nothing useful about it.
 func (s Share) Commitment() string {
 	h := sha256.New()
-	h.Write([]byte("custody/share-commitment/v1\x00"))
+	h.Write([]byte(shareMagic[s.Kind].commitment))
 	h.Write([]byte(s.BackupID))
 	h.Write(binary.BigEndian.AppendUint16(nil, uint16(s.Index)))
 	h.Write(s.Value)

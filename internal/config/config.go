@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"custody/internal/auditlog"
 	"custody/internal/orders"
 )
@@ -96,20 +98,40 @@ type Keys struct {
 type Ceremony struct {
 	// OfficersFile lists the security officers (ceremony.ParseOfficers).
 	OfficersFile string `json:"officers_file"`
-	// SOPINFile holds the token's security officer PIN (mode 0400 or 0600),
-	// needed by backups only.
-	SOPINFile string `json:"so_pin_file"`
-	// OutputDir receives transcripts, backup manifests and share files.
+	// SOPINShares is the public record of this token's SO PIN shares, which
+	// `custodyd token init --officers` writes (so-pin.json). The daemon
+	// holds no SO PIN: a backup needs officers to submit their SO PIN
+	// shares. Without it backups are refused (so_pin_unavailable).
+	SOPINShares string `json:"so_pin_shares,omitempty"`
+	// TrustedBackupSigners pins the daemons whose backup manifests a restore
+	// accepts: their access-log verifier keys (the text of their log.pub).
+	// Empty: every restore is refused.
+	TrustedBackupSigners []string `json:"trusted_backup_signers,omitempty"`
+	// MinApprovals raises the least number of approvals (besides the
+	// requester) per kind: genesis, backup, restore, rotate, retire.
+	// Defaults 2, 2, 2, 1, 2; restore and retire are never below 2.
+	MinApprovals map[string]int `json:"min_approvals,omitempty"`
+	// PendingPerOfficer bounds the requests one officer may have pending
+	// (0 = 4).
+	PendingPerOfficer int `json:"pending_per_officer,omitempty"`
+	// OutputDir receives transcripts, backup manifests and share files
+	// (mode 0600 in 0700 directories; officers fetch theirs over the socket).
 	OutputDir string `json:"output_dir"`
 	// AutoGenesis makes the daemon run genesis by itself at start when the
 	// token has not had one (creating the escrow and signing keys without a
-	// ceremony). Demo only: true by default so that the first run works;
-	// production sets it to false and runs `custodyctl ceremony genesis`.
+	// ceremony). Demo only: false unless set; the first run's configuration
+	// (scripts/first-run.sh) sets it, production runs `custodyctl ceremony genesis`.
 	AutoGenesis *bool `json:"auto_genesis,omitempty"`
+	// SOPINFile is no longer accepted (it let the daemon's user export the
+	// escrow key); Validate says what replaces it.
+	SOPINFile string `json:"so_pin_file,omitempty"`
 }
 
-// AutoGenesisOn reports AutoGenesis with its default (true).
-func (c Ceremony) AutoGenesisOn() bool { return c.AutoGenesis == nil || *c.AutoGenesis }
+// ceremonyKinds are the kinds MinApprovals takes, with their floors.
+var ceremonyKinds = map[string]int{"genesis": 1, "backup": 2, "restore": 2, "rotate": 1, "retire": 2}
+
+// AutoGenesisOn reports AutoGenesis with its default (false).
+func (c Ceremony) AutoGenesisOn() bool { return c.AutoGenesis != nil && *c.AutoGenesis }
 
 // RotateAfterDuration and RotationInterval return the durations (Validate
 // has checked them).
@@ -245,7 +267,7 @@ func (c *Config) resolve(dir string, set Config) {
 		{&c.PolicyFile, &set.PolicyFile},
 		{&c.AccessLog.Dir, &set.AccessLog.Dir},
 		{&c.Ceremony.OfficersFile, &set.Ceremony.OfficersFile},
-		{&c.Ceremony.SOPINFile, &set.Ceremony.SOPINFile},
+		{&c.Ceremony.SOPINShares, &set.Ceremony.SOPINShares},
 		{&c.Ceremony.OutputDir, &set.Ceremony.OutputDir},
 	} {
 		if *f.set != "" {
@@ -324,12 +346,30 @@ func (c Config) Validate() error {
 
 func (c Ceremony) validate() error {
 	switch {
-	case c.OfficersFile == "" && (c.SOPINFile != "" || c.OutputDir != ""):
-		return errors.New("ceremony.officers_file: required when so_pin_file or output_dir is set")
+	case c.SOPINFile != "":
+		return errors.New("ceremony.so_pin_file: no longer accepted: an SO PIN beside the daemon lets its Unix user export the escrow key. " +
+			"Initialise the token with `custodyd token init --officers FILE --so-pin-threshold M --out DIR`, hand each officer their SO PIN share, " +
+			"and set ceremony.so_pin_shares to DIR/so-pin.json (docs/ceremonies.md)")
+	case c.OfficersFile == "" && (c.SOPINShares != "" || c.OutputDir != "" || len(c.TrustedBackupSigners) > 0):
+		return errors.New("ceremony.officers_file: required when so_pin_shares, output_dir or trusted_backup_signers is set")
 	case c.OfficersFile != "" && c.OutputDir == "":
 		return errors.New("ceremony.output_dir: required with ceremony.officers_file (transcripts are written there)")
-	case c.OfficersFile != "" && c.SOPINFile == "":
-		return errors.New("ceremony.so_pin_file: required with ceremony.officers_file (backups log the security officer in)")
+	case c.PendingPerOfficer < 0 || c.PendingPerOfficer > 64:
+		return errors.New("ceremony.pending_per_officer: must be 0 (default 4) to 64")
+	}
+	for i, k := range c.TrustedBackupSigners {
+		if _, err := note.NewVerifier(strings.TrimSpace(k)); err != nil {
+			return fmt.Errorf("ceremony.trusted_backup_signers[%d]: %q is not a note verifier key (the text of a daemon's log.pub): %v", i, k, err)
+		}
+	}
+	for kind, n := range c.MinApprovals {
+		floor, ok := ceremonyKinds[kind]
+		switch {
+		case !ok:
+			return fmt.Errorf("ceremony.min_approvals: unknown kind %q (genesis, backup, restore, rotate, retire)", kind)
+		case n < floor || n > 254:
+			return fmt.Errorf("ceremony.min_approvals.%s: %d; must be %d to 254 (restore and retire never take fewer than 2 approvals)", kind, n, floor)
+		}
 	}
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"testing"
@@ -166,5 +165,3 @@ func (f *fixture) opensAny(e *envelope.Envelope) bool {
 	}
 	return false
 }
-
-func digestOf(e *envelope.Envelope) [32]byte { return sha256.Sum256(e.SignedMessage()) }

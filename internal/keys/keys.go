@@ -160,6 +160,17 @@ func ParticipantLabel(id string, n uint32) string {
 	return participantPrefix + id + "/v" + strconv.FormatUint(uint64(n), 10)
 }
 
+// EscrowLabelVersion returns the version of an escrow key label
+// ("custody/escrow/v<N>", N canonical and nonzero); ok is false for any
+// other label (participant, signing, log or foreign).
+func EscrowLabelVersion(label string) (n uint32, ok bool) {
+	kind, _, n, err := parseLabel(label)
+	if err != nil || kind != "escrow" {
+		return 0, false
+	}
+	return n, true
+}
+
 func parseLabel(label string) (kind, id string, n uint32, err error) {
 	rest, ok := strings.CutPrefix(label, prefix)
 	if !ok {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"custody/hsm"
 	"custody/internal/auditlog"
@@ -27,13 +30,18 @@ import (
 // is one access-log entry through Server.record; an executed ceremony adds
 // a second entry naming its signed transcript's SHA-256.
 //
-// Flow: an officer creates a request (kind, params, M, N, window); M other
-// officers approve its hash and nonce, each as their own Unix user; any
-// officer then executes it once (genesis, backup, rotate). A restore also
-// needs M officers to submit their own decrypted shares before it runs.
+// Flow: an officer creates a request (kind, a few inputs, M, N, window);
+// the daemon writes its params, which name the key, the token and the
+// effect (ceremony_effects.go); M other officers approve its hash and
+// nonce, each as their own Unix user; any officer then executes it once. A
+// backup also needs officers to submit their SO PIN shares (the daemon has
+// no SO PIN of its own), a restore their shares of the backup's KEK, before
+// it runs. Outputs are 0600 files in 0700 directories of the daemon's
+// user; officers fetch theirs over the socket (ceremonyFetch).
 //
-// Pending requests and submitted shares live in memory: a restart forgets
-// them (a quorum is gathered in one sitting).
+// Pending requests, submitted shares and the list of outputs live in
+// memory: a restart forgets them (a quorum is gathered in one sitting; the
+// files stay in output_dir).
 
 // CeremonyDevice is what ceremonies need from the token (*hsm.Token).
 type CeremonyDevice interface {
@@ -45,18 +53,53 @@ type CeremonyDevice interface {
 // Ceremonies configures the ceremony routes; Deps.Ceremonies nil makes
 // them answer ceremony_unavailable.
 type Ceremonies struct {
-	Officers    *ceremony.Officers // at start; ReplaceOfficers changes them
-	SOPINFile   string             // security officer PIN, for backups
-	OutputDir   string             // transcripts, manifests and share files
-	Device      CeremonyDevice
-	LogOrigin   string // the access log's origin: the transcript signer's name
-	LogKeyLabel string // the access log's Ed25519 key on the token
+	Officers *ceremony.Officers // at start; ReplaceOfficers changes them
+	// SOPIN is the public record of this token's SO PIN shares (custodyd
+	// token init --officers); nil: backups are refused (so_pin_unavailable).
+	SOPIN *ceremony.SOPINRecord
+	// TrustedBackupSigners are the daemons' log keys whose backup manifests
+	// a restore accepts; empty: every restore is refused.
+	TrustedBackupSigners note.Verifiers
+	// MinApprovals is the least M per kind; kinds absent get
+	// DefaultMinApprovals. Restore and retire are never below 2.
+	MinApprovals map[string]int
+	// PendingPerOfficer bounds one officer's pending requests (0 = 4).
+	PendingPerOfficer int
+	OutputDir         string // transcripts, manifests and share files
+	Device            CeremonyDevice
+	LogOrigin         string // the access log's origin: the transcript signer's name
+	LogKeyLabel       string // the access log's Ed25519 key on the token
 
 	current   atomic.Pointer[ceremony.Officers]
 	once      sync.Once
 	approvals ceremony.Approvals
 	mu        sync.Mutex
-	restores  map[string]*ceremony.Restore // by request id
+	asks      map[string]ask                 // by request id: what the requester chose
+	shares    map[string]*ceremony.Collector // by request id: a backup's SO PIN shares, a restore's KEK shares
+	outputs   map[string]executed            // executed requests' files
+}
+
+// executed is what a request wrote: file name → the officer who may fetch
+// it ("" = any officer).
+type executed struct {
+	dir   string
+	files map[string]string
+}
+
+// DefaultMinApprovals is the least number of approvals (besides the
+// requester) per kind. Restoring a key and destroying one never take
+// fewer than 2 (config.Validate refuses lower floors).
+var DefaultMinApprovals = map[string]int{
+	ceremony.KindGenesis: 2, ceremony.KindBackup: 2, ceremony.KindRestore: 2,
+	ceremony.KindRotate: 1, ceremony.KindRetire: 2,
+}
+
+// minApprovals returns the floor for kind.
+func (c *Ceremonies) minApprovals(kind string) int {
+	if n, ok := c.MinApprovals[kind]; ok {
+		return n
+	}
+	return DefaultMinApprovals[kind]
 }
 
 // Limits of a request.
@@ -85,12 +128,28 @@ func (c *Ceremonies) ReplaceOfficers(offs *ceremony.Officers) (changed bool, can
 	c.current.Store(offs)
 	cancelled = c.approvals.CancelPending()
 	c.mu.Lock()
-	for id, rs := range c.restores {
-		rs.Abort()
-		delete(c.restores, id)
+	for _, id := range cancelled {
+		c.forgetLocked(id)
 	}
 	c.mu.Unlock()
 	return true, cancelled
+}
+
+// forgetLocked drops what request id gathered (shares are cleared).
+func (c *Ceremonies) forgetLocked(id string) {
+	if col := c.shares[id]; col != nil {
+		col.Abort()
+	}
+	delete(c.shares, id)
+	delete(c.asks, id)
+}
+
+// collector returns the shares request id gathers: KEK shares for a
+// restore, SO PIN shares for a backup; nil for other kinds.
+func (c *Ceremonies) collector(id string) *ceremony.Collector {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.shares[id]
 }
 
 func (s *Server) ceremonies() (*Ceremonies, error) {
@@ -100,8 +159,11 @@ func (s *Server) ceremonies() (*Ceremonies, error) {
 	}
 	c.once.Do(func() {
 		c.approvals.Now = s.Now
+		c.approvals.PerRequester = c.PendingPerOfficer
 		c.mu.Lock()
-		c.restores = map[string]*ceremony.Restore{}
+		c.asks = map[string]ask{}
+		c.shares = map[string]*ceremony.Collector{}
+		c.outputs = map[string]executed{}
 		c.mu.Unlock()
 	})
 	return c, nil
@@ -141,7 +203,9 @@ type requestView struct {
 	Hash      string            `json:"hash"` // SHA-256 of canonical: what officers approve
 	Canonical string            `json:"canonical"`
 	Approvals []string          `json:"approvals"`
-	Shares    int               `json:"shares,omitempty"` // restore: shares submitted
+	Shares    int               `json:"shares,omitempty"` // backup: SO PIN shares, restore: KEK shares submitted
+	ShareKind string            `json:"share_kind,omitempty"`
+	Needed    int               `json:"shares_needed,omitempty"`
 }
 
 func (s *Server) viewRequest(c *Ceremonies, r ceremony.Request, aps []ceremony.Approval) requestView {
@@ -150,17 +214,15 @@ func (s *Server) viewRequest(c *Ceremonies, r ceremony.Request, aps []ceremony.A
 	for _, a := range aps {
 		v.Approvals = append(v.Approvals, a.Officer)
 	}
-	c.mu.Lock()
-	if rs := c.restores[r.ID]; rs != nil {
-		v.Shares = rs.Count()
+	if col := c.collector(r.ID); col != nil {
+		v.Shares, v.ShareKind, v.Needed = col.Count(), col.Set().Kind.String(), col.Set().Threshold
 	}
-	c.mu.Unlock()
 	return v
 }
 
 type ceremonyRequestIn struct {
 	Kind     string            `json:"kind"`
-	Params   map[string]string `json:"params"`
+	Params   map[string]string `json:"params"` // backup: key_label; retire: version, rewrapped_count
 	M        int               `json:"m"`
 	N        int               `json:"n"`        // backup: shares to make (the first N officers of the file); 0 = every officer
 	Window   string            `json:"window"`   // Go duration; "" = 1h
@@ -197,79 +259,36 @@ func (s *Server) newRequest(ctx context.Context, c *Ceremonies, o ceremony.Offic
 		}
 		window = d
 	}
+	a, err := s.parseAsk(c, in)
+	if err != nil {
+		return none, err
+	}
 	others := len(c.officers().List) - 1
-	if in.M < 1 || in.M > others {
-		return none, badRequest("m: %d approvals needed, but only %d other officers exist; want 1..%d", in.M, others, others)
+	if floor := c.minApprovals(in.Kind); in.M < floor || in.M > others {
+		return none, badRequest("m: %d approvals; a %s request needs %d..%d (the configured floor is %d, and %d other officers exist)", in.M, in.Kind, floor, others, floor, others)
 	}
-	params := map[string]string{}
-	for k, v := range in.Params {
-		params[k] = v
-	}
-	var restore *ceremony.Restore
-	switch in.Kind {
-	case ceremony.KindGenesis, ceremony.KindRotate, ceremony.KindRetire:
-		if in.N != 0 || in.Manifest != "" {
-			return none, badRequest("n and manifest are for backup and restore requests")
-		}
-		if in.Kind == ceremony.KindRetire {
-			if err := s.checkRetireParams(params); err != nil {
-				return none, err
-			}
-		}
-	case ceremony.KindBackup:
-		n := in.N
-		if n == 0 {
-			n = len(c.officers().List)
-		}
-		if in.M < 2 || n < in.M || n > len(c.officers().List) {
-			return none, badRequest("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", n, in.M, len(c.officers().List))
-		}
-		if in.Manifest != "" {
-			return none, badRequest("manifest: only for restore requests")
-		}
-		esc, err := s.Keys.Escrow()
-		if err != nil {
-			return none, err
-		}
-		if params["key_label"] == "" {
-			params["key_label"] = esc.Label
-		}
-		if _, err := c.Device.FindKey(ctx, params["key_label"]); err != nil {
-			return none, fmt.Errorf("backup of %q: %w", params["key_label"], err)
-		}
-		params["n"] = strconv.Itoa(n)
-	case ceremony.KindRestore:
-		if in.N != 0 {
-			return none, badRequest("n: not for restore requests (the manifest says)")
-		}
-		m, err := ceremony.ParseManifest([]byte(in.Manifest))
-		if err != nil {
-			return none, err
-		}
-		if m.Threshold != in.M {
-			return none, badRequest("m: %d, but the backup's threshold is %d", in.M, m.Threshold)
-		}
-		sum := sha256.Sum256([]byte(in.Manifest))
-		params["backup_id"], params["key_label"], params["manifest_digest"] = m.BackupID, m.KeyLabel, hex.EncodeToString(sum[:])
-		restore = ceremony.NewRestore(m)
-	default:
-		return none, badRequest("kind: %q is not genesis, backup, restore, rotate or retire", in.Kind)
+	params, err := s.params(ctx, c, a)
+	if err != nil {
+		return none, err
 	}
 	r, err := c.approvals.Create(o, in.Kind, params, in.M, window)
 	if err != nil {
 		return none, err
 	}
 	c.mu.Lock()
-	for id, rs := range c.restores { // forget restores whose request is gone
+	defer c.mu.Unlock()
+	for id := range c.asks { // forget what requests that are gone gathered
 		if _, _, err := c.approvals.Get(id); err != nil {
-			rs.Abort()
-			delete(c.restores, id)
+			c.forgetLocked(id)
 		}
 	}
-	if restore != nil {
-		c.restores[r.ID] = restore
+	c.asks[r.ID] = a
+	switch in.Kind {
+	case ceremony.KindRestore:
+		c.shares[r.ID] = ceremony.NewCollector(a.manifest.ShareSet())
+	case ceremony.KindBackup:
+		c.shares[r.ID] = ceremony.NewCollector(c.SOPIN.ShareSet())
 	}
-	c.mu.Unlock()
 	return r, nil
 }
 
@@ -364,11 +383,12 @@ func (s *Server) ceremonyApprove(ctx context.Context, rq *request) (any, error) 
 }
 
 type shareIn struct {
-	Share string `json:"share"` // the decrypted share text (custody-share v1)
+	Share string `json:"share"` // the decrypted share text (custody-share v1 or custody-so-pin-share v1)
 }
 
 // ceremonyShare: POST /v1/ceremony/requests/{id}/shares. The share must be
-// the caller's own (the officer it names); it is never logged.
+// the caller's own (the officer it names): a share of the backup's KEK for
+// a restore, an SO PIN share for a backup. It is never logged.
 func (s *Server) ceremonyShare(ctx context.Context, rq *request) (any, error) {
 	id := clip(rq.PathValue("id"))
 	c, o, err := s.officer(rq)
@@ -388,33 +408,91 @@ func (s *Server) ceremonyShare(ctx context.Context, rq *request) (any, error) {
 		clear(sh.Value)
 	}
 	if err == nil {
-		detail = fmt.Sprintf("request %s share %d of backup %s by %s", id, sh.Index, sh.BackupID, o.Name)
+		detail = fmt.Sprintf("request %s %s %d of set %s by %s", id, sh.Kind, sh.Index, sh.BackupID, o.Name)
 		if sh.Officer != o.Name {
 			err = errorf(http.StatusForbidden, CodeNotShareHolder, "share %d is %s's; each officer submits their own share as their own Unix user", sh.Index, sh.Officer)
 		}
 	}
-	var rs *ceremony.Restore
+	var col *ceremony.Collector
 	if err == nil {
 		r, _, gerr := c.approvals.Get(id)
-		c.mu.Lock()
-		rs = c.restores[id]
-		c.mu.Unlock()
+		col = c.collector(id)
 		switch {
 		case gerr != nil:
 			err = gerr
-		case r.Kind != ceremony.KindRestore || rs == nil:
-			err = fmt.Errorf("%w: %s is a %s request, not a restore", ceremony.ErrUnknownRequest, id, r.Kind)
+		case col == nil:
+			err = fmt.Errorf("%w: %s is a %s request, which takes no shares", ceremony.ErrUnknownRequest, id, r.Kind)
 		case s.Now().After(r.NotAfter):
 			err = fmt.Errorf("%w: request %s closed at %s", ceremony.ErrExpired, id, r.NotAfter.Format(time.RFC3339))
 		}
 	}
 	if err == nil {
-		n, err = rs.Submit(o.Name, b)
+		n, err = col.Submit(o.Name, b)
 	}
 	if err := s.recorded(ctx, rq, "ceremony.share", detail, err); err != nil {
 		return nil, err
 	}
-	return map[string]any{"request": id, "shares": n, "threshold": rs.Manifest().Threshold}, nil
+	return map[string]any{"request": id, "shares": n, "threshold": col.Set().Threshold, "kind": col.Set().Kind.String()}, nil
+}
+
+// fetchOut is one output file, for the officer allowed to have it.
+type fetchOut struct {
+	Request string `json:"request"`
+	Name    string `json:"name"`
+	SHA256  string `json:"sha256"`
+	Data    []byte `json:"data"` // the file's bytes (base64 in JSON)
+}
+
+// maxOutputFile bounds a fetched file (manifests and share files are a few KiB).
+const maxOutputFile = 1 << 20
+
+// ceremonyFetch: GET /v1/ceremony/requests/{id}/outputs/{name}. Output
+// files are 0600 in the daemon user's directory; an officer fetches a
+// share file only if it is theirs, the manifest and the transcript
+// whatever share they hold. Every fetch is an access-log entry.
+func (s *Server) ceremonyFetch(ctx context.Context, rq *request) (any, error) {
+	id, name := clip(rq.PathValue("id")), clip(rq.PathValue("name"))
+	detail := fmt.Sprintf("request %s output %s", id, name)
+	c, o, err := s.officer(rq)
+	if err != nil {
+		return nil, s.recorded(ctx, rq, "ceremony.fetch", detail, err)
+	}
+	c.mu.Lock()
+	ex, ok := c.outputs[id]
+	c.mu.Unlock()
+	holder, known := ex.files[name]
+	var data []byte
+	switch {
+	case !ok:
+		err = fmt.Errorf("%w: no executed request %q in this daemon's memory (after a restart, the daemon's operator copies the files from ceremony.output_dir)", ceremony.ErrUnknownRequest, id)
+	case !known:
+		err = fmt.Errorf("%w: request %s wrote no %q", ceremony.ErrUnknownRequest, id, name)
+	case holder != "" && holder != o.Name:
+		err = errorf(http.StatusForbidden, CodeNotShareHolder, "%s is %s's share file; each officer fetches only their own", name, holder)
+	default:
+		data, err = readBounded(filepath.Join(ex.dir, name), maxOutputFile)
+	}
+	if err := s.recorded(ctx, rq, "ceremony.fetch", detail+" by "+o.Name, err); err != nil {
+		return nil, err
+	}
+	return fetchOut{Request: id, Name: name, SHA256: sha256Hex(data), Data: data}, nil
+}
+
+// readBounded reads a regular file of at most max bytes.
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || st.Size() > max {
+		return nil, fmt.Errorf("ceremony output %s: not a regular file of at most %d bytes", path, max)
+	}
+	return io.ReadAll(io.LimitReader(f, max))
 }
 
 type executeIn struct {
@@ -423,8 +501,10 @@ type executeIn struct {
 
 // outputFile is one file a ceremony wrote.
 type outputFile struct {
-	Path   string `json:"path"`
-	SHA256 string `json:"sha256"`
+	Name   string `json:"name"`             // what ceremonyFetch takes
+	Path   string `json:"path"`             // on the daemon's host, readable by its user only
+	SHA256 string `json:"sha256"`           //
+	Holder string `json:"holder,omitempty"` // the only officer who may fetch it (a share file)
 }
 
 type fingerprintView struct {
@@ -457,22 +537,15 @@ func (s *Server) ceremonyExecute(kind string) handler {
 			return nil, s.recorded(ctx, rq, op, "", err)
 		}
 		id := clip(in.Request)
-		var r ceremony.Request
-		var aps []ceremony.Approval
-		var rs *ceremony.Restore
-		if kind == ceremony.KindRestore {
-			r, aps, rs, err = s.claimRestore(c, id)
-		} else {
-			r, aps, err = c.approvals.Consume(id, kind)
-		}
+		r, aps, a, col, err := s.claim(ctx, c, id, kind)
 		detail := fmt.Sprintf("request %s sha256 %s executed by %s", id, r.Hash(), o.Name)
 		if err != nil {
 			detail = "request " + id
 		}
 		// The decision, durable before the token is touched.
 		if err := s.recorded(ctx, rq, op, detail, err); err != nil {
-			if rs != nil {
-				rs.Abort()
+			if col != nil {
+				col.Abort()
 			}
 			return nil, err
 		}
@@ -488,16 +561,28 @@ func (s *Server) ceremonyExecute(kind string) handler {
 		case ceremony.KindGenesis:
 			err = s.runGenesis(ctx, c, r, t, out)
 		case ceremony.KindBackup:
-			err = s.runBackup(ctx, c, r, t, out, dir)
+			err = s.runBackup(ctx, c, r, col, t, out, dir)
 		case ceremony.KindRestore:
-			err = s.runRestore(ctx, c, r, rs, t, out)
+			err = s.runRestore(ctx, c, r, a, col, t, out)
 		case ceremony.KindRotate:
 			err = s.runRotate(ctx, r, t, out)
 		case ceremony.KindRetire:
 			err = s.runRetire(ctx, r, t, out)
 		}
+		if col != nil {
+			col.Abort() // spent or not, the shares are cleared
+		}
 		if err == nil {
 			err = s.writeTranscript(ctx, c, t, out, dir)
+		}
+		if err == nil {
+			c.mu.Lock()
+			files := map[string]string{}
+			for _, f := range append(out.Outputs, out.Transcript) {
+				files[f.Name] = f.Holder
+			}
+			c.outputs[r.ID] = executed{dir: dir, files: files}
+			c.mu.Unlock()
 		}
 		if err != nil {
 			if errors.Is(err, keys.ErrNoDaemonKeys) || errors.Is(err, hsm.ErrPINFile) {
@@ -513,30 +598,43 @@ func (s *Server) ceremonyExecute(kind string) handler {
 	}
 }
 
-// claimRestore checks that a restore request has its quorum and at least
-// M shares, then consumes it. Below M shares the request stays pending (more
-// officers may still submit) and nothing is touched.
-func (s *Server) claimRestore(c *Ceremonies, id string) (ceremony.Request, []ceremony.Approval, *ceremony.Restore, error) {
+// claim checks that request id of kind has its quorum and, for a backup or
+// a restore, enough shares; that what the officers approved still
+// describes the token (stillApproved); then consumes it. Below the shares'
+// threshold the request stays pending (more officers may still submit)
+// and nothing is touched.
+func (s *Server) claim(ctx context.Context, c *Ceremonies, id, kind string) (ceremony.Request, []ceremony.Approval, ask, *ceremony.Collector, error) {
+	var a ask
 	r, aps, err := c.approvals.Get(id)
 	if err != nil {
-		return r, nil, nil, err
+		return r, nil, a, nil, err
+	}
+	if r.Kind != kind {
+		return r, nil, a, nil, fmt.Errorf("%w: no pending %s request %q", ceremony.ErrUnknownRequest, kind, id)
+	}
+	col := c.collector(id)
+	c.mu.Lock()
+	a, ok := c.asks[id]
+	c.mu.Unlock()
+	if !ok {
+		return r, nil, a, nil, fmt.Errorf("%w: %q", ceremony.ErrUnknownRequest, id)
+	}
+	if len(aps) >= r.Quorum && col != nil && col.Count() < col.Set().Threshold {
+		return r, nil, a, nil, fmt.Errorf("%w: %d of %d %ss submitted (each holder: custodyctl ceremony share submit %s FILE)", ceremony.ErrNotEnoughShares, col.Count(), col.Set().Threshold, col.Set().Kind, id)
+	}
+	if len(aps) >= r.Quorum {
+		if err := s.stillApproved(ctx, c, r, a); err != nil {
+			return r, nil, a, nil, err
+		}
+	}
+	if r, aps, err = c.approvals.Consume(id, kind); err != nil {
+		return r, nil, a, nil, err
 	}
 	c.mu.Lock()
-	rs := c.restores[id]
+	delete(c.shares, id)
+	delete(c.asks, id)
 	c.mu.Unlock()
-	if r.Kind != ceremony.KindRestore || rs == nil {
-		return r, nil, nil, fmt.Errorf("%w: no pending restore request %q", ceremony.ErrUnknownRequest, id)
-	}
-	if len(aps) >= r.Quorum && rs.Count() < rs.Manifest().Threshold {
-		return r, nil, nil, fmt.Errorf("%w: %d of %d shares submitted", ceremony.ErrNotEnoughShares, rs.Count(), rs.Manifest().Threshold)
-	}
-	if r, aps, err = c.approvals.Consume(id, ceremony.KindRestore); err != nil {
-		return r, nil, nil, err
-	}
-	c.mu.Lock()
-	delete(c.restores, id)
-	c.mu.Unlock()
-	return r, aps, rs, nil
+	return r, aps, a, col, nil
 }
 
 func tokenField(s string) string {
@@ -591,34 +689,41 @@ func (s *Server) runGenesis(ctx context.Context, c *Ceremonies, r ceremony.Reque
 	return nil
 }
 
-func (s *Server) runBackup(ctx context.Context, c *Ceremonies, r ceremony.Request, t *ceremony.Transcript, out *executeOut, dir string) error {
+func (s *Server) runBackup(ctx context.Context, c *Ceremonies, r ceremony.Request, soPIN *ceremony.Collector, t *ceremony.Transcript, out *executeOut, dir string) error {
 	n, _ := strconv.Atoi(r.Params["n"])
 	if n < r.Quorum || n > len(c.officers().List) {
 		return fmt.Errorf("%w: n %d", ceremony.ErrFormat, n)
 	}
-	holders := c.officers().List[:n]
-	res, err := ceremony.Backup(ctx, c.Device, r.Params["key_label"], c.SOPINFile, holders, r.Quorum, s.Now())
+	for _, who := range soPIN.Submitters() {
+		t.Participants = append(t.Participants, [2]string{who, "so-pin-holder"})
+	}
+	signer, _, err := auditlog.EnsureDeviceSigner(ctx, c.Device, c.LogOrigin, c.LogKeyLabel, s.Now())
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	holders := c.officers().List[:n]
+	res, err := ceremony.Backup(ctx, c.Device, r.Params["key_label"], soPIN, holders, r.Quorum, signer, s.Now())
+	if err != nil {
 		return err
 	}
-	add := func(name string, data []byte) error {
+	if err := mkdirPrivate(dir); err != nil {
+		return err
+	}
+	add := func(name, holder string, data []byte) error {
 		p := filepath.Join(dir, name)
-		if err := writeDurable(p, data, 0o644); err != nil {
+		if err := writeDurable(p, data, 0o600); err != nil {
 			return err
 		}
-		sum := sha256.Sum256(data)
-		out.Outputs = append(out.Outputs, outputFile{Path: p, SHA256: hex.EncodeToString(sum[:])})
-		t.Outputs = append(t.Outputs, [2]string{name, hex.EncodeToString(sum[:])})
+		sum := sha256Hex(data)
+		out.Outputs = append(out.Outputs, outputFile{Name: name, Path: p, SHA256: sum, Holder: holder})
+		t.Outputs = append(t.Outputs, [2]string{name, sum})
 		return nil
 	}
-	if err := add("manifest.json", res.Manifest.Marshal()); err != nil {
+	if err := add("manifest.json", "", res.ManifestFile); err != nil {
 		return err
 	}
 	for i, f := range res.ShareFiles {
-		if err := add(fmt.Sprintf("share-%d-%s.age", i+1, res.Officers[i].Name), f); err != nil {
+		if err := add(fmt.Sprintf("share-%d-%s.age", i+1, res.Officers[i].Name), res.Officers[i].Name, f); err != nil {
 			return err
 		}
 		t.Participants = append(t.Participants, [2]string{res.Officers[i].Name, "share-holder"})
@@ -630,12 +735,12 @@ func (s *Server) runBackup(ctx context.Context, c *Ceremonies, r ceremony.Reques
 	return nil
 }
 
-func (s *Server) runRestore(ctx context.Context, c *Ceremonies, r ceremony.Request, rs *ceremony.Restore, t *ceremony.Transcript, out *executeOut) error {
-	m := rs.Manifest()
-	for _, who := range rs.Submitters() {
+func (s *Server) runRestore(ctx context.Context, c *Ceremonies, r ceremony.Request, a ask, col *ceremony.Collector, t *ceremony.Transcript, out *executeOut) error {
+	m := a.manifest
+	for _, who := range col.Submitters() {
 		t.Participants = append(t.Participants, [2]string{who, "submitter"})
 	}
-	if err := rs.Finish(ctx, c.Device); err != nil {
+	if err := ceremony.Restore(ctx, c.Device, m, col); err != nil {
 		return err
 	}
 	info, err := c.Device.FindKey(ctx, m.KeyLabel)
@@ -652,7 +757,8 @@ func (s *Server) runRestore(ctx context.Context, c *Ceremonies, r ceremony.Reque
 	fp := fingerprint(m.KeyLabel, m.Public, true)
 	out.Fingerprints = []fingerprintView{fp}
 	t.Fingerprints = append(t.Fingerprints, [2]string{fp.Label, fp.SHA256})
-	t.Outputs = append(t.Outputs, [2]string{"manifest.json", r.Params["manifest_digest"]})
+	t.Outputs = append(t.Outputs, [2]string{"manifest.json", r.Params["manifest_sha256"]})
+	t.Deviations = append(t.Deviations, "manifest signed by "+a.signer)
 	return nil
 }
 
@@ -669,36 +775,6 @@ func (s *Server) runRotate(ctx context.Context, r ceremony.Request, t *ceremony.
 	fp := fingerprint(v.Label, v.Public, true)
 	out.Fingerprints = []fingerprintView{fp}
 	t.Fingerprints = append(t.Fingerprints, [2]string{fp.Label, fp.SHA256})
-	return nil
-}
-
-// checkRetireParams checks a retire request: "version", an escrow key
-// version that is neither active nor destroyed, and "rewrapped_count", the
-// number of envelopes the last rewrap run moved (the confirmation that
-// participant retirement asks for too). Both are rewritten in canonical
-// form, so that the text the officers approve says exactly what happens.
-func (s *Server) checkRetireParams(params map[string]string) error {
-	for k := range params {
-		if k != "version" && k != "rewrapped_count" {
-			return badRequest("param %s: a retire request takes version and rewrapped_count only", k)
-		}
-	}
-	n, err := strconv.ParseUint(params["version"], 10, 32)
-	if err != nil || n == 0 {
-		return badRequest("param version: %q is not an escrow key version (see custodyctl ceremony status)", params["version"])
-	}
-	count, err := strconv.ParseUint(params["rewrapped_count"], 10, 63)
-	if err != nil {
-		return errorf(http.StatusBadRequest, CodeRetireUnconfirmed, "retiring destroys the escrow key version for good, and with it every audit decrypt of an envelope not rewrapped: give --param rewrapped_count=N, the count of your last rewrap run")
-	}
-	v, err := s.Keys.EscrowVersion(uint32(n))
-	if err != nil {
-		return err
-	}
-	if active, err := s.Keys.Escrow(); err == nil && active.Number == v.Number {
-		return fmt.Errorf("%w: escrow v%d is active; rotate first", keys.ErrActiveVersion, n)
-	}
-	params["version"], params["rewrapped_count"] = strconv.FormatUint(n, 10), strconv.FormatUint(count, 10)
 	return nil
 }
 
@@ -737,20 +813,42 @@ func (s *Server) writeTranscript(ctx context.Context, c *Ceremonies, t *ceremony
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirPrivate(dir); err != nil {
 		return err
 	}
 	p := filepath.Join(dir, "transcript.txt")
-	if err := writeDurable(p, signed, 0o644); err != nil {
+	if err := writeDurable(p, signed, 0o600); err != nil {
 		return err
 	}
-	sum := sha256.Sum256(signed)
-	out.Transcript = outputFile{Path: p, SHA256: hex.EncodeToString(sum[:])}
+	out.Transcript = outputFile{Name: "transcript.txt", Path: p, SHA256: sha256Hex(signed)}
 	return nil
 }
 
-// writeDurable writes data to path through a temporary file: write, fsync,
-// rename, fsync the directory. An existing file is an error.
+// mkdirPrivate makes dir (and its parents) mode 0700 and refuses a
+// directory that others can read: ceremony outputs are the daemon user's.
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() || st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("ceremony output directory %s: mode %04o, want a directory of mode 0700", dir, st.Mode().Perm())
+	}
+	return nil
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// writeDurable writes data to path through a temporary file: write,
+// chmod, fsync, rename, fsync the directory. An existing file is an error;
+// so is any failed step (a short write on a full disk included), after
+// which nothing is left at path.
 func writeDurable(path string, data []byte, mode os.FileMode) error {
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("ceremony output %s: %w", path, os.ErrExist)
@@ -761,7 +859,8 @@ func writeDurable(path string, data []byte, mode os.FileMode) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	if _, err := f.Write(data); err == nil {
+	_, err = f.Write(data)
+	if err == nil {
 		err = f.Chmod(mode)
 	}
 	if err == nil {
@@ -771,7 +870,7 @@ func writeDurable(path string, data []byte, mode os.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("ceremony output %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err

@@ -64,10 +64,11 @@ func (c *clock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 // run, with ceremonies configured.
 type ceremonyHarness struct {
 	*harness
-	clock  *clock
-	outDir string
-	soPIN  string
-	cer    *server.Ceremonies
+	clock      *clock
+	outDir     string
+	cer        *server.Ceremonies
+	kits       []officerKit
+	soPINFiles map[string]string // officer name → their SO PIN share file (as token init hands it over)
 }
 
 // newOfficerKits makes five officers with fresh age and note keys and
@@ -113,7 +114,18 @@ func newOfficerKits(t *testing.T) ([]officerKit, string) {
 	return kits, file
 }
 
-func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
+// newCeremonyHarness starts a daemon on a fresh token whose SO PIN was
+// split 2-of-5 among the officers of kits, as custodyd token init does (the
+// harness keeps no SO PIN: each officer's share file is in their own
+// directory), trusting backup manifests signed by the log keys in trusted.
+func newCeremonyHarness(t *testing.T, kits []officerKit, officersFile string, trusted ...string) *ceremonyHarness {
+	t.Helper()
+	return newCeremonyHarnessSO(t, kits, officersFile, false, trusted...)
+}
+
+// newCeremonyHarnessSO is newCeremonyHarness; with wrongSOPIN the officers'
+// SO PIN shares and the record are of another PIN than the token's.
+func newCeremonyHarnessSO(t *testing.T, kits []officerKit, officersFile string, wrongSOPIN bool, trusted ...string) *ceremonyHarness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "custody-cer-")
 	if err != nil {
@@ -121,14 +133,38 @@ func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	c := &ceremonyHarness{clock: &clock{}, outDir: filepath.Join(dir, "ceremonies")}
+	c := &ceremonyHarness{clock: &clock{}, outDir: filepath.Join(dir, "ceremonies"), kits: kits, soPINFiles: map[string]string{}}
 	c.clock.set(time.Now().UTC().Truncate(time.Second))
 	h := &harness{t: t, dir: dir, socket: filepath.Join(dir, "custodyd.sock"), rec: &recorder{}, now: c.clock.now()}
 	c.harness = h
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
-	h.cfg = hsmtest.NewToken(t)
-	c.soPIN = filepath.Join(filepath.Dir(h.cfg.PINFile), "so.pin")
+	data, err := os.ReadFile(officersFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs, err := ceremony.ParseOfficers(data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := ceremony.GenerateSOPIN()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cfg = hsmtest.NewTokenWithSOPIN(t, ceremony.SOPINText(raw))
+	if wrongSOPIN {
+		raw[0] ^= 1
+	}
+	rec, files, err := ceremony.SplitSOPIN(raw, h.cfg.TokenLabel, "", offs.List, 2, time.Now())
+	clear(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range kits {
+		p := filepath.Join(k.dir, fmt.Sprintf("so-pin-share-%s-%d.age", filepath.Base(dir), i+1))
+		k.give(t, p, files[i])
+		c.soPINFiles[k.name] = p
+	}
 	if h.token, err = hsm.Open(ctx, h.cfg, log); err != nil {
 		t.Fatal(err)
 	}
@@ -143,20 +179,65 @@ func newCeremonyHarness(t *testing.T, officersFile string) *ceremonyHarness {
 	if h.store, err = policy.NewStore(policyPath); err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile(officersFile)
-	if err != nil {
-		t.Fatal(err)
+	var vs []note.Verifier
+	for _, k := range trusted {
+		v, err := note.NewVerifier(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs = append(vs, v)
 	}
-	offs, err := ceremony.ParseOfficers(data, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(c.outDir, 0o755)
-	c.cer = &server.Ceremonies{Officers: offs, SOPINFile: c.soPIN, OutputDir: c.outDir, Device: h.token,
+	c.cer = &server.Ceremonies{Officers: offs, SOPIN: rec, TrustedBackupSigners: note.VerifierList(vs...), OutputDir: c.outDir, Device: h.token,
 		LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}
 	h.serve(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
 		Limits: config.Default().Limits, Now: c.clock.now, Version: "test", Ceremonies: c.cer})
 	return c
+}
+
+// give writes data to path, a file in the officer's directory that only the
+// officer's Unix user can read.
+func (k officerKit) give(t *testing.T, path string, data []byte) {
+	t.Helper()
+	u := users[k.user]
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// logKey is the verifier key of the daemon's access-log key: what a
+// restoring daemon pins in ceremony.trusted_backup_signers.
+func (c *ceremonyHarness) logKey() string {
+	c.t.Helper()
+	signer, _, err := auditlog.EnsureDeviceSigner(context.Background(), c.token, auditlog.DefaultOrigin, auditlog.DefaultSigningKeyLabel, time.Now())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return signer.VerifierKey()
+}
+
+// officersPart has officers k decrypt their own SO PIN share files and
+// submit them to backup request id, each as their own Unix user.
+func (c *ceremonyHarness) officersPart(id string, ks ...officerKit) {
+	c.t.Helper()
+	for _, k := range ks {
+		p := filepath.Join(k.dir, fmt.Sprintf("so-pin-%d.txt", time.Now().UnixNano()))
+		c.ctl(k.user, "ceremony", "share", "decrypt", c.soPINFiles[k.name], "--identity", k.identity, "--out", p)
+		c.ctl(k.user, "ceremony", "share", "submit", id, p)
+	}
+}
+
+// fetch has officer k fetch output name of request id into their own
+// directory, as their own Unix user, and returns its path.
+func (c *ceremonyHarness) fetch(k officerKit, id, name string) string {
+	c.t.Helper()
+	p := filepath.Join(k.dir, fmt.Sprintf("%d-%s", time.Now().UnixNano(), name))
+	c.ctl(k.user, "ceremony", "fetch", id, name, "--out", p)
+	return p
 }
 
 // ctl runs custodyctl as officer user and expects success.
@@ -201,7 +282,7 @@ type execOut struct {
 	BackupID     string `json:"backup_id"`
 	KCV          string
 	Fingerprints []struct{ Label, SHA256, Words string }
-	Outputs      []struct{ Path, SHA256 string }
+	Outputs      []struct{ Name, Path, SHA256, Holder string }
 	Transcript   struct{ Path, SHA256 string }
 }
 
@@ -257,7 +338,7 @@ func TestCeremonyScenario(t *testing.T) {
 	ctx := context.Background()
 	kits, officersFile := newOfficerKits(t)
 	o := func(i int) string { return kits[i-1].user }
-	a := newCeremonyHarness(t, officersFile)
+	a := newCeremonyHarness(t, kits, officersFile)
 
 	// Before genesis: audit decrypts are refused; so are non-officers.
 	auditBody := map[string]string{"envelope": "x", "authorization": "order-1", "purpose": "tax"}
@@ -301,17 +382,36 @@ func TestCeremonyScenario(t *testing.T) {
 	a.ctlFails(server.CodeRequestMismatch, o(4), "", "ceremony", "approve", b1.ID, "--hash", g.Hash) // another request's hash
 	a.ctlFails(server.CodeDuplicateApproval, o(2), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
 	a.ctl(o(4), "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	// Approved, but the daemon holds no SO PIN: without the officers' part
+	// (2 SO PIN shares) nothing is wrapped, and one share is not enough.
+	a.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
+	a.officersPart(b1.ID, kits[4])
+	a.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
+	noEscrowSessionObjects(t, a.token, "backup without the officers' part")
+	a.officersPart(b1.ID, kits[3])
 	bk := a.execute(o(1), "backup", b1.ID)
 	if len(bk.Outputs) != 6 || bk.KCV == "" || bk.BackupID == "" {
 		t.Fatalf("backup outputs: %+v", bk)
 	}
-	for _, f := range bk.Outputs {
+	for _, f := range append(bk.Outputs, struct{ Name, Path, SHA256, Holder string }{"transcript.txt", bk.Transcript.Path, bk.Transcript.SHA256, ""}) {
 		if !fileHashIs(t, f.Path, f.SHA256) {
 			t.Fatalf("%s: hash differs from the answer", f.Path)
 		}
+		if st, err := os.Stat(f.Path); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: mode %v, want 0600", f.Path, st.Mode())
+		}
+		if st, err := os.Stat(filepath.Dir(f.Path)); err != nil || st.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: mode %v, want 0700", filepath.Dir(f.Path), st.Mode())
+		}
 	}
-	manifest := bk.Outputs[0].Path
+	// An officer reads no output file on disk, and fetches only their own share.
+	if code, _, errOut := a.ctlAs(o(2), "", "ceremony", "share", "decrypt", bk.Outputs[2].Path, "--identity", kits[1].identity, "--out", filepath.Join(kits[1].dir, "stolen.txt")); code == 0 || !strings.Contains(errOut, "permission denied") {
+		t.Fatalf("an officer read a share file in the output directory: %d %s", code, errOut)
+	}
+	a.ctlFails(server.CodeNotShareHolder, o(2), "", "ceremony", "fetch", b1.ID, bk.Outputs[3].Name, "--out", filepath.Join(kits[1].dir, "stolen.age"))
+	manifest := a.fetch(kits[0], b1.ID, "manifest.json")
 	b2 := a.request(o(2), []string{o(1), o(3), o(4)}, "backup", "--m", "3")
+	a.officersPart(b2.ID, kits[0], kits[2])
 	other := a.execute(o(3), "backup", b2.ID)
 
 	// The backup transcript: three approvers co-sign, it verifies offline;
@@ -349,21 +449,31 @@ func TestCeremonyScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Token B, with its own daemon.
-	b := newCeremonyHarness(t, officersFile)
+	// Token B, with its own daemon, trusting A's manifests.
+	b := newCeremonyHarness(t, kits, officersFile, a.logKey())
 	noEscrowOn(t, b.token, "fresh token")
 	// An approval after its window.
-	late := b.request(o(1), nil, "rotate", "--m", "2", "--window", "1m")
+	late := b.request(o(1), nil, "genesis", "--m", "2", "--window", "1m")
 	b.clock.advance(2 * time.Minute)
 	b.ctlFails(server.CodeRequestExpired, o(2), "", "ceremony", "approve", late.ID, "--hash", late.Hash)
 
 	r := b.request(o(1), []string{o(2), o(3), o(4)}, "restore", "--m", "3", "--manifest", manifest)
+	// What the approvers read names the key, its signer and the effect.
+	show := b.ctl(o(2), "ceremony", "show", r.ID)
+	for _, want := range []string{"param key_sha256 " + esc.Fingerprint(), "param key_words " + ceremony.FingerprintWords(esc.Public),
+		"param manifest_signer " + auditlog.DefaultOrigin + "+", "param backup_id " + bk.BackupID, "param backup_m 3", "param backup_n 5",
+		"param effect installs escrow key custody/escrow/v1", "as the active escrow key", "param token " + b.cfg.TokenLabel} {
+		if !strings.Contains(show, want) {
+			t.Fatalf("restore request text lacks %q:\n%s", want, show)
+		}
+	}
 	share := func(k officerKit, file string) string { // officer k decrypts their own share file
 		p := filepath.Join(k.dir, fmt.Sprintf("share-%d.txt", time.Now().UnixNano()))
 		b.ctl(k.user, "ceremony", "share", "decrypt", file, "--identity", k.identity, "--out", p)
 		return p
 	}
-	shareFile := func(res execOut, i int) string { return res.Outputs[i].Path } // share i is Outputs[i]
+	// Share i of a backup, fetched from A by its holder (officer i).
+	shareFile := func(res execOut, i int) string { return a.fetch(kits[i-1], res.Request, res.Outputs[i].Name) }
 	s2 := share(kits[1], shareFile(bk, 2))
 	b.ctl(o(2), "ceremony", "share", "submit", r.ID, s2)
 	b.ctlFails(server.CodeDuplicateShare, o(2), "", "ceremony", "share", "submit", r.ID, s2)
@@ -373,6 +483,8 @@ func TestCeremonyScenario(t *testing.T) {
 	noEscrowOn(t, b.token, "M-1 shares")
 	// A share from another backup, a corrupted share, another officer's share.
 	b.ctlFails(server.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], shareFile(other, 5)))
+	// An SO PIN share where a backup share is wanted.
+	b.ctlFails(server.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], b.soPINFiles["o5"]))
 	s5 := share(kits[4], shareFile(bk, 5))
 	text, err := os.ReadFile(s5)
 	if err != nil {
@@ -442,6 +554,17 @@ func TestCeremonyScenario(t *testing.T) {
 	if st := b.ctl(o(4), "ceremony", "status"); !strings.Contains(st, "v1  destroyed") || !strings.Contains(st, "v2  active") {
 		t.Fatalf("status after retirement: %s", st)
 	}
+	// A retired version is never restored again, even from a genuine backup.
+	b.ctlFails(server.CodeKeyDestroyed, o(1), "", "ceremony", "request", "restore", "--m", "3", "--manifest", manifest)
+}
+
+// noEscrowSessionObjects asserts the token holds no session object (no KEK
+// was left behind).
+func noEscrowSessionObjects(t *testing.T, tok *hsm.Token, when string) {
+	t.Helper()
+	if n, err := tok.SessionObjectCount(context.Background()); err != nil || n != 0 {
+		t.Fatalf("%s: %d session objects left (%v)", when, n, err)
+	}
 }
 
 func boolInt(b bool) int {
@@ -458,7 +581,7 @@ func boolInt(b bool) int {
 func TestOfficersReplaced(t *testing.T) {
 	kits, officersFile := newOfficerKits(t)
 	o := func(i int) string { return kits[i-1].user }
-	c := newCeremonyHarness(t, officersFile)
+	c := newCeremonyHarness(t, kits, officersFile)
 	r := c.request(o(1), []string{o(2)}, "genesis", "--m", "2")
 
 	data, err := os.ReadFile(officersFile)
@@ -493,40 +616,56 @@ func TestOfficersReplaced(t *testing.T) {
 // scenario cannot reach with honest files, and checks that each leaves
 // nothing on the token: a manifest whose key check value was changed
 // (kcv_mismatch), one whose canary digest was changed (canary_failed: the
-// restored key is removed again), a restore onto a token that already holds
-// the escrow key (key_exists), and a backup with a wrong SO PIN
-// (so_login_refused; the next backup with the right PIN works).
+// restored key is removed again), both re-signed with the trusted log key
+// as a faulty backing-up daemon would; a restore request onto a token that
+// already holds the escrow key (key_exists, refused before any share); and
+// a backup whose SO PIN shares are another token's (so_login_refused; the
+// next backup with the right shares works).
 func TestCeremonyDeviceFailures(t *testing.T) {
 	ctx := context.Background()
 	kits, officersFile := newOfficerKits(t)
 	o := func(i int) string { return kits[i-1].user }
-	a := newCeremonyHarness(t, officersFile)
+	a := newCeremonyHarness(t, kits, officersFile)
 	a.request(o(1), []string{o(2), o(3)}, "genesis", "--m", "2")
 	a.ctl(o(1), "ceremony", "genesis")
 	esc, err := a.keys.Escrow()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bk := a.execute(o(1), "backup", a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3").ID)
+	br := a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
+	a.officersPart(br.ID, kits[0], kits[1])
+	bk := a.execute(o(1), "backup", br.ID)
 	manifest, err := os.ReadFile(bk.Outputs[0].Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// changed writes the manifest with one member replaced.
+	signer, _, err := auditlog.EnsureDeviceSigner(ctx, a.token, auditlog.DefaultOrigin, auditlog.DefaultSigningKeyLabel, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// changed writes the manifest with one member replaced, signed again by
+	// A's log key, into o3's directory (o3 opens the request).
 	changed := func(member, value string) string {
+		n, err := note.Open(manifest, note.VerifierList(mustVerifier(t, signer.VerifierKey())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		header, body, _ := strings.Cut(n.Text, "\n")
 		var m map[string]any
-		if err := json.Unmarshal(manifest, &m); err != nil {
+		if err := json.Unmarshal([]byte(body), &m); err != nil {
 			t.Fatal(err)
 		}
 		m[member] = value
-		data, _ := json.Marshal(m)
-		p := filepath.Join(kits[2].dir, "manifest-"+member+".json") // o3 opens the request
-		if err := os.WriteFile(p, data, 0o644); err != nil {
+		data, _ := json.MarshalIndent(m, "", "  ")
+		signed, err := note.Sign(&note.Note{Text: header + "\n" + string(data) + "\n"}, signer)
+		if err != nil {
 			t.Fatal(err)
 		}
+		p := filepath.Join(kits[2].dir, "manifest-"+member+".json")
+		kits[2].give(t, p, signed)
 		return p
 	}
-	b := newCeremonyHarness(t, officersFile)
+	b := newCeremonyHarness(t, kits, officersFile, a.logKey())
 	// restore opens a restore request on B for the manifest file, approved
 	// and with shares 1 and 2 in, and executes it.
 	restore := func(manifestFile string) (int, string) {
@@ -534,7 +673,7 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 		r := b.request(o(3), []string{o(4), o(5)}, "restore", "--m", "2", "--manifest", manifestFile)
 		for i := 1; i <= 2; i++ {
 			p := filepath.Join(kits[i-1].dir, fmt.Sprintf("share-%d.txt", time.Now().UnixNano()))
-			b.ctl(o(i), "ceremony", "share", "decrypt", bk.Outputs[i].Path, "--identity", kits[i-1].identity, "--out", p)
+			b.ctl(o(i), "ceremony", "share", "decrypt", a.fetch(kits[i-1], bk.Request, bk.Outputs[i].Name), "--identity", kits[i-1].identity, "--out", p)
 			b.ctl(o(i), "ceremony", "share", "submit", r.ID, p)
 		}
 		code, out, errOut := b.ctlAs(o(3), "", "ceremony", "restore", r.ID)
@@ -551,12 +690,11 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 		}
 		noEscrowOn(t, b.token, "after "+tc.code)
 	}
-	if code, out := restore(bk.Outputs[0].Path); code != 0 {
+	honest := a.fetch(kits[2], bk.Request, "manifest.json")
+	if code, out := restore(honest); code != 0 {
 		t.Fatalf("restore of the honest manifest: %s", out)
 	}
-	if code, out := restore(bk.Outputs[0].Path); code == 0 || !strings.Contains(out, server.CodeKeyExists) {
-		t.Fatalf("restore onto a token holding the key: %d %s", code, out)
-	}
+	b.ctlFails(server.CodeKeyExists, o(3), "", "ceremony", "request", "restore", "--m", "2", "--manifest", honest)
 	if k, err := b.token.FindKey(ctx, esc.Label); err != nil || !bytes.Equal(k.Public, esc.Public) {
 		t.Fatalf("the escrow key on B after key_exists: %v", err)
 	}
@@ -564,21 +702,29 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 		t.Fatalf("%d session objects left on B", n)
 	}
 
-	// A wrong SO PIN: refused before anything is wrapped; the right one works.
-	right, err := os.ReadFile(a.soPIN)
+	// SO PIN shares that fit the daemon's record but are not its token's PIN
+	// (the record of another token): the token refuses the SO login before
+	// anything is wrapped, and nothing is left on it.
+	w := newCeremonyHarnessSO(t, kits, officersFile, true)
+	w.request(o(1), []string{o(2), o(3)}, "genesis", "--m", "2")
+	w.ctl(o(1), "ceremony", "genesis")
+	r := w.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
+	w.officersPart(r.ID, kits[0], kits[1])
+	w.ctlFails(server.CodeSOLogin, o(1), "", "ceremony", "backup", r.ID)
+	if n, _ := w.token.SessionObjectCount(ctx); n != 0 {
+		t.Fatalf("%d session objects left after so_login_refused", n)
+	}
+	// A's own shares keep working for a second backup.
+	r = a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
+	a.officersPart(r.ID, kits[3], kits[4])
+	a.execute(o(1), "backup", r.ID)
+}
+
+func mustVerifier(t *testing.T, key string) note.Verifier {
+	t.Helper()
+	v, err := note.NewVerifier(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(a.soPIN, []byte("not-the-so-pin\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
-	a.ctlFails(server.CodeSOLogin, o(1), "", "ceremony", "backup", r.ID)
-	if n, _ := a.token.SessionObjectCount(ctx); n != 0 {
-		t.Fatalf("%d session objects left on A after so_login_refused", n)
-	}
-	if err := os.WriteFile(a.soPIN, right, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a.execute(o(1), "backup", a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3").ID)
+	return v
 }

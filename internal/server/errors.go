@@ -92,7 +92,12 @@ const (
 	CodeKCVMismatch         = "kcv_mismatch"         // the combined KEK does not match the key check value
 	CodeCanaryFailed        = "canary_failed"        // the restored key did not open the canary; it was removed
 	CodeKeyExists           = "key_exists"           // the token already holds a key with that label
-	CodeSOLogin             = "so_login_refused"     // the token refused the security officer's PIN
+	CodeSOLogin             = "so_login_refused"     // the token refused the SO PIN combined from the officers' shares
+	CodeSOPINUnavailable    = "so_pin_unavailable"   // the token's SO PIN was not split among the officers: no backups
+	CodeManifestUntrusted   = "manifest_untrusted"   // the backup manifest is unsigned or not signed by a pinned daemon key
+	CodeNotEscrowLabel      = "not_escrow_label"     // only escrow keys are backed up and restored
+	CodeTooManyPending      = "too_many_pending"     // the officer (or the daemon) has as many pending requests as allowed
+	CodeRequestStale        = "request_stale"        // the token changed since the officers approved; open a new request
 )
 
 // apiError is an error with its HTTP status and stable code.
@@ -191,6 +196,11 @@ var errorMap = []mapping{
 	{ceremony.ErrCanary, http.StatusInternalServerError, CodeCanaryFailed, itself},
 	{ceremony.ErrFormat, http.StatusBadRequest, CodeCeremonyMalformed, itself},
 	{hsm.ErrExists, http.StatusConflict, CodeKeyExists, says("the token already holds a key with that label; nothing was changed")},
-	{hsm.ErrSOLogin, http.StatusServiceUnavailable, CodeSOLogin, says("the token refused the security officer's login; check ceremony.so_pin_file")},
+	{hsm.ErrSOLogin, http.StatusServiceUnavailable, CodeSOLogin, says("the token refused the SO PIN combined from the submitted SO PIN shares: they are not this token's (check ceremony.so_pin_shares); open a new backup request")},
+	{ceremony.ErrNoSOPIN, http.StatusConflict, CodeSOPINUnavailable, itself},
+	{ceremony.ErrUntrustedManifest, http.StatusForbidden, CodeManifestUntrusted, itself},
+	{ceremony.ErrNotEscrowLabel, http.StatusBadRequest, CodeNotEscrowLabel, itself},
+	{ceremony.ErrTooManyPending, http.StatusTooManyRequests, CodeTooManyPending, itself},
+	{errStale, http.StatusConflict, CodeRequestStale, itself},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
 }

@@ -42,6 +42,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/ceremony/requests/{id}", policy.PermCeremony, "ceremony.show", s.ceremonyShow},
 		{"POST /v1/ceremony/requests/{id}/approve", policy.PermCeremony, "ceremony.approve", s.ceremonyApprove},
 		{"POST /v1/ceremony/requests/{id}/shares", policy.PermCeremony, "ceremony.share", s.ceremonyShare},
+		{"GET /v1/ceremony/requests/{id}/outputs/{name}", policy.PermCeremony, "ceremony.fetch", s.ceremonyFetch},
 		{"POST /v1/ceremony/genesis", policy.PermCeremony, "ceremony.genesis", s.ceremonyExecute(ceremony.KindGenesis)},
 		{"POST /v1/ceremony/backup", policy.PermCeremony, "ceremony.backup", s.ceremonyExecute(ceremony.KindBackup)},
 		{"POST /v1/ceremony/restore", policy.PermCeremony, "ceremony.restore", s.ceremonyExecute(ceremony.KindRestore)},

@@ -244,7 +244,7 @@ func generate(sp spec) (Vector, error) {
 		return v, err
 	}
 	if in.Rand.(*bytes.Reader).Len() != 0 {
-		return v, errors.New("Seal did not consume the whole random stream")
+		return v, errors.New("envelope.Seal did not consume the whole random stream")
 	}
 	v.PublicFields = string(e.Header.PublicFields)
 	v.DEK, v.Nonce, v.Rand = hex.EncodeToString(dek), hex.EncodeToString(nonce), hex.EncodeToString(stream)
