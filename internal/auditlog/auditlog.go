@@ -108,6 +108,11 @@ type Entry struct {
 	Outcome       Outcome   `json:"outcome"`
 	Code          string    `json:"code,omitempty"`   // the API error code when not allowed
 	Detail        string    `json:"detail,omitempty"` // daemon events (start, stop, policy reload): what happened; never a secret
+	// Clipped names the members Normalize cut to their limits ("transaction_id",
+	// "end_user.user_agent", "participants", …, in member order): the entry
+	// is not verbatim there. Each clipped string ends with ClipMarker and its
+	// original size; a clipped list ends with an item saying how many were cut.
+	Clipped []string `json:"clipped,omitempty"`
 }
 
 // Recorder records entries. Record returns nil only once the entry is kept;

@@ -330,7 +330,7 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
-	e = validUTF8(e)
+	e = Normalize(e)
 	if err := checkEntry(e); err != nil {
 		return -1, err
 	}
