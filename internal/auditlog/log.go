@@ -37,7 +37,8 @@ var (
 	// caller must refuse the operation. The next Record tries again.
 	ErrUnavailable = errors.New("auditlog: access log unavailable")
 	// ErrInvalidEntry: the entry cannot be encoded (no time, no operation,
-	// unknown outcome, larger than MaxEntryBytes). Nothing was written.
+	// unknown outcome; larger than MaxEntryBytes only if not normalized,
+	// which Append always does). Nothing was written.
 	ErrInvalidEntry = errors.New("auditlog: invalid entry")
 	// ErrClosed: Record after Close.
 	ErrClosed = errors.New("auditlog: log closed")
