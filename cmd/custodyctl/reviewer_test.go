@@ -4,15 +4,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
@@ -355,4 +361,62 @@ func TestFingerprintIsGenesis(t *testing.T) {
 	if err != nil || fp != ceremony.Fingerprint(pub) || words != ceremony.FingerprintWords(pub) {
 		t.Fatalf("fingerprint %s %q %v, want %s", fp, words, err, ceremony.Fingerprint(pub))
 	}
+}
+
+// TestCeremonyVerifyPinned: without --log-key, ceremony verify checks the
+// daemon's signature with the pinned log key; a transcript signed by
+// another key of the same name (whoever rewrote the log directory) fails,
+// and with no key pinned it refuses.
+func TestCeremonyVerifyPinned(t *testing.T) {
+	reviewerHome(t)
+	work := t.TempDir()
+	id, _ := age.GenerateX25519Identity()
+	_, vk, err := note.GenerateKey(rand.Reader, "o1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	officers := filepath.Join(work, "officers.json")
+	os.WriteFile(officers, []byte(fmt.Sprintf(`{"version":1,"officers":[{"name":"o1","user":"root","age_recipient":%q,"signer":%q}]}`, id.Recipient(), vk)), 0o644)
+	tr := &ceremony.Transcript{Kind: "genesis", RequestID: "r-1", RequestHash: strings.Repeat("ab", 32), Time: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
+		TokenSerial: "0001", TokenLabel: "custody"}
+	text, err := tr.Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(seed byte, file string) {
+		s := auditlog.NewSoftwareSigner("custody.test/log", ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32)))
+		signed, err := ceremony.SignTranscript(text, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(file, signed, 0o644)
+		os.WriteFile(file+".pub", []byte(s.VerifierKey()+"\n"), 0o644)
+	}
+	genuine, forged := filepath.Join(work, "genuine.txt"), filepath.Join(work, "forged.txt")
+	sign(1, genuine)
+	sign(2, forged)
+	verify := func(file string) (int, string) {
+		code, out, errs := ctl("ceremony", "verify", file, "--officers", officers, "--min-cosigners", "0")
+		return code, out + errs
+	}
+	if code, out := verify(genuine); code != 1 || !strings.Contains(out, "no pinned log key") {
+		t.Errorf("verify with no key: %d %s", code, out)
+	}
+	fp, _, _ := keyFingerprint(string(must(os.ReadFile(genuine + ".pub"))))
+	if code, _, errs := ctl("log", "pin", genuine+".pub", "--fingerprint", fp); code != 0 {
+		t.Fatal(errs)
+	}
+	if code, out := verify(genuine); code != 0 || !strings.Contains(out, "transcript verifies") {
+		t.Errorf("verify with the pinned key: %d %s", code, out)
+	}
+	if code, out := verify(forged); code != 1 || strings.Contains(out, "transcript verifies") {
+		t.Errorf("a transcript signed by another log key verifies: %d %s", code, out)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
