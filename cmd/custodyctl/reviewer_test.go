@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
@@ -419,4 +420,29 @@ func must(b []byte, err error) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// FuzzEscapeText: whatever the input, the output is valid UTF-8 without
+// one unsafe rune, and escapeJSON of an encoding decodes to the input.
+func FuzzEscapeText(f *testing.F) {
+	for _, s := range []string{"", "plain", "\x1b[2J\r\n", "\u202e\u009b\x7f", "\xff\\x1b", "\U000e0041"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := escapeText(s)
+		if !utf8.ValidString(out) {
+			t.Fatalf("escapeText(%q) = %q: invalid UTF-8", s, out)
+		}
+		for _, r := range out {
+			if unsafeRune(r) {
+				t.Fatalf("escapeText(%q) = %q holds %U", s, out, r)
+			}
+		}
+		b, _ := json.Marshal(s)
+		var want, back string
+		json.Unmarshal(b, &want)
+		if err := json.Unmarshal(escapeJSON(b), &back); err != nil || back != want {
+			t.Fatalf("escapeJSON(%s) decodes to %q, %v, want %q", b, back, err, want)
+		}
+	})
 }
