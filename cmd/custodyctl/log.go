@@ -118,7 +118,7 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if len(pos) != 1 {
 		return usageError{"usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
 	}
-	v, source, err := reviewerKey("log verify", *key, pos[0])
+	v, err := reviewerKey("log verify", *key, pos[0])
 	if err != nil {
 		return err
 	}
@@ -144,7 +144,7 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(source))
+		fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
 		fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
 		for _, p := range res.Problems {
 			fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
@@ -165,14 +165,10 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 }
 
 // dirKeyMismatch describes how dir's log.pub differs from the key v the
-// log verified with, or is "" when it is the same key or absent.
-func dirKeyMismatch(dir string, v note.Verifier) string {
+// log was verified with, or is "" when it is the same key or absent.
+func dirKeyMismatch(dir string, v *reviewerVerifier) string {
 	b, err := os.ReadFile(filepath.Join(dir, auditlog.PublicKeyFile))
-	if err != nil {
-		return ""
-	}
-	d, err := auditlog.ParseVerifierKey(b)
-	if err == nil && d.Name() == v.Name() && d.KeyHash() == v.KeyHash() {
+	if err != nil || strings.TrimSpace(string(b)) == v.text {
 		return ""
 	}
 	fp, _, ferr := keyFingerprint(string(b))
@@ -195,7 +191,7 @@ func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err != nil || n < 0 {
 		return usageError{fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
 	}
-	v, _, err := reviewerKey("log prove", *key, pos[0])
+	v, err := reviewerKey("log prove", *key, pos[0])
 	if err != nil {
 		return err
 	}

@@ -81,7 +81,7 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	}
 	// A report says whether the log verifies, so it needs the reviewer's
 	// key like verify does.
-	v, _, err := reviewerKey("log report", *key, pos[0])
+	v, err := reviewerKey("log report", *key, pos[0])
 	if err != nil {
 		return err
 	}

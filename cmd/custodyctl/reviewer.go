@@ -167,30 +167,40 @@ func verifierKeyText(v note.Verifier, list []string) string {
 	return ""
 }
 
+// reviewerVerifier is the key a reviewer's command checks a log with.
+type reviewerVerifier struct {
+	note.Verifier
+	text   string // the verifier key string
+	source string // where it came from: "--key FILE" or "pinned in PATH"
+}
+
 // reviewerKey returns the key to check dir's log with: keyFile (the
 // reviewer's own copy) if given, else the key pinned for the log's origin
 // (the name in dir's log.pub or checkpoint; any name when one key is
 // pinned). Never dir's own log.pub: without a pinned key it fails with
 // errNotPinned and a message saying how to pin one, with the fingerprint
 // of the directory's key to compare out of band. what names the command.
-func reviewerKey(what, keyFile, dir string) (note.Verifier, string, error) {
+func reviewerKey(what, keyFile, dir string) (*reviewerVerifier, error) {
 	dirKey := filepath.Join(dir, auditlog.PublicKeyFile)
 	if keyFile != "" {
 		if a, err := os.Stat(keyFile); err == nil {
 			if b, err := os.Stat(dirKey); err == nil && os.SameFile(a, b) {
-				return nil, "", fmt.Errorf("%s: --key %s: %w against whoever could rewrite the directory; pass your own copy of the key, or pin one (custodyctl log pin)", what, keyFile, errDirKey)
+				return nil, fmt.Errorf("%s: --key %s: %w against whoever could rewrite the directory; pass your own copy of the key, or pin one (custodyctl log pin)", what, keyFile, errDirKey)
 			}
 		}
 		b, err := os.ReadFile(keyFile)
 		if err != nil {
-			return nil, "", fmt.Errorf("public key: %w", err)
+			return nil, fmt.Errorf("public key: %w", err)
 		}
 		v, err := auditlog.ParseVerifierKey(b)
-		return v, "--key " + keyFile, err
+		if err != nil {
+			return nil, err
+		}
+		return &reviewerVerifier{v, strings.TrimSpace(string(b)), "--key " + keyFile}, nil
 	}
-	path, pinned, _, err := loadReviewerConfig()
+	path, pinned, list, err := loadReviewerConfig()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	dirText, _ := os.ReadFile(dirKey)
 	dirV, _ := auditlog.ParseVerifierKey(dirText)
@@ -200,15 +210,16 @@ func reviewerKey(what, keyFile, dir string) (note.Verifier, string, error) {
 	} else if cp, err := os.ReadFile(filepath.Join(dir, auditlog.CheckpointFile)); err == nil {
 		name, _, _ = strings.Cut(string(cp), "\n")
 	}
-	if v, ok := pinned[name]; ok {
-		return v, "pinned in " + path, nil
-	}
-	if len(pinned) == 1 {
-		for _, v := range pinned {
-			return v, "pinned in " + path, nil
+	v, ok := pinned[name]
+	if !ok && len(pinned) == 1 {
+		for _, only := range pinned {
+			v, ok = only, true
 		}
 	}
-	return nil, "", notPinned(what, dir, path, name, strings.TrimSpace(string(dirText)))
+	if ok {
+		return &reviewerVerifier{v, verifierKeyText(v, list), "pinned in " + path}, nil
+	}
+	return nil, notPinned(what, dir, path, name, strings.TrimSpace(string(dirText)))
 }
 
 // notPinned is the errNotPinned error with the way out: the directory's
