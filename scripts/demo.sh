@@ -50,5 +50,9 @@ if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
 fi
 echo "== the access log, verified offline once the daemon has signed its next checkpoint (within 1 s)"
 sleep 1.5
-bin/custodyctl log verify run/log
+# Never the directory's own log.pub: a reviewer pins the key whose fingerprint the operators
+# published (custodyctl log pin run/log --fingerprint SHA256); the demo keeps a copy taken on
+# its first run instead.
+[ -f run/reviewer-log.pub ] || cp run/log/log.pub run/reviewer-log.pub
+bin/custodyctl log verify run/log --key run/reviewer-log.pub
 bin/custodyctl log query run/log --transaction "$tx"

@@ -82,10 +82,11 @@ within its window; then any officer executes it, once.
   cosign TRANSCRIPT --key FILE [--out FILE]
         Offline: add your signature (a note signer key, "PRIVATE+KEY+name+…", in FILE)
         to a signed transcript; rewrites TRANSCRIPT unless --out is given.
-  verify TRANSCRIPT --officers FILE --log-key FILE [--min-cosigners N]
-        Offline: check the daemon's signature (the access log's verifier key, e.g.
-        run/log/log.pub) and every officer co-signature (the officers file); by default
-        every approver named in the transcript must have co-signed.
+  verify TRANSCRIPT --officers FILE [--log-key FILE] [--min-cosigners N]
+        Offline: check the daemon's signature (the access log's key: your own copy
+        with --log-key, else the key you pinned with custodyctl log pin; never a
+        log directory's log.pub) and every officer co-signature (the officers file);
+        by default every approver named in the transcript must have co-signed.
 `
 
 func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) error {
@@ -515,14 +516,14 @@ func (c *client) verifyTranscript(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	offFile := fs.String("officers", "", "the officers file")
-	logKey := fs.String("log-key", "", "the access log's verifier key file (run/log/log.pub)")
+	logKey := fs.String("log-key", "", "your own copy of the access log's verifier key; default: the keys you pinned (custodyctl log pin)")
 	minCo := fs.Int("min-cosigners", -1, "officer co-signatures required (default: every approver in the transcript)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	if len(pos) != 1 || *offFile == "" || *logKey == "" {
-		return usageError{"usage: custodyctl ceremony verify TRANSCRIPT --officers FILE --log-key FILE"}
+	if len(pos) != 1 || *offFile == "" {
+		return usageError{"usage: custodyctl ceremony verify TRANSCRIPT --officers FILE [--log-key FILE]"}
 	}
 	od, err := os.ReadFile(*offFile)
 	if err != nil {
@@ -533,19 +534,43 @@ func (c *client) verifyTranscript(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lk, err := os.ReadFile(*logKey)
-	if err != nil {
-		return err
-	}
-	lv, err := note.NewVerifier(strings.TrimSpace(string(lk)))
-	if err != nil {
-		return fmt.Errorf("--log-key %s: not a note verifier key: %w", *logKey, err)
+	var logKeys []note.Verifier
+	if *logKey != "" {
+		lk, err := os.ReadFile(*logKey)
+		if err != nil {
+			return err
+		}
+		lv, err := note.NewVerifier(strings.TrimSpace(string(lk)))
+		if err != nil {
+			return fmt.Errorf("--log-key %s: not a note verifier key: %w", *logKey, err)
+		}
+		logKeys = append(logKeys, lv)
+	} else {
+		path, pinned, _, err := loadReviewerConfig()
+		if err != nil {
+			return err
+		}
+		for _, k := range pinned {
+			logKeys = append(logKeys, k)
+		}
+		if len(logKeys) == 0 {
+			return fmt.Errorf("ceremony verify: %w in %s: pin the access log's key (custodyctl log pin KEYFILE --fingerprint SHA256, the fingerprint genesis printed) or pass --log-key FILE", errNotPinned, path)
+		}
 	}
 	signed, err := os.ReadFile(pos[0])
 	if err != nil {
 		return err
 	}
-	v, err := ceremony.VerifyTranscript(signed, lv, offs.Verifiers(), max(*minCo, 0))
+	// The transcript must carry the signature of one of the keys the
+	// reviewer holds; with several pinned, the first that verifies.
+	var v *ceremony.Verified
+	var lv note.Verifier
+	for _, k := range logKeys {
+		if v, err = ceremony.VerifyTranscript(signed, k, offs.Verifiers(), max(*minCo, 0)); err == nil {
+			lv = k
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,11 @@ import (
 
 const logUsage = `custodyctl log — offline tools for the access log (a copied log directory is enough)
 
+  log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]
+        Pin the log's key in your reviewer configuration ($XDG_CONFIG_HOME/custody/
+        reviewer.json, default ~/.config/custody/reviewer.json) after checking it has
+        the fingerprint the operators published (genesis prints the custody/log/v1
+        key's sha256 and words). Without --fingerprint it shows the key's fingerprint.
   log verify DIR [--since CHECKPOINT_FILE] [--key PUBKEY_FILE] [--allow-unsigned-tail] [--json]
         Recompute the Merkle tree, check every signed checkpoint, parse every entry
         strictly; with --since, check the log still contains a checkpoint you saved.
@@ -31,15 +36,20 @@ const logUsage = `custodyctl log — offline tools for the access log (a copied 
   log prove DIR N [--key PUBKEY_FILE]
         Print an inclusion proof of entry N against the latest signed checkpoint
         (JSON); a third party checks it with: log check-proof FILE --key PUBKEY_FILE
-  log check-proof FILE --key PUBKEY_FILE
+  log check-proof FILE [--key PUBKEY_FILE]
   log query DIR [--transaction T] [--participant P] [--principal P] [--purpose P]
         [--order ID] [--outcome allowed|denied|failed] [--op OP] [--from T] [--to T]
         [--format table|jsonl|csv]
-  log report DIR --from T --to T --out FILE.html
+        Unverified: run log verify first.
+  log report DIR --from T --to T --out FILE.html [--key PUBKEY_FILE]
         A self-contained HTML report with charts (no network needed to open it).
 
---key defaults to DIR/log.pub; keep your own copy of the key: the directory's
-copy proves nothing against whoever could rewrite the directory. Times are
+The key is never the directory's own log.pub: whoever could rewrite the directory
+could replace it too. verify, prove, check-proof and report use --key FILE (your own
+copy) or the key you pinned for the log; with neither they exit 1 and show the
+directory key's fingerprint to compare and pin. Every string from an entry is
+printed escaped (control and bidi characters as \x1b, \n, \u202e, …; a backslash
+as \\), and CSV cells that would start a formula get a leading '. Times are
 RFC 3339 ("2026-11-25T00:00:00Z") or dates ("2026-11-25", UTC).
 `
 
@@ -67,6 +77,8 @@ func runLog(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, logUsage) }
 	switch args[0] {
+	case "pin":
+		return logPin(fs, args[1:], stdout)
 	case "verify":
 		return logVerify(fs, args[1:], stdout)
 	case "prove":
@@ -84,20 +96,19 @@ func runLog(args []string, stdout, stderr io.Writer) error {
 	return usageError{fmt.Sprintf("log: unknown subcommand %q", args[0])}
 }
 
-func loadVerifier(keyFile, dir string) (note.Verifier, error) {
-	if keyFile == "" {
-		keyFile = filepath.Join(dir, auditlog.PublicKeyFile)
-	}
-	b, err := os.ReadFile(keyFile)
+// writeJSON writes v as JSON (indented) with escapeJSON applied.
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("public key: %w", err)
+		return err
 	}
-	return auditlog.ParseVerifierKey(b)
+	_, err = w.Write(append(escapeJSON(b), '\n'))
+	return err
 }
 
 func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	since := fs.String("since", "", "a signed checkpoint saved earlier")
-	key := fs.String("key", "", "the log's public key (note verifier key); default DIR/log.pub")
+	key := fs.String("key", "", "your own copy of the log's public key (note verifier key); default: the key you pinned")
 	allow := fs.Bool("allow-unsigned-tail", false, "accept entries after the latest checkpoint (a copy of a running log)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	pos, err := parseInterleaved(fs, args)
@@ -107,7 +118,7 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if len(pos) != 1 {
 		return usageError{"usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
 	}
-	v, err := loadVerifier(*key, pos[0])
+	v, err := reviewerKey("log verify", *key, pos[0])
 	if err != nil {
 		return err
 	}
@@ -122,18 +133,28 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if dk := dirKeyMismatch(pos[0], v); dk != "" {
+		// The daemon never writes another key than its signer's (Open
+		// checks it): the directory was altered.
+		res.OK = false
+		res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(res)
+		if err := writeJSON(stdout, res); err != nil {
+			return err
+		}
 	} else {
+		fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
 		fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
 		for _, p := range res.Problems {
-			fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, p.Detail)
+			fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
 		}
-		if res.OK {
+		switch {
+		case res.OK:
 			fmt.Fprintf(stdout, "OK: all %d entries are covered by a signed checkpoint and unaltered (%s)\n", res.Entries, time.Since(start).Round(time.Millisecond))
-		} else {
+		case res.TrustedUpTo == res.Entries:
+			fmt.Fprintf(stdout, "FAILED: the directory was altered (entries 0..%d verified)\n", res.TrustedUpTo-1)
+		default:
 			fmt.Fprintf(stdout, "FAILED: the log stops being trustworthy at entry %d (entries 0..%d verified)\n", res.TrustedUpTo, res.TrustedUpTo-1)
 		}
 	}
@@ -143,8 +164,22 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	return nil
 }
 
+// dirKeyMismatch describes how dir's log.pub differs from the key v the
+// log was verified with, or is "" when it is the same key or absent.
+func dirKeyMismatch(dir string, v *reviewerVerifier) string {
+	b, err := os.ReadFile(filepath.Join(dir, auditlog.PublicKeyFile))
+	if err != nil || strings.TrimSpace(string(b)) == v.text {
+		return ""
+	}
+	fp, _, ferr := keyFingerprint(string(b))
+	if ferr != nil {
+		fp = "not a valid key"
+	}
+	return fmt.Sprintf("%s is not the key the log was verified with (its sha256: %s): the directory's key was replaced", auditlog.PublicKeyFile, fp)
+}
+
 func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	key := fs.String("key", "", "the log's public key; default DIR/log.pub")
+	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return usageError{err.Error()}
@@ -156,7 +191,7 @@ func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err != nil || n < 0 {
 		return usageError{fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
 	}
-	v, err := loadVerifier(*key, pos[0])
+	v, err := reviewerKey("log prove", *key, pos[0])
 	if err != nil {
 		return err
 	}
@@ -164,23 +199,17 @@ func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	enc := json.NewEncoder(stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(b)
+	return writeJSON(stdout, b)
 }
 
 func logCheckProof(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	key := fs.String("key", "", "the log's public key (required)")
+	key := fs.String("key", "", "the log's public key; default: the key you pinned for the proof's log")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	if len(pos) != 1 || *key == "" {
-		return usageError{"usage: custodyctl log check-proof FILE --key PUBKEY_FILE"}
-	}
-	v, err := loadVerifier(*key, "")
-	if err != nil {
-		return err
+	if len(pos) != 1 {
+		return usageError{"usage: custodyctl log check-proof FILE [--key PUBKEY_FILE]"}
 	}
 	raw, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -190,11 +219,45 @@ func logCheckProof(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err := json.Unmarshal(raw, &b); err != nil {
 		return fmt.Errorf("proof file: %w", err)
 	}
+	v, err := proofKey(*key, b.Checkpoint)
+	if err != nil {
+		return err
+	}
 	if err := auditlog.CheckBundle(&b, v); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "OK: entry %d is in the log %q of %d entries (signed checkpoint verified)\n", b.Inclusion.Index, v.Name(), b.Inclusion.Size)
+	fmt.Fprintf(stdout, "OK: entry %d is in the log %q of %d entries (signed checkpoint verified)\n", b.Inclusion.Index, escapeText(v.Name()), b.Inclusion.Size)
 	return nil
+}
+
+// proofKey is the key to check a proof bundle with: --key, else the key
+// pinned for the origin its checkpoint names.
+func proofKey(keyFile, checkpoint string) (note.Verifier, error) {
+	if keyFile != "" {
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("public key: %w", err)
+		}
+		return auditlog.ParseVerifierKey(b)
+	}
+	path, pinned, _, err := loadReviewerConfig()
+	if err != nil {
+		return nil, err
+	}
+	origin, _, _ := strings.Cut(checkpoint, "\n")
+	if v, ok := pinned[origin]; ok {
+		return v, nil
+	}
+	return nil, fmt.Errorf("log check-proof: %w for the log %q in %s: pin it (custodyctl log pin KEYFILE --fingerprint SHA256) or pass --key FILE", errNotPinned, escapeText(origin), path)
+}
+
+// joinEscaped joins escaped strings with spaces.
+func joinEscaped(list []string) string {
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = escapeText(s)
+	}
+	return strings.Join(out, " ")
 }
 
 // filter selects entries for query and report.
@@ -268,15 +331,19 @@ func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if f.to, err = parseTime(*to, true); err != nil {
 		return err
 	}
-	cols := []string{"index", "time", "op", "outcome", "code", "principal", "uid", "pid", "transaction", "participant", "purpose", "fields", "key", "court_order", "end_user_ip", "request_id"}
+	cols := []string{"index", "time", "op", "outcome", "code", "principal", "uid", "pid", "transaction", "participant", "purpose", "fields", "key", "court_order", "end_user_ip", "request_id", "clipped"}
+	// row is one entry's cells, every string escaped (escapeText).
 	row := func(i int64, e auditlog.Entry) []string {
 		part := e.Participant
 		if part == "" {
-			part = strings.Join(e.Participants, " ")
+			part = joinEscaped(e.Participants)
+		} else {
+			part = escapeText(part)
 		}
-		return []string{strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339Nano), e.Operation, string(e.Outcome), e.Code, e.Principal,
-			strconv.FormatUint(uint64(e.Caller.UID), 10), strconv.Itoa(int(e.Caller.PID)), e.TransactionID, part, e.Purpose,
-			strings.Join(e.Fields, " "), e.KeyLabel, e.CourtOrder, e.EndUser.IP, e.EndUser.RequestID}
+		r := []string{strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339Nano), escapeText(e.Operation), escapeText(string(e.Outcome)), escapeText(e.Code), escapeText(e.Principal),
+			strconv.FormatUint(uint64(e.Caller.UID), 10), strconv.Itoa(int(e.Caller.PID)), escapeText(e.TransactionID), part, escapeText(e.Purpose),
+			joinEscaped(e.Fields), escapeText(e.KeyLabel), escapeText(e.CourtOrder), escapeText(e.EndUser.IP), escapeText(e.EndUser.RequestID), joinEscaped(e.Clipped)}
+		return r
 	}
 	var emit func(i int64, e auditlog.Entry) error
 	var flush func() error
@@ -298,15 +365,25 @@ func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	case "csv":
 		w := csv.NewWriter(stdout)
 		w.Write(cols)
-		emit = func(i int64, e auditlog.Entry) error { return w.Write(row(i, e)) }
+		emit = func(i int64, e auditlog.Entry) error {
+			r := row(i, e)
+			for k := range r {
+				r[k] = csvCell(r[k])
+			}
+			return w.Write(r)
+		}
 		flush = func() error { w.Flush(); return w.Error() }
 	case "jsonl":
-		enc := json.NewEncoder(stdout)
 		emit = func(i int64, e auditlog.Entry) error {
-			return enc.Encode(struct {
+			b, err := json.Marshal(struct {
 				Index int64 `json:"index"`
 				auditlog.Entry
 			}{i, e})
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(append(escapeJSON(b), '\n'))
+			return err
 		}
 		flush = func() error { return nil }
 	default:

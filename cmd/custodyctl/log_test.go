@@ -82,9 +82,25 @@ func TestLogVerifyAndTamper(t *testing.T) {
 	}
 }
 
+// ownKey copies dir's log.pub outside it: the reviewer's own copy, taken
+// while the directory was known good.
+func ownKey(t *testing.T, dir string) string {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "my-log.pub")
+	pub, err := os.ReadFile(filepath.Join(dir, auditlog.PublicKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 func TestLogProveQuery(t *testing.T) {
 	dir := testLog(t, 40)
-	code, out, errs := ctl("log", "prove", dir, "17")
+	key := ownKey(t, dir)
+	code, out, errs := ctl("log", "prove", dir, "17", "--key", key)
 	if code != 0 {
 		t.Fatalf("prove: %s", errs)
 	}
@@ -94,7 +110,7 @@ func TestLogProveQuery(t *testing.T) {
 		t.Fatalf("check-proof: %d %s %s", code, out, errs)
 	}
 	os.WriteFile(proof, bytes.Replace([]byte(out), []byte("tx-17"), []byte("tx-71"), 1), 0o644)
-	_, pout, _ := ctl("log", "prove", dir, "17")
+	_, pout, _ := ctl("log", "prove", dir, "17", "--key", key)
 	os.WriteFile(proof, bytes.Replace([]byte(pout), []byte(`tx-17`), []byte(`tx-71`), 1), 0o644)
 	if code, _, _ := ctl("log", "check-proof", proof, "--key", filepath.Join(dir, auditlog.PublicKeyFile)); code == 0 {
 		t.Fatal("an altered proof checks")
@@ -130,7 +146,7 @@ func TestLogReportChromium(t *testing.T) {
 	}
 	dir := testLog(t, 120)
 	html := filepath.Join(t.TempDir(), "report.html")
-	code, out, errs := ctl("log", "report", dir, "--from", "2026-11-23", "--to", "2026-11-24", "--out", html)
+	code, out, errs := ctl("log", "report", dir, "--from", "2026-11-23", "--to", "2026-11-24", "--out", html, "--key", ownKey(t, dir))
 	if code != 0 {
 		t.Fatalf("report: %s %s", out, errs)
 	}

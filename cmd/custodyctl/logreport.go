@@ -65,7 +65,7 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	var f filter
 	from, to := f.flags(fs)
 	out := fs.String("out", "", "the HTML file to write")
-	key := fs.String("key", "", "the log's public key; default DIR/log.pub")
+	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return usageError{err.Error()}
@@ -79,12 +79,20 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if f.to, err = parseTime(*to, true); err != nil {
 		return err
 	}
+	// A report says whether the log verifies, so it needs the reviewer's
+	// key like verify does.
+	v, err := reviewerKey("log report", *key, pos[0])
+	if err != nil {
+		return err
+	}
 	d := reportData{Dir: pos[0], From: f.from, To: f.to, Generated: time.Now().UTC()}
-	if v, err := loadVerifier(*key, pos[0]); err != nil {
-		d.VerifyErr = err.Error()
-	} else if res, err := auditlog.Verify(pos[0], auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: true}); err != nil {
+	if res, err := auditlog.Verify(pos[0], auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: true}); err != nil {
 		d.VerifyErr = err.Error()
 	} else {
+		if dk := dirKeyMismatch(pos[0], v); dk != "" {
+			res.OK = false
+			res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+		}
 		d.Verify = res
 	}
 	purpose := map[string]*bar{}
@@ -101,6 +109,7 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		if k == "" {
 			k = "(none)"
 		}
+		k = escapeText(k)
 		b := m[k]
 		if b == nil {
 			b = &bar{Label: k}
@@ -120,11 +129,11 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		denied := e.Outcome == auditlog.Denied
 		if denied {
 			d.Denied++
-			who := e.Principal
+			who := escapeText(e.Principal)
 			if who == "" {
 				who = fmt.Sprintf("uid %d", e.Caller.UID)
 			}
-			denials[who] = append(denials[who], denial{e.Time, i, e.Code})
+			denials[who] = append(denials[who], denial{e.Time, i, escapeText(e.Code)})
 		}
 		if e.Outcome == auditlog.Failed {
 			d.Failed++
@@ -201,7 +210,8 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// svgChart draws a horizontal bar chart; every value is escaped by html/template.
+// svgChart draws a horizontal bar chart; every label was escaped with
+// escapeText when it was counted and is HTML-escaped here.
 func svgChart(c chart) template.HTML {
 	const w, labelW, barH, gap = 720, 200, 18, 6
 	max := 1
@@ -232,6 +242,7 @@ func svgChart(c chart) template.HTML {
 var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
 	"chart": svgChart,
 	"t":     func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"x":     escapeText,
 }).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
@@ -244,10 +255,10 @@ table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;font
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 </style></head><body>
 <h1>Access log report</h1>
-<p>Log <code>{{.Dir}}</code>, entries from {{t .From}} to {{t .To}} (generated {{t .Generated}}).</p>
+<p>Log <code>{{x .Dir}}</code>, entries from {{t .From}} to {{t .To}} (generated {{t .Generated}}).</p>
 {{with .Verify}}{{if .OK}}<p class="ok">Verified: {{.Entries}} entries, tree matches {{.Checkpoints}} signed checkpoints (latest signs {{.LatestSize}}).</p>
-{{else}}<p class="bad">NOT VERIFIED: the log stops being trustworthy at entry {{.TrustedUpTo}}.</p><ul>{{range .Problems}}<li>entry {{.Index}} ({{.Kind}}): {{.Detail}}</li>{{end}}</ul>{{end}}{{end}}
-{{with .VerifyErr}}<p class="bad">Not verified: {{.}}</p>{{end}}
+{{else}}<p class="bad">NOT VERIFIED: the log stops being trustworthy at entry {{.TrustedUpTo}}.</p><ul>{{range .Problems}}<li>entry {{.Index}} ({{.Kind}}): {{x .Detail}}</li>{{end}}</ul>{{end}}{{end}}
+{{with .VerifyErr}}<p class="bad">Not verified: {{x .}}</p>{{end}}
 <table><tr><th>entries in range</th><td>{{.Total}}</td></tr><tr><th>denied</th><td>{{.Denied}}</td></tr>
 <tr><th>failed</th><td>{{.Failed}}</td></tr><tr><th>audit decrypts (court orders)</th><td>{{.Audits}}</td></tr></table>
 <p class="legend"><span style="background:#1f77b4"></span>allowed or failed<span style="background:#d62728"></span>denied<span style="background:#ff7f0e"></span>audit decrypt</p>

@@ -424,10 +424,20 @@ type logSummary struct {
 }
 
 // verifyLog runs the reviewer's offline verification on a log directory
-// and fails the test unless it passes.
+// and fails the test unless it passes. The reviewer's key is a copy of
+// log.pub taken here, outside the directory (the directory is the test's
+// own: nobody rewrote it); verify refuses the directory's own file.
 func verifyLog(t *testing.T, dir string) logSummary {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", dir, "--json").CombinedOutput()
+	pub, err := os.ReadFile(filepath.Join(dir, "log.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "reviewer-log.pub")
+	if err := os.WriteFile(key, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "verify", dir, "--json", "--key", key).CombinedOutput()
 	if err != nil {
 		t.Fatalf("log verify %s: %v\n%s", dir, err, out)
 	}

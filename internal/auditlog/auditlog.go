@@ -12,6 +12,9 @@
 // (docs/auditlog.md): one canonical JSON line carrying "v" and the entry's
 // index "i"; ParseEntry is strict (unknown members, other versions, a
 // wrong index or non-canonical bytes are ErrMalformed) and fuzzed.
+// Normalize bounds every string and list (most are the caller's word) and
+// marks what it cut in Clipped; Log.Append applies it, so no entry is ever
+// refused for its size.
 //
 // # Durability (Log)
 //
@@ -38,7 +41,8 @@
 // # Reviewers
 //
 // Verify, Prove, CheckBundle and ReadEntries need only a copy of the
-// directory and the public key. Verify reports where the log stops being
+// directory and the public key: a key the reviewer holds, never the
+// directory's own log.pub (custodyctl log pin). Verify reports where the log stops being
 // trustworthy: a removed, reordered or inserted entry at its exact index
 // (its "i" no longer matches its position), a modified one between the
 // last checkpoint that matches and the first that does not.
@@ -108,6 +112,11 @@ type Entry struct {
 	Outcome       Outcome   `json:"outcome"`
 	Code          string    `json:"code,omitempty"`   // the API error code when not allowed
 	Detail        string    `json:"detail,omitempty"` // daemon events (start, stop, policy reload): what happened; never a secret
+	// Clipped names the members Normalize cut to their limits ("transaction_id",
+	// "end_user.user_agent", "participants", …, in member order): the entry
+	// is not verbatim there. Each clipped string ends with ClipMarker and its
+	// original size; a clipped list ends with an item saying how many were cut.
+	Clipped []string `json:"clipped,omitempty"`
 }
 
 // Recorder records entries. Record returns nil only once the entry is kept;

@@ -62,6 +62,15 @@ func checkEntry(e Entry) error {
 	default:
 		return fmt.Errorf("%w: outcome %q", ErrInvalidEntry, e.Outcome)
 	}
+	// clipped: clippable member names, each once, in member order.
+	next := 0
+	for _, name := range e.Clipped {
+		i := slices.Index(clippable[next:], name)
+		if i < 0 {
+			return fmt.Errorf("%w: clipped %q is not a clippable member, or out of order", ErrInvalidEntry, name)
+		}
+		next += i + 1
+	}
 	return nil
 }
 
@@ -123,36 +132,150 @@ func parseEntryJSON(b []byte, index int64) (int64, Entry, error) {
 	return l.Index, l.Entry, nil
 }
 
-// validUTF8 replaces invalid UTF-8 in every string of e with U+FFFD, as the
-// JSON encoding would, so that what is written parses back to itself. Some
-// strings come from outside (a caller's executable path, forwarded end-user
-// context); without this, one bad byte would make the entry non-canonical
-// and the log unreadable from there on.
-func validUTF8(e Entry) Entry {
-	fix := func(s *string) {
-		if !utf8.ValidString(*s) {
-			*s = strings.ToValidUTF8(*s, "\uFFFD")
+// Limits on the strings of an entry (Normalize). Together they bound the
+// encoding of any normalized entry well below MaxEntryBytes, whatever the
+// strings hold (TestNormalizeBound: every member at its limit, every byte
+// one that JSON writes as a six-byte \u escape), so an entry built from
+// a caller's request is always recorded.
+const (
+	MaxStringBytes = 256     // every string member but exe and detail, and every list item
+	MaxExeBytes    = 1024    // caller.exe (a path)
+	MaxDetailBytes = 8 << 10 // detail
+	MaxListItems   = 256     // participants, fields: items kept, the clip note included
+	MaxListBytes   = 8 << 10 // participants, fields: bytes of the items kept, the clip note included
+)
+
+// ClipMarker starts the suffix of a clipped string: "…[N bytes, clipped]"
+// with N the original length in bytes.
+const ClipMarker = "…["
+
+// Normalize returns e as it is recorded: invalid UTF-8 replaced with
+// U+FFFD in every string (as the JSON encoding would, so that what is
+// written parses back to itself), and every string and list cut to its
+// limit above. A cut string keeps its first bytes (whole runes) and ends
+// with "…[N bytes, clipped]"; a cut list keeps its first items and ends
+// with "…[N more items, clipped]"; every cut member is named in
+// e.Clipped, never silently. Normalize is idempotent (a name already in
+// e.Clipped stays) and the only writer of Clipped: names in it that are
+// not clippable members are dropped. Log.Append normalizes every entry; the daemon's record path
+// does too, so every Recorder sees the same entry.
+func Normalize(e Entry) Entry {
+	clipped := map[string]bool{}
+	for _, name := range e.Clipped {
+		clipped[name] = true
+	}
+	str := func(name string, s *string, max int) {
+		v, cut := clipString(*s, max)
+		*s = v
+		clipped[name] = clipped[name] || cut
+	}
+	for _, m := range stringMembers(&e) {
+		str(m.name, m.s, m.max)
+	}
+	list := func(name string, l *[]string) {
+		v, cut := clipList(*l)
+		*l = v
+		clipped[name] = clipped[name] || cut
+	}
+	list("participants", &e.Participants)
+	list("fields", &e.Fields)
+	e.Clipped = nil
+	for _, name := range clippable {
+		if clipped[name] {
+			e.Clipped = append(e.Clipped, name)
 		}
 	}
-	for _, p := range []*string{&e.Operation, &e.Caller.Executable, &e.Principal, &e.TransactionID, &e.JobID,
-		&e.Participant, &e.KeyLabel, &e.Purpose, &e.EndUser.IP, &e.EndUser.UserAgent, &e.EndUser.RequestID,
-		&e.CourtOrder, &e.DocumentHash, &e.Code, &e.Detail} {
-		fix(p)
-	}
-	e.Participants = fixAll(e.Participants, fix)
-	e.Fields = fixAll(e.Fields, fix)
 	return e
 }
 
-func fixAll(list []string, fix func(*string)) []string {
-	for i := range list {
-		if !utf8.ValidString(list[i]) {
-			list = slices.Clone(list)
-			for j := range list {
-				fix(&list[j])
-			}
-			return list
-		}
+// clippable lists the members Normalize may clip, in member order: the
+// only names Clipped may hold, in this order.
+var clippable = []string{"op", "caller.exe", "principal", "transaction_id", "job_id", "participant", "participants",
+	"key", "purpose", "fields", "end_user.ip", "end_user.user_agent", "end_user.request_id",
+	"court_order", "document_hash", "code", "detail"}
+
+type stringMember struct {
+	name string
+	s    *string
+	max  int
+}
+
+func stringMembers(e *Entry) []stringMember {
+	return []stringMember{{"op", &e.Operation, MaxStringBytes}, {"caller.exe", &e.Caller.Executable, MaxExeBytes},
+		{"principal", &e.Principal, MaxStringBytes}, {"transaction_id", &e.TransactionID, MaxStringBytes},
+		{"job_id", &e.JobID, MaxStringBytes}, {"participant", &e.Participant, MaxStringBytes},
+		{"key", &e.KeyLabel, MaxStringBytes}, {"purpose", &e.Purpose, MaxStringBytes},
+		{"end_user.ip", &e.EndUser.IP, MaxStringBytes}, {"end_user.user_agent", &e.EndUser.UserAgent, MaxStringBytes},
+		{"end_user.request_id", &e.EndUser.RequestID, MaxStringBytes}, {"court_order", &e.CourtOrder, MaxStringBytes},
+		{"document_hash", &e.DocumentHash, MaxStringBytes}, {"code", &e.Code, MaxStringBytes},
+		{"detail", &e.Detail, MaxDetailBytes}}
+}
+
+// clipString makes s valid UTF-8 and at most max bytes long; cut reports
+// whether it had to be shortened (invalid UTF-8 alone is not a cut).
+func clipString(s string, max int) (string, bool) {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
-	return list
+	if len(s) <= max {
+		return s, false
+	}
+	return cutTo(s, max, fmt.Sprintf("%s%d bytes, clipped]", ClipMarker, len(s))), true
+}
+
+// ClipString is clipString for callers that build strings that go into an
+// entry's detail: s made valid UTF-8 and cut to max bytes, marked when cut.
+func ClipString(s string, max int) string {
+	v, _ := clipString(s, max)
+	return v
+}
+
+// cutTo keeps the longest prefix of s (whole runes) that leaves room for
+// suffix within max bytes, and appends suffix.
+func cutTo(s string, max int, suffix string) string {
+	keep := max - len(suffix)
+	if keep < 0 {
+		keep = 0
+	}
+	for keep > 0 && !utf8.RuneStart(s[keep]) {
+		keep--
+	}
+	return s[:keep] + suffix
+}
+
+// clipList clips every item of list to MaxStringBytes and keeps at most
+// MaxListItems items and MaxListBytes bytes of them, the note of how many
+// were cut included. It copies list before changing it.
+func clipList(list []string) ([]string, bool) {
+	var out []string // nil until a change
+	cut, total := false, 0
+	for i, s := range list {
+		v, c := clipString(s, MaxStringBytes)
+		if v != s && out == nil {
+			out = slices.Clone(list[:i:i])
+		}
+		if out != nil {
+			out = append(out, v)
+		}
+		cut = cut || c
+		total += len(v)
+	}
+	if out == nil {
+		out = list
+	}
+	if len(out) <= MaxListItems && total <= MaxListBytes {
+		return out, cut
+	}
+	// Too many or too long: keep the longest prefix that fits with the note.
+	n, size := 0, 0
+	for n < len(out) {
+		note := fmt.Sprintf("%s%d more items, clipped]", ClipMarker, len(out)-n-1)
+		if n+2 > MaxListItems || size+len(out[n])+len(note) > MaxListBytes {
+			break
+		}
+		size += len(out[n])
+		n++
+	}
+	kept := slices.Clone(out[:n:n])
+	return append(kept, fmt.Sprintf("%s%d more items, clipped]", ClipMarker, len(out)-n)), true
 }

@@ -37,7 +37,8 @@ var (
 	// caller must refuse the operation. The next Record tries again.
 	ErrUnavailable = errors.New("auditlog: access log unavailable")
 	// ErrInvalidEntry: the entry cannot be encoded (no time, no operation,
-	// unknown outcome, larger than MaxEntryBytes). Nothing was written.
+	// unknown outcome; larger than MaxEntryBytes only if not normalized,
+	// which Append always does). Nothing was written.
 	ErrInvalidEntry = errors.New("auditlog: invalid entry")
 	// ErrClosed: Record after Close.
 	ErrClosed = errors.New("auditlog: log closed")
@@ -330,7 +331,7 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
-	e = validUTF8(e)
+	e = Normalize(e)
 	if err := checkEntry(e); err != nil {
 		return -1, err
 	}

@@ -102,6 +102,7 @@ func parseCanonical(b []byte, keep bool) (int64, Entry, bool) {
 	}
 	ok = p.optStr(`,"code":`, &e.Code) &&
 		p.optStr(`,"detail":`, &e.Detail) &&
+		p.clipped(&e.Clipped) &&
 		p.lit(`}`) && p.p == len(b)
 	if !ok {
 		return 0, e, false
@@ -296,6 +297,16 @@ func (p *canonParser) optList(name string, dst *[]string) bool {
 	}
 	*dst = list
 	return true
+}
+
+// clipped reads the clipped member, if next, keeping it even when p.keep
+// is false: checkEntry checks its names.
+func (p *canonParser) clipped(dst *[]string) bool {
+	keep := p.keep
+	p.keep = true
+	ok := p.optList(`,"clipped":[`, dst)
+	p.keep = keep
+	return ok
 }
 
 // endUser reads the end_user member, if next: an object with at least

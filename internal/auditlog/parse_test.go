@@ -28,6 +28,10 @@ func canonSamples() []Entry {
 		{Time: time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC), Operation: "o", Caller: Caller{PID: -1}, Outcome: Allowed, EndUser: EndUser{RequestID: "r"}},
 		{Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC), Operation: "o", Caller: Caller{PID: math.MaxInt32}, Outcome: Allowed, Fields: []string{""}},
 		full,
+		// A normalized entry with clipped members (Normalize).
+		{Time: t0, Operation: "encrypt", TransactionID: "tx-" + strings.Repeat("\x1b[2J", 60) + "…[1048576 bytes, clipped]",
+			Participants: []string{"a", "…[3 more items, clipped]"}, Outcome: Failed, Code: "invalid_id",
+			Clipped: []string{"transaction_id", "participants", "end_user.user_agent"}},
 	}
 	for i := range 8 {
 		e := full
@@ -95,6 +99,13 @@ func FuzzParseCanonical(f *testing.F) {
 		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0,"exe":""},"outcome":"allowed"}`,
 		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"end_user":{"user_agent":"a","ip":"b"},"outcome":"allowed"}`,
 		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"use_number":1e2,"outcome":"allowed"}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":["job_id"]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":[]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":["nope"]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":["job_id","op"]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":["job_id","job_id"]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":[""]}`,
+		`{"v":1,"i":0,"time":"2026-11-25T12:00:00Z","op":"x","caller":{"uid":0,"gid":0,"pid":0},"outcome":"allowed","clipped":["\u006fp"]}`,
 		`{"v":2}`, `{"v":1,"i":0,"i":1}`, "{}\n", ``, `"`, `{"v":1,"i":`,
 	} {
 		f.Add([]byte(s), int64(0))

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"custody/hsm"
+	"custody/internal/auditlog"
 	"custody/internal/ceremony"
 	"custody/internal/envelope"
 	"custody/internal/keys"
@@ -99,6 +100,35 @@ const (
 	CodeTooManyPending      = "too_many_pending"     // the officer (or the daemon) has as many pending requests as allowed
 	CodeRequestStale        = "request_stale"        // the token changed since the officers approved; open a new request
 )
+
+// outcome is how the access log records a request's err: allowed (nil),
+// denied (a refusal: the caller is not entitled to what it asked), or
+// failed (permitted, but it did not work: bad input, a device or Vault
+// error). A refusal is an error whose status is 403 Forbidden — every
+// policy, court-order and ceremony-officer refusal (not_officer,
+// self_approval, request_expired, not_share_holder, …) has it — or one of
+// refusalCodes, the dual-control rules that answer 409.
+func outcome(err error) (auditlog.Outcome, string) {
+	if err == nil {
+		return auditlog.Allowed, ""
+	}
+	ae := classify(err)
+	if ae.Status == http.StatusForbidden || refusalCodes[ae.Code] ||
+		errors.Is(err, policy.ErrDenied) || errors.Is(err, policy.ErrUnknownCaller) || errors.Is(err, orders.ErrDenied) {
+		return auditlog.Denied, ae.Code
+	}
+	return auditlog.Failed, ae.Code
+}
+
+// refusalCodes are the refusals whose status is not 403: an officer's
+// second approval or share, an approval of another text than the request,
+// an execution without its quorum.
+var refusalCodes = map[string]bool{
+	CodeDuplicateApproval: true,
+	CodeRequestMismatch:   true,
+	CodeNotApproved:       true,
+	CodeDuplicateShare:    true,
+}
 
 // apiError is an error with its HTTP status and stable code.
 type apiError struct {

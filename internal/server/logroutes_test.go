@@ -32,6 +32,7 @@ func TestLogRoutesWithoutLog(t *testing.T) {
 func TestLogRoutesRealDaemon(t *testing.T) {
 	dir := t.TempDir()
 	var alog *auditlog.Log
+	var vkey string // the reviewer's own copy of the log key
 	h := newHarnessWith(t, func(d *server.Deps) {
 		ctx := context.Background()
 		cfg := auditlog.DefaultConfig()
@@ -40,6 +41,7 @@ func TestLogRoutesRealDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		vkey = s.VerifierKey()
 		alog, err = auditlog.Open(ctx, cfg, s, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -105,9 +107,13 @@ func TestLogRoutesRealDaemon(t *testing.T) {
 		t.Fatalf("cp: %v %s", err, out)
 	}
 	ctl := filepath.Join(binDir, "custodyctl")
+	key := filepath.Join(t.TempDir(), "log.pub")
+	if err := os.WriteFile(key, []byte(vkey+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
-		{"log", "verify", cp},
-		{"log", "prove", cp, "1"},
+		{"log", "verify", cp, "--key", key},
+		{"log", "prove", cp, "1", "--key", key},
 		{"log", "query", cp, "--principal", "operator", "--outcome", "denied", "--format", "jsonl"},
 	} {
 		out, err := exec.Command(ctl, args...).CombinedOutput()

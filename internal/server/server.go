@@ -27,6 +27,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"custody/hsm"
@@ -34,7 +35,6 @@ import (
 	"custody/internal/config"
 	"custody/internal/envelope"
 	"custody/internal/keys"
-	"custody/internal/orders"
 	"custody/internal/policy"
 )
 
@@ -150,6 +150,7 @@ type request struct {
 	principal policy.Principal
 	policy    *policy.Policy // the policy the request was authorized under
 	endUser   auditlog.EndUser
+	recorded  atomic.Bool // some decision of this request was recorded (record)
 }
 
 // handler does the route's work and returns the response body or an error.
@@ -189,10 +190,12 @@ func (s *Server) guard(rt route) http.Handler {
 // slots, and runs the route's handler. A refusal at the door is recorded
 // like any other decision.
 func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rt route) (any, error) {
+	// The end-user headers are the application's word, recorded as given:
+	// record normalizes (clips and marks) every string of an entry.
 	rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
-		IP:        clip(r.Header.Get("Custody-End-User-IP")),
-		UserAgent: clip(r.Header.Get("Custody-End-User-Agent")),
-		RequestID: clip(r.Header.Get("Custody-Request-ID")),
+		IP:        r.Header.Get("Custody-End-User-IP"),
+		UserAgent: r.Header.Get("Custody-End-User-Agent"),
+		RequestID: r.Header.Get("Custody-Request-ID"),
 	}}
 	err := s.authorize(ctx, rq, rt)
 	if err == nil {
@@ -211,12 +214,25 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	body, err := rt.handle(ctx, rq)
 	if st, ok := body.(streamer); ok && err == nil {
 		// A streaming route writes its own answer (lifecycle.go), while the
-		// caller's in-flight slot is still held.
+		// caller's in-flight slot is still held; it records each item.
 		st.stream(ctx, w)
 		return streamedResponse{}, nil
 	}
+	if !rq.recorded.Load() && rt.op != opHealth {
+		// A route that recorded nothing (a reviewer's log read, a key
+		// listing, a body that did not decode) is recorded here, before
+		// its answer is released.
+		e := auditlog.Entry{Operation: rt.op, Detail: r.Method + " " + r.URL.RequestURI()}
+		if rerr := s.record(ctx, rq, e, err); rerr != nil {
+			return nil, rerr
+		}
+	}
 	return body, err
 }
+
+// opHealth is the one operation not recorded when allowed: health
+// discloses nothing but the daemon's state, and monitors poll it.
+const opHealth = "health"
 
 // streamedResponse is what serve returns once a streaming route has
 // written its answer itself.
@@ -237,26 +253,19 @@ func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 }
 
 // record is the one place where decisions are recorded. It completes e
-// from the request and from err (nil = allowed), hands it to the Recorder
-// and returns a log_unavailable error when that fails: the caller must then
-// release nothing.
+// from the request and from err (nil = allowed; outcome says denied or
+// failed), normalizes it (every string and list within its limit, clipped
+// ones marked: auditlog.Normalize), hands it to the Recorder and returns a
+// log_unavailable error when that fails: the caller must then release
+// nothing.
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
+	rq.recorded.Store(true)
 	e.Time = s.Now().UTC()
 	e.Caller = rq.peer.Caller
 	e.Principal = rq.principal.Name
 	e.EndUser = rq.endUser
-	switch {
-	case err == nil:
-		e.Outcome = auditlog.Allowed
-	case errors.Is(err, policy.ErrDenied) || errors.Is(err, policy.ErrUnknownCaller) || errors.Is(err, orders.ErrDenied):
-		e.Outcome, e.Code = auditlog.Denied, classify(err).Code
-	default:
-		ae := classify(err)
-		e.Outcome, e.Code = auditlog.Failed, ae.Code
-		if ae.Code == CodeUnknownCaller || ae.Code == CodePermissionDenied {
-			e.Outcome = auditlog.Denied
-		}
-	}
+	e.Outcome, e.Code = outcome(err)
+	e = auditlog.Normalize(e)
 	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
 		s.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", rerr)
 		return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
@@ -264,14 +273,10 @@ func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err 
 	return nil
 }
 
-// clip bounds forwarded end-user context so it cannot bloat the log.
-func clip(s string) string {
-	const max = 256
-	if len(s) > max {
-		return s[:max]
-	}
-	return s
-}
+// clip bounds a caller's string that a handler puts into an entry's
+// detail, marked when cut ("…[N bytes, clipped]"). Members of an entry
+// need no clip: record normalizes them.
+func clip(s string) string { return auditlog.ClipString(s, auditlog.MaxStringBytes) }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.Header().Set("Content-Type", "application/json")
