@@ -122,12 +122,18 @@ func outcome(err error) (auditlog.Outcome, string) {
 
 // refusalCodes are the refusals whose status is not 403: an officer's
 // second approval or share, an approval of another text than the request,
-// an execution without its quorum.
+// an execution without its quorum or its shares, a request whose effect
+// changed, a key that must not be backed up or restored, an officer over
+// their pending requests.
 var refusalCodes = map[string]bool{
 	CodeDuplicateApproval: true,
 	CodeRequestMismatch:   true,
 	CodeNotApproved:       true,
 	CodeDuplicateShare:    true,
+	CodeNotEnoughShares:   true,
+	CodeRequestStale:      true,
+	CodeNotEscrowLabel:    true,
+	CodeTooManyPending:    true,
 }
 
 // apiError is an error with its HTTP status and stable code.

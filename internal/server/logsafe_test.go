@@ -353,7 +353,7 @@ func TestReadsAreRecorded(t *testing.T) {
 func TestCeremonyRefusalsDenied(t *testing.T) {
 	kits, officersFile := newOfficerKits(t)
 	o := func(i int) string { return kits[i-1].user }
-	c := newCeremonyHarness(t, officersFile)
+	c := newCeremonyHarness(t, kits, officersFile)
 	expect := func(what string, outcome auditlog.Outcome, code string) {
 		t.Helper()
 		if e := c.rec.last(); e.Outcome != outcome || e.Code != code {
