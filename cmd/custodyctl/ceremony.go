@@ -248,6 +248,11 @@ func (c *client) ceremonyStatus(args []string) error {
 			Version              int
 		} `json:"escrow_versions"`
 		Pending []requestView `json:"pending"`
+		SOPIN   *struct {
+			Set       string   `json:"set"`
+			Threshold int      `json:"threshold"`
+			Holders   []string `json:"holders"`
+		} `json:"so_pin"`
 	}
 	raw, err := c.call("GET", "/v1/ceremony", nil, &st)
 	if err != nil || c.json {
@@ -256,7 +261,14 @@ func (c *client) ceremonyStatus(args []string) error {
 		}
 		return err
 	}
-	fmt.Fprintf(c.out, "you are officer %s\ngenesis: %v\nescrow key versions:\n", st.Officer, st.Genesis)
+	fmt.Fprintf(c.out, "you are officer %s\ngenesis: %v\n", st.Officer, st.Genesis)
+	if st.SOPIN != nil {
+		fmt.Fprintf(c.out, "SO PIN: split %d-of-%d among %s (set %s); a backup needs %d SO PIN shares\n",
+			st.SOPIN.Threshold, len(st.SOPIN.Holders), strings.Join(st.SOPIN.Holders, ", "), st.SOPIN.Set, st.SOPIN.Threshold)
+	} else {
+		fmt.Fprintf(c.out, "SO PIN: not split among the officers; backups are refused\n")
+	}
+	fmt.Fprintf(c.out, "escrow key versions:\n")
 	for _, v := range st.EscrowVersions {
 		fmt.Fprintf(c.out, "  v%d  %-12s %s  sha256 %s\n", v.Version, v.State, v.Label, v.SHA256)
 	}

@@ -308,8 +308,16 @@ func (s *Server) ceremonyShow(ctx context.Context, rq *request) (any, error) {
 type ceremonyStatus struct {
 	Officer        string        `json:"officer"`
 	Genesis        bool          `json:"genesis"`
+	SOPIN          *soPINView    `json:"so_pin,omitempty"` // nil: not split, backups refused
 	EscrowVersions []escrowView  `json:"escrow_versions"`
 	Pending        []requestView `json:"pending"`
+}
+
+// soPINView is the public record of the token's SO PIN shares.
+type soPINView struct {
+	Set       string   `json:"set"`
+	Threshold int      `json:"threshold"`
+	Holders   []string `json:"holders"`
 }
 
 type escrowView struct {
@@ -331,6 +339,12 @@ func (s *Server) ceremonyStatusRoute(ctx context.Context, rq *request) (any, err
 		return nil, err
 	}
 	out := ceremonyStatus{Officer: o.Name, Genesis: g, EscrowVersions: []escrowView{}, Pending: []requestView{}}
+	if r := c.SOPIN; r != nil {
+		out.SOPIN = &soPINView{Set: r.SetID, Threshold: r.Threshold}
+		for _, sh := range r.Shares {
+			out.SOPIN.Holders = append(out.SOPIN.Holders, sh.Officer)
+		}
+	}
 	vs := s.Keys.EscrowVersions()
 	for i, v := range vs {
 		st := "decrypt-only"

@@ -347,7 +347,7 @@ func TestCeremonyScenario(t *testing.T) {
 	}
 	a.ctlFails(server.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
 	a.ctlFails(server.CodePermissionDenied, appUser, "", "ceremony", "status")
-	if out := a.ctl(o(1), "ceremony", "status"); !strings.Contains(out, "genesis: false") {
+	if out := a.ctl(o(1), "ceremony", "status"); !strings.Contains(out, "genesis: false") || !strings.Contains(out, "SO PIN: split 2-of-5 among o1, o2, o3, o4, o5") {
 		t.Fatalf("status before genesis: %s", out)
 	}
 
