@@ -37,6 +37,10 @@ var (
 	ErrNoToken = errors.New("hsm: token not found")
 	// ErrLogin: the token refused the user login (wrong or locked PIN).
 	ErrLogin = errors.New("hsm: token login refused")
+	// ErrNeedsCgo: this build has no PKCS#11 (CGO_ENABLED=0, see nocgo.go);
+	// Open, InitToken and every Token method return it there, and nothing
+	// returns it in a cgo build.
+	ErrNeedsCgo = errors.New("custody/hsm needs cgo (the PKCS#11 module is a C library): build with CGO_ENABLED=1")
 )
 
 // Algorithms, KDF profiles and usages: see package device.

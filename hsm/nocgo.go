@@ -6,16 +6,14 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
-	"errors"
 	"log/slog"
 	"time"
 )
 
-// ErrNeedsCgo is what Open, InitToken and every Token method return in a
-// build without cgo. The package is then only its cgo-free API (api.go),
-// so that the packages that import it still compile with CGO_ENABLED=0;
-// custodyd built that way refuses to start with this error.
-var ErrNeedsCgo = errors.New("custody/hsm needs cgo (the PKCS#11 module is a C library): build with CGO_ENABLED=1")
+// This is the package built without cgo: its cgo-free API (api.go) and
+// the declarations below, so that the packages that import it still
+// compile with CGO_ENABLED=0. Nothing works: custodyd built this way
+// refuses to start with ErrNeedsCgo.
 
 // Token is a PKCS#11 token; without cgo there is none to open.
 type Token struct{}
@@ -26,8 +24,9 @@ func Open(context.Context, Config, *slog.Logger) (*Token, error) { return nil, E
 // InitToken fails with ErrNeedsCgo.
 func InitToken(context.Context, string, string, []byte, string) error { return ErrNeedsCgo }
 
-// The methods of the cgo build, each failing with ErrNeedsCgo. (No Token
-// exists to call them on; they are here so that the callers compile.)
+// The methods of the cgo build, each failing with ErrNeedsCgo (Capabilities
+// and Info return zero values). No Token exists to call them on; they are
+// here so that the callers compile.
 
 func (*Token) Close() error               { return ErrNeedsCgo }
 func (*Token) Capabilities() Capabilities { return Capabilities{} }
