@@ -2,88 +2,183 @@ package hsm
 
 import (
 	"context"
+	"crypto"
 	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"custody/internal/device"
 )
 
-// Sentinel errors. Callers branch on these with errors.Is; the wrapped cause
-// (a PKCS#11 return code, say) is for logs only.
+// This file is the part of the package's API that needs no cgo: it builds
+// with CGO_ENABLED=0 too (see nocgo.go). What the device shares with the
+// formats lives in package device; the names below are aliases of it, kept
+// so that hsm.KeyAlg, hsm.OpenRequest, hsm.ErrNotFound and the rest mean
+// what they always meant (the same types and the same error values, so
+// errors.Is holds across both names).
+
+// Sentinel errors of the device: see package device.
 var (
-	// ErrNotFound: no key object with that label on the token.
-	ErrNotFound = errors.New("hsm: key not found")
-	// ErrExists: an object with that label or CKA_ID already exists; nothing was overwritten.
-	ErrExists = errors.New("hsm: key already exists")
-	// ErrIntegrity: an authenticated operation failed on the device (bad GCM tag,
-	// wrong KEK, tampered wrapped key). The token cannot say which.
-	ErrIntegrity = errors.New("hsm: integrity check failed on the device")
-	// ErrUnavailable: the token, its sessions or the login are gone and could not be
-	// rebuilt right now. The next call tries again.
-	ErrUnavailable = errors.New("hsm: token unavailable")
-	// ErrUnsupported: the token lacks a mechanism this operation needs.
-	ErrUnsupported = errors.New("hsm: mechanism not supported by the token")
+	ErrNotFound       = device.ErrNotFound
+	ErrExists         = device.ErrExists
+	ErrIntegrity      = device.ErrIntegrity
+	ErrUnavailable    = device.ErrUnavailable
+	ErrUnsupported    = device.ErrUnsupported
+	ErrInvalidRequest = device.ErrInvalidRequest
+	ErrSOLogin        = device.ErrSOLogin
+)
+
+// Errors of Open and InitToken, beyond the device's.
+var (
 	// ErrPINFile: the PIN file is missing, empty, or readable by group or others.
 	ErrPINFile = errors.New("hsm: unusable PIN file")
+	// ErrNoToken: no initialized token with the configured label is present.
+	ErrNoToken = errors.New("hsm: token not found")
+	// ErrLogin: the token refused the user login (wrong or locked PIN).
+	ErrLogin = errors.New("hsm: token login refused")
+	// ErrNeedsCgo: this build has no PKCS#11 (CGO_ENABLED=0, see nocgo.go);
+	// Open, InitToken and every Token method return it there, and nothing
+	// returns it in a cgo build.
+	ErrNeedsCgo = errors.New("custody/hsm needs cgo (the PKCS#11 module is a C library): build with CGO_ENABLED=1")
 )
 
-// KeyAlg names the algorithm of a key pair on the token.
-type KeyAlg uint8
+// Algorithms, KDF profiles and usages: see package device.
+type (
+	KeyAlg = device.KeyAlg
+	KDF    = device.KDF
+	Usage  = device.Usage
+)
 
 const (
-	// X25519 key agreement (RFC 7748). Public keys are 32 raw bytes.
-	X25519 KeyAlg = 1
-	// P256 is NIST P-256, for ECDH (escrow) and ECDSA (signing). Public keys are
-	// 65-byte uncompressed points 04||X||Y.
-	P256 KeyAlg = 2
-	// Ed25519 signing (RFC 8032, CKM_EDDSA), for the access log's checkpoints.
-	// Public keys are 32 raw bytes. See eddsa.go.
-	Ed25519 KeyAlg = 3
+	X25519        = device.X25519
+	P256          = device.P256
+	Ed25519       = device.Ed25519 // see eddsa.go
+	KDFECBContext = device.KDFECBContext
+	UsageDerive   = device.UsageDerive
+	UsageSign     = device.UsageSign
 )
 
-func (a KeyAlg) String() string {
-	switch a {
-	case X25519:
-		return "X25519"
-	case P256:
-		return "P-256"
-	case Ed25519:
-		return "Ed25519"
-	}
-	return "unknown"
-}
+// Requests, answers and key descriptions: see package device.
+type (
+	OpenRequest       = device.OpenRequest
+	RewrapRequest     = device.RewrapRequest
+	WrapTarget        = device.WrapTarget
+	Rewrapped         = device.Rewrapped
+	RewrapResult      = device.RewrapResult
+	PossessionRequest = device.PossessionRequest
+	KeySpec           = device.KeySpec
+	KeyInfo           = device.KeyInfo
+	DataObject        = device.DataObject
+)
 
-// KDF names how the key-encryption key is derived on the device from an ECDH secret.
-type KDF uint8
-
+// Limits of one request: see package device.
 const (
-	// KDFECBContext: Z = ECDH(private key, peer public) derived on the device as a
-	// 32-byte AES key (CKD_NULL; for P-256, Z is the x-coordinate); then
-	// KEK = AES-256-ECB_Z(Context) with CKM_AES_ECB_ENCRYPT_DATA, Context being 32
-	// bytes chosen by the caller to bind both public keys. SoftHSM 2.6 has no
-	// standard KDF; this is the compatibility profile.
-	KDFECBContext KDF = 1
+	MaxCiphertext    = device.MaxCiphertext
+	MaxRewrapTargets = device.MaxRewrapTargets
+	MaxRewrapBatch   = device.MaxRewrapBatch
+	MaxDataObject    = device.MaxDataObject
+	BackupKEKSize    = device.BackupKEKSize
 )
 
-func (k KDF) String() string {
-	switch k {
-	case KDFECBContext:
-		return "ecb-context"
-	}
-	return "unknown"
+// Config says which token to use and how. It holds no secret: the PIN is
+// read from PINFile.
+type Config struct {
+	// ModulePath is the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
+	ModulePath string
+	// TokenLabel selects the token (the slot is found by label, again after
+	// every recovery, because slot IDs are not stable).
+	TokenLabel string
+	// PINFile holds the user PIN. Open refuses it (ErrPINFile) if it is
+	// missing, empty, or its mode has any group or other bit. One trailing
+	// newline is trimmed.
+	PINFile string
+	// Sessions is the size of the session pool. 0 means
+	// min(runtime.NumCPU(), the token's ulMaxSessionCount when that is a real
+	// limit), and at least 2.
+	Sessions int
+	// RecycleAfter bounds the memory a token may keep for destroyed session
+	// objects: after that many session objects were created, the pool is
+	// rebuilt with C_Finalize and C_Initialize (see "Memory" in doc.go).
+	// 0 means DefaultSoftHSMRecycle on SoftHSM and never elsewhere; a
+	// negative value means never.
+	RecycleAfter int
 }
 
-// OpenRequest is everything the device needs to open one payload: derive the
-// KEK, unwrap the DEK under it, and decrypt with AES-256-GCM. It carries no
-// secret; the private key is named by its label.
-type OpenRequest struct {
-	KeyLabel   string   // private key on the token
-	Alg        KeyAlg   // algorithm of that key and of PeerPublic
-	KDF        KDF      // how the KEK is derived
-	PeerPublic []byte   // ephemeral public key: 32 bytes (X25519) or 65 bytes (P-256, 04||X||Y)
-	Context    [32]byte // KDF context
-	WrappedDEK []byte   // RFC 5649 (AES key wrap with padding) of a 32-byte AES-256 DEK
-	Nonce      []byte   // 12-byte GCM nonce
-	Ciphertext []byte   // GCM ciphertext followed by its 16-byte tag
-	AAD        []byte   // additional authenticated data
+// DefaultSoftHSMRecycle is RecycleAfter's default on SoftHSM: about 3,300
+// opens, bounding the retained memory near 5 MiB.
+const DefaultSoftHSMRecycle = 10000
+
+// TokenInfo describes the open token for logs and health checks.
+type TokenInfo struct {
+	Label, Serial, Manufacturer, Model string
+	// Sessions is the size of the session pool.
+	Sessions int
+	// Rebuilds counts successful session-pool rebuilds since Open, planned
+	// recycles included.
+	Rebuilds uint64
+	// Recycles counts the rebuilds that also finalized and re-initialized
+	// the module to free retained session objects (Config.RecycleAfter).
+	Recycles uint64
+	// InUse is the number of sessions borrowed right now.
+	InUse int
+	// Yields counts the times a background RewrapBatch gave its session
+	// back because another call was waiting (WithBackground).
+	Yields uint64
 }
+
+// Capabilities is what the token can do, as probed at Open.
+type Capabilities struct {
+	// X25519 is how the token generates X25519 keys:
+	// "pkcs11-3.0-montgomery" (CKM_EC_MONTGOMERY_KEY_PAIR_GEN works),
+	// "softhsm-edwards-oid" (CKM_EC_EDWARDS_KEY_PAIR_GEN with the X25519 OID
+	// 06 03 2B 65 6E works, as on SoftHSM 2.6), or "" (no X25519).
+	X25519 string
+	// The rest report whether the mechanism is in the token's list:
+	// CKM_HKDF_DERIVE, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD, CKM_AES_GCM,
+	// CKM_AES_ECB_ENCRYPT_DATA, CKM_ECDSA, CKM_EDDSA, CKM_AES_CMAC.
+	HKDF, ECDHDerive, AESKeyWrapPad, AESGCM, ECBEncryptData, ECDSA, EdDSA, AESCMAC bool
+}
+
+// X25519 generation paths reported in Capabilities.X25519.
+const (
+	X25519Montgomery = "pkcs11-3.0-montgomery"
+	X25519EdwardsOID = "softhsm-edwards-oid"
+)
+
+// String renders the capabilities on one line, e.g.
+// "x25519=softhsm-edwards-oid hkdf=no ecdh=yes ...".
+func (c Capabilities) String() string {
+	yn := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	x := c.X25519
+	if x == "" {
+		x = "none"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "x25519=%s hkdf=%s ecdh=%s aes-kwp=%s aes-gcm=%s ecb-encrypt-data=%s ecdsa=%s eddsa=%s aes-cmac=%s",
+		x, yn(c.HKDF), yn(c.ECDHDerive), yn(c.AESKeyWrapPad), yn(c.AESGCM), yn(c.ECBEncryptData),
+		yn(c.ECDSA), yn(c.EdDSA), yn(c.AESCMAC))
+	return b.String()
+}
+
+// SignerTimeout bounds each Sign call made through a Signer whose opts carry
+// no context (crypto.Signer has no ctx parameter).
+const SignerTimeout = 10 * time.Second
+
+// SignerOpts lets a caller of the crypto.Signer returned by Token.Signer
+// pass a context. Hash must be crypto.SHA256.
+type SignerOpts struct {
+	Context context.Context
+	Hash    crypto.Hash
+}
+
+// HashFunc implements crypto.SignerOpts.
+func (o *SignerOpts) HashFunc() crypto.Hash { return o.Hash }
 
 type backgroundKey struct{}
 

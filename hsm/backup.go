@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -28,12 +30,6 @@ import (
 // The KEK bytes are the caller's; they pass to the module as a
 // CKA_VALUE (miekg/pkcs11 copies them into C memory it frees without
 // clearing: best effort only). Nothing here logs them.
-
-// ErrSOLogin: the security officer's login was refused (wrong SO PIN, locked).
-var ErrSOLogin = errors.New("hsm: security officer login refused")
-
-// BackupKEKSize is the only KEK length accepted: AES-256.
-const BackupKEKSize = 32
 
 // WrapForBackup wraps the private key labelled label under kek with
 // CKM_AES_KEY_WRAP_PAD (the token puts PKCS#8 inside) and returns the

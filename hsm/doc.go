@@ -24,7 +24,7 @@
 // decrypt-only session key) and the DEK are destroyed on every path;
 // SessionObjectCount lets tests check that. The KDF profile KDFECBContext is
 // the one SoftHSM allows (it has no HKDF): KEK = AES-256-ECB_Z(context). It
-// is a PRF of Z keyed by a 32-byte context, not HKDF; see api.go.
+// is a PRF of Z keyed by a 32-byte context, not HKDF; see device.KDFECBContext.
 //
 // RewrapBatch (rewrap.go) moves DEKs to new recipients without them leaving
 // the device: each DEK is unwrapped as a sensitive session key that can
@@ -140,6 +140,23 @@
 // second recovery path on the same token, and its C_Initialize conflicts
 // with ours in one process. The crypto.Signer it would have provided is
 // Token.Signer here, some thirty lines over Sign.
+//
+// # Types, and builds without cgo
+//
+// What the device shares with the formats and the client — KeyAlg, KDF,
+// Usage, OpenRequest, RewrapRequest, PossessionRequest, KeySpec, KeyInfo,
+// DataObject, the request limits and the sentinel errors — is declared in
+// the cgo-free package custody/internal/device; this package keeps each
+// name as an alias (the same types, the same error values), so either name
+// works with errors.Is. envelope, pop, keys, ceremony and custodyctl use
+// device and never link this package.
+//
+// The PKCS#11 binding is a C library, so the files that use it build only
+// with cgo. Built with CGO_ENABLED=0 the package is its pure-Go API
+// (api.go) and nocgo.go, where Open, InitToken and every Token method fail
+// with ErrNeedsCgo ("custody/hsm needs cgo (the PKCS#11 module is a C
+// library): build with CGO_ENABLED=1"): everything compiles, and custodyd
+// built that way refuses to start, saying so. make lint builds both ways.
 //
 // # Tests
 //

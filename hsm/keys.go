@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -13,65 +15,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 )
-
-// Usage is the single purpose of a key pair, fixed at generation.
-type Usage uint8
-
-const (
-	// UsageDerive: ECDH only (CKA_DERIVE, CKA_ALLOWED_MECHANISMS = [CKM_ECDH1_DERIVE]).
-	UsageDerive Usage = 1
-	// UsageSign: ECDSA only (CKA_SIGN, CKA_ALLOWED_MECHANISMS = [CKM_ECDSA]). P-256 only.
-	UsageSign Usage = 2
-)
-
-func (u Usage) String() string {
-	switch u {
-	case UsageDerive:
-		return "derive"
-	case UsageSign:
-		return "sign"
-	}
-	return "unknown"
-}
-
-// KeySpec describes a key pair to generate.
-type KeySpec struct {
-	// Label is unique on the token. CKA_ID is the first 16 bytes of
-	// SHA-256(Label); both are set on the private and the public object.
-	Label string
-	// Alg is X25519 (UsageDerive only) or P256.
-	Alg KeyAlg
-	// Usage is UsageDerive or UsageSign.
-	Usage Usage
-	// Backup makes the private key CKA_EXTRACTABLE with CKA_WRAP_WITH_TRUSTED,
-	// so a later ceremony can wrap it out, but only under a KEK the security
-	// officer marked CKA_TRUSTED. It is meant for the escrow key alone and is
-	// accepted for P-256 only (SoftHSM cannot wrap X25519 private keys out).
-	// The default, false, makes the private key never extractable.
-	Backup bool
-	// Created is stored as CKA_START_DATE on both objects (a date: the time
-	// of day is lost). Zero leaves the attribute unset.
-	Created time.Time
-	// RotateAfter is stored as CKA_END_DATE on the public object: the day
-	// from which the key is due for rotation. Zero leaves it unset.
-	RotateAfter time.Time
-}
-
-// KeyInfo describes a key pair on the token. It holds no secret.
-type KeyInfo struct {
-	Label string
-	// ID is CKA_ID: the first 16 bytes of SHA-256(Label).
-	ID    []byte
-	Alg   KeyAlg
-	Usage Usage
-	// Public is 32 raw bytes for X25519 and the 65-byte uncompressed point
-	// 04||X||Y for P-256.
-	Public []byte
-	// Created comes from CKA_START_DATE (midnight UTC of that date); zero if unset.
-	Created time.Time
-	// RotateAfter comes from CKA_END_DATE of the public object; zero if unset.
-	RotateAfter time.Time
-}
 
 // keyID is CKA_ID for a label.
 func keyID(label string) []byte {

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -15,9 +17,6 @@ const (
 	gcmTagSize   = 16
 	// wrappedDEKSize is RFC 5649 of a 32-byte key: 8-byte AIV + 32 bytes.
 	wrappedDEKSize = 40
-	// MaxCiphertext bounds OpenRequest.Ciphertext (tag included): Open is
-	// for small payloads (keys, identifiers), one C_Decrypt call.
-	MaxCiphertext = 1 << 20
 )
 
 // Open decrypts one payload on the device. With the private key req.KeyLabel

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -9,22 +11,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 )
-
-// PossessionRequest is a proof-of-possession challenge for one derive key.
-type PossessionRequest struct {
-	KeyLabel string // the private key to prove
-	Alg      KeyAlg // its algorithm, and that of VerifierPublic
-	// VerifierPublic is the verifier's ephemeral public key: 32 bytes
-	// (X25519) or 65 bytes 04||X||Y (P256).
-	VerifierPublic []byte
-	// Context is the 32-byte derivation context. The caller binds both
-	// public keys and the verifier's nonce into it under a label used for
-	// nothing else (package pop), so the MAC key is unrelated to any KEK.
-	Context [32]byte
-	// Message is what the MAC covers (pop puts the nonce there too); at
-	// most 4096 bytes.
-	Message []byte
-}
 
 // ProvePossession answers a challenge: on the device, Z = ECDH(KeyLabel,
 // VerifierPublic) into a session AES key, K = AES-256-ECB_Z(Context) into a
@@ -126,16 +112,6 @@ func (t *Token) DestroyKeyPair(ctx context.Context, label string) error {
 	t.log.Info("hsm: key pair destroyed", "label", label, "objects", n)
 	return nil
 }
-
-// DataObject is a small public token object (CKO_DATA) that records a fact
-// next to the keys, such as a destroyed version. It holds no secret.
-type DataObject struct {
-	Label string
-	Value []byte
-}
-
-// MaxDataObject bounds DataObject.Value.
-const MaxDataObject = 4096
 
 // PutDataObject creates a public, non-modifiable CKO_DATA token object.
 // A label already used by any object is ErrExists; nothing is overwritten.

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -10,57 +12,10 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// WrapTarget is one new recipient of a DEK being rewrapped.
-type WrapTarget struct {
-	// Alg is the recipient's algorithm: X25519 or P256. The device generates
-	// an ephemeral key pair of this algorithm as session objects.
-	Alg KeyAlg
-	// RecipientPublic is 32 bytes (X25519) or the 65-byte point 04||X||Y (P256).
-	RecipientPublic []byte
-	// Context returns the 32-byte KDFECBContext context for the ephemeral
-	// public key the device generated (encoded like RecipientPublic). The
-	// caller owns the context rule (package envelope computes it); hsm only
-	// applies it: KEK' = AES-256-ECB_Z'(Context(E')).
-	Context func(ephemeralPublic []byte) [32]byte
-}
-
-// RewrapRequest names a wrapped DEK the token can open (the same fields as
-// the first half of an OpenRequest) and the recipients to wrap it for.
-type RewrapRequest struct {
-	KeyLabel   string   // private key of a current recipient
-	Alg        KeyAlg   // its algorithm
-	KDF        KDF      // KDFECBContext
-	PeerPublic []byte   // the stanza's ephemeral public key
-	Context    [32]byte // the stanza's KDF context
-	WrappedDEK []byte   // the stanza's RFC 5649 wrap of the DEK (40 bytes)
-	Targets    []WrapTarget
-}
-
-// Rewrapped is the DEK wrapped for one WrapTarget.
-type Rewrapped struct {
-	EphemeralPublic []byte // the device-generated ephemeral public key, encoded like the recipient's
-	WrappedDEK      []byte // RFC 5649 wrap of the DEK under the new KEK (40 bytes)
-}
-
-// RewrapResult is the outcome of one request of a batch: Wrapped holds one
-// entry per target, in order, or Err says why this request failed.
-type RewrapResult struct {
-	Wrapped []Rewrapped
-	Err     error
-}
-
-// Limits of one rewrap call.
-const (
-	// MaxRewrapTargets bounds RewrapRequest.Targets (an envelope has at
-	// most 64 participants and the escrow stanza).
-	MaxRewrapTargets = 65
-	// MaxRewrapBatch bounds the requests of one RewrapBatch, and with it
-	// how many new stanzas share one ephemeral key.
-	MaxRewrapBatch = 1024
-	// maxBatchRecipients bounds the wrap keys a batch keeps on the device
-	// at once; past it they are destroyed and made afresh.
-	maxBatchRecipients = 256
-)
+// maxBatchRecipients bounds the wrap keys a batch keeps on the device at
+// once; past it they are destroyed and made afresh. (The limits callers
+// see, MaxRewrapTargets and MaxRewrapBatch, are package device's.)
+const maxBatchRecipients = 256
 
 // Rewrap is RewrapBatch of the single request req.
 func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, error) {

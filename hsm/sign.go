@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -8,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -53,20 +54,6 @@ func (t *Token) Sign(ctx context.Context, label string, digest []byte) ([]byte, 
 	}
 	return sig, nil
 }
-
-// SignerTimeout bounds each Sign call made through a Signer whose opts carry
-// no context (crypto.Signer has no ctx parameter).
-const SignerTimeout = 10 * time.Second
-
-// SignerOpts lets a caller of the crypto.Signer returned by Token.Signer
-// pass a context. Hash must be crypto.SHA256.
-type SignerOpts struct {
-	Context context.Context
-	Hash    crypto.Hash
-}
-
-// HashFunc implements crypto.SignerOpts.
-func (o *SignerOpts) HashFunc() crypto.Hash { return o.Hash }
 
 // Signer returns a crypto.Signer for the P-256 sign key labelled label.
 // Public returns an *ecdsa.PublicKey. Sign ignores rand (the device draws

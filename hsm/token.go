@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm
 
 import (
@@ -11,45 +13,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 )
-
-// Errors of Open and InitToken, beyond those in api.go.
-var (
-	// ErrNoToken: no initialized token with the configured label is present.
-	ErrNoToken = errors.New("hsm: token not found")
-	// ErrLogin: the token refused the user login (wrong or locked PIN).
-	ErrLogin = errors.New("hsm: token login refused")
-	// ErrInvalidRequest: the caller passed malformed arguments (wrong lengths,
-	// unknown algorithm or usage). Nothing was sent to the device.
-	ErrInvalidRequest = errors.New("hsm: invalid request")
-)
-
-// Config says which token to use and how. It holds no secret: the PIN is
-// read from PINFile.
-type Config struct {
-	// ModulePath is the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
-	ModulePath string
-	// TokenLabel selects the token (the slot is found by label, again after
-	// every recovery, because slot IDs are not stable).
-	TokenLabel string
-	// PINFile holds the user PIN. Open refuses it (ErrPINFile) if it is
-	// missing, empty, or its mode has any group or other bit. One trailing
-	// newline is trimmed.
-	PINFile string
-	// Sessions is the size of the session pool. 0 means
-	// min(runtime.NumCPU(), the token's ulMaxSessionCount when that is a real
-	// limit), and at least 2.
-	Sessions int
-	// RecycleAfter bounds the memory a token may keep for destroyed session
-	// objects: after that many session objects were created, the pool is
-	// rebuilt with C_Finalize and C_Initialize (see "Memory" in doc.go).
-	// 0 means DefaultSoftHSMRecycle on SoftHSM and never elsewhere; a
-	// negative value means never.
-	RecycleAfter int
-}
-
-// DefaultSoftHSMRecycle is RecycleAfter's default on SoftHSM: about 3,300
-// opens, bounding the retained memory near 5 MiB.
-const DefaultSoftHSMRecycle = 10000
 
 // Token is an open, logged-in PKCS#11 token with a pool of sessions. All
 // methods are safe for concurrent use. Close releases it.
@@ -180,24 +143,6 @@ func (t *Token) Close() error {
 // Capabilities reports what the capability probe found at Open.
 func (t *Token) Capabilities() Capabilities { return t.caps }
 
-// TokenInfo describes the open token for logs and health checks.
-type TokenInfo struct {
-	Label, Serial, Manufacturer, Model string
-	// Sessions is the size of the session pool.
-	Sessions int
-	// Rebuilds counts successful session-pool rebuilds since Open, planned
-	// recycles included.
-	Rebuilds uint64
-	// Recycles counts the rebuilds that also finalized and re-initialized
-	// the module to free retained session objects (Config.RecycleAfter).
-	Recycles uint64
-	// InUse is the number of sessions borrowed right now.
-	InUse int
-	// Yields counts the times a background RewrapBatch gave its session
-	// back because another call was waiting (WithBackground).
-	Yields uint64
-}
-
 // Info returns the token's identity and pool statistics. It does not call
 // the device.
 func (t *Token) Info() TokenInfo {
@@ -231,45 +176,6 @@ func (t *Token) Ping(ctx context.Context) error {
 		return fmt.Errorf("hsm: ping: %w", err)
 	}
 	return nil
-}
-
-// Capabilities is what the token can do, as probed at Open.
-type Capabilities struct {
-	// X25519 is how the token generates X25519 keys:
-	// "pkcs11-3.0-montgomery" (CKM_EC_MONTGOMERY_KEY_PAIR_GEN works),
-	// "softhsm-edwards-oid" (CKM_EC_EDWARDS_KEY_PAIR_GEN with the X25519 OID
-	// 06 03 2B 65 6E works, as on SoftHSM 2.6), or "" (no X25519).
-	X25519 string
-	// The rest report whether the mechanism is in the token's list:
-	// CKM_HKDF_DERIVE, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD, CKM_AES_GCM,
-	// CKM_AES_ECB_ENCRYPT_DATA, CKM_ECDSA, CKM_EDDSA, CKM_AES_CMAC.
-	HKDF, ECDHDerive, AESKeyWrapPad, AESGCM, ECBEncryptData, ECDSA, EdDSA, AESCMAC bool
-}
-
-// X25519 generation paths reported in Capabilities.X25519.
-const (
-	X25519Montgomery = "pkcs11-3.0-montgomery"
-	X25519EdwardsOID = "softhsm-edwards-oid"
-)
-
-// String renders the capabilities on one line, e.g.
-// "x25519=softhsm-edwards-oid hkdf=no ecdh=yes ...".
-func (c Capabilities) String() string {
-	yn := func(b bool) string {
-		if b {
-			return "yes"
-		}
-		return "no"
-	}
-	x := c.X25519
-	if x == "" {
-		x = "none"
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "x25519=%s hkdf=%s ecdh=%s aes-kwp=%s aes-gcm=%s ecb-encrypt-data=%s ecdsa=%s eddsa=%s aes-cmac=%s",
-		x, yn(c.HKDF), yn(c.ECDHDerive), yn(c.AESKeyWrapPad), yn(c.AESGCM), yn(c.ECBEncryptData),
-		yn(c.ECDSA), yn(c.EdDSA), yn(c.AESCMAC))
-	return b.String()
 }
 
 // probe reads the mechanism list and, for X25519, generates and destroys a

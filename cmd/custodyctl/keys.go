@@ -23,7 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"custody/hsm"
+	"custody/internal/device"
 	"custody/internal/pop"
 )
 
@@ -208,15 +208,15 @@ func (c *client) keysProve(args []string, stderr io.Writer) error {
 	if want == 0 {
 		want = p.Active
 	}
-	alg, pubB64 := hsm.KeyAlg(0), ""
+	alg, pubB64 := device.KeyAlg(0), ""
 	for _, v := range p.Versions {
 		if v.Version == want {
 			pubB64 = v.PublicKey
 			switch v.Algorithm {
-			case hsm.X25519.String():
-				alg = hsm.X25519
-			case hsm.P256.String():
-				alg = hsm.P256
+			case device.X25519.String():
+				alg = device.X25519
+			case device.P256.String():
+				alg = device.P256
 			}
 		}
 	}

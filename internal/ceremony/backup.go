@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
-	"custody/hsm"
+	"custody/internal/device"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/shamir"
@@ -26,11 +26,11 @@ import (
 
 // Device is what a ceremony needs from the token (package hsm's *Token).
 type Device interface {
-	FindKey(ctx context.Context, label string) (hsm.KeyInfo, error)
+	FindKey(ctx context.Context, label string) (device.KeyInfo, error)
 	WrapForBackup(ctx context.Context, label string, soPIN, kek []byte) ([]byte, error)
-	RestoreFromBackup(ctx context.Context, label string, kek, wrapped, public []byte) (hsm.KeyInfo, error)
+	RestoreFromBackup(ctx context.Context, label string, kek, wrapped, public []byte) (device.KeyInfo, error)
 	DestroyKeyPair(ctx context.Context, label string) error
-	Open(ctx context.Context, req hsm.OpenRequest) ([]byte, error)
+	Open(ctx context.Context, req device.OpenRequest) ([]byte, error)
 }
 
 // Algorithm names written into a Manifest.
@@ -249,7 +249,7 @@ func Backup(ctx context.Context, dev Device, label string, soPIN *Collector, off
 		KeyLabel: label, Public: key.Public, WrapAlg: WrapAlg, SplitAlg: SplitAlg, Threshold: threshold,
 		Total: len(officers), KCVAlg: KCVAlg, ShareAlg: ShareAlg}
 
-	kek := make([]byte, hsm.BackupKEKSize)
+	kek := make([]byte, device.BackupKEKSize)
 	defer clear(kek)
 	if _, err := rand.Read(kek); err != nil {
 		return nil, err
@@ -316,8 +316,8 @@ func sealCanary(ctx context.Context, backupID string, escrowPublic []byte) (stri
 	env, err := envelope.Seal(ctx, envelope.SealInput{
 		TransactionID: "canary-" + backupID[:16], JobID: "backup-canary",
 		Plaintext:    pt,
-		Participants: []envelope.Recipient{{ID: "canary", KeyVersion: 1, Alg: hsm.X25519, Public: part.PublicKey().Bytes()}},
-		Escrow:       envelope.Recipient{KeyVersion: 1, Alg: hsm.P256, Public: escrowPublic},
+		Participants: []envelope.Recipient{{ID: "canary", KeyVersion: 1, Alg: device.X25519, Public: part.PublicKey().Bytes()}},
+		Escrow:       envelope.Recipient{KeyVersion: 1, Alg: device.P256, Public: escrowPublic},
 	}, throwawaySigner{sk})
 	if err != nil {
 		return "", "", fmt.Errorf("ceremony: canary: %w", err)

@@ -161,6 +161,72 @@ func TestOpenOnDevice(t *testing.T) {
 	}
 }
 
+// TestRewrapOnDevice moves the DEK of an envelope sealed to SoftHSM keys to
+// new versions of a participant key and of the escrow key with the requests
+// RewrapRequest and WrapTarget build, and opens the new stanzas on the
+// device. A request naming the wrong recipient public key fails with
+// hsm.ErrIntegrity.
+func TestRewrapOnDevice(t *testing.T) {
+	tok := deviceToken(t)
+	ctx := context.Background()
+	gen := func(label string, alg hsm.KeyAlg) hsm.KeyInfo {
+		k, err := tok.GenerateKeyPair(ctx, hsm.KeySpec{Label: label, Alg: alg, Usage: hsm.UsageDerive})
+		if err != nil {
+			t.Fatalf("GenerateKeyPair(%s): %v", label, err)
+		}
+		return k
+	}
+	alice1, escrow1 := gen("participant/alice/1", hsm.X25519), gen("escrow/1", hsm.P256)
+	alice2, escrow2 := gen("participant/alice/2", hsm.X25519), gen("escrow/2", hsm.P256)
+	signer := newSigner(t, "custodyd:sig:1")
+	plaintext := []byte(`{"iban":"DE89370400440532013000"}`)
+	sealed, err := envelope.Seal(ctx, envelope.SealInput{
+		TransactionID: "tx-rewrap-device", JobID: "job-1", PublicFields: []byte(`{}`), Plaintext: plaintext,
+		Participants: []envelope.Recipient{{ID: "alice", KeyVersion: 1, Alg: alice1.Alg, Public: alice1.Public}},
+		Escrow:       envelope.Recipient{KeyVersion: 1, Alg: escrow1.Alg, Public: escrow1.Public},
+	}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := envelope.ParseText(sealed.Text())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Verify(signer.lookup); err != nil {
+		t.Fatal(err)
+	}
+	targets := []hsm.WrapTarget{envelope.WrapTarget(alice2.Alg, alice2.Public), envelope.WrapTarget(escrow2.Alg, escrow2.Public)}
+	esc := e.EscrowStanza()
+
+	if _, err := tok.Rewrap(ctx, e.RewrapRequest(esc, escrow1.Label, alice1.Public, targets)); !errors.Is(err, hsm.ErrIntegrity) {
+		t.Fatalf("Rewrap with the wrong recipient public key = %v, want hsm.ErrIntegrity", err)
+	}
+	wrapped, err := tok.Rewrap(ctx, e.RewrapRequest(esc, escrow1.Label, escrow1.Public, targets))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stanza := func(old envelope.Stanza, k hsm.KeyInfo, w hsm.Rewrapped) envelope.Stanza {
+		return envelope.Stanza{Kind: old.Kind, ParticipantID: old.ParticipantID, KeyVersion: 2, Alg: k.Alg,
+			KDF: hsm.KDFECBContext, EphemeralPublic: w.EphemeralPublic, WrappedDEK: w.WrappedDEK}
+	}
+	next, err := envelope.ReplaceStanzas(ctx, e, map[int]envelope.Stanza{
+		0:   stanza(e.Header.Stanzas[0], alice2, wrapped[0]),
+		esc: stanza(e.Header.Stanzas[esc], escrow2, wrapped[1]),
+	}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range []hsm.KeyInfo{alice2, escrow2} {
+		if i == 1 {
+			i = esc
+		}
+		pt, err := tok.Open(ctx, next.OpenRequest(i, k.Label, k.Public))
+		if err != nil || !bytes.Equal(pt, plaintext) {
+			t.Fatalf("open of rewrapped stanza %d with %s = %q, %v", i, k.Label, pt, err)
+		}
+	}
+}
+
 // sameAlg returns the index of another key with the same algorithm as keys[i].
 func sameAlg(keys []hsm.KeyInfo, i int) int {
 	for j, k := range keys {

@@ -2,9 +2,11 @@
 // transaction's confidential fields are encrypted, for whom, and how that is
 // bound to the transaction and signed. It encodes and strictly parses
 // envelopes, seals them in software from public keys only, verifies their
-// header signature, and builds the hsm.OpenRequest with which the device
-// opens one. It never holds a private key and never opens a payload itself:
-// opening happens inside the HSM (package hsm).
+// header signature, and builds the device.OpenRequest and
+// device.RewrapRequest with which the device opens one or moves its DEK to
+// new recipient keys. It never holds a private key and never opens a
+// payload itself: opening happens inside the HSM (package hsm). It does not
+// link the HSM's driver (package device holds the shared types).
 //
 // # Structure
 //
@@ -26,7 +28,7 @@
 // public key E; with the recipient public key R and the ECDH secret Z,
 //
 //	Context = SHA-256(LabelKDFContext ‖ 0x00 ‖ alg ‖ kdf ‖ u32 len(E) ‖ E ‖ u32 len(R) ‖ R)
-//	KEK     = AES-256-ECB_Z(Context)          (hsm.KDFECBContext)
+//	KEK     = AES-256-ECB_Z(Context)          (device.KDFECBContext)
 //	Wrapped = RFC 5649 AES key wrap of the DEK under KEK
 //
 // which is exactly what SoftHSM 2.6.1 can do on the device
@@ -75,7 +77,7 @@ import (
 	"io"
 	"time"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // Version is the envelope format version this package writes and reads.
@@ -85,7 +87,7 @@ const Version = 1
 const (
 	// MaxPlaintext is the largest payload plaintext, in bytes.
 	// It is 1 MiB minus the GCM tag, so that the ciphertext fits the 1 MiB
-	// that hsm.Token.Open takes (hsm.MaxCiphertext).
+	// that hsm.Token.Open takes (device.MaxCiphertext).
 	MaxPlaintext = 1<<20 - TagSize
 	// MaxParticipants is the largest number of participants (the escrow
 	// stanza comes on top).
@@ -174,12 +176,12 @@ func (k StanzaKind) String() string {
 // Stanza is the DEK wrapped for one recipient key.
 type Stanza struct {
 	Kind            StanzaKind
-	ParticipantID   string     // the participant; "" for the escrow stanza
-	KeyVersion      uint32     // version of the recipient key (participant or escrow)
-	Alg             hsm.KeyAlg // X25519 or P256; always P256 for escrow
-	KDF             hsm.KDF    // always hsm.KDFECBContext in version 1
-	EphemeralPublic []byte     // 32 bytes (X25519) or 65 bytes 04‖X‖Y (P256)
-	WrappedDEK      []byte     // RFC 5649 wrap of the DEK, WrappedDEKSize bytes
+	ParticipantID   string        // the participant; "" for the escrow stanza
+	KeyVersion      uint32        // version of the recipient key (participant or escrow)
+	Alg             device.KeyAlg // X25519 or P256; always P256 for escrow
+	KDF             device.KDF    // always device.KDFECBContext in version 1
+	EphemeralPublic []byte        // 32 bytes (X25519) or 65 bytes 04‖X‖Y (P256)
+	WrappedDEK      []byte        // RFC 5649 wrap of the DEK, WrappedDEKSize bytes
 }
 
 // Header is the signed part of an envelope.
@@ -202,10 +204,10 @@ type Envelope struct {
 
 // Recipient is a public key that Seal wraps the DEK for.
 type Recipient struct {
-	ID         string     // participant id; must be "" for the escrow recipient
-	KeyVersion uint32     // recorded in the stanza
-	Alg        hsm.KeyAlg // X25519 or P256 (escrow: P256 only)
-	Public     []byte     // 32 bytes (X25519) or 65 bytes 04‖X‖Y (P256)
+	ID         string        // participant id; must be "" for the escrow recipient
+	KeyVersion uint32        // recorded in the stanza
+	Alg        device.KeyAlg // X25519 or P256 (escrow: P256 only)
+	Public     []byte        // 32 bytes (X25519) or 65 bytes 04‖X‖Y (P256)
 }
 
 // Signer signs envelope headers. In the daemon it is a P-256 key inside the

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // magic starts every binary envelope. Its base64url encoding is
@@ -255,7 +255,7 @@ func (e *Envelope) decode(s *cryptobyte.String) error {
 		if !s.ReadUint32(&st.KeyVersion) || !s.ReadUint8(&alg) || !s.ReadUint8(&kdf) {
 			return truncated("stanza")
 		}
-		st.Alg, st.KDF = hsm.KeyAlg(alg), hsm.KDF(kdf)
+		st.Alg, st.KDF = device.KeyAlg(alg), device.KDF(kdf)
 		if err := readBytes8(s, &st.EphemeralPublic, "ephemeral public key"); err != nil {
 			return err
 		}
@@ -337,11 +337,11 @@ func (e *Envelope) Validate() error {
 				return fmt.Errorf("%w: stanza %d is not the participant stanza for %q", ErrMalformed, i, h.Participants[i])
 			}
 		} else {
-			if st.Kind != StanzaEscrow || st.ParticipantID != "" || st.Alg != hsm.P256 {
+			if st.Kind != StanzaEscrow || st.ParticipantID != "" || st.Alg != device.P256 {
 				return fmt.Errorf("%w: last stanza is not a P-256 escrow stanza", ErrMalformed)
 			}
 		}
-		if st.KDF != hsm.KDFECBContext {
+		if st.KDF != device.KDFECBContext {
 			return fmt.Errorf("%w: stanza %d: unknown KDF %d", ErrMalformed, i, st.KDF)
 		}
 		if err := checkPublic(st.Alg, st.EphemeralPublic); err != nil {
@@ -367,22 +367,22 @@ func (e *Envelope) Validate() error {
 }
 
 // publicSize returns the public key size for alg, or 0 if alg is unknown.
-func publicSize(alg hsm.KeyAlg) int {
+func publicSize(alg device.KeyAlg) int {
 	switch alg {
-	case hsm.X25519:
+	case device.X25519:
 		return 32
-	case hsm.P256:
+	case device.P256:
 		return 65
 	}
 	return 0
 }
 
 // curve returns the crypto/ecdh curve for alg, or nil.
-func curve(alg hsm.KeyAlg) ecdh.Curve {
+func curve(alg device.KeyAlg) ecdh.Curve {
 	switch alg {
-	case hsm.X25519:
+	case device.X25519:
 		return ecdh.X25519()
-	case hsm.P256:
+	case device.P256:
 		return ecdh.P256()
 	}
 	return nil
@@ -390,7 +390,7 @@ func curve(alg hsm.KeyAlg) ecdh.Curve {
 
 // checkPublic checks that pub is an encoded public key of alg: 32 bytes for
 // X25519, an uncompressed point on the curve for P256.
-func checkPublic(alg hsm.KeyAlg, pub []byte) error {
+func checkPublic(alg device.KeyAlg, pub []byte) error {
 	n := publicSize(alg)
 	if n == 0 {
 		return fmt.Errorf("unknown algorithm %d", alg)

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"math/big"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // Verify checks that e is valid (see Validate) and that its signature is a
@@ -68,9 +68,9 @@ func (e *Envelope) EscrowStanza() int {
 // value makes the unwrap fail on the device). The request shares memory with
 // e: do not modify either while the other is in use. OpenRequest does not
 // verify: call Verify first. It panics if stanza is out of range.
-func (e *Envelope) OpenRequest(stanza int, keyLabel string, recipientPublic []byte) hsm.OpenRequest {
+func (e *Envelope) OpenRequest(stanza int, keyLabel string, recipientPublic []byte) device.OpenRequest {
 	st := &e.Header.Stanzas[stanza]
-	return hsm.OpenRequest{
+	return device.OpenRequest{
 		KeyLabel:   keyLabel,
 		Alg:        st.Alg,
 		KDF:        st.KDF,

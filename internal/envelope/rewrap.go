@@ -8,7 +8,7 @@ import (
 	"maps"
 	"slices"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // ReplaceStanzas returns a copy of e in which the stanzas at the indices of
@@ -64,10 +64,37 @@ func ReplaceStanzas(ctx context.Context, e *Envelope, repl map[int]Stanza, s Sig
 	return out, nil
 }
 
+// RewrapRequest returns what the device needs to move e's DEK to targets
+// (each from WrapTarget): the DEK is unwrapped through stanza number stanza
+// with the private key labelled keyLabel, whose public key is
+// recipientPublic (as for OpenRequest). Wrap the answer into stanzas with
+// the targets' algorithms and KDFECBContext and put them in with
+// ReplaceStanzas. The request shares memory with e and targets: do not
+// modify them while it is in use. RewrapRequest does not verify: call Verify
+// first. It panics if stanza is out of range.
+func (e *Envelope) RewrapRequest(stanza int, keyLabel string, recipientPublic []byte, targets []device.WrapTarget) device.RewrapRequest {
+	st := &e.Header.Stanzas[stanza]
+	return device.RewrapRequest{
+		KeyLabel:   keyLabel,
+		Alg:        st.Alg,
+		KDF:        st.KDF,
+		PeerPublic: st.EphemeralPublic,
+		Context:    KDFContext(st.Alg, st.KDF, st.EphemeralPublic, recipientPublic),
+		WrappedDEK: st.WrappedDEK,
+		Targets:    targets,
+	}
+}
+
+// WrapTarget returns the rewrap target for a new stanza of algorithm alg
+// whose recipient key is recipientPublic; its Context is StanzaContext's.
+func WrapTarget(alg device.KeyAlg, recipientPublic []byte) device.WrapTarget {
+	return device.WrapTarget{Alg: alg, RecipientPublic: recipientPublic, Context: StanzaContext(alg, recipientPublic)}
+}
+
 // StanzaContext returns the ecb-context KDF context for a new stanza of
 // algorithm alg whose recipient key is recipientPublic, as a function of the
 // ephemeral public key (which the device generates during a rewrap).
-func StanzaContext(alg hsm.KeyAlg, recipientPublic []byte) func(ephemeralPublic []byte) [32]byte {
+func StanzaContext(alg device.KeyAlg, recipientPublic []byte) func(ephemeralPublic []byte) [32]byte {
 	r := bytes.Clone(recipientPublic)
-	return func(eph []byte) [32]byte { return KDFContext(alg, hsm.KDFECBContext, eph, r) }
+	return func(eph []byte) [32]byte { return KDFContext(alg, device.KDFECBContext, eph, r) }
 }

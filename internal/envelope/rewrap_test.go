@@ -126,3 +126,29 @@ func TestReplaceStanzasRefusals(t *testing.T) {
 		t.Errorf("nil signer: %v", err)
 	}
 }
+
+// TestRewrapRequest checks that RewrapRequest names the stanza as
+// OpenRequest does and that WrapTarget's context is StanzaContext's, bound
+// to the recipient key.
+func TestRewrapRequest(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "tx-rewrap-req")
+	e := f.env
+	i, _ := e.ParticipantStanza("bank-b")
+	targets := []hsm.WrapTarget{envelope.WrapTarget(f.parties[0].Alg, f.parties[0].Public)}
+	req := e.RewrapRequest(i, "participant/bank-b/v1", f.parties[1].Public, targets)
+	open := e.OpenRequest(i, "participant/bank-b/v1", f.parties[1].Public)
+	if req.KeyLabel != open.KeyLabel || req.Alg != open.Alg || req.KDF != open.KDF || req.Context != open.Context ||
+		!bytes.Equal(req.PeerPublic, open.PeerPublic) || !bytes.Equal(req.WrappedDEK, open.WrappedDEK) || len(req.Targets) != 1 {
+		t.Fatalf("RewrapRequest = %+v, OpenRequest = %+v", req, open)
+	}
+	tg := req.Targets[0]
+	eph := bytes.Repeat([]byte{9}, 32)
+	if tg.Alg != hsm.X25519 || !bytes.Equal(tg.RecipientPublic, f.parties[0].Public) ||
+		tg.Context(eph) != envelope.StanzaContext(hsm.X25519, f.parties[0].Public)(eph) {
+		t.Fatalf("WrapTarget = %+v", tg)
+	}
+	if other := envelope.WrapTarget(hsm.X25519, f.parties[2].Public); other.Context(eph) == tg.Context(eph) {
+		t.Fatal("WrapTarget's context does not bind the recipient key")
+	}
+}

@@ -13,7 +13,7 @@ import (
 	"io"
 	"time"
 
-	"custody/hsm"
+	"custody/internal/device"
 	"custody/internal/keywrap"
 )
 
@@ -143,7 +143,7 @@ func sealHeader(in *SealInput, s Signer) (*Header, error) {
 	if in.Escrow.ID != "" {
 		return nil, fmt.Errorf("%w: escrow recipient must have no ID", ErrInvalidInput)
 	}
-	if in.Escrow.Alg != hsm.P256 {
+	if in.Escrow.Alg != device.P256 {
 		return nil, fmt.Errorf("%w: escrow key must be P-256", ErrInvalidInput)
 	}
 	if err := checkPublic(in.Escrow.Alg, in.Escrow.Public); err != nil {
@@ -204,7 +204,7 @@ func wrapDEK(r io.Reader, dek []byte, kind StanzaKind, rc Recipient) (Stanza, er
 	}
 	defer clear(z)
 	ephPub := eph.PublicKey().Bytes()
-	kek, err := ecbContextKEK(z, KDFContext(rc.Alg, hsm.KDFECBContext, ephPub, rc.Public))
+	kek, err := ecbContextKEK(z, KDFContext(rc.Alg, device.KDFECBContext, ephPub, rc.Public))
 	if err != nil {
 		return Stanza{}, err
 	}
@@ -218,7 +218,7 @@ func wrapDEK(r io.Reader, dek []byte, kind StanzaKind, rc Recipient) (Stanza, er
 		ParticipantID:   rc.ID,
 		KeyVersion:      rc.KeyVersion,
 		Alg:             rc.Alg,
-		KDF:             hsm.KDFECBContext,
+		KDF:             device.KDFECBContext,
 		EphemeralPublic: ephPub,
 		WrappedDEK:      wrapped,
 	}, nil
@@ -246,7 +246,7 @@ func ecbContextKEK(z []byte, context [32]byte) ([]byte, error) {
 // where E is ephemeralPublic, R is recipientPublic, alg and kdf are single
 // bytes and lengths are big-endian. Both public keys are bound: the context,
 // and so the KEK, for one pair of keys is unrelated to that of any other.
-func KDFContext(alg hsm.KeyAlg, kdf hsm.KDF, ephemeralPublic, recipientPublic []byte) [32]byte {
+func KDFContext(alg device.KeyAlg, kdf device.KDF, ephemeralPublic, recipientPublic []byte) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(LabelKDFContext))
 	h.Write([]byte{0, byte(alg), byte(kdf)})

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // GenesisLabel is the CKO_DATA object that records, on the token, that
@@ -42,8 +42,8 @@ func (r *Registry) MarkGenesis(ctx context.Context, now time.Time, how string) e
 		return err
 	}
 	v, _ := json.Marshal(genesisMarker{V: 1, Time: now.UTC().Truncate(time.Second), How: how})
-	err := r.dev.PutDataObject(ctx, hsm.DataObject{Label: GenesisLabel, Value: v})
-	if err != nil && !errors.Is(err, hsm.ErrExists) {
+	err := r.dev.PutDataObject(ctx, device.DataObject{Label: GenesisLabel, Value: v})
+	if err != nil && !errors.Is(err, device.ErrExists) {
 		return fmt.Errorf("keys: writing the genesis marker: %w", err)
 	}
 	r.genesis.Store(true)
@@ -72,7 +72,7 @@ func (r *Registry) GenesisDone(ctx context.Context) (bool, error) {
 
 // Adopt files a key pair that appeared on the token outside the registry
 // (an escrow key restored from a backup) into the view.
-func (r *Registry) Adopt(info hsm.KeyInfo) error {
+func (r *Registry) Adopt(info device.KeyInfo) error {
 	r.create.Lock()
 	defer r.create.Unlock()
 	r.mu.Lock()

@@ -36,7 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"custody/hsm"
+	"custody/internal/device"
 	"custody/internal/envelope"
 )
 
@@ -60,20 +60,20 @@ const (
 
 // Device is what the registry needs from the token.
 type Device interface {
-	GenerateKeyPair(ctx context.Context, spec hsm.KeySpec) (hsm.KeyInfo, error)
-	ListKeys(ctx context.Context, labelPrefix string) ([]hsm.KeyInfo, error)
+	GenerateKeyPair(ctx context.Context, spec device.KeySpec) (device.KeyInfo, error)
+	ListKeys(ctx context.Context, labelPrefix string) ([]device.KeyInfo, error)
 	Sign(ctx context.Context, label string, digest []byte) ([]byte, error)
 	// Key lifecycle (lifecycle.go).
 	DestroyKeyPair(ctx context.Context, label string) error
-	PutDataObject(ctx context.Context, d hsm.DataObject) error
-	ListDataObjects(ctx context.Context, labelPrefix string) ([]hsm.DataObject, error)
+	PutDataObject(ctx context.Context, d device.DataObject) error
+	ListDataObjects(ctx context.Context, labelPrefix string) ([]device.DataObject, error)
 }
 
 // Version is one key pair on the token.
 type Version struct {
 	Number  uint32
 	Label   string
-	Alg     hsm.KeyAlg
+	Alg     device.KeyAlg
 	Public  []byte // nil for a destroyed version
 	Created time.Time
 	// RotateAfter is when the version is due for rotation (CKA_END_DATE of
@@ -127,7 +127,7 @@ func Load(ctx context.Context, dev Device, log *slog.Logger) (*Registry, error) 
 }
 
 // add files one token key into the view. Callers hold mu or own r alone.
-func (r *Registry) add(info hsm.KeyInfo) error {
+func (r *Registry) add(info device.KeyInfo) error {
 	kind, id, n, err := parseLabel(info.Label)
 	if err != nil {
 		return err
@@ -203,10 +203,10 @@ func (r *Registry) EnsureDaemonKeys(ctx context.Context, now time.Time) ([]Versi
 	var created []Version
 	for _, k := range []struct {
 		have func() bool
-		spec hsm.KeySpec
+		spec device.KeySpec
 	}{
-		{func() bool { return len(r.escrow) > 0 }, hsm.KeySpec{Label: escrowPrefix + "v1", Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true, Created: now}},
-		{func() bool { return len(r.signing) > 0 }, hsm.KeySpec{Label: signingPrefix + "v1", Alg: hsm.P256, Usage: hsm.UsageSign, Created: now}},
+		{func() bool { return len(r.escrow) > 0 }, device.KeySpec{Label: escrowPrefix + "v1", Alg: device.P256, Usage: device.UsageDerive, Backup: true, Created: now}},
+		{func() bool { return len(r.signing) > 0 }, device.KeySpec{Label: signingPrefix + "v1", Alg: device.P256, Usage: device.UsageSign, Created: now}},
 	} {
 		r.mu.RLock()
 		have := k.have()
@@ -245,8 +245,8 @@ func (r *Registry) Register(ctx context.Context, id string, now time.Time) (Vers
 	if known {
 		return Version{}, fmt.Errorf("%w: %s", ErrExists, id)
 	}
-	info, err := r.dev.GenerateKeyPair(ctx, hsm.KeySpec{Label: ParticipantLabel(id, 1), Alg: hsm.X25519, Usage: hsm.UsageDerive, Created: now, RotateAfter: now.Add(r.RotateAfter())})
-	if errors.Is(err, hsm.ErrExists) {
+	info, err := r.dev.GenerateKeyPair(ctx, device.KeySpec{Label: ParticipantLabel(id, 1), Alg: device.X25519, Usage: device.UsageDerive, Created: now, RotateAfter: now.Add(r.RotateAfter())})
+	if errors.Is(err, device.ErrExists) {
 		return Version{}, fmt.Errorf("%w: %s (on the token)", ErrExists, id)
 	}
 	if err != nil {

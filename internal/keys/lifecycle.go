@@ -29,7 +29,7 @@ import (
 	"strings"
 	"time"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // State of a key version.
@@ -231,7 +231,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, now time.Time) (Versio
 		return Version{}, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
 	}
 	n := vs[len(vs)-1].Number + 1
-	return r.createVersion(ctx, hsm.KeySpec{Label: ParticipantLabel(id, n), Alg: hsm.X25519, Usage: hsm.UsageDerive}, now)
+	return r.createVersion(ctx, device.KeySpec{Label: ParticipantLabel(id, n), Alg: device.X25519, Usage: device.UsageDerive}, now)
 }
 
 // RotateEscrow creates the next escrow key version (P-256, backup-capable,
@@ -247,12 +247,12 @@ func (r *Registry) RotateEscrow(ctx context.Context, now time.Time) (Version, er
 	}
 	n := r.escrow[len(r.escrow)-1].Number + 1
 	r.mu.RUnlock()
-	return r.createVersion(ctx, hsm.KeySpec{Label: fmt.Sprintf("%sv%d", escrowPrefix, n), Alg: hsm.P256, Usage: hsm.UsageDerive, Backup: true}, now)
+	return r.createVersion(ctx, device.KeySpec{Label: fmt.Sprintf("%sv%d", escrowPrefix, n), Alg: device.P256, Usage: device.UsageDerive, Backup: true}, now)
 }
 
 // createVersion generates spec's key pair with dates and files it. Callers
 // hold r.create.
-func (r *Registry) createVersion(ctx context.Context, spec hsm.KeySpec, now time.Time) (Version, error) {
+func (r *Registry) createVersion(ctx context.Context, spec device.KeySpec, now time.Time) (Version, error) {
 	spec.Created = now
 	spec.RotateAfter = now.Add(r.RotateAfter())
 	info, err := r.dev.GenerateKeyPair(ctx, spec)
@@ -315,11 +315,11 @@ func (r *Registry) Retire(ctx context.Context, id string, escrow bool, n uint32,
 		ts.Destroyed = v.Destroyed
 	}
 	val, _ := json.Marshal(ts)
-	err := r.dev.PutDataObject(ctx, hsm.DataObject{Label: destroyedPrefix + strings.TrimPrefix(v.Label, prefix), Value: val})
-	if err != nil && !errors.Is(err, hsm.ErrExists) {
+	err := r.dev.PutDataObject(ctx, device.DataObject{Label: destroyedPrefix + strings.TrimPrefix(v.Label, prefix), Value: val})
+	if err != nil && !errors.Is(err, device.ErrExists) {
 		return Version{}, fmt.Errorf("keys: recording the retirement of %s: %w", v.Label, err)
 	}
-	if err := r.dev.DestroyKeyPair(ctx, v.Label); err != nil && !errors.Is(err, hsm.ErrNotFound) {
+	if err := r.dev.DestroyKeyPair(ctx, v.Label); err != nil && !errors.Is(err, device.ErrNotFound) {
 		return Version{}, fmt.Errorf("keys: destroying %s (recorded as destroyed; retire again to finish): %w", v.Label, err)
 	}
 	r.mu.Lock()

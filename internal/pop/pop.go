@@ -32,7 +32,7 @@ import (
 	"errors"
 	"fmt"
 
-	"custody/hsm"
+	"custody/internal/device"
 )
 
 // Domain-separation labels; each is followed by a 0x00 byte.
@@ -59,7 +59,7 @@ var (
 // Context is the 32-byte derivation context of one challenge:
 //
 //	SHA-256(LabelContext ‖ 0x00 ‖ u8 alg ‖ u32 len(E) ‖ E ‖ u32 len(R) ‖ R ‖ u32 len(nonce) ‖ nonce)
-func Context(alg hsm.KeyAlg, verifierPublic, proverPublic, nonce []byte) [32]byte {
+func Context(alg device.KeyAlg, verifierPublic, proverPublic, nonce []byte) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(LabelContext))
 	h.Write([]byte{0, byte(alg)})
@@ -86,11 +86,11 @@ func CheckNonce(nonce []byte) error {
 }
 
 // Curve returns the crypto/ecdh curve of alg (X25519 or P256), or nil.
-func Curve(alg hsm.KeyAlg) ecdh.Curve {
+func Curve(alg device.KeyAlg) ecdh.Curve {
 	switch alg {
-	case hsm.X25519:
+	case device.X25519:
 		return ecdh.X25519()
-	case hsm.P256:
+	case device.P256:
 		return ecdh.P256()
 	}
 	return nil
@@ -99,7 +99,7 @@ func Curve(alg hsm.KeyAlg) ecdh.Curve {
 // Verify recomputes the MAC the token must have produced for the challenge
 // (eph, nonce) if it holds the private key of proverPublic, and compares it
 // with mac in constant time. It returns nil, ErrMismatch, or ErrInvalid.
-func Verify(alg hsm.KeyAlg, eph *ecdh.PrivateKey, proverPublic, nonce, mac []byte) error {
+func Verify(alg device.KeyAlg, eph *ecdh.PrivateKey, proverPublic, nonce, mac []byte) error {
 	if err := CheckNonce(nonce); err != nil {
 		return err
 	}

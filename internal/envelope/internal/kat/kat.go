@@ -25,7 +25,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"custody/hsm"
+	"custody/internal/device"
 	"custody/internal/envelope"
 )
 
@@ -87,7 +87,7 @@ type spec struct {
 type recipSpec struct {
 	id      string
 	version uint32
-	alg     hsm.KeyAlg
+	alg     device.KeyAlg
 }
 
 var specs = []spec{
@@ -96,7 +96,7 @@ var specs = []spec{
 		publicFields: `{"amount_currency":"EUR","venue":"XPAR"}`,
 		plaintext:    `{"amount":"1250000.00","counterparty":"ACME Corp"}`,
 		createdMS:    1735732800123,
-		participants: []recipSpec{{"alice", 1, hsm.X25519}},
+		participants: []recipSpec{{"alice", 1, device.X25519}},
 	},
 	{
 		name: "three-participants-mixed", tx: "TX.9f8e7d", job: "batch-42",
@@ -104,12 +104,12 @@ var specs = []spec{
 		publicFields: `{ "z": [3, 1.50, {"b": true, "a": null}], "a": "<&>", "n": -0 }`,
 		plaintext:    "confidential: \u00e9t\u00e9 \u2028 end",
 		createdMS:    1700000000000,
-		participants: []recipSpec{{"bank-a", 3, hsm.X25519}, {"bank-b", 1, hsm.P256}, {"regulator.eu", 7, hsm.X25519}},
+		participants: []recipSpec{{"bank-a", 3, device.X25519}, {"bank-b", 1, device.P256}, {"regulator.eu", 7, device.X25519}},
 	},
 	{
 		name: "empty-plaintext", tx: "t", job: "j", publicFields: `{}`, plaintext: "",
 		createdMS:    0,
-		participants: []recipSpec{{"p1", 0, hsm.P256}},
+		participants: []recipSpec{{"p1", 0, device.P256}},
 	},
 }
 
@@ -125,8 +125,8 @@ func seed(parts ...string) []byte {
 	return h.Sum(nil)
 }
 
-func curveOf(alg hsm.KeyAlg) ecdh.Curve {
-	if alg == hsm.P256 {
+func curveOf(alg device.KeyAlg) ecdh.Curve {
+	if alg == device.P256 {
 		return ecdh.P256()
 	}
 	return ecdh.X25519()
@@ -207,7 +207,7 @@ func generate(sp spec) (Vector, error) {
 	nonce := seed(sp.name, "nonce")[:envelope.NonceSize]
 	stream := append(append([]byte(nil), dek...), nonce...)
 
-	all := append(append([]recipSpec(nil), sp.participants...), recipSpec{"", escrowVersion, hsm.P256})
+	all := append(append([]recipSpec(nil), sp.participants...), recipSpec{"", escrowVersion, device.P256})
 	in := envelope.SealInput{
 		TransactionID: sp.tx, JobID: sp.job, PublicFields: []byte(sp.publicFields),
 		Plaintext: []byte(sp.plaintext), CreatedAt: time.UnixMilli(sp.createdMS),
@@ -255,7 +255,7 @@ func generate(sp spec) (Vector, error) {
 		if err != nil {
 			return v, err
 		}
-		ctx := envelope.KDFContext(r.alg, hsm.KDFECBContext, st.EphemeralPublic, pub.Bytes())
+		ctx := envelope.KDFContext(r.alg, device.KDFECBContext, st.EphemeralPublic, pub.Bytes())
 		b, _ := aes.NewCipher(z)
 		kek := make([]byte, 32)
 		b.Encrypt(kek[:16], ctx[:16])
