@@ -42,6 +42,8 @@ const (
 	CodeHSMUnavailable      = "hsm_unavailable"      // token down; retry later
 	CodeLogUnavailable      = "log_unavailable"      // the decision could not be recorded; nothing released
 	CodeRateLimited         = "rate_limited"         // too many requests of this caller in progress; retry after some finish
+	CodeTooManyConnections  = "too_many_connections" // the caller's uid has limits.max_connections_per_caller connections open
+	CodeTooManyRefusals     = "too_many_refusals"    // the caller was refused too often recently (limits.refusal_rate, refusal_burst)
 	CodeTimeout             = "timeout"              // limits.request_timeout passed
 	CodeNotFound            = "not_found"            // no such route or object
 	CodeMethodNotAllowed    = "method_not_allowed"   // route exists, other method

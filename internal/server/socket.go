@@ -63,9 +63,22 @@ type peer struct {
 	ok bool // false when the credentials could not be read: every request is refused
 }
 
-// connContext attaches the peer's credentials to the connection's context.
+// connContext attaches the peer's credentials to the connection's context:
+// those connLimiter read at accept.
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*peerConn); ok {
+		return context.WithValue(ctx, peerKey{}, pc.peer)
+	}
 	return context.WithValue(ctx, peerKey{}, peerOf(c))
+}
+
+// key is the uid the limits count p under: its uid, or noUID without
+// credentials.
+func (p peer) key() uint32 {
+	if !p.ok {
+		return noUID
+	}
+	return p.UID
 }
 
 func peerOf(c net.Conn) peer {
