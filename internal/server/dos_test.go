@@ -68,7 +68,7 @@ func runAttackMode(mode, socket string) int {
 	switch mode {
 	case "conns":
 		// N connections: the first sends one request and then idles, the
-		// others send nothing. Report which were refused (and with which
+		// others stall in the middle of a request head. Report which were refused (and with which
 		// code) and how long the server kept the others.
 		n := env("N")
 		type held struct {
@@ -93,11 +93,17 @@ func runAttackMode(mode, socket string) int {
 				}
 				io.Copy(io.Discard, resp.Body)
 				start = time.Now() // idle from here
+			} else {
+				// Stalled: a request head that never ends.
+				fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: custody\r\n")
 			}
 			conns = append(conns, held{c, start})
 		}
 		time.Sleep(300 * time.Millisecond)
 		var keep []held
+		// A refused connection is answered after its request head, or a
+		// second without one.
+		time.Sleep(1300 * time.Millisecond)
 		for _, h := range conns {
 			h.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			resp, err := http.ReadResponse(bufio.NewReader(h.c), nil)

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -260,8 +262,9 @@ func (c *coalescer) flush(ctx context.Context) {
 // closed; Accept goes on with the next one.
 type connLimiter struct {
 	net.Listener
-	s   *Server
-	max int
+	s        *Server
+	max      int
+	refusing chan struct{} // semaphore of maxRefusing
 
 	mu sync.Mutex
 	n  map[uint32]int
@@ -287,9 +290,22 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		if ok {
 			return &peerConn{Conn: c, peer: p, release: func() { l.release(uid) }}, nil
 		}
-		go l.refuse(c, p)
+		select {
+		case l.refusing <- struct{}{}:
+			go func() {
+				defer func() { <-l.refusing }()
+				l.refuse(c, p, true)
+			}()
+		default: // already answering maxRefusing refused connections: record and close
+			l.refuse(c, p, false)
+		}
 	}
 }
+
+// maxRefusing bounds the refused connections being answered at once; each
+// takes at most about two seconds (a second to send its request head, a
+// second to take the answer).
+const maxRefusing = 64
 
 func (l *connLimiter) release(uid uint32) {
 	l.mu.Lock()
@@ -299,9 +315,10 @@ func (l *connLimiter) release(uid uint32) {
 	}
 }
 
-// refuse records the refusal of c and answers it with a 429 before
+// refuse records the refusal of c and, if answer, reads the head of its
+// first request (a second at most) and answers it with a 429 before
 // closing it, so that a client sees why.
-func (l *connLimiter) refuse(c net.Conn, p peer) {
+func (l *connLimiter) refuse(c net.Conn, p peer, answer bool) {
 	defer c.Close()
 	s := l.s
 	ae := errorf(http.StatusTooManyRequests, CodeTooManyConnections, "uid %d has %d connections open (limits.max_connections_per_caller); close some or reuse them", p.UID, l.max)
@@ -316,7 +333,12 @@ func (l *connLimiter) refuse(c net.Conn, p peer) {
 	if err := s.recordRefusal(ctx, rq, "connect", "connect", ae); err != nil {
 		ae = classify(err)
 	}
-	c.SetDeadline(time.Now().Add(time.Second))
+	if !answer {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	http.ReadRequest(bufio.NewReader(io.LimitReader(c, 64<<10))) // the body, if any, is not read
+	c.SetWriteDeadline(time.Now().Add(time.Second))
 	body := fmt.Sprintf(`{"error":{"code":%q,"message":%q}}`+"\n", ae.Code, ae.Message)
 	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
 		ae.Status, http.StatusText(ae.Status), len(body), body)

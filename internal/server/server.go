@@ -146,7 +146,8 @@ func (s *Server) withDeadlines(next http.Handler) http.Handler {
 // Serve accepts connections on ln until Shutdown, at most
 // limits.max_connections_per_caller of them per uid.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.http.Serve(&connLimiter{Listener: ln, s: s, max: s.Limits.MaxConnectionsPerCaller, n: map[uint32]int{}})
+	err := s.http.Serve(&connLimiter{Listener: ln, s: s, max: s.Limits.MaxConnectionsPerCaller,
+		refusing: make(chan struct{}, maxRefusing), n: map[uint32]int{}})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
