@@ -62,7 +62,7 @@ func (c Config) ShutdownDeadline() time.Duration {
 type PKCS11 struct {
 	Module     string `json:"module"`      // path of the PKCS#11 library
 	TokenLabel string `json:"token_label"` // token to use
-	PINFile    string `json:"pin_file"`    // user PIN; mode 0400 or 0600
+	PINFile    string `json:"pin_file"`    // user PIN; mode 0400 or 0600, owned by root or the daemon's user (safefile)
 	// SoftHSMConf, when set and SOFTHSM2_CONF is not already in the
 	// environment, is exported as SOFTHSM2_CONF before the module loads.
 	SoftHSMConf string `json:"softhsm_conf,omitempty"`
@@ -94,7 +94,9 @@ type Keys struct {
 // Ceremony configures the escrow key ceremonies. Without an officers file
 // the ceremony routes answer ceremony_unavailable.
 type Ceremony struct {
-	// OfficersFile lists the security officers (ceremony.ParseOfficers).
+	// OfficersFile lists the security officers (ceremony.ParseOfficers);
+	// like the policy file it must be owned by root or the daemon's user
+	// and not group- or world-writable (safefile).
 	OfficersFile string `json:"officers_file"`
 	// SOPINFile holds the token's security officer PIN (mode 0400 or 0600),
 	// needed by backups only.
