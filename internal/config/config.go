@@ -149,8 +149,8 @@ type Limits struct {
 	// MaxConnectionsPerCaller bounds the open connections of one Unix user;
 	// one more is answered too_many_connections and closed.
 	MaxConnectionsPerCaller int `json:"max_connections_per_caller"`
-	// RefusalRate and RefusalBurst bound the refusals (denied or failed
-	// decisions) one Unix user may cause: a token bucket refilled at
+	// RefusalRate and RefusalBurst bound the refusals (4xx answers: denied,
+	// bad requests, over a limit) one Unix user may cause: a token bucket refilled at
 	// RefusalRate per second holding at most RefusalBurst. While it is
 	// empty, that user's requests are refused at the door with
 	// too_many_refusals.

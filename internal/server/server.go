@@ -270,7 +270,7 @@ func (s *Server) tooManyRefusals(rq *request) error {
 // within limits.refusal_window become one counted entry.
 func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op string, err error) error {
 	e := s.complete(rq, auditlog.Entry{Operation: op}, err)
-	s.charge(rq, e)
+	s.charge(rq, err)
 	if rerr := s.refused.record(ctx, refusalKey{uid: rq.peer.key(), route: route, code: e.Code}, e); rerr != nil {
 		return s.logRefused(e, rerr)
 	}
@@ -284,17 +284,23 @@ func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op strin
 // caller must then release nothing.
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
 	e = s.complete(rq, e, err)
-	s.charge(rq, e)
+	s.charge(rq, err)
 	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
 		return s.logRefused(e, rerr)
 	}
 	return nil
 }
 
-// charge counts a refusal against the caller's refusal bucket; a
-// too_many_refusals refusal is not counted (the bucket must refill).
-func (s *Server) charge(rq *request, e auditlog.Entry) {
-	if e.Outcome != auditlog.Allowed && e.Code != CodeTooManyRefusals {
+// charge counts a refusal the caller caused (a 4xx answer: denied, a bad
+// request, over a limit) against its refusal bucket. Failures of the
+// daemon's side (5xx: hsm_unavailable, log_unavailable, timeout, Vault…)
+// are not the caller's doing and are not counted, nor is
+// too_many_refusals itself (the bucket must refill).
+func (s *Server) charge(rq *request, err error) {
+	if err == nil {
+		return
+	}
+	if ae := classify(err); ae.Status >= 400 && ae.Status < 500 && ae.Code != CodeTooManyRefusals {
 		s.refusals.charge(rq.peer.key())
 	}
 }
