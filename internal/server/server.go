@@ -158,7 +158,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // then writes the summary entries of the refusals still being coalesced.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
-	s.refused.flush(ctx)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // even when ctx has ended
+	defer cancel()
+	s.refused.flush(fctx)
 	return err
 }
 
