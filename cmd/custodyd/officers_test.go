@@ -110,6 +110,9 @@ func TestRefusesUnsafeOfficersFile(t *testing.T) {
 
 	writeFile(t, officers, `{"version":1,"officers":[`+other+`]}`)
 	d.start()
+	if out, err := d.ctl("ceremony", "status"); err == nil || !strings.Contains(out, "not_officer") {
+		t.Fatalf("root before the reload: %v\n%s", err, out)
+	}
 	// Uid 4242 rewrites the file to make root an officer: the reload refuses it.
 	writeFile(t, officers, `{"version":1,"officers":[`+root+`,`+other+`]}`)
 	os.Chown(officers, 4242, -1)
