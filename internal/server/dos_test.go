@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -131,7 +132,7 @@ func runAttackMode(mode, socket string) int {
 		}
 		json.NewEncoder(out).Encode(map[string]any{"refused": codes, "held": len(keep), "closed_after": closedAfter})
 	case "flood":
-		// G goroutines send CUSTODY_TEST_METHOD CUSTODY_TEST_PATH with the
+		// G goroutines send CUSTODY_TEST_METHOD (POST) CUSTODY_TEST_PATH with the
 		// body on stdin (or, with CUSTODY_TEST_PATH2, alternate with a GET
 		// of that path) for CUSTODY_TEST_MS; report the answers' codes.
 		body, _ := io.ReadAll(os.Stdin)
@@ -150,7 +151,8 @@ func runAttackMode(mode, socket string) int {
 			go func() {
 				defer wg.Done()
 				for i := 0; time.Now().Before(stop); i++ {
-					req, _ := http.NewRequest("POST", "http://custody"+os.Getenv("CUSTODY_TEST_PATH"), strings.NewReader(string(body)))
+					method := cmp.Or(os.Getenv("CUSTODY_TEST_METHOD"), "POST")
+					req, _ := http.NewRequest(method, "http://custody"+os.Getenv("CUSTODY_TEST_PATH"), strings.NewReader(string(body)))
 					if p := os.Getenv("CUSTODY_TEST_PATH2"); p != "" && (i+w)%2 == 1 {
 						req, _ = http.NewRequest("GET", "http://custody"+p, nil)
 					}
@@ -197,7 +199,13 @@ type attacker struct {
 // under way.
 func (h *harness) attack(t *testing.T, mode string, stdin string, env ...string) *attacker {
 	t.Helper()
-	u := users[greedyUser]
+	return h.attackAs(t, greedyUser, mode, stdin, env...)
+}
+
+// attackAs is attack as another Unix user.
+func (h *harness) attackAs(t *testing.T, name, mode string, stdin string, env ...string) *attacker {
+	t.Helper()
+	u := users[name]
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	cmd := exec.Command(filepath.Join(binDir, "server.test"))
@@ -456,5 +464,55 @@ func TestRefusalFloodIsCoalesced(t *testing.T) {
 	t.Logf("%d refusals, %d entries (at most %d)", total, len(entries), limit)
 	if len(entries) > limit {
 		t.Errorf("the flood of %d refusals left %d entries, more than %d", total, len(entries), limit)
+	}
+}
+
+// TestCoalescedRefusalWindowCloses: a caller no principal covers floods
+// health for half a second; with refusal_window 1s, the first refusal is
+// an entry at once, the summary is written when its window closes (no
+// shutdown needed), and the counts add up to every refusal it received.
+func TestCoalescedRefusalWindowCloses(t *testing.T) {
+	h := newHarnessWith(t, func(d *server.Deps) {
+		d.Limits.RefusalWindow = "1s"
+		d.Limits.RefusalBurst = 100000 // this test is about the window, not the bucket
+	})
+	u := users[otherUser] // unknown_caller under testPolicy
+	uid, _ := strconv.Atoi(u.Uid)
+	a := h.attackAs(t, otherUser, "flood", "", "CUSTODY_TEST_G=2", "CUSTODY_TEST_MS=500", "CUSTODY_TEST_METHOD=GET", "CUSTODY_TEST_PATH=/v1/health")
+	var flood struct{ Codes map[string]int }
+	a.report(t, &flood)
+	if len(flood.Codes) != 1 || flood.Codes["unknown_caller"] < 2 {
+		t.Fatalf("flood answers %v: want unknown_caller only, more than once", flood.Codes)
+	}
+	count := func() (full, summarized, summaries int) {
+		h.rec.mu.Lock()
+		defer h.rec.mu.Unlock()
+		for _, e := range h.rec.entries {
+			if e.Caller.UID != uint32(uid) || e.Code != "unknown_caller" || e.Outcome != auditlog.Denied {
+				continue
+			}
+			if e.Detail == "" {
+				full++
+				continue
+			}
+			m := coalescedRe.FindStringSubmatch(e.Detail)
+			if m == nil || m[3] != "GET /v1/health" {
+				t.Errorf("summary %q", e.Detail)
+				continue
+			}
+			n, _ := strconv.Atoi(m[1])
+			summarized += n
+			summaries++
+		}
+		return
+	}
+	if full, _, _ := count(); full < 1 {
+		t.Fatal("the first refusal is not recorded at once")
+	}
+	time.Sleep(1500 * time.Millisecond) // every window has closed
+	full, summarized, summaries := count()
+	t.Logf("%d refusals: %d full entries, %d summaries counting %d", flood.Codes["unknown_caller"], full, summaries, summarized)
+	if summaries == 0 || full+summarized != flood.Codes["unknown_caller"] {
+		t.Errorf("%d refusals, but %d full entries and %d summarized in %d summaries", flood.Codes["unknown_caller"], full, summarized, summaries)
 	}
 }
