@@ -5,39 +5,27 @@ package hsm
 import (
 	"bytes"
 	"fmt"
-	"os"
+
+	"custody/internal/safefile"
 )
 
+// MaxPINFile bounds a PIN file; a larger one is refused, not read.
+const MaxPINFile = 1024
+
 // readPINFile reads a PIN from path. It refuses (ErrPINFile) a file that is
-// missing, not a regular file, empty, or has any group or other permission
-// bit. One trailing newline (LF or CRLF) is trimmed. The caller owns the
+// missing, not a regular file, owned by anyone but root or the daemon's
+// effective uid, has any group or other permission bit, is empty, or is
+// larger than MaxPINFile (safefile.ReadSecret; the wrapped error says
+// which). One trailing newline (LF or CRLF) is trimmed. The caller owns the
 // returned bytes and should clear them when done.
 func readPINFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: no PIN file configured", ErrPINFile)
 	}
-	f, err := os.Open(path)
+	raw, err := safefile.ReadSecret(path, MaxPINFile)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPINFile, err)
+		return nil, fmt.Errorf("%w: %w", ErrPINFile, err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPINFile, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrPINFile, path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %04o; group and others must have no access (chmod 0400)", ErrPINFile, path, perm)
-	}
-	var buf bytes.Buffer
-	buf.Grow(int(min(st.Size(), 1024)) + 1)
-	if _, err := buf.ReadFrom(f); err != nil {
-		clear(buf.Bytes())
-		return nil, fmt.Errorf("%w: reading %s: %v", ErrPINFile, path, err)
-	}
-	raw := buf.Bytes()
 	pin := bytes.TrimSuffix(raw, []byte("\n"))
 	pin = bytes.TrimSuffix(pin, []byte("\r"))
 	if len(pin) == 0 {

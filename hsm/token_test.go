@@ -45,8 +45,16 @@ func TestOpenErrors(t *testing.T) {
 		{"pin 0440", func(c *hsm.Config) { c.PINFile = write("group.pin", string(pin), 0o440) }, hsm.ErrPINFile},
 		{"pin missing", func(c *hsm.Config) { c.PINFile = filepath.Join(dir, "none") }, hsm.ErrPINFile},
 		{"pin empty", func(c *hsm.Config) { c.PINFile = write("empty.pin", "\n", 0o400) }, hsm.ErrPINFile},
+		{"pin too large", func(c *hsm.Config) { c.PINFile = write("large.pin", strings.Repeat("1", hsm.MaxPINFile+1), 0o400) }, hsm.ErrPINFile},
+		{"pin directory", func(c *hsm.Config) { c.PINFile = dir }, hsm.ErrPINFile},
 		{"wrong pin", func(c *hsm.Config) { c.PINFile = write("wrong.pin", "not-the-pin\n", 0o600) }, hsm.ErrLogin},
 		{"unknown token", func(c *hsm.Config) { c.TokenLabel = "no-such-token" }, hsm.ErrNoToken},
+		{"pin of another owner", func(c *hsm.Config) { // last: skips without root; right mode, but uid 4242 could rewrite it
+			c.PINFile = write("foreign.pin", string(pin), 0o400)
+			if err := os.Chown(c.PINFile, 4242, -1); err != nil {
+				t.Skipf("chown needs root: %v", err) // the hsm tests run as root in CI
+			}
+		}, hsm.ErrPINFile},
 	} {
 		c := cfg
 		tc.mod(&c)

@@ -11,6 +11,7 @@ import (
 	"custody/hsm"
 	"custody/internal/ceremony"
 	"custody/internal/config"
+	"custody/internal/safefile"
 	"custody/internal/server"
 )
 
@@ -72,9 +73,13 @@ func readSOPINRecord(path string, info hsm.TokenInfo) (*ceremony.SOPINRecord, er
 	return rec, nil
 }
 
-// readOfficers reads and parses the officers file at path.
+// readOfficers reads and parses the officers file at path. The file gets
+// the policy file's checks (safefile.Read: a regular file owned by root or
+// the daemon's uid, not group- or world-writable, at most
+// ceremony.MaxOfficersFile bytes): whoever could write it could name
+// themselves officers.
 func readOfficers(path string) (*ceremony.Officers, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.Read(path, ceremony.MaxOfficersFile)
 	if err != nil {
 		return nil, fmt.Errorf("ceremony.officers_file: %w", err)
 	}

@@ -64,7 +64,7 @@ func (c Config) ShutdownDeadline() time.Duration {
 type PKCS11 struct {
 	Module     string `json:"module"`      // path of the PKCS#11 library
 	TokenLabel string `json:"token_label"` // token to use
-	PINFile    string `json:"pin_file"`    // user PIN; mode 0400 or 0600
+	PINFile    string `json:"pin_file"`    // user PIN; mode 0400 or 0600, owned by root or the daemon's user (safefile)
 	// SoftHSMConf, when set and SOFTHSM2_CONF is not already in the
 	// environment, is exported as SOFTHSM2_CONF before the module loads.
 	SoftHSMConf string `json:"softhsm_conf,omitempty"`
@@ -96,7 +96,9 @@ type Keys struct {
 // Ceremony configures the escrow key ceremonies. Without an officers file
 // the ceremony routes answer ceremony_unavailable.
 type Ceremony struct {
-	// OfficersFile lists the security officers (ceremony.ParseOfficers).
+	// OfficersFile lists the security officers (ceremony.ParseOfficers);
+	// like the policy file it must be owned by root or the daemon's user
+	// and not group- or world-writable (safefile).
 	OfficersFile string `json:"officers_file"`
 	// SOPINShares is the public record of this token's SO PIN shares, which
 	// `custodyd token init --officers` writes (so-pin.json). The daemon
@@ -159,12 +161,71 @@ type Limits struct {
 	// cannot starve the HSM for the others.
 	MaxInFlightPerCaller int    `json:"max_in_flight_per_caller"`
 	RequestTimeout       string `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
+	// ReadTimeout bounds the time a connection may take to send a
+	// request's headers, from its first byte (or from accept); the body
+	// and the answer are bounded by RequestTimeout. A Go duration ("10s").
+	ReadTimeout string `json:"read_timeout"`
+	// IdleTimeout closes a kept-alive connection that sends no new request
+	// for this long. A Go duration ("60s").
+	IdleTimeout string `json:"idle_timeout"`
+	// MaxConnectionsPerCaller bounds the open connections of one Unix user;
+	// one more is answered too_many_connections and closed.
+	MaxConnectionsPerCaller int `json:"max_connections_per_caller"`
+	// RefusalRate and RefusalBurst bound the refusals (4xx answers: denied,
+	// bad requests, over a limit) one Unix user may cause: a token bucket refilled at
+	// RefusalRate per second holding at most RefusalBurst. While it is
+	// empty, that user's requests are refused at the door with
+	// too_many_refusals.
+	RefusalRate  int `json:"refusal_rate"`
+	RefusalBurst int `json:"refusal_burst"`
+	// RefusalWindow is how long identical refusals at the door (same uid,
+	// route and code) are counted instead of recorded one by one: the
+	// first is an entry, the rest one summary entry when the window
+	// closes (docs/auditlog.md, "Coalesced refusals"). A Go duration ("1m").
+	RefusalWindow string `json:"refusal_window"`
 }
 
 // Timeout returns RequestTimeout as a duration (Validate has checked it).
 func (l Limits) Timeout() time.Duration {
 	d, _ := time.ParseDuration(l.RequestTimeout)
 	return d
+}
+
+// ReadDeadline returns ReadTimeout as a duration (Validate has checked it).
+func (l Limits) ReadDeadline() time.Duration { d, _ := time.ParseDuration(l.ReadTimeout); return d }
+
+// IdleDeadline returns IdleTimeout as a duration (Validate has checked it).
+func (l Limits) IdleDeadline() time.Duration { d, _ := time.ParseDuration(l.IdleTimeout); return d }
+
+// CoalesceWindow returns RefusalWindow as a duration (Validate has checked it).
+func (l Limits) CoalesceWindow() time.Duration { d, _ := time.ParseDuration(l.RefusalWindow); return d }
+
+func (l Limits) validate() error {
+	switch {
+	case l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 256<<20:
+		return errors.New("limits.max_body_bytes: must be 1 KiB to 256 MiB")
+	case l.MaxBatchItems < 1 || l.MaxBatchItems > 100000:
+		return errors.New("limits.max_batch_items: must be 1 to 100000")
+	case l.MaxInFlightPerCaller < 1 || l.MaxInFlightPerCaller > 100000:
+		return errors.New("limits.max_in_flight_per_caller: must be 1 to 100000")
+	case l.MaxConnectionsPerCaller < 1 || l.MaxConnectionsPerCaller > 100000:
+		return errors.New("limits.max_connections_per_caller: must be 1 to 100000")
+	case l.MaxConnectionsPerCaller < l.MaxInFlightPerCaller:
+		return errors.New("limits.max_connections_per_caller: must be at least limits.max_in_flight_per_caller")
+	case l.RefusalRate < 1 || l.RefusalRate > 100000:
+		return errors.New("limits.refusal_rate: must be 1 to 100000 refusals per second")
+	case l.RefusalBurst < 1 || l.RefusalBurst > 1000000:
+		return errors.New("limits.refusal_burst: must be 1 to 1000000")
+	}
+	if d, err := time.ParseDuration(l.RequestTimeout); err != nil || d < time.Second {
+		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", l.RequestTimeout)
+	}
+	for _, f := range []struct{ name, v string }{{"read_timeout", l.ReadTimeout}, {"idle_timeout", l.IdleTimeout}, {"refusal_window", l.RefusalWindow}} {
+		if d, err := time.ParseDuration(f.v); err != nil || d < time.Second || d > time.Hour {
+			return fmt.Errorf("limits.%s: %q is not a duration from 1s to 1h (e.g. \"10s\")", f.name, f.v)
+		}
+	}
+	return nil
 }
 
 // Default returns the first-run configuration: the SoftHSM token under
@@ -183,10 +244,16 @@ func Default() Config {
 		AccessLog:       defaultAccessLog(),
 		Keys:            Keys{RotateAfter: "2160h", RotationCheck: "1h"},
 		Limits: Limits{
-			MaxBodyBytes:         8 << 20,
-			MaxBatchItems:        1000,
-			MaxInFlightPerCaller: 32,
-			RequestTimeout:       "60s",
+			MaxBodyBytes:            8 << 20,
+			MaxBatchItems:           1000,
+			MaxInFlightPerCaller:    32,
+			RequestTimeout:          "60s",
+			ReadTimeout:             "10s",
+			IdleTimeout:             "60s",
+			MaxConnectionsPerCaller: 256,
+			RefusalRate:             20,
+			RefusalBurst:            200,
+			RefusalWindow:           "1m",
 		},
 	}
 }
@@ -301,18 +368,12 @@ func (c Config) Validate() error {
 		return errors.New("socket.path: longer than a Unix socket address allows (100 bytes); use a shorter path")
 	case c.PolicyFile == "":
 		return errors.New("policy_file: required")
-	case c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 256<<20:
-		return errors.New("limits.max_body_bytes: must be 1 KiB to 256 MiB")
-	case c.Limits.MaxBatchItems < 1 || c.Limits.MaxBatchItems > 100000:
-		return errors.New("limits.max_batch_items: must be 1 to 100000")
-	case c.Limits.MaxInFlightPerCaller < 1 || c.Limits.MaxInFlightPerCaller > 100000:
-		return errors.New("limits.max_in_flight_per_caller: must be 1 to 100000")
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	if d, err := time.ParseDuration(c.ShutdownTimeout); err != nil || d < 0 || d > time.Hour {
 		return fmt.Errorf("shutdown_timeout: %q is not a duration from 0s to 1h (e.g. \"30s\")", c.ShutdownTimeout)
-	}
-	if d, err := time.ParseDuration(c.Limits.RequestTimeout); err != nil || d < time.Second {
-		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", c.Limits.RequestTimeout)
 	}
 	if err := c.Metrics.validate(); err != nil {
 		return err

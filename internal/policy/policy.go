@@ -2,13 +2,14 @@ package policy
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"custody/internal/safefile"
 )
 
 // Permission names an API operation. Each route of the server declares the
@@ -134,27 +135,18 @@ func (g *grant) open(t time.Time) bool {
 
 // Load reads and parses the policy file at path. It refuses, with
 // ErrUnsafeFile, a path that is not a regular file, a file that is group- or
-// world-writable, and a file owned by anyone but root or the effective uid.
+// world-writable, and a file owned by anyone but root or the effective uid
+// (the checks of package safefile, shared with the officers and PIN files).
 // Parse errors are returned as from Parse, prefixed with the path.
 func Load(path string) (*Policy, error) {
-	f, err := os.Open(path)
+	f, err := safefile.Open(path)
+	if errors.Is(err, safefile.ErrUnsafe) {
+		return nil, fmt.Errorf("%w: %w", ErrUnsafeFile, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrUnsafeFile, path)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %04o: it must not be group- or world-writable", ErrUnsafeFile, path, fi.Mode().Perm())
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("%w: %s is owned by uid %d: it must be owned by root or uid %d", ErrUnsafeFile, path, st.Uid, os.Geteuid())
-	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)

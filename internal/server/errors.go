@@ -43,6 +43,8 @@ const (
 	CodeHSMUnavailable      = "hsm_unavailable"      // token down; retry later
 	CodeLogUnavailable      = "log_unavailable"      // the decision could not be recorded; nothing released
 	CodeRateLimited         = "rate_limited"         // too many requests of this caller in progress; retry after some finish
+	CodeTooManyConnections  = "too_many_connections" // the caller's uid has limits.max_connections_per_caller connections open
+	CodeTooManyRefusals     = "too_many_refusals"    // the caller was refused too often recently (limits.refusal_rate, refusal_burst)
 	CodeTimeout             = "timeout"              // limits.request_timeout passed
 	CodeNotFound            = "not_found"            // no such route or object
 	CodeMethodNotAllowed    = "method_not_allowed"   // route exists, other method
@@ -124,16 +126,19 @@ func outcome(err error) (auditlog.Outcome, string) {
 // second approval or share, an approval of another text than the request,
 // an execution without its quorum or its shares, a request whose effect
 // changed, a key that must not be backed up or restored, an officer over
-// their pending requests.
+// their pending requests, a caller over its own limits.
 var refusalCodes = map[string]bool{
-	CodeDuplicateApproval: true,
-	CodeRequestMismatch:   true,
-	CodeNotApproved:       true,
-	CodeDuplicateShare:    true,
-	CodeNotEnoughShares:   true,
-	CodeRequestStale:      true,
-	CodeNotEscrowLabel:    true,
-	CodeTooManyPending:    true,
+	CodeDuplicateApproval:  true,
+	CodeRequestMismatch:    true,
+	CodeNotApproved:        true,
+	CodeDuplicateShare:     true,
+	CodeNotEnoughShares:    true,
+	CodeRequestStale:       true,
+	CodeNotEscrowLabel:     true,
+	CodeTooManyPending:     true,
+	CodeRateLimited:        true, // the caller's own limits (per uid)
+	CodeTooManyConnections: true,
+	CodeTooManyRefusals:    true,
 }
 
 // apiError is an error with its HTTP status and stable code.

@@ -28,6 +28,9 @@ const clientModeEnv = "CUSTODY_TEST_CLIENT_SOCKET"
 
 func runClientMode() int {
 	socket := os.Getenv(clientModeEnv)
+	if mode := os.Getenv(attackModeEnv); mode != "" {
+		return runAttackMode(mode, socket) // dos_test.go
+	}
 	n, _ := strconv.Atoi(os.Getenv("CUSTODY_TEST_N"))
 	body, _ := io.ReadAll(os.Stdin)
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

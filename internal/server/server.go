@@ -16,7 +16,13 @@
 // Concurrency: handlers run concurrently (one goroutine per connection, as
 // net/http does); the shared state (keys.Registry, policy.Store, the token's
 // session pool) is safe for concurrent use. Batch calls fan their items out
-// to as many workers as the token has sessions.
+// to as many workers as the token has sessions and the caller has
+// in-flight slots to spare.
+//
+// Limits (limit.go): what one Unix user may hold (connections, requests in
+// progress, batch workers) and cause (refusals, and the access-log entries
+// they leave) is bounded, so that one peer cannot exhaust the daemon, its
+// HSM sessions or its log disk for the others.
 package server
 
 import (
@@ -78,6 +84,8 @@ type Server struct {
 	http     *http.Server
 	verified *envelope.VerifyCache // headers whose signature verified
 	inFlight *callerLimiter        // requests in progress per uid
+	refusals *refusalLimiter       // refusals per uid (token bucket)
+	refused  *coalescer            // access-log entries of refusals at the door
 }
 
 // verifyCacheSize bounds the verified-header cache: 4096 × 32 bytes.
@@ -89,7 +97,10 @@ func New(d Deps) *Server {
 		d.Now = time.Now
 	}
 	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize),
-		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}}}
+		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
+		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
+		refused: &coalescer{rec: d.Recorder, log: d.Log, now: d.Now, window: max(d.Limits.CoalesceWindow(), time.Second),
+			open: map[refusalKey]*refusalWindow{}}}
 	mux := http.NewServeMux()
 	paths := map[string]bool{}
 	for _, rt := range s.routes() {
@@ -108,7 +119,8 @@ func New(d Deps) *Server {
 	s.http = &http.Server{
 		Handler:           s.withDeadlines(mux),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: d.Limits.ReadDeadline(),
+		IdleTimeout:       d.Limits.IdleDeadline(),
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
 	}
@@ -131,17 +143,26 @@ func (s *Server) withDeadlines(next http.Handler) http.Handler {
 	})
 }
 
-// Serve accepts connections on ln until Shutdown.
+// Serve accepts connections on ln until Shutdown, at most
+// limits.max_connections_per_caller of them per uid.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.http.Serve(ln)
+	err := s.http.Serve(&connLimiter{Listener: ln, s: s, max: s.Limits.MaxConnectionsPerCaller,
+		refusing: make(chan struct{}, maxRefusing), n: map[uint32]int{}})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
 }
 
-// Shutdown stops accepting and waits for in-flight requests until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+// Shutdown stops accepting, waits for in-flight requests until ctx ends,
+// then writes the summary entries of the refusals still being coalesced.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // even when ctx has ended
+	defer cancel()
+	s.refused.flush(fctx)
+	return err
+}
 
 // request is one authorized call, handed to a handler.
 type request struct {
@@ -151,6 +172,8 @@ type request struct {
 	policy    *policy.Policy // the policy the request was authorized under
 	endUser   auditlog.EndUser
 	recorded  atomic.Bool // some decision of this request was recorded (record)
+	route     string      // the route's pattern
+	routeOp   string      // the route's operation name in the access log
 }
 
 // handler does the route's work and returns the response body or an error.
@@ -187,26 +210,29 @@ func (s *Server) guard(rt route) http.Handler {
 }
 
 // serve identifies and authorizes the caller, holds one of its in-flight
-// slots, and runs the route's handler. A refusal at the door is recorded
-// like any other decision.
+// slots, and runs the route's handler. A refusal at the door (no
+// credentials, no principal, no permission, over a limit) holds the slot
+// too, and is recorded through the coalescer.
 func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rt route) (any, error) {
 	// The end-user headers are the application's word, recorded as given:
 	// record normalizes (clips and marks) every string of an entry.
-	rq := &request{Request: r, policy: s.Policy.Current(), endUser: auditlog.EndUser{
+	rq := &request{Request: r, policy: s.Policy.Current(), route: rt.pattern, routeOp: rt.op, endUser: auditlog.EndUser{
 		IP:        r.Header.Get("Custody-End-User-IP"),
 		UserAgent: r.Header.Get("Custody-End-User-Agent"),
 		RequestID: r.Header.Get("Custody-Request-ID"),
 	}}
 	err := s.authorize(ctx, rq, rt)
-	if err == nil {
-		if s.inFlight.acquire(rq.peer.UID) {
-			defer s.inFlight.release(rq.peer.UID)
-		} else {
-			err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
+	uid := rq.peer.key()
+	if !s.inFlight.acquire(uid) {
+		err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
+	} else {
+		defer s.inFlight.release(uid)
+		if s.refusals.exhausted(uid) {
+			err = s.tooManyRefusals(rq)
 		}
 	}
 	if err != nil {
-		if rerr := s.record(ctx, rq, auditlog.Entry{Operation: rt.op}, err); rerr != nil {
+		if rerr := s.recordRefusal(ctx, rq, rt.pattern, rt.op, err); rerr != nil {
 			return nil, rerr
 		}
 		return nil, err
@@ -252,25 +278,68 @@ func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 	return rq.policy.Authorize(pr, rt.perm)
 }
 
-// record is the one place where decisions are recorded. It completes e
-// from the request and from err (nil = allowed; outcome says denied or
-// failed), normalizes it (every string and list within its limit, clipped
-// ones marked: auditlog.Normalize), hands it to the Recorder and returns a
-// log_unavailable error when that fails: the caller must then release
-// nothing.
+// tooManyRefusals is the refusal of a caller whose refusal bucket is empty.
+func (s *Server) tooManyRefusals(rq *request) error {
+	return errorf(http.StatusTooManyRequests, CodeTooManyRefusals, "uid %d was refused more than %d times recently (limits.refusal_burst, refilled at limits.refusal_rate %d/s); fix the failing requests and slow down", rq.peer.UID, s.Limits.RefusalBurst, s.Limits.RefusalRate)
+}
+
+// recordRefusal records err, a refusal at the door of route (its pattern,
+// or "connect") for operation op, through the coalescer: identical ones
+// within limits.refusal_window become one counted entry.
+func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op string, err error) error {
+	e := s.complete(rq, auditlog.Entry{Operation: op}, err)
+	s.charge(rq, err)
+	if rerr := s.refused.record(ctx, refusalKey{uid: rq.peer.key(), route: route, code: e.Code}, e); rerr != nil {
+		return s.logRefused(e, rerr)
+	}
+	return nil
+}
+
+// record is the one place where decisions are recorded (recordRefusal
+// too, for refusals at the door). It completes e from the request and
+// from err (nil = allowed; outcome says denied or failed), normalizes it
+// (every string and list within its limit, clipped ones marked:
+// auditlog.Normalize), counts a refusal against the caller, hands e to the
+// Recorder and returns a log_unavailable error when that fails: the caller
+// must then release nothing.
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
+	e = s.complete(rq, e, err)
+	s.charge(rq, err)
+	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
+		return s.logRefused(e, rerr)
+	}
+	return nil
+}
+
+// charge counts a refusal the caller caused (a 4xx answer: denied, a bad
+// request, over a limit) against its refusal bucket. Failures of the
+// daemon's side (5xx: hsm_unavailable, log_unavailable, timeout, Vault…)
+// are not the caller's doing and are not counted, nor is
+// too_many_refusals itself (the bucket must refill).
+func (s *Server) charge(rq *request, err error) {
+	if err == nil {
+		return
+	}
+	if ae := classify(err); ae.Status >= 400 && ae.Status < 500 && ae.Code != CodeTooManyRefusals {
+		s.refusals.charge(rq.peer.key())
+	}
+}
+
+func (s *Server) logRefused(e auditlog.Entry, err error) error {
+	s.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", err)
+	return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
+}
+
+// complete fills e in from the request and from err (nil = allowed) and
+// normalizes it.
+func (s *Server) complete(rq *request, e auditlog.Entry, err error) auditlog.Entry {
 	rq.recorded.Store(true)
 	e.Time = s.Now().UTC()
 	e.Caller = rq.peer.Caller
 	e.Principal = rq.principal.Name
 	e.EndUser = rq.endUser
 	e.Outcome, e.Code = outcome(err)
-	e = auditlog.Normalize(e)
-	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
-		s.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", rerr)
-		return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
-	}
-	return nil
+	return auditlog.Normalize(e)
 }
 
 // clip bounds a caller's string that a handler puts into an entry's

@@ -18,40 +18,133 @@ import (
 
 // Listen opens the Unix socket at path with exactly the given mode.
 //
-// A socket file left behind by a dead daemon is removed; one that still
-// answers is an error (another custodyd is serving). A non-socket file at
-// path is never removed. The socket is created under a restrictive umask
-// and then chmod-ed, so it is never reachable with wider permissions than
-// mode, not even briefly.
-func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// The socket's directory is created (0755) if missing and refused if it
+// is a group- or world-writable directory (sticky or not) or is owned by
+// anyone but root or the daemon's uid: whoever may write it could replace
+// the socket. A socket file left behind by a dead daemon is replaced; one
+// that still answers is an error (another custodyd is serving). A
+// non-socket file at path (a symlink included) is never touched.
+//
+// The mode is never set by following path: the socket is bound under a
+// restrictive umask in a fresh private (0700) directory beside path,
+// chmod-ed there where no one else can reach it, and renamed onto path
+// (rename replaces a link planted at path, it never follows it). So the
+// socket is never reachable with wider permissions than mode, not even
+// briefly, and no other file's mode is ever changed. Close removes the
+// socket if path still names it.
+func Listen(path string, mode os.FileMode) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket; refusing to remove it", path)
-		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another process is serving on %s; stop it or choose another socket.path", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
+	}
+	if err := checkStale(path); err != nil {
+		return nil, err
+	}
+	priv, err := os.MkdirTemp(dir, ".s")
+	if err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	defer os.Remove(priv)
+	tmp := filepath.Join(priv, "s")
+	if len(tmp) > 107 {
+		return nil, fmt.Errorf("socket directory %s: path too long to bind beside it (%d bytes, at most 107); use a shorter socket.path directory", dir, len(tmp))
 	}
 	old := syscall.Umask(0o177)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	syscall.Umask(old)
 	if err != nil {
 		return nil, err
 	}
-	ln.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, mode); err != nil {
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
 		ln.Close()
-		return nil, fmt.Errorf("chmod socket: %w", err)
+		os.Remove(tmp)
+		return nil, err
 	}
-	return ln, nil
+	if err := os.Chmod(tmp, mode); err != nil { // tmp is in a 0700 directory of ours
+		return fail(fmt.Errorf("chmod socket: %w", err))
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(tmp, &st); err != nil {
+		return fail(fmt.Errorf("socket: %w", err))
+	}
+	if err := checkStale(path); err != nil { // again, just before replacing it
+		return fail(err)
+	}
+	if beforeRename != nil {
+		beforeRename(path)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("socket: %w", err))
+	}
+	return &socketListener{UnixListener: ln, path: path, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// beforeRename, when set (tests only), runs in Listen between the last
+// check of path and the rename onto it: a test plants a symlink there, as
+// a racing writer of the directory would.
+var beforeRename func(path string)
+
+// checkSocketDir refuses a socket directory that others could write.
+func checkSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("socket directory %s is not a directory", dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("socket directory %s has mode %04o: others could replace the socket; use a directory only its owner can write (chmod go-w, and not /tmp)", dir, perm)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("socket directory %s is owned by uid %d: it must be owned by root or uid %d", dir, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// checkStale accepts a missing path or a dead socket at path (it will be
+// replaced) and refuses anything else.
+func checkStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("another process is serving on %s; stop it or choose another socket.path", path)
+	}
+	return nil
+}
+
+// socketListener is Listen's listener: its address is the socket's path,
+// and Close removes the socket file if path still names it (never what
+// another process put there since).
+type socketListener struct {
+	*net.UnixListener
+	path     string
+	dev, ino uint64
+}
+
+func (l *socketListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	var st unix.Stat_t
+	if unix.Lstat(l.path, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
+		os.Remove(l.path)
+	}
+	return err
 }
 
 type peerKey struct{}
@@ -63,9 +156,22 @@ type peer struct {
 	ok bool // false when the credentials could not be read: every request is refused
 }
 
-// connContext attaches the peer's credentials to the connection's context.
+// connContext attaches the peer's credentials to the connection's context:
+// those connLimiter read at accept.
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*peerConn); ok {
+		return context.WithValue(ctx, peerKey{}, pc.peer)
+	}
 	return context.WithValue(ctx, peerKey{}, peerOf(c))
+}
+
+// key is the uid the limits count p under: its uid, or noUID without
+// credentials.
+func (p peer) key() uint32 {
+	if !p.ok {
+		return noUID
+	}
+	return p.UID
 }
 
 func peerOf(c net.Conn) peer {

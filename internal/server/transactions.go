@@ -119,16 +119,32 @@ func decodeBatch[In any](s *Server, rq *request) (batchRequest[In], error) {
 	return in, nil
 }
 
-// runBatch decodes {"items":[…]} and runs one for each item on as many
-// workers as the token has sessions, keeping the results in item order.
-// One item's failure does not stop the others.
+// runBatch decodes {"items":[…]} and runs one for each item, keeping the
+// results in item order. One item's failure does not stop the others.
+//
+// Its workers are charged to the caller: the request's own in-flight slot
+// runs the first, and every further worker (up to the token's sessions)
+// takes another slot of the caller's limits.max_in_flight_per_caller, so a
+// caller's batches together never run more workers than it may have
+// requests in progress. An item started while the caller's refusal bucket
+// is empty is refused with too_many_refusals (recorded through the
+// coalescer) without being run.
 func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func(context.Context, *request, In) (*Out, error)) (any, error) {
 	in, err := decodeBatch[In](s, rq)
 	if err != nil {
 		return nil, err
 	}
 	out := batchResponse[Out]{Results: make([]batchResult[Out], len(in.Items))}
-	workers := max(1, min(s.Token.Info().Sessions, len(in.Items)))
+	uid := rq.peer.key()
+	workers := 1
+	for workers < min(s.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
+		workers++
+	}
+	defer func() {
+		for range workers - 1 {
+			s.inFlight.release(uid)
+		}
+	}()
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range workers {
@@ -136,6 +152,14 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 		go func() {
 			defer wg.Done()
 			for i := range next {
+				if s.refusals.exhausted(uid) {
+					err := s.tooManyRefusals(rq)
+					if rerr := s.recordRefusal(ctx, rq, rq.route, rq.routeOp, err); rerr != nil {
+						err = rerr
+					}
+					out.Results[i].Error = classify(err)
+					continue
+				}
 				res, err := one(ctx, rq, in.Items[i])
 				if err != nil {
 					out.Results[i].Error = classify(err)
