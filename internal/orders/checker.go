@@ -276,12 +276,12 @@ func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID
 	if o.ID != orderID {
 		return Grant{}, fmt.Errorf("%w: record at %q carries id %q", ErrMalformed, orderID, o.ID)
 	}
-	if err := sameAsFirst(rec, ver, <-firstC); err != nil {
-		return Grant{}, err
-	}
 	signers, err := c.verify.Verify(rec)
 	if err != nil {
 		return Grant{}, fmt.Errorf("order %q version %d: %w", orderID, ver, err)
+	}
+	if err := sameAsFirst(rec, ver, <-firstC); err != nil {
+		return Grant{}, err
 	}
 	rev := <-revC
 	if rev.err != nil {

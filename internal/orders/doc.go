@@ -49,9 +49,9 @@
 //
 // # The decision
 //
-// Checker.Authorize runs, in this order: the order exists → its body is
-// the one first written (KV version 1) → its signatures are valid and meet
-// the quorum → it is not revoked → the order it supersedes, if any, is
+// Checker.Authorize runs, in this order: the order exists → its signatures
+// are valid and meet the quorum → its body is the one first written (KV
+// version 1) → it is not revoked → the order it supersedes, if any, is
 // revoked → now is inside [not_before, not_after) → it names this auditor
 // → its scope covers the transaction → the purpose matches → the use
 // counter is below max_uses and is incremented with check-and-set (retried
