@@ -416,7 +416,7 @@ func TestNewCheckerFailsClosed(t *testing.T) {
 }
 
 // BenchmarkAuthorize measures one Authorize against the dev server on
-// loopback: three concurrent reads (order, revocation, counter) and one
+// loopback: four concurrent reads (order, its version 1, revocation, counter) and one
 // check-and-set write. Compare BenchmarkKVRead and BenchmarkKVWrite.
 func BenchmarkAuthorize(b *testing.B) {
 	vs := vaulttest.Shared(b)
