@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -248,7 +249,9 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 			fmt.Fprintf(tw, "WARNING\t%v: custodyd refuses this order\n", changed)
 		}
 		if rev != nil {
-			fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), rev.By, rev.Reason)
+			// The revocation is read from Vault without a parser's rules:
+			// escape what is not plain text before it reaches a terminal.
+			fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), displayText(rev.By), displayText(rev.Reason))
 		}
 		return tw.Flush()
 	case "list":
@@ -374,6 +377,13 @@ func printOrder(tw io.Writer, o *orders.Order, v int) {
 		fmt.Fprintf(tw, "created\t%s – %s\n", o.Scope.CreatedFrom.Format(time.RFC3339), o.Scope.CreatedUntil.Format(time.RFC3339))
 	}
 	fmt.Fprintf(tw, "body sha256\t%s\n", o.BodySHA256())
+}
+
+// displayText escapes control and other non-graphic characters (Go
+// string escapes), so that text from Vault cannot drive the terminal.
+func displayText(s string) string {
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
 }
 
 // readBounded reads at most limit bytes of path; a longer file is an

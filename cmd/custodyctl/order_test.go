@@ -144,11 +144,13 @@ func TestOrderSignReview(t *testing.T) {
 		}
 		return len(rec.Signatures)
 	}
+	doc := filepath.Join(dir, "order.pdf")
+	os.WriteFile(doc, []byte("%PDF the court's order"), 0o600)
 	create := func(extra ...string) (string, string) {
 		t.Helper()
 		id := "order-rev-" + vaulttest.Random(4)
 		out, _ := ctl(0, append([]string{"order", "create", "--id", id, "--auditor", "auditor-a", "--purpose", "tax-investigation",
-			"--authority", "District Court Example", "--not-before", "2026-01-01T00:00:00Z", "--not-after", "2030-01-01T00:00:00Z",
+			"--authority", "District Court Example", "--document", doc, "--not-before", "2026-01-01T00:00:00Z", "--not-after", "2030-01-01T00:00:00Z",
 			"--max-uses", "3", "--transactions", "tx-1"}, extra...)...)
 		return id, bodyHash(t, out)
 	}
@@ -228,5 +230,50 @@ func TestOrderSignReview(t *testing.T) {
 	}
 	if out, _ := ctl(0, "order", "show", id3); !strings.Contains(out, "supersedes") || !strings.Contains(out, "format 2") {
 		t.Fatalf("amendment: %s", out)
+	}
+}
+
+// TestOrderReviewNoTerminalEscapes: a Vault writer puts an escape sequence
+// in the authority (to redraw the signer's terminal over max_uses) or in a
+// revocation's reason; the body is refused as malformed and the reason is
+// printed escaped: no raw control byte reaches the terminal.
+func TestOrderReviewNoTerminalEscapes(t *testing.T) {
+	vs := vaulttest.Shared(t)
+	intake := vaulttest.TokenFile(t, vs.Token(t, "legal-intake"))
+	attacker := vs.Client(t, vs.Token(t, "legal-intake"))
+	ctl := func(want int, args ...string) string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		args = append(args, "--vault-addr", vs.Addr, "--vault-token-file", intake)
+		if code := run(args, strings.NewReader(""), &out, &errb); code != want {
+			t.Fatalf("custodyctl %v: exit %d, want %d\n%s%s", args, code, want, out.String(), errb.String())
+		}
+		return out.String() + errb.String()
+	}
+	id := "order-esc-" + vaulttest.Random(4)
+	body := map[string]any{"version": 2, "id": id, "auditor": "auditor-a", "scope": map[string]any{"transactions": []string{"tx-1"}},
+		"purpose": "tax-investigation", "document_sha256": strings.Repeat("ab", 32), "authority": "Court\x1b[2K\x1b[1Amax uses 1\u009b1A",
+		"not_before": "2026-01-01T00:00:00Z", "not_after": "2030-01-01T00:00:00Z", "max_uses": 1000}
+	if _, err := attacker.Logical().Write("secret/data/custody/orders/"+id, map[string]any{"data": map[string]any{"order": body, "signatures": []any{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ctl(1, "order", "sign", id); !strings.Contains(out, "authority") || strings.ContainsAny(out, "\x1b\u009b") {
+		t.Fatalf("review of a body with escapes: %q", out)
+	}
+	if out := ctl(1, "order", "show", id); strings.ContainsAny(out, "\x1b\u009b") {
+		t.Fatalf("show of a body with escapes: %q", out)
+	}
+	// A revocation written by hand with an escape in its reason.
+	id2 := "order-esc-" + vaulttest.Random(4)
+	doc := filepath.Join(t.TempDir(), "doc")
+	os.WriteFile(doc, []byte("doc"), 0o600)
+	ctl(0, "order", "create", "--id", id2, "--auditor", "auditor-a", "--purpose", "p", "--authority", "Court", "--document", doc,
+		"--not-before", "2026-01-01T00:00:00Z", "--not-after", "2030-01-01T00:00:00Z", "--max-uses", "1", "--transactions", "tx-1")
+	if _, err := attacker.Logical().Write("secret/data/custody/revocations/"+id2, map[string]any{"data": map[string]any{
+		"time": "2026-01-01T00:00:00Z", "reason": "quashed\x1b]0;owned\x07", "by": "x\u009b2J"}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ctl(0, "order", "show", id2); !strings.Contains(out, "REVOKED") || strings.ContainsAny(out, "\x1b\x07\u009b") {
+		t.Fatalf("show of a revocation with escapes: %q", out)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // FormatVersion is the version of the order body and of its signed
@@ -182,9 +184,14 @@ func (o *Order) Validate() error {
 	return nil
 }
 
+// printable reports whether s is text a signer can read as it is: graphic
+// characters and the ASCII space only. C0 and C1 controls (an escape
+// sequence could redraw the signer's terminal and hide a field), format
+// characters such as bidirectional overrides, other spaces and invalid
+// UTF-8 (U+FFFD) are refused.
 func printable(s string) bool {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == 0xfffd {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
 			return false
 		}
 	}

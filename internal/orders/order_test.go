@@ -164,6 +164,9 @@ func TestValidate(t *testing.T) {
 		{"purpose", func(o *orders.Order) { o.Purpose = "" }},
 		{"document_sha256", func(o *orders.Order) { o.DocumentSHA256 = strings.Repeat("AB", 32) }},
 		{"authority", func(o *orders.Order) { o.Authority = "line\nbreak" }},
+		{"authority", func(o *orders.Order) { o.Authority = "Court\u009b2A hidden" }},    // C1 CSI: redraws a terminal
+		{"authority", func(o *orders.Order) { o.Authority = "Court \u202eelpmaxE" }},     // bidi override
+		{"authority", func(o *orders.Order) { o.Authority = "Court\x1b[1A max_uses 1" }}, // ESC
 		{"not_after", func(o *orders.Order) { o.NotAfter = o.NotBefore }},
 		{"not_before", func(o *orders.Order) { o.NotBefore = o.NotBefore.Add(time.Millisecond) }},
 		{"max_uses", func(o *orders.Order) { o.MaxUses = 0 }},
