@@ -39,13 +39,17 @@ if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
   bin/custodyctl order create $intake --id "$order" --auditor operator --purpose investigation \
     --authority "Demo District Court" --document run/demo-order.txt --transactions "$tx" --max-uses 2 \
     --not-before "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" --not-after "$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
-  echo "== one signature of the 2 required: the audit decrypt is refused"
-  bin/custodyctl order sign "$order" $intake --key run/orders/judge-1.key >/dev/null
+  echo "== a signer reviews the body Vault holds; without --sha256 nothing is signed"
+  review=$(bin/custodyctl order sign "$order" $intake 2>/dev/null || true)
+  echo "$review"
+  sum=$(echo "$review" | sed -n 's/^body sha256 *\([0-9a-f]\{64\}\)$/\1/p')
+  echo "== one signature of the 2 required (signing the reviewed body $sum): the audit decrypt is refused"
+  bin/custodyctl order sign "$order" $intake --key run/orders/judge-1.key --sha256 "$sum" >/dev/null
   if $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation; then
     echo "unexpected: allowed" >&2; exit 1
   fi
   echo "== second signature: quorum met, the escrow stanza opens on the HSM"
-  bin/custodyctl order sign "$order" $intake --key run/orders/judge-2.key >/dev/null
+  bin/custodyctl order sign "$order" $intake --key run/orders/judge-2.key --sha256 "$sum" >/dev/null
   $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation
 fi
 echo "== the access log, verified offline once the daemon has signed its next checkpoint (within 1 s)"

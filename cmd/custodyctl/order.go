@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,13 +31,22 @@ const orderUsage = `custodyctl order — court orders in Vault, for the legal in
         --id ID --auditor PRINCIPAL --purpose P --authority TEXT --document FILE
         --not-before T --not-after T --max-uses N
         [--transactions a,b] [--jobs a,b] [--created-from T --created-until T]
+        [--supersedes OLD_ID]
         The order document is hashed locally (SHA-256); only the hash goes to Vault.
-        Times are RFC 3339. The order starts with no signatures.
-  order sign ID --key SIGNER_KEY_FILE [--signer NAME]
-        Add your signature (the key file is mode 0400/0600; the signer name is
-        taken from the file unless --signer is given).
+        Times are RFC 3339. The order starts with no signatures; its body is
+        written once and never changes. To amend an order, create a new one with
+        --supersedes OLD_ID: OLD_ID is revoked at once, and custodyd accepts the
+        new order only while OLD_ID stays revoked.
+  order sign ID
+        Show the body Vault holds (canonical form) and its SHA-256; signs nothing.
+  order sign ID --key SIGNER_KEY_FILE (--sha256 HASH | --body FILE) [--signer NAME]
+        Sign, only if Vault's body is the one you reviewed: HASH is the SHA-256
+        that "order sign ID" or "order show ID" printed, or FILE is your reviewed
+        copy of the body (JSON; its canonical form must equal Vault's). Anything
+        else is refused and nothing is signed. The key file is mode 0400/0600;
+        the signer name is taken from the file unless --signer is given.
   order revoke ID --reason TEXT     Write the order's revocation (once; irreversible).
-  order show ID                     The order, its signatures and revocation.
+  order show ID                     The order, its body's SHA-256, signatures and revocation.
   order list                        Order ids.
   order keygen --out FILE --name NAME
         Make a signer key pair: FILE (mode 0400) holds the private key; the
@@ -83,8 +94,11 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 	jobs := fs.String("jobs", "", "")
 	createdFrom := fs.String("created-from", "", "")
 	createdUntil := fs.String("created-until", "", "")
+	supersedes := fs.String("supersedes", "", "")
 	// sign, revoke, keygen
 	keyFile := fs.String("key", "", "")
+	reviewed := fs.String("sha256", "", "")
+	bodyFile := fs.String("body", "", "")
 	signer := fs.String("signer", "", "")
 	reason := fs.String("reason", "", "")
 	out := fs.String("out", "", "")
@@ -152,6 +166,12 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 		if o.Version == 0 {
 			o.Version = orders.FormatVersion
 		}
+		if *supersedes != "" {
+			if o.Supersedes != "" && o.Supersedes != *supersedes {
+				return usageError{"order create: --supersedes differs from the file's supersedes"}
+			}
+			o.Supersedes = *supersedes
+		}
 		if *document != "" {
 			doc, err := os.ReadFile(*document)
 			if err != nil {
@@ -164,33 +184,28 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 		if err != nil {
 			return err
 		}
-		return printResult(stdout, jsonOut, map[string]any{"id": o.ID, "version": v, "document_sha256": o.DocumentSHA256},
-			fmt.Sprintf("created order %s (version %d, document %s); it needs its signatures: custodyctl order sign %s --key FILE\n", o.ID, v, o.DocumentSHA256, o.ID))
+		if o.Supersedes != "" {
+			// The amendment counts only once the old order is revoked
+			// (custodyd checks); revoke it now.
+			err := in.Revoke(ctx, o.Supersedes, "superseded by "+o.ID, currentUser(), time.Now())
+			if err != nil && !errors.Is(err, orders.ErrExists) {
+				return fmt.Errorf("created order %s, but revoking the order it supersedes failed: %w; run: custodyctl order revoke %s --reason \"superseded by %s\" (until then custodyd refuses %s)",
+					o.ID, err, o.Supersedes, o.ID, o.ID)
+			}
+		}
+		text := fmt.Sprintf("created order %s (version %d, document %s)\nbody sha256 %s\n", o.ID, v, o.DocumentSHA256, o.BodySHA256())
+		if o.Supersedes != "" {
+			text += fmt.Sprintf("order %s is revoked: superseded by %s\n", o.Supersedes, o.ID)
+		}
+		text += fmt.Sprintf("it needs its signatures: each signer reviews it with custodyctl order sign %s, then signs with --sha256\n", o.ID)
+		return printResult(stdout, jsonOut, map[string]any{"id": o.ID, "version": v, "document_sha256": o.DocumentSHA256,
+			"body_sha256": o.BodySHA256(), "supersedes": o.Supersedes}, text)
 	case "sign":
 		oid, err := one()
 		if err != nil {
 			return err
 		}
-		if *keyFile == "" {
-			return usageError{"order sign: --key SIGNER_KEY_FILE is required"}
-		}
-		key, keyName, err := orders.LoadPrivateKey(*keyFile)
-		if err != nil {
-			return err
-		}
-		defer clear(key)
-		if *signer != "" {
-			keyName = *signer
-		}
-		if keyName == "" {
-			return usageError{"order sign: the key file names no signer; give --signer NAME"}
-		}
-		v, err := in.Sign(ctx, oid, keyName, key)
-		if err != nil {
-			return err
-		}
-		return printResult(stdout, jsonOut, map[string]any{"id": oid, "version": v, "signer": keyName},
-			fmt.Sprintf("signed order %s as %s (version %d)\n", oid, keyName, v))
+		return orderSign(ctx, in, oid, *keyFile, *signer, *reviewed, *bodyFile, stdout, jsonOut)
 	case "revoke":
 		oid, err := one()
 		if err != nil {
@@ -199,11 +214,7 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 		if *reason == "" {
 			return usageError{"order revoke: --reason is required"}
 		}
-		by := ""
-		if u, err := user.Current(); err == nil {
-			by = u.Username
-		}
-		if err := in.Revoke(ctx, oid, *reason, by, time.Now()); err != nil {
+		if err := in.Revoke(ctx, oid, *reason, currentUser(), time.Now()); err != nil {
 			return err
 		}
 		return printResult(stdout, jsonOut, map[string]any{"id": oid, "revoked": true}, fmt.Sprintf("revoked order %s\n", oid))
@@ -216,30 +227,31 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 		if err != nil {
 			return err
 		}
+		changed := in.Unchanged(ctx, rec, v)
+		if changed != nil && !errors.Is(changed, orders.ErrBodyChanged) {
+			return changed
+		}
 		if jsonOut {
-			return json.NewEncoder(stdout).Encode(map[string]any{"version": v, "record": rec, "revocation": rev})
+			out := map[string]any{"version": v, "record": rec, "revocation": rev, "body_sha256": rec.Order.BodySHA256(), "body_unchanged": changed == nil}
+			if changed != nil {
+				out["body_problem"] = changed.Error()
+			}
+			return json.NewEncoder(stdout).Encode(out)
 		}
-		o := rec.Order
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "order\t%s (KV version %d)\n", o.ID, v)
-		fmt.Fprintf(tw, "auditor\t%s\npurpose\t%s\nauthority\t%s\ndocument sha256\t%s\n", o.Auditor, o.Purpose, o.Authority, o.DocumentSHA256)
-		fmt.Fprintf(tw, "valid\t%s – %s\nmax uses\t%d\n", o.NotBefore.Format(time.RFC3339), o.NotAfter.Format(time.RFC3339), o.MaxUses)
-		if len(o.Scope.Transactions) > 0 {
-			fmt.Fprintf(tw, "transactions\t%s\n", strings.Join(o.Scope.Transactions, ", "))
-		}
-		if len(o.Scope.Jobs) > 0 {
-			fmt.Fprintf(tw, "jobs\t%s\n", strings.Join(o.Scope.Jobs, ", "))
-		}
-		if o.Scope.CreatedFrom != nil {
-			fmt.Fprintf(tw, "created\t%s – %s\n", o.Scope.CreatedFrom.Format(time.RFC3339), o.Scope.CreatedUntil.Format(time.RFC3339))
-		}
+		printOrder(tw, &rec.Order, v)
 		var names []string
 		for _, s := range rec.Signatures {
 			names = append(names, s.Signer)
 		}
 		fmt.Fprintf(tw, "signed by\t%s\n", strings.Join(names, ", "))
+		if changed != nil {
+			fmt.Fprintf(tw, "WARNING\t%v: custodyd refuses this order\n", changed)
+		}
 		if rev != nil {
-			fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), rev.By, rev.Reason)
+			// The revocation is read from Vault without a parser's rules:
+			// escape what is not plain text before it reaches a terminal.
+			fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), displayText(rev.By), displayText(rev.Reason))
 		}
 		return tw.Flush()
 	case "list":
@@ -256,6 +268,160 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 		return nil
 	}
 	return usageError{fmt.Sprintf("unknown order subcommand %q (see custodyctl order help)", sub)}
+}
+
+// orderSign runs `order sign`: without reviewed or bodyFile it prints the
+// body Vault holds and its SHA-256 and returns a usage error (nothing is
+// signed); with one of them it signs only if Vault's body has that hash.
+func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, reviewed, bodyFile string, stdout io.Writer, jsonOut bool) error {
+	if reviewed != "" && bodyFile != "" {
+		return usageError{"order sign: give --sha256 or --body, not both"}
+	}
+	reviewed = strings.ToLower(reviewed)
+	if reviewed != "" && !isSHA256Hex(reviewed) {
+		return usageError{"order sign: --sha256: want the 64 hex digits of the body's SHA-256, as order show prints it"}
+	}
+	var local *orders.Order
+	if bodyFile != "" {
+		raw, err := readBounded(bodyFile, orders.MaxRecordBytes)
+		if err != nil {
+			return err
+		}
+		if local, err = orders.ParseBody(raw); err != nil {
+			return usageError{fmt.Sprintf("order sign: --body %s: %v", bodyFile, err)}
+		}
+		if local.ID != id {
+			return usageError{fmt.Sprintf("order sign: --body %s holds order %q, not %q", bodyFile, local.ID, id)}
+		}
+		reviewed = local.BodySHA256()
+	}
+	keyHint := keyFile
+	if keyHint == "" {
+		keyHint = "FILE"
+	}
+	if reviewed == "" {
+		// The review step: show what would be signed, sign nothing.
+		rec, v, _, err := in.Show(ctx, id)
+		if err != nil {
+			return err
+		}
+		changed := in.Unchanged(ctx, rec, v)
+		if changed != nil && !errors.Is(changed, orders.ErrBodyChanged) {
+			return changed
+		}
+		o := &rec.Order
+		if jsonOut {
+			json.NewEncoder(stdout).Encode(map[string]any{"id": id, "version": v, "body": o, "canonical": string(o.Canonical()),
+				"body_sha256": o.BodySHA256(), "body_unchanged": changed == nil, "signed": false})
+		} else {
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			printOrder(tw, o, v)
+			tw.Flush()
+			fmt.Fprintf(stdout, "\ncanonical body (what a signature covers, after the line %q):\n%s\n", fmt.Sprintf("custody court order v%d", o.Version), o.Canonical())
+		}
+		if changed != nil {
+			return fmt.Errorf("do not sign: %w; custodyd refuses this order whatever its signatures, so legal intake must issue a new order id (and investigate who rewrote it)", changed)
+		}
+		return usageError{fmt.Sprintf("order sign: nothing signed. Compare the body above with the court's order; if it is what you mean to sign, run:\n  custodyctl order sign %s --key %s --sha256 %s\n(or --body FILE with the copy of the body you reviewed)", id, keyHint, o.BodySHA256())}
+	}
+	if keyFile == "" {
+		return usageError{"order sign: --key SIGNER_KEY_FILE is required"}
+	}
+	key, keyName, err := orders.LoadPrivateKey(keyFile)
+	if err != nil {
+		return err
+	}
+	defer clear(key)
+	if signer != "" {
+		keyName = signer
+	}
+	if keyName == "" {
+		return usageError{"order sign: the key file names no signer; give --signer NAME"}
+	}
+	v, err := in.Sign(ctx, id, keyName, key, reviewed)
+	var mismatch *orders.ReviewMismatchError
+	if errors.As(err, &mismatch) {
+		diff := ""
+		if local != nil {
+			diff = fmt.Sprintf(" (Vault's body differs from %s in: %s)", bodyFile, strings.Join(orders.DiffFields(local, mismatch.InVault), ", "))
+		}
+		return fmt.Errorf("%w%s. The body changed since your review, or you reviewed another body: run custodyctl order sign %s to see what Vault holds now, review it again against the court's order, and ask legal intake why it differs",
+			err, diff, id)
+	}
+	if errors.Is(err, orders.ErrBodyChanged) {
+		return fmt.Errorf("nothing signed: %w; custodyd refuses this order whatever its signatures, so legal intake must issue a new order id", err)
+	}
+	if err != nil {
+		return err
+	}
+	return printResult(stdout, jsonOut, map[string]any{"id": id, "version": v, "signer": keyName, "body_sha256": reviewed},
+		fmt.Sprintf("signed order %s as %s (version %d, body sha256 %s)\n", id, keyName, v, reviewed))
+}
+
+// printOrder writes an order's fields, for show and for the review step of
+// sign.
+func printOrder(tw io.Writer, o *orders.Order, v int) {
+	fmt.Fprintf(tw, "order\t%s (KV version %d, format %d)\n", o.ID, v, o.Version)
+	if o.Supersedes != "" {
+		fmt.Fprintf(tw, "supersedes\t%s (custodyd accepts this order only while %s is revoked)\n", o.Supersedes, o.Supersedes)
+	}
+	fmt.Fprintf(tw, "auditor\t%s\npurpose\t%s\nauthority\t%s\ndocument sha256\t%s\n", o.Auditor, o.Purpose, o.Authority, o.DocumentSHA256)
+	fmt.Fprintf(tw, "valid\t%s – %s\nmax uses\t%d\n", o.NotBefore.Format(time.RFC3339), o.NotAfter.Format(time.RFC3339), o.MaxUses)
+	if len(o.Scope.Transactions) > 0 {
+		fmt.Fprintf(tw, "transactions\t%s\n", strings.Join(o.Scope.Transactions, ", "))
+	}
+	if len(o.Scope.Jobs) > 0 {
+		fmt.Fprintf(tw, "jobs\t%s\n", strings.Join(o.Scope.Jobs, ", "))
+	}
+	if o.Scope.CreatedFrom != nil {
+		fmt.Fprintf(tw, "created\t%s – %s\n", o.Scope.CreatedFrom.Format(time.RFC3339), o.Scope.CreatedUntil.Format(time.RFC3339))
+	}
+	fmt.Fprintf(tw, "body sha256\t%s\n", o.BodySHA256())
+}
+
+// displayText escapes control and other non-graphic characters (Go
+// string escapes), so that text from Vault cannot drive the terminal.
+func displayText(s string) string {
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
+}
+
+// readBounded reads at most limit bytes of path; a longer file is an
+// error.
+func readBounded(path string, limit int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	return b, nil
+}
+
+func isSHA256Hex(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !('0' <= s[i] && s[i] <= '9' || 'a' <= s[i] && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// currentUser is the Unix user name for a revocation's "by", or "".
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }
 
 // intakeClient reads the user's Vault token from its file (never from

@@ -1,6 +1,7 @@
 package orders
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -249,18 +250,22 @@ func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID
 	if !idRe.MatchString(orderID) {
 		return Grant{}, fmt.Errorf("%w: %q is not a valid order id", ErrUnknown, orderID)
 	}
-	// The three reads go out at once (one round trip of latency instead of
-	// three); their answers are judged in the documented order below. The
+	// The four reads go out at once (one round trip of latency instead of
+	// four); their answers are judged in the documented order below. The
 	// counter read only seeds the first check-and-set attempt.
-	ordC := c.fetch(ctx, c.paths.data(c.paths.Orders, orderID))
-	revC := c.fetch(ctx, c.paths.data(c.paths.Revocations, orderID))
-	useC := c.fetch(ctx, c.paths.data(c.paths.Uses, orderID))
+	ordC := c.fetch(ctx, c.paths.data(c.paths.Orders, orderID), 0)
+	firstC := c.fetch(ctx, c.paths.data(c.paths.Orders, orderID), 1)
+	revC := c.fetch(ctx, c.paths.data(c.paths.Revocations, orderID), 0)
+	useC := c.fetch(ctx, c.paths.data(c.paths.Uses, orderID), 0)
 	ord := <-ordC
 	data, ver, err := ord.data, ord.version, ord.err
 	if err != nil {
 		return Grant{}, err
 	}
 	if data == nil {
+		if ver > 0 {
+			return Grant{}, fmt.Errorf("%w: %q: its current KV version %d was deleted", ErrUnknown, orderID, ver)
+		}
 		return Grant{}, fmt.Errorf("%w: %q", ErrUnknown, orderID)
 	}
 	rec, err := ParseRecord(data)
@@ -275,13 +280,27 @@ func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID
 	if err != nil {
 		return Grant{}, fmt.Errorf("order %q version %d: %w", orderID, ver, err)
 	}
+	if err := sameAsFirst(rec, ver, <-firstC); err != nil {
+		return Grant{}, err
+	}
 	rev := <-revC
 	if rev.err != nil {
 		return Grant{}, rev.err
 	}
-	if rev.data != nil {
-		// Any record revokes, even one that does not parse: fail closed.
+	if rev.data != nil || rev.version > 0 {
+		// Any record revokes, even one that does not parse, and so does
+		// one whose current version was deleted or destroyed: fail closed.
 		return Grant{}, fmt.Errorf("%w: %q", ErrRevoked, orderID)
+	}
+	if o.Supersedes != "" {
+		// One more round trip, for amendments only.
+		old := <-c.fetch(ctx, c.paths.data(c.paths.Revocations, o.Supersedes), 0)
+		if old.err != nil {
+			return Grant{}, old.err
+		}
+		if old.data == nil && old.version == 0 {
+			return Grant{}, fmt.Errorf("%w: %q amends %q, which is not revoked", ErrSupersededLive, orderID, o.Supersedes)
+		}
 	}
 	now := c.now()
 	if now.Before(o.NotBefore) {
@@ -314,15 +333,42 @@ type read struct {
 	err     error
 }
 
-// fetch reads path in its own goroutine. The channel is buffered: an answer
-// nobody waits for any more is dropped, and ctx's end stops the request.
-func (c *Checker) fetch(ctx context.Context, path string) <-chan read {
+// fetch reads version n of path (0 = the current one) in its own
+// goroutine. The channel is buffered: an answer nobody waits for any more
+// is dropped, and ctx's end stops the request.
+func (c *Checker) fetch(ctx context.Context, path string, n int) <-chan read {
 	ch := make(chan read, 1)
 	go func() {
-		data, ver, err := c.kv.read(ctx, path)
+		data, ver, err := c.kv.readVersion(ctx, path, n)
 		ch <- read{data, ver, err}
 	}()
 	return ch
+}
+
+// sameAsFirst enforces that an order body is written once: rec, read at KV
+// version ver, must carry the same canonical body as version 1 of its
+// entry (first, as read). Version 1 that is gone (deleted, destroyed, or
+// pruned by the mount's max_versions) or does not parse fails closed.
+// Errors match ErrBodyChanged, or ErrVault when first could not be read.
+func sameAsFirst(rec *Record, ver int, first read) error {
+	id := rec.Order.ID
+	if ver == 1 {
+		return nil // rec is version 1
+	}
+	if first.err != nil {
+		return first.err
+	}
+	if first.data == nil {
+		return fmt.Errorf("%w: order %q is at KV version %d and its version 1 is gone (deleted, destroyed, or beyond the mount's max_versions)", ErrBodyChanged, id, ver)
+	}
+	r1, err := ParseRecord(first.data)
+	if err != nil {
+		return fmt.Errorf("%w: order %q: KV version 1 does not parse (%v)", ErrBodyChanged, id, err)
+	}
+	if !bytes.Equal(r1.Order.Canonical(), rec.Order.Canonical()) {
+		return fmt.Errorf("%w: order %q at KV version %d has body sha256 %s, version 1 had %s", ErrBodyChanged, id, ver, rec.Order.BodySHA256(), r1.Order.BodySHA256())
+	}
+	return nil
 }
 
 // consume increments the use counter with check-and-set and returns the new
@@ -338,6 +384,11 @@ func (c *Checker) consume(ctx context.Context, orderID string, maxUses int, firs
 		data, ver, err := r.data, r.version, r.err
 		if err != nil {
 			return 0, err
+		}
+		if data == nil && ver > 0 {
+			// Deleted by someone (the daemon's policy cannot delete):
+			// starting again from zero would hand out uses again.
+			return 0, fmt.Errorf("use counter of %q: %w: its current version %d was deleted", orderID, ErrMalformed, ver)
 		}
 		var u Uses
 		if data != nil {

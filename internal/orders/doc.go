@@ -11,14 +11,30 @@
 //	<uses_path>/<id>         the use counter {"uses": n}, updated with check-and-set
 //
 // The legal intake role creates an order (cas=0), then each signer adds a
-// signature (cas = the version read). The body never changes after
-// creation: every signature covers the body's canonical encoding
-// (Order.SignedMessage), so an edited body invalidates all of them. The
-// daemon may read orders and revocations and read and write use counters,
-// nothing else (policies/vault/custodyd.hcl); the intake role may create
-// and sign orders and create revocations, never touch a counter or
-// overwrite a revocation (policies/vault/legal-intake.hcl). Vault enforces
-// both.
+// signature (cas = the version read). The body is written once: every
+// signature covers the body's canonical encoding (Order.SignedMessage),
+// which holds the order's id, so an edited body invalidates all of them and
+// a body moved under another id does not verify; and the daemon accepts a
+// record only if its body is byte for byte the body of KV version 1 of the
+// same entry (ErrBodyChanged otherwise, and also when version 1 was
+// deleted, destroyed or pruned), so even a body that carries valid
+// signatures cannot replace the first one. A signer signs only the body
+// they reviewed: Intake.Sign takes the SHA-256 of its canonical form and
+// refuses any other (ErrReviewMismatch).
+//
+// An amendment is a new order with a new id whose signed Supersedes names
+// the order it replaces; it counts only while that order is revoked
+// (ErrSupersededLive), so a narrowed order cannot be bypassed by the wider
+// one it amends. There are no in-place amendments: a new body under an
+// existing id is refused.
+//
+// The daemon may read orders and revocations and read and write use
+// counters, nothing else (policies/vault/custodyd.hcl); the intake role may
+// create and sign orders and create revocations, never touch a counter,
+// overwrite a revocation, or delete or destroy any version
+// (policies/vault/legal-intake.hcl). Vault enforces both. A revocation
+// whose current version was deleted or destroyed still revokes: only
+// deleting the entry's metadata, which neither policy grants, removes it.
 //
 // # Trust
 //
@@ -34,14 +50,16 @@
 // # The decision
 //
 // Checker.Authorize runs, in this order: the order exists → its signatures
-// are valid and meet the quorum → it is not revoked → now is inside
-// [not_before, not_after) → it names this auditor → its scope covers the
-// transaction → the purpose matches → the use counter is below max_uses and
-// is incremented with check-and-set (retried up to casAttempts times on a
-// conflict). The order, its revocation and its counter are read from Vault
-// concurrently, to pay one round trip instead of three; the answers are
-// judged in the order above, so the refusal returned is the first one in
-// that order. Each refusal is its own sentinel error (errors.go); all order
+// are valid and meet the quorum → its body is the one first written (KV
+// version 1) → it is not revoked → the order it supersedes, if any, is
+// revoked → now is inside [not_before, not_after) → it names this auditor
+// → its scope covers the transaction → the purpose matches → the use
+// counter is below max_uses and is incremented with check-and-set (retried
+// up to casAttempts times on a conflict). The order, its first version,
+// its revocation and its counter are read from Vault concurrently, to pay
+// one round trip instead of four (an amendment pays one more, for the
+// superseded order's revocation); the answers are judged in the order
+// above, so the refusal returned is the first one in that order. Each refusal is its own sentinel error (errors.go); all order
 // refusals match ErrDenied, all Vault failures match ErrVault. Everything
 // fails closed: Vault unreachable, sealed, slower than Config.Timeout,
 // refusing the daemon's token, or answering something malformed is a

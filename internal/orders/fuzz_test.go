@@ -19,8 +19,10 @@ func recordSeeds() [][]byte {
 	o2 := fixedOrder()
 	o2.Scope = orders.Scope{Jobs: []string{"job-1", "job-2"}}
 	bare, _ := json.Marshal(orders.Record{Order: *o2, Signatures: []orders.Signature{}})
+	am := fixedAmendment()
+	amended, _ := json.Marshal(orders.Record{Order: *am, Signatures: []orders.Signature{orders.Sign(am, a.name, a.key)}})
 	return [][]byte{
-		full, bare,
+		full, bare, amended,
 		[]byte(`{"order":{},"signatures":[]}`),
 		[]byte(`{"order":null}`),
 		[]byte(`{"order":{"version":1},"order":{"version":2}}`),
@@ -61,6 +63,7 @@ func FuzzParseRecord(f *testing.F) {
 // canonical encodings of valid orders.
 func FuzzParseOrder(f *testing.F) {
 	f.Add(fixedOrder().Canonical())
+	f.Add(fixedAmendment().Canonical())
 	o := fixedOrder()
 	o.Scope.Transactions = nil
 	f.Add(o.Canonical())
@@ -76,6 +79,34 @@ func FuzzParseOrder(f *testing.F) {
 		}
 		if err := o.Validate(); err != nil {
 			t.Fatalf("accepted an invalid order: %v", err)
+		}
+	})
+}
+
+// FuzzParseBody: the reviewed-copy parser never panics, accepts only valid
+// orders, and what it accepts has a canonical form that ParseOrder accepts
+// with the same SHA-256.
+func FuzzParseBody(f *testing.F) {
+	for _, o := range []*orders.Order{fixedOrder(), fixedAmendment()} {
+		f.Add(o.Canonical())
+		indented, _ := json.MarshalIndent(o, "", "  ")
+		f.Add(indented)
+	}
+	f.Add([]byte(`{"version":2,"supersedes":"x","id":"x"}`))
+	f.Add([]byte(`{"version":1,"supersedes":"order-1"}`))
+	f.Add([]byte(`{"max_uses":1,"max_uses":2}`))
+	f.Add([]byte(``))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o, err := orders.ParseBody(data)
+		if err != nil {
+			return
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("accepted an invalid order: %v", err)
+		}
+		back, err := orders.ParseOrder(o.Canonical())
+		if err != nil || back.BodySHA256() != o.BodySHA256() {
+			t.Fatalf("canonical form of an accepted body: %v", err)
 		}
 	})
 }

@@ -94,7 +94,7 @@ func (e *env) create(o *orders.Order, n int) {
 		e.t.Fatalf("create %s: %v", o.ID, err)
 	}
 	for _, s := range e.signers[:n] {
-		if _, err := e.intake.Sign(ctx, o.ID, s.name, s.key); err != nil {
+		if _, err := e.intake.Sign(ctx, o.ID, s.name, s.key, o.BodySHA256()); err != nil {
 			e.t.Fatalf("sign %s by %s: %v", o.ID, s.name, err)
 		}
 	}

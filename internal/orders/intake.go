@@ -34,7 +34,12 @@ func NewIntake(client *vault.Client, paths Paths) *Intake {
 var ErrExists = errors.New("already exists")
 
 // Create validates o and writes it with no signatures, only if no order has
-// that id (cas=0). It returns the KV version (1).
+// that id (cas=0). It returns the KV version (1). This first version fixes
+// the body for good: the daemon refuses the order if a later version
+// carries another body (ErrBodyChanged). Create does not revoke the order
+// that o supersedes; the daemon refuses o until that order is revoked
+// (ErrSupersededLive), and `custodyctl order create --supersedes` revokes
+// it right after creating o.
 func (in *Intake) Create(ctx context.Context, o *Order) (int, error) {
 	if err := o.Validate(); err != nil {
 		return 0, err
@@ -47,7 +52,8 @@ func (in *Intake) Create(ctx context.Context, o *Order) (int, error) {
 }
 
 // Show returns the order record, its KV version, and its revocation (nil
-// if none).
+// if none; a revocation whose current version was deleted still counts
+// and is returned with a reason saying so).
 func (in *Intake) Show(ctx context.Context, id string) (*Record, int, *Revocation, error) {
 	if !idRe.MatchString(id) {
 		return nil, 0, nil, fmt.Errorf("%w: %q is not a valid order id", ErrUnknown, id)
@@ -63,26 +69,54 @@ func (in *Intake) Show(ctx context.Context, id string) (*Record, int, *Revocatio
 	if err != nil {
 		return nil, ver, nil, err
 	}
-	rdata, _, err := in.kv.read(ctx, in.paths.data(in.paths.Revocations, id))
+	rdata, rver, err := in.kv.read(ctx, in.paths.data(in.paths.Revocations, id))
 	if err != nil {
 		return rec, ver, nil, err
 	}
 	var rev *Revocation
-	if rdata != nil {
+	switch {
+	case rdata != nil:
 		rev = &Revocation{}
 		if err := decodeJSON(rdata, rev); err != nil {
 			rev.Reason = "(unreadable revocation record: the order counts as revoked)"
 		}
+	case rver > 0:
+		rev = &Revocation{Reason: "(the revocation record was deleted in Vault: the order still counts as revoked)"}
 	}
 	return rec, ver, rev, nil
 }
 
-// Sign adds signer's signature to the order with check-and-set on the
-// version it read, so two signers signing at once cannot lose one another's
-// signature (the loser retries). It returns the new KV version.
-func (in *Intake) Sign(ctx context.Context, id, signer string, key ed25519.PrivateKey) (int, error) {
+// Unchanged reports whether rec, read at KV version ver, still carries
+// the body first written under its id: nil if so, an error matching
+// ErrBodyChanged if not (the daemon refuses such an order), or a Vault
+// failure.
+func (in *Intake) Unchanged(ctx context.Context, rec *Record, ver int) error {
+	var first read
+	if ver != 1 {
+		first.data, first.version, first.err = in.kv.readVersion(ctx, in.paths.data(in.paths.Orders, rec.Order.ID), 1)
+	}
+	return sameAsFirst(rec, ver, first)
+}
+
+// Sign adds signer's signature to the order, only if the body in Vault is
+// the body the signer reviewed: reviewed is the lowercase hex SHA-256 of
+// its canonical form (Order.BodySHA256, what `custodyctl order show`
+// prints). A different body is refused with a *ReviewMismatchError
+// (ErrReviewMismatch) and a body that is not the one first written under
+// the id with ErrBodyChanged; in both cases nothing is written. The write
+// uses check-and-set on the version read, so a body swapped between the
+// check and the write is caught too (the retry reads and checks again), and
+// two signers signing at once cannot lose one another's signature. It
+// returns the new KV version.
+func (in *Intake) Sign(ctx context.Context, id, signer string, key ed25519.PrivateKey, reviewed string) (int, error) {
 	if !nameRe.MatchString(signer) {
 		return 0, fmt.Errorf("signer name %q: 1-64 of [a-z0-9_-], starting with a letter", signer)
+	}
+	if !hexRe.MatchString(reviewed) {
+		return 0, fmt.Errorf("reviewed body sha256 %q: want 64 lowercase hex digits", reviewed)
+	}
+	if !idRe.MatchString(id) {
+		return 0, fmt.Errorf("%w: %q is not a valid order id", ErrUnknown, id)
 	}
 	for range casAttempts {
 		data, ver, err := in.kv.read(ctx, in.paths.data(in.paths.Orders, id))
@@ -94,6 +128,15 @@ func (in *Intake) Sign(ctx context.Context, id, signer string, key ed25519.Priva
 		}
 		rec, err := ParseRecord(data)
 		if err != nil {
+			return 0, err
+		}
+		if rec.Order.ID != id {
+			return 0, fmt.Errorf("%w: record at %q carries id %q", ErrMalformed, id, rec.Order.ID)
+		}
+		if rec.Order.BodySHA256() != reviewed {
+			return 0, &ReviewMismatchError{ID: id, Reviewed: reviewed, InVault: &rec.Order}
+		}
+		if err := in.Unchanged(ctx, rec, ver); err != nil {
 			return 0, err
 		}
 		if slices.ContainsFunc(rec.Signatures, func(s Signature) bool { return s.Signer == signer }) {

@@ -3,22 +3,34 @@ package orders
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // FormatVersion is the version of the order body and of its signed
-// encoding. A body with another version is malformed.
-const FormatVersion = 1
+// encoding that `custodyctl order create` writes. Version 2 adds the
+// optional, signed Supersedes field. Bodies of version 1 (no Supersedes)
+// are still accepted, so orders signed before version 2 keep working; a
+// body with any other version is malformed.
+const FormatVersion = 2
 
-// signedPrefix separates order signatures from any other Ed25519 signature a
-// signer's key might make.
-const signedPrefix = "custody court order v1\n"
+// minFormatVersion is the oldest body version the parser accepts.
+const minFormatVersion = 1
+
+// signedPrefix returns the domain-separation prefix of a version's signed
+// message ("custody court order v2\n"): it separates order signatures from
+// any other Ed25519 signature a signer's key might make, and a signature of
+// one format version from every other.
+func signedPrefix(version int) string { return "custody court order v" + strconv.Itoa(version) + "\n" }
 
 // Limits of an order body.
 const (
@@ -45,16 +57,17 @@ func ValidID(id string) bool { return idRe.MatchString(id) }
 
 // Order is the body of a court order: what the signers sign.
 type Order struct {
-	Version        int       `json:"version"`         // FormatVersion
-	ID             string    `json:"id"`              // the record's path segment
-	Auditor        string    `json:"auditor"`         // a principal name of the daemon's policy
-	Scope          Scope     `json:"scope"`           // which transactions
-	Purpose        string    `json:"purpose"`         // what the disclosure is for; the request must name it
-	DocumentSHA256 string    `json:"document_sha256"` // lowercase hex SHA-256 of the order document
-	Authority      string    `json:"authority"`       // issuing court or authority
-	NotBefore      time.Time `json:"not_before"`      // RFC 3339, UTC, whole seconds
-	NotAfter       time.Time `json:"not_after"`       // exclusive
-	MaxUses        int       `json:"max_uses"`        // 1..MaxUsesLimit audit decrypts
+	Version        int       `json:"version"`              // FormatVersion
+	ID             string    `json:"id"`                   // the record's path segment
+	Supersedes     string    `json:"supersedes,omitempty"` // version 2: the id of the order this one amends; counts only once that order is revoked
+	Auditor        string    `json:"auditor"`              // a principal name of the daemon's policy
+	Scope          Scope     `json:"scope"`                // which transactions
+	Purpose        string    `json:"purpose"`              // what the disclosure is for; the request must name it
+	DocumentSHA256 string    `json:"document_sha256"`      // lowercase hex SHA-256 of the order document
+	Authority      string    `json:"authority"`            // issuing court or authority
+	NotBefore      time.Time `json:"not_before"`           // RFC 3339, UTC, whole seconds
+	NotAfter       time.Time `json:"not_after"`            // exclusive
+	MaxUses        int       `json:"max_uses"`             // 1..MaxUsesLimit audit decrypts
 }
 
 // Scope says which transactions an order covers: a transaction is covered
@@ -100,11 +113,21 @@ func (o *Order) Validate() error {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrMalformed, field, fmt.Sprintf(format, args...))
 	}
-	if o.Version != FormatVersion {
-		return bad("version", "%d, want %d", o.Version, FormatVersion)
+	if o.Version < minFormatVersion || o.Version > FormatVersion {
+		return bad("version", "%d, want %d (or %d for an order made before amendments)", o.Version, FormatVersion, minFormatVersion)
 	}
 	if !idRe.MatchString(o.ID) {
 		return bad("id", "%q: 1-128 of [A-Za-z0-9._-], starting with a letter or digit", o.ID)
+	}
+	if o.Supersedes != "" {
+		switch {
+		case o.Version < 2:
+			return bad("supersedes", "needs format version 2")
+		case !idRe.MatchString(o.Supersedes):
+			return bad("supersedes", "%q is not an order id", o.Supersedes)
+		case o.Supersedes == o.ID:
+			return bad("supersedes", "an order cannot supersede itself")
+		}
 	}
 	if !nameRe.MatchString(o.Auditor) {
 		return bad("auditor", "%q is not a principal name", o.Auditor)
@@ -161,9 +184,14 @@ func (o *Order) Validate() error {
 	return nil
 }
 
+// printable reports whether s is text a signer can read as it is: graphic
+// characters and the ASCII space only. C0 and C1 controls (an escape
+// sequence could redraw the signer's terminal and hide a field), format
+// characters such as bidirectional overrides, other spaces and invalid
+// UTF-8 (U+FFFD) are refused.
 func printable(s string) bool {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == 0xfffd {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
 			return false
 		}
 	}
@@ -214,9 +242,60 @@ func (o *Order) Canonical() []byte {
 }
 
 // SignedMessage is what a signer signs: a domain-separation prefix naming
-// the format version, then Canonical.
+// the format version, then Canonical. The canonical body holds the order's
+// id (and, in version 2, the id it supersedes), so a signature binds the
+// body to its id: a body moved under another id does not verify.
 func (o *Order) SignedMessage() []byte {
-	return append([]byte(signedPrefix), o.Canonical()...)
+	return append([]byte(signedPrefix(o.Version)), o.Canonical()...)
+}
+
+// BodySHA256 is the lowercase hex SHA-256 of Canonical: what `custodyctl
+// order show` prints and what a signer confirms with `order sign
+// --sha256`.
+func (o *Order) BodySHA256() string {
+	sum := sha256.Sum256(o.Canonical())
+	return hex.EncodeToString(sum[:])
+}
+
+// bodyFields are the top-level fields of the canonical body, in canonical
+// order (for DiffFields).
+var bodyFields = []string{"version", "id", "supersedes", "auditor", "scope", "purpose", "document_sha256", "authority", "not_before", "not_after", "max_uses"}
+
+// DiffFields names the top-level body fields in which two valid orders
+// differ, in canonical order: what a signer is told when the body in Vault
+// is not the one they reviewed.
+func DiffFields(a, b *Order) []string {
+	var ma, mb map[string]json.RawMessage
+	if json.Unmarshal(a.Canonical(), &ma) != nil || json.Unmarshal(b.Canonical(), &mb) != nil {
+		return nil // cannot happen for valid orders
+	}
+	var out []string
+	for _, f := range bodyFields {
+		if !bytes.Equal(ma[f], mb[f]) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// ParseBody parses an order body that a signer reviewed, as a local file
+// (`custodyctl order sign --body FILE`): strictly (unknown fields,
+// duplicate keys and trailing data are errors, as for ParseOrder) and
+// validated, but in any JSON spelling (indented, fields in any order), since
+// only its canonical form is compared with Vault's. Errors match
+// ErrMalformed.
+func ParseBody(data []byte) (*Order, error) {
+	if len(data) > MaxRecordBytes {
+		return nil, fmt.Errorf("%w: body larger than %d bytes", ErrMalformed, MaxRecordBytes)
+	}
+	var o Order
+	if err := strictDecode(data, &o); err != nil {
+		return nil, err
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return &o, nil
 }
 
 // ParseOrder parses an order body strictly (unknown fields, trailing data
@@ -330,7 +409,9 @@ func noDuplicateKeys(data []byte) error {
 	return walk(0)
 }
 
-// Sign returns key's signature of o, for Record.Signatures.
+// Sign returns key's signature of o, for Record.Signatures. It signs
+// whatever o holds: Intake.Sign is the checked way, which signs only the
+// body the signer reviewed.
 func Sign(o *Order, signer string, key ed25519.PrivateKey) Signature {
 	sig := ed25519.Sign(key, o.SignedMessage())
 	return Signature{Signer: signer, Signature: base64.StdEncoding.EncodeToString(sig)}

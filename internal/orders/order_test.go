@@ -46,6 +46,91 @@ func TestCanonicalKnownAnswer(t *testing.T) {
 	}
 }
 
+// fixedAmendment is fixedOrder in format 2, amending order-2026-101.
+func fixedAmendment() *orders.Order {
+	o := fixedOrder()
+	o.Version, o.Supersedes = 2, "order-2026-101"
+	return o
+}
+
+// TestCanonicalKnownAnswerV2 pins format 2's signed encoding: the prefix
+// names version 2 and the signed body carries supersedes right after id.
+// The SHA-256 values were computed outside Go (sha256sum of the body line).
+func TestCanonicalKnownAnswerV2(t *testing.T) {
+	const want = `custody court order v2
+{"version":2,"id":"order-2026-117","supersedes":"order-2026-101","auditor":"auditor-a","scope":{"transactions":["tx-1"],"jobs":["job-7"],"created_from":"2026-01-01T00:00:00Z","created_until":"2026-07-01T00:00:00Z"},"purpose":"tax-investigation","document_sha256":"abababababababababababababababababababababababababababababababab","authority":"District Court <Example> & Co","not_before":"2026-11-01T00:00:00Z","not_after":"2026-12-01T00:00:00Z","max_uses":3}`
+	o := fixedAmendment()
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(o.SignedMessage()); got != want {
+		t.Fatalf("signed message\n got %s\nwant %s", got, want)
+	}
+	if got := o.BodySHA256(); got != kat2SHA256 {
+		t.Fatalf("v2 body sha256 %s, want %s", got, kat2SHA256)
+	}
+	if got := fixedOrder().BodySHA256(); got != kat1SHA256 {
+		t.Fatalf("v1 body sha256 %s, want %s", got, kat1SHA256)
+	}
+	back, err := orders.ParseOrder(o.Canonical())
+	if err != nil || string(back.Canonical()) != string(o.Canonical()) {
+		t.Fatalf("round trip: %v", err)
+	}
+	// Without supersedes, a format 2 body differs from format 1 only in the
+	// version, and the signatures do not carry over between the formats.
+	v1, v2 := fixedOrder(), fixedOrder()
+	v2.Version = 2
+	s := newSigner("judge-a")
+	ver, _ := orders.NewVerifier([]orders.Signer{s.pinned()}, 1)
+	sig := orders.Sign(v1, s.name, s.key)
+	if _, err := ver.Verify(&orders.Record{Order: *v2, Signatures: []orders.Signature{sig}}); !errors.Is(err, orders.ErrSignature) {
+		t.Fatalf("a format 1 signature verified on a format 2 body: %v", err)
+	}
+	if _, err := ver.Verify(&orders.Record{Order: *v1, Signatures: []orders.Signature{sig}}); err != nil {
+		t.Fatalf("format 1 order: %v", err)
+	}
+}
+
+// The SHA-256 of the canonical bodies of fixedOrder (format 1) and
+// fixedAmendment (format 2).
+const (
+	kat1SHA256 = "30057e1d431bb765042817d13ec993c45272b79125699b26c052612dcf356709"
+	kat2SHA256 = "1958310b5a4656e47bb193a2684587f517a568fa6d1421a469f9fd7926eb2b27"
+)
+
+func TestParseBody(t *testing.T) {
+	o := fixedAmendment()
+	indented, _ := json.MarshalIndent(o, "", "  ")
+	back, err := orders.ParseBody(indented)
+	if err != nil || back.BodySHA256() != o.BodySHA256() {
+		t.Fatalf("indented body: %v", err)
+	}
+	c := string(o.Canonical())
+	for name, in := range map[string]string{
+		"unknown field": strings.Replace(c, `"max_uses":3}`, `"max_uses":3,"extra":1}`, 1),
+		"duplicate key": strings.Replace(c, `"max_uses":3}`, `"max_uses":3,"max_uses":4}`, 1),
+		"trailing":      c + " {}",
+		"invalid":       strings.Replace(c, `"max_uses":3`, `"max_uses":0`, 1),
+		"not json":      "max_uses: 3",
+	} {
+		if _, err := orders.ParseBody([]byte(in)); !errors.Is(err, orders.ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestDiffFields(t *testing.T) {
+	a, b := fixedAmendment(), fixedAmendment()
+	if d := orders.DiffFields(a, b); len(d) != 0 {
+		t.Fatalf("same body: %v", d)
+	}
+	b.MaxUses, b.Auditor = 1000, "mallory"
+	b.Scope.Jobs = nil
+	if d := strings.Join(orders.DiffFields(a, b), ","); d != "auditor,scope,max_uses" {
+		t.Fatalf("diff %s", d)
+	}
+}
+
 func TestParseOrderRefusesNonCanonical(t *testing.T) {
 	c := string(fixedOrder().Canonical())
 	for name, in := range map[string]string{
@@ -69,12 +154,19 @@ func TestValidate(t *testing.T) {
 		field string
 		edit  func(o *orders.Order)
 	}{
-		{"version", func(o *orders.Order) { o.Version = 2 }},
+		{"version", func(o *orders.Order) { o.Version = 3 }},
+		{"version", func(o *orders.Order) { o.Version = 0 }},
+		{"supersedes", func(o *orders.Order) { o.Supersedes = "order-2026-101" }}, // fixedOrder is format 1
+		{"supersedes", func(o *orders.Order) { o.Version = 2; o.Supersedes = o.ID }},
+		{"supersedes", func(o *orders.Order) { o.Version = 2; o.Supersedes = "../x" }},
 		{"id", func(o *orders.Order) { o.ID = "a/b" }},
 		{"auditor", func(o *orders.Order) { o.Auditor = "Auditor A" }},
 		{"purpose", func(o *orders.Order) { o.Purpose = "" }},
 		{"document_sha256", func(o *orders.Order) { o.DocumentSHA256 = strings.Repeat("AB", 32) }},
 		{"authority", func(o *orders.Order) { o.Authority = "line\nbreak" }},
+		{"authority", func(o *orders.Order) { o.Authority = "Court\u009b2A hidden" }},    // C1 CSI: redraws a terminal
+		{"authority", func(o *orders.Order) { o.Authority = "Court \u202eelpmaxE" }},     // bidi override
+		{"authority", func(o *orders.Order) { o.Authority = "Court\x1b[1A max_uses 1" }}, // ESC
 		{"not_after", func(o *orders.Order) { o.NotAfter = o.NotBefore }},
 		{"not_before", func(o *orders.Order) { o.NotBefore = o.NotBefore.Add(time.Millisecond) }},
 		{"max_uses", func(o *orders.Order) { o.MaxUses = 0 }},

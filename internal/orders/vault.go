@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	vault "github.com/hashicorp/vault/api"
@@ -66,15 +67,40 @@ func NewClient(address, caCert string) (*vault.Client, error) {
 // kv reads and writes KV version 2 entries.
 type kv struct{ c *vault.Client }
 
-// read returns an entry's data as JSON and its version; a missing or
-// deleted entry is (nil, 0, nil).
+// read returns the current version of an entry: its data as JSON and its
+// version number. An entry that never existed, or whose metadata was
+// deleted, is (nil, 0, nil); an entry whose current version was deleted or
+// destroyed is (nil, n, nil) with n ≥ 1: Vault still knows it existed.
 func (k kv) read(ctx context.Context, path string) ([]byte, int, error) {
-	s, err := k.c.Logical().ReadWithContext(ctx, path)
+	return k.readVersion(ctx, path, 0)
+}
+
+// readVersion is read for version n of the entry (0 = the current one).
+// Version n that was deleted, destroyed or pruned (the mount keeps
+// max_versions) has no data.
+func (k kv) readVersion(ctx context.Context, path string, n int) ([]byte, int, error) {
+	var q map[string][]string
+	if n > 0 {
+		q = map[string][]string{"version": {strconv.Itoa(n)}}
+	}
+	s, err := k.c.Logical().ReadWithDataWithContext(ctx, path, q)
 	if err != nil {
 		return nil, 0, vaultError(ctx, err)
 	}
-	if s == nil || s.Data == nil || s.Data["data"] == nil {
+	if s == nil || s.Data == nil {
 		return nil, 0, nil
+	}
+	if s.Data["data"] == nil {
+		// KV v2 answers 404 with the metadata of a deleted or destroyed
+		// version: the entry exists.
+		if s.Data["metadata"] == nil {
+			return nil, 0, nil
+		}
+		v, err := version(s.Data["metadata"])
+		if err != nil {
+			return nil, 0, err
+		}
+		return nil, v, nil
 	}
 	data, err := json.Marshal(s.Data["data"])
 	if err != nil {

@@ -85,7 +85,7 @@ func TestAuthorizeRefusals(t *testing.T) {
 		{"no signature", func(o *orders.Order) { e.create(o, 0) }, nil, orders.ErrQuorum},
 		{"unknown signer", func(o *orders.Order) {
 			e.create(o, 2)
-			if _, err := e.intake.Sign(ctx, o.ID, mallory.name, mallory.key); err != nil {
+			if _, err := e.intake.Sign(ctx, o.ID, mallory.name, mallory.key, o.BodySHA256()); err != nil {
 				t.Fatal(err)
 			}
 		}, nil, orders.ErrUnknownSigner},
@@ -195,7 +195,7 @@ func TestVaultPolicies(t *testing.T) {
 	if _, err := daemon.Create(ctx, o2); !errors.Is(err, orders.ErrVaultDenied) {
 		t.Errorf("daemon create: %v", err)
 	}
-	if _, err := daemon.Sign(ctx, o.ID, "judge-c", e.signers[2].key); !errors.Is(err, orders.ErrVaultDenied) {
+	if _, err := daemon.Sign(ctx, o.ID, "judge-c", e.signers[2].key, o.BodySHA256()); !errors.Is(err, orders.ErrVaultDenied) {
 		t.Errorf("daemon sign: %v", err)
 	}
 	if err := daemon.Revoke(ctx, o.ID, "no", "daemon", e.now); !errors.Is(err, orders.ErrVaultDenied) {
@@ -240,7 +240,7 @@ func TestVaultPolicies(t *testing.T) {
 		t.Errorf("create twice: %v", err)
 	}
 	// Signing twice by the same signer is refused by the tool.
-	if _, err := intake.Sign(ctx, o.ID, "judge-a", e.signers[0].key); !errors.Is(err, orders.ErrExists) {
+	if _, err := intake.Sign(ctx, o.ID, "judge-a", e.signers[0].key, o.BodySHA256()); !errors.Is(err, orders.ErrExists) {
 		t.Errorf("sign twice: %v", err)
 	}
 }
@@ -416,7 +416,7 @@ func TestNewCheckerFailsClosed(t *testing.T) {
 }
 
 // BenchmarkAuthorize measures one Authorize against the dev server on
-// loopback: three concurrent reads (order, revocation, counter) and one
+// loopback: four concurrent reads (order, its version 1, revocation, counter) and one
 // check-and-set write. Compare BenchmarkKVRead and BenchmarkKVWrite.
 func BenchmarkAuthorize(b *testing.B) {
 	vs := vaulttest.Shared(b)

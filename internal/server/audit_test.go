@@ -133,7 +133,7 @@ func (a *auditHarness) issue(o *orders.Order, n int) {
 		a.t.Fatal(err)
 	}
 	for i, k := range a.signers[:n] {
-		if _, err := a.intake.Sign(ctx, o.ID, a.cfg.Signers[i].Name, k); err != nil {
+		if _, err := a.intake.Sign(ctx, o.ID, a.cfg.Signers[i].Name, k, o.BodySHA256()); err != nil {
 			a.t.Fatal(err)
 		}
 	}
@@ -209,7 +209,7 @@ func TestAuditDecryptRefusals(t *testing.T) {
 		{name: "one signature short of quorum", setup: func(o *orders.Order) { a.issue(o, 1) }, code: server.CodeOrderQuorum},
 		{name: "unknown signer", setup: func(o *orders.Order) {
 			a.issue(o, 2)
-			if _, err := a.intake.Sign(ctx, o.ID, "mallory", mallory); err != nil {
+			if _, err := a.intake.Sign(ctx, o.ID, "mallory", mallory, o.BodySHA256()); err != nil {
 				t.Fatal(err)
 			}
 		}, code: server.CodeOrderUnknownSigner},

@@ -51,25 +51,27 @@ const (
 	CodeInternal            = "internal"             // a bug or an unexpected token answer; see the daemon log
 
 	// Audit decrypt under a court order (audit.go, docs/orders.md).
-	CodeOrderUnknown       = "order_unknown"          // no order with that id in Vault
-	CodeOrderMalformed     = "order_malformed"        // the order record does not parse or breaks a rule
-	CodeOrderSignature     = "order_signature"        // a signature does not verify (forged or the body was edited)
-	CodeOrderUnknownSigner = "order_unknown_signer"   // signed by a key not pinned in the daemon's configuration
-	CodeOrderDuplicateSign = "order_duplicate_signer" // one signer signed twice
-	CodeOrderQuorum        = "order_quorum"           // fewer valid signatures than vault.quorum
-	CodeOrderRevoked       = "order_revoked"          // a revocation record exists
-	CodeOrderNotYetValid   = "order_not_yet_valid"    // before not_before
-	CodeOrderExpired       = "order_expired"          // at or after not_after
-	CodeOrderOtherAuditor  = "order_other_auditor"    // the order names another auditor principal
-	CodeOrderOutOfScope    = "order_out_of_scope"     // the transaction is outside the order's scope
-	CodeOrderPurpose       = "order_purpose"          // the purpose is not the order's
-	CodeOrderExhausted     = "order_exhausted"        // max_uses reached
-	CodeOrderContention    = "order_contention"       // the use counter kept changing under check-and-set; retry
-	CodeVaultUnavailable   = "vault_unavailable"      // Vault unreachable, or audit decrypt not configured
-	CodeVaultSealed        = "vault_sealed"           // Vault is sealed
-	CodeVaultDenied        = "vault_denied"           // Vault refused the daemon's token (policy, revoked, expired)
-	CodeVaultTimeout       = "vault_timeout"          // Vault slower than vault.timeout
-	CodeVaultError         = "vault_error"            // Vault answered with another error
+	CodeOrderUnknown       = "order_unknown"              // no order with that id in Vault
+	CodeOrderMalformed     = "order_malformed"            // the order record does not parse or breaks a rule
+	CodeOrderBodyChanged   = "order_body_changed"         // the record's body is not the one first written under its id
+	CodeOrderSignature     = "order_signature"            // a signature does not verify (forged or the body was edited)
+	CodeOrderUnknownSigner = "order_unknown_signer"       // signed by a key not pinned in the daemon's configuration
+	CodeOrderDuplicateSign = "order_duplicate_signer"     // one signer signed twice
+	CodeOrderQuorum        = "order_quorum"               // fewer valid signatures than vault.quorum
+	CodeOrderRevoked       = "order_revoked"              // a revocation record exists
+	CodeOrderSupersedes    = "order_supersedes_unrevoked" // the order amends an order that is not revoked
+	CodeOrderNotYetValid   = "order_not_yet_valid"        // before not_before
+	CodeOrderExpired       = "order_expired"              // at or after not_after
+	CodeOrderOtherAuditor  = "order_other_auditor"        // the order names another auditor principal
+	CodeOrderOutOfScope    = "order_out_of_scope"         // the transaction is outside the order's scope
+	CodeOrderPurpose       = "order_purpose"              // the purpose is not the order's
+	CodeOrderExhausted     = "order_exhausted"            // max_uses reached
+	CodeOrderContention    = "order_contention"           // the use counter kept changing under check-and-set; retry
+	CodeVaultUnavailable   = "vault_unavailable"          // Vault unreachable, or audit decrypt not configured
+	CodeVaultSealed        = "vault_sealed"               // Vault is sealed
+	CodeVaultDenied        = "vault_denied"               // Vault refused the daemon's token (policy, revoked, expired)
+	CodeVaultTimeout       = "vault_timeout"              // Vault slower than vault.timeout
+	CodeVaultError         = "vault_error"                // Vault answered with another error
 
 	// Key lifecycle (lifecycle.go).
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
@@ -203,11 +205,13 @@ var errorMap = []mapping{
 	{hsm.ErrNotFound, http.StatusInternalServerError, CodeKeyMissing, says("a registered key is missing from the token; an operator must check the token")},
 	{orders.ErrUnknown, http.StatusForbidden, CodeOrderUnknown, says("no court order with that id; check the authorization field")},
 	{orders.ErrMalformed, http.StatusForbidden, CodeOrderMalformed, says("the court order record in Vault is malformed; legal intake must re-issue it")},
+	{orders.ErrBodyChanged, http.StatusForbidden, CodeOrderBodyChanged, says("the court order's body in Vault is not the one first written under its id (rewritten, or its first version deleted); legal intake must issue a new order id and find out who rewrote it")},
 	{orders.ErrSignature, http.StatusForbidden, CodeOrderSignature, says("a signature on the court order does not verify")},
 	{orders.ErrUnknownSigner, http.StatusForbidden, CodeOrderUnknownSigner, says("the court order carries a signature by a signer this daemon does not pin")},
 	{orders.ErrDuplicateSigner, http.StatusForbidden, CodeOrderDuplicateSign, says("the court order carries two signatures by the same signer")},
 	{orders.ErrQuorum, http.StatusForbidden, CodeOrderQuorum, says("the court order has fewer valid signatures than the configured quorum")},
 	{orders.ErrRevoked, http.StatusForbidden, CodeOrderRevoked, says("the court order was revoked")},
+	{orders.ErrSupersededLive, http.StatusForbidden, CodeOrderSupersedes, says("the court order amends an order that is not revoked yet; legal intake must revoke the order it supersedes")},
 	{orders.ErrNotYetValid, http.StatusForbidden, CodeOrderNotYetValid, says("the court order is not valid yet")},
 	{orders.ErrExpired, http.StatusForbidden, CodeOrderExpired, says("the court order has expired")},
 	{orders.ErrOtherAuditor, http.StatusForbidden, CodeOrderOtherAuditor, says("the court order names another auditor")},

@@ -7,7 +7,9 @@
 # auth/token/lookup-self, renew-self and revoke-self, which custodyd uses to
 # keep its token alive and to revoke an AppRole token on shutdown.
 
-# Orders and revocations: read only. custodyd never writes an order.
+# Orders and revocations: read only (including older versions: custodyd
+# reads version 1 of an order to check that its body was never replaced).
+# custodyd never writes an order.
 path "secret/data/custody/orders/*" {
   capabilities = ["read"]
 }

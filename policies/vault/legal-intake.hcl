@@ -4,8 +4,12 @@
 # own Vault token.
 
 # Orders: create (cas=0) and update (each signer adds a signature with
-# check-and-set). An order body cannot usefully be edited: every signature
-# covers it, so an edited body has no valid signature.
+# check-and-set). Vault cannot limit an update to the signatures, so the
+# daemon enforces that the body is written once: it accepts a record only
+# if its body is exactly the body of KV version 1 (docs/orders.md). This
+# policy grants nothing on secret/delete/, secret/destroy/ or metadata
+# writes, so its holder cannot remove version 1 either. An amendment is a
+# new order id (custodyctl order create --supersedes).
 path "secret/data/custody/orders/*" {
   capabilities = ["create", "read", "update"]
 }
@@ -19,7 +23,10 @@ path "secret/metadata/custody/orders/*" {
 }
 
 # Revocations: create only. A revocation is written once; without "update"
-# Vault refuses to overwrite it, and without "delete" to remove it.
+# Vault refuses to overwrite it, and without "delete" to remove it. (A
+# writer who can delete or destroy its versions still cannot revive the
+# order: custodyd counts a deleted revocation; only deleting its metadata
+# would, and no shipped policy allows that.)
 path "secret/data/custody/revocations/*" {
   capabilities = ["create", "read"]
 }
