@@ -225,7 +225,7 @@ func (s *Server) planRewrapInto(p *rewrapPlan, in rewrapItem) error {
 				continue
 			}
 		}
-		targets = append(targets, hsm.WrapTarget{Alg: active.Alg, RecipientPublic: active.Public, Context: envelope.StanzaContext(active.Alg, active.Public)})
+		targets = append(targets, envelope.WrapTarget(active.Alg, active.Public))
 		p.idx = append(p.idx, i)
 		p.newVersions = append(p.newVersions, active)
 		p.moved = append(p.moved, movedStanza{Participant: st.ParticipantID, Escrow: i == esc, From: st.KeyVersion, To: active.Number})
@@ -253,11 +253,7 @@ func (s *Server) planRewrapInto(p *rewrapPlan, in rewrapItem) error {
 		}
 		if err == nil && v.Alg == st.Alg {
 			p.entry.KeyLabel, p.entry.KeyVersion = v.Label, int(v.Number)
-			p.req = hsm.RewrapRequest{
-				KeyLabel: v.Label, Alg: st.Alg, KDF: st.KDF, PeerPublic: st.EphemeralPublic,
-				Context:    envelope.KDFContext(st.Alg, st.KDF, st.EphemeralPublic, v.Public),
-				WrappedDEK: st.WrappedDEK, Targets: targets,
-			}
+			p.req = env.RewrapRequest(i, v.Label, v.Public, targets)
 			return nil
 		}
 		if firstErr == nil {
