@@ -28,7 +28,19 @@ if $ctl decrypt --envelope-file run/demo-sealed.json --as miner-789 --purpose ma
   echo "unexpected: allowed" >&2; exit 1
 fi
 
-# Court-order audit decrypt (needs the dev Vault that make run starts).
+# Court-order audit decrypt: needs the dev Vault that make run builds and
+# starts in the background; wait for it here, saying how far it is.
+if [ -s run/vault/port ] && [ ! -s run/vault/intake.token ]; then
+  echo "== waiting for the dev Vault (the court-order part needs it)"
+  waited=0
+  while [ ! -s run/vault/intake.token ]; do
+    note=$(head -n1 run/vault/status 2>/dev/null || true)
+    case "$note" in *failed*) echo "$note" >&2; break ;; esac
+    if [ $((waited % 30)) -eq 0 ]; then echo "  ${note:-the dev Vault is starting}"; fi
+    if [ "$waited" -ge 1800 ]; then echo "  gave up after 30 min; see run/vault/setup.log" >&2; break; fi
+    sleep 5; waited=$((waited + 5))
+  done
+fi
 if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
   export VAULT_ADDR
   VAULT_ADDR=$(cat run/vault/addr)
@@ -43,6 +55,11 @@ if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
   review=$(bin/custodyctl order sign "$order" $intake 2>/dev/null || true)
   echo "$review"
   sum=$(echo "$review" | sed -n 's/^body sha256 *\([0-9a-f]\{64\}\)$/\1/p')
+  # The daemon picks its Vault token up within a few seconds of it appearing.
+  for _ in $(seq 1 30); do
+    if ! $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation 2>&1 | grep -q vault_unavailable; then break; fi
+    sleep 1
+  done
   echo "== one signature of the 2 required (signing the reviewed body $sum): the audit decrypt is refused"
   bin/custodyctl order sign "$order" $intake --key run/orders/judge-1.key --sha256 "$sum" >/dev/null
   if $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation; then

@@ -5,7 +5,9 @@
 #    first run; no Vault package is reachable here): scripts/vault.sh build, cached outside
 #    the repository, so only the first run on a machine pays for it (~15 min on 2 cores);
 #  - with the argument "test": chromium from Debian's archive, which the tests use to
-#    render the access-log HTML report headless.
+#    render the access-log HTML report headless;
+#  - with the argument "softhsm": softhsm2 only (the first run builds Vault in the
+#    background, scripts/vault-dev.sh up).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -25,4 +27,4 @@ if [ ${#packages[@]} -gt 0 ]; then
   apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-"$here/vault.sh" build >/dev/null
+[ "${1:-}" = softhsm ] || "$here/vault.sh" build >/dev/null

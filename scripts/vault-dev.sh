@@ -1,49 +1,59 @@
 #!/usr/bin/env bash
-# The first run's court-order setup (idempotent), against a dev Vault in run/vault:
-#   - starts the dev server (scripts/vault.sh start) unless it is already running;
-#   - writes the least-privilege policies of policies/vault/;
-#   - a periodic token for custodyd (policy custodyd) in run/vault/custodyd.token and
-#     one for the legal intake role (policy legal-intake) in run/vault/intake.token (0400);
-#   - three order-signer key pairs in run/orders/ (private keys 0400);
-#   - run/custodyd.json: the default configuration plus a vault section pinning the
-#     three signers' public keys with a quorum of 2, and ceremony.auto_genesis (the
-#     demo creates its escrow and signing keys at first start, without officers).
-# Tokens and keys are never printed. A dev Vault keeps everything in memory: orders
-# last as long as this server.
+# The first run's court-order setup against a dev Vault in run/vault, in two
+# steps so that custodyd serves at once while Vault is still being built:
+#
+#   scripts/vault-dev.sh config   (needs no Vault; idempotent)
+#     - three order-signer key pairs in run/orders/ (private keys 0400);
+#     - the dev Vault's loopback port, chosen now (run/vault/port);
+#     - run/custodyd.json: the default configuration plus a vault section
+#       pinning the three signers' public keys with a quorum of 2, the token
+#       file the daemon will find once Vault is up, and run/vault/status,
+#       whose first line the daemon adds to vault_unavailable answers; and
+#       ceremony.auto_genesis (the demo creates its escrow and signing keys
+#       at first start, without officers).
+#   scripts/vault-dev.sh up       (builds Vault once if needed, then starts it)
+#     - while the Vault binary is built (about 15 minutes on a fresh machine,
+#       cached afterwards), run/vault/status says how far it is;
+#     - starts the dev server on run/vault/port unless it is already running;
+#     - writes the least-privilege policies of policies/vault/;
+#     - a periodic token for custodyd (policy custodyd) in run/vault/custodyd.token
+#       and one for the legal intake role (policy legal-intake) in
+#       run/vault/intake.token (0400); the daemon picks its token up by itself.
+#
+# Tokens and keys are never printed. A dev Vault keeps everything in memory:
+# orders last as long as this server.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dir=run/vault
-mkdir -p run/orders
-chmod 0700 run/orders
-if ! { [ -s "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }; then
-  scripts/vault.sh start "$dir" >/dev/null
-  rm -f "$dir/custodyd.token" "$dir/intake.token"   # the old server's tokens are gone with it
-fi
-vault=$(scripts/vault.sh path)
-export VAULT_ADDR VAULT_TOKEN
-VAULT_ADDR=$(cat "$dir/addr")
-VAULT_TOKEN=$(cat "$dir/root-token")
-"$vault" policy write custodyd policies/vault/custodyd.hcl >/dev/null
-"$vault" policy write legal-intake policies/vault/legal-intake.hcl >/dev/null
-for who in custodyd:custodyd intake:legal-intake; do
-  file="$dir/${who%%:*}.token"
-  if [ ! -s "$file" ]; then
-    (umask 0377; "$vault" token create -policy="${who#*:}" -period=24h -field=token > "$file")
-  fi
-done
+mkdir -p "$dir" run/orders
+chmod 0700 "$dir" run/orders
 
-signers=()
-for n in 1 2 3; do
-  key="run/orders/judge-$n.key"
-  pubfile="run/orders/judge-$n.pub.json"
-  if [ ! -s "$key" ]; then
-    bin/custodyctl order keygen --out "$key" --name "judge-$n" > "$pubfile"
+running() { [ -s "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }
+
+status() { printf '%s\n' "$*" > "$dir/status.tmp" && mv -f "$dir/status.tmp" "$dir/status"; }
+
+config() {
+  local signers=() n key pubfile
+  for n in 1 2 3; do
+    key="run/orders/judge-$n.key"
+    pubfile="run/orders/judge-$n.pub.json"
+    if [ ! -s "$key" ]; then
+      bin/custodyctl order keygen --out "$key" --name "judge-$n" > "$pubfile"
+    fi
+    signers+=("$(cat "$pubfile")")
+  done
+  if ! running; then
+    # A new dev server gets new tokens: the old ones must not be tried.
+    rm -f "$dir/custodyd.token" "$dir/intake.token" "$dir/addr"
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' > "$dir/port" 2>/dev/null \
+      || shuf -i 20000-60000 -n 1 > "$dir/port"
+    scripts/vault.sh path >/dev/null 2>&1 || status "the dev Vault is not built yet: the first run builds it in the background (about 15 min on a fresh machine; progress in run/vault/setup.log)"
   fi
-  signers+=("$(cat "$pubfile")")
-done
-signers_json=$(IFS=,; echo "${signers[*]}")
-cat > run/custodyd.json <<JSON
+  local port signers_json
+  port=$(cat "$dir/port")
+  signers_json=$(IFS=,; echo "${signers[*]}")
+  cat > run/custodyd.json <<JSON
 {
   "pkcs11": {"pin_file": "../softhsm/user.pin", "softhsm_conf": "../softhsm/softhsm2.conf"},
   "socket": {"path": "custodyd.sock"},
@@ -51,11 +61,63 @@ cat > run/custodyd.json <<JSON
   "access_log": {"dir": "log"},
   "ceremony": {"auto_genesis": true},
   "vault": {
-    "address": "$VAULT_ADDR",
+    "address": "http://127.0.0.1:$port",
     "token_file": "vault/custodyd.token",
+    "status_file": "vault/status",
     "signers": [$signers_json],
     "quorum": 2
   }
 }
 JSON
-echo "dev Vault at $VAULT_ADDR; custodyd configuration in run/custodyd.json" >&2
+  echo "custodyd configuration in run/custodyd.json (dev Vault on 127.0.0.1:$port)" >&2
+}
+
+# build builds the Vault binary if needed, keeping run/vault/status current.
+build() {
+  scripts/vault.sh path >/dev/null 2>&1 && return 0
+  local start=$SECONDS
+  scripts/vault.sh build >/dev/null &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    local min=$(( (SECONDS - start) / 60 ))
+    local left=$(( 15 - min ))
+    if [ "$left" -gt 0 ]; then
+      status "the dev Vault is still building ($min min so far, about $left min left on a fresh machine; run/vault/setup.log)"
+    else
+      status "the dev Vault is still building ($min min so far; run/vault/setup.log)"
+    fi
+    sleep 10
+  done
+  wait "$pid" || { status "the dev Vault build failed: see run/vault/setup.log, then run scripts/vault-dev.sh up"; return 1; }
+}
+
+up() {
+  build
+  if ! running; then
+    status "the dev Vault is starting"
+    rm -f "$dir/custodyd.token" "$dir/intake.token"
+    VAULT_SH_PORT=$(cat "$dir/port") scripts/vault.sh start "$dir" >/dev/null
+  fi
+  local vault
+  vault=$(scripts/vault.sh path)
+  export VAULT_ADDR VAULT_TOKEN
+  VAULT_ADDR=$(cat "$dir/addr")
+  VAULT_TOKEN=$(cat "$dir/root-token")
+  "$vault" policy write custodyd policies/vault/custodyd.hcl >/dev/null
+  "$vault" policy write legal-intake policies/vault/legal-intake.hcl >/dev/null
+  local who file
+  for who in intake:legal-intake custodyd:custodyd; do
+    file="$dir/${who%%:*}.token"
+    if [ ! -s "$file" ]; then
+      (umask 0377; "$vault" token create -policy="${who#*:}" -period=24h -field=token > "$file.tmp" && mv -f "$file.tmp" "$file")
+    fi
+  done
+  rm -f "$dir/status" # up: no note to add to refusals
+  echo "dev Vault at $VAULT_ADDR" >&2
+}
+
+case "${1:-}" in
+  config) config ;;
+  up) up ;;
+  *) echo "usage: $0 config | up" >&2; exit 2 ;;
+esac

@@ -6,7 +6,8 @@
 #   scripts/vault.sh build       build scripts/vault once into a cache outside the
 #                                repository and print the binary's path (idempotent)
 #   scripts/vault.sh path        print the cached binary's path; exit 1 if not built
-#   scripts/vault.sh start DIR   start a dev server on a free 127.0.0.1 port; writes
+#   scripts/vault.sh start DIR   start a dev server on a free 127.0.0.1 port (or on
+#                                VAULT_SH_PORT, when set: one attempt); writes
 #                                DIR/addr, DIR/root-token (0400), DIR/unseal-key (0400),
 #                                DIR/pid, DIR/vault.log; returns once Vault answers.
 #                                With VAULT_SH_WATCH_PID=P set, the server is also
@@ -69,8 +70,10 @@ start() {
   rm -f "$dir/addr" "$dir/root-token" "$dir/unseal-key" "$dir/pid"
   local token port addr attempt
   token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  for attempt in 1 2 3 4 5; do
-    port="$(free_port)"
+  local attempts=5
+  [ -z "${VAULT_SH_PORT:-}" ] || attempts=1
+  for attempt in $(seq 1 "$attempts"); do
+    port="${VAULT_SH_PORT:-$(free_port)}"
     addr="http://127.0.0.1:$port"
     # The root token reaches Vault through its environment, not its argv
     # (which every user can read in ps); it is written to a 0400 file and
@@ -108,7 +111,7 @@ start() {
     if grep -q "address already in use" "$dir/vault.log" 2>/dev/null; then continue; fi
     die "Vault did not become ready; see $dir/vault.log"
   done
-  die "no free port after 5 attempts"
+  die "no free port after $attempts attempt(s)"
 }
 
 stop() {

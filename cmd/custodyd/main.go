@@ -211,11 +211,13 @@ func cmdRun(args []string, stderr io.Writer) error {
 	daemonEvent("daemon.start", "", nil)
 
 	// Court orders: without a vault section the audit routes answer
-	// vault_unavailable; with one, a Vault that cannot be reached at start is
-	// not fatal either (every audit decrypt checks Vault and fails closed).
+	// vault_unavailable; with one, a Vault that cannot be reached or a token
+	// that is not there yet at start is not fatal either (the first run
+	// builds its dev Vault in the background): every audit decrypt checks
+	// Vault and fails closed, and the checker authenticates as soon as it can.
 	var checker server.OrderChecker
 	if cfg.Vault != nil {
-		c, err := orders.NewChecker(ctx, *cfg.Vault, orders.Options{Log: log})
+		c, err := orders.StartChecker(ctx, *cfg.Vault, orders.Options{Log: log})
 		if err != nil {
 			return fmt.Errorf("vault: %w", err)
 		}

@@ -61,11 +61,14 @@ type Checker struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	mu  sync.Mutex // guards ttl and renewable (the client guards its token)
+	mu  sync.Mutex // guards ttl, renewable, approle and authErr (the client guards its token)
 	ttl time.Duration
 	// renewable: the token can be renewed; approle: it came from a login
 	// and can be replaced by another.
 	renewable, approle bool
+	// authErr is why the Checker has no usable token yet (StartChecker,
+	// before its first successful authentication); nil once it has one.
+	authErr error
 }
 
 // NewChecker validates cfg, logs in to Vault (AppRole) or reads the token
@@ -96,6 +99,77 @@ func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) 
 		return nil, err
 	}
 	return c, nil
+}
+
+// StartChecker is NewChecker for a daemon that must serve while Vault is
+// not there yet (the first run builds its dev Vault in the background; a
+// Vault outage at boot): only an invalid cfg is an error. If the first
+// authentication fails, the Checker refuses every Authorize with
+// ErrUnavailable (saying why, and cfg.StatusFile's note) and Run retries
+// every few seconds until it succeeds, with no restart. The returned
+// error-free Checker's Ready says whether it has a token.
+func StartChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	v, err := NewVerifier(cfg.Signers, cfg.Quorum)
+	if err != nil {
+		return nil, err
+	}
+	client, err := NewClient(cfg.Address, cfg.CACert)
+	if err != nil {
+		return nil, err
+	}
+	client.SetClientTimeout(time.Duration(cfg.Timeout))
+	c := &Checker{cfg: cfg, paths: cfg.Paths(), verify: v, kv: kv{client}, client: client, log: opt.Log, now: opt.Now}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if err := c.authenticate(ctx); err != nil {
+		c.mu.Lock()
+		c.authErr = err
+		c.mu.Unlock()
+		c.log.Warn("vault: not authenticated yet; audit decrypts are refused (vault_unavailable) until it succeeds, retried every few seconds", "err", err, "note", c.statusNote())
+	}
+	return c, nil
+}
+
+// Ready is nil once the Checker holds a token, else why it does not.
+func (c *Checker) Ready() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.authErr
+}
+
+// statusNote is the first line of cfg.StatusFile, printable and at most
+// 200 bytes, or "" (no file, or nothing usable in it).
+func (c *Checker) statusNote() string {
+	if c.cfg.StatusFile == "" {
+		return ""
+	}
+	b, err := readBounded(c.cfg.StatusFile, 4096)
+	if err != nil {
+		return ""
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	if len(line) > 200 {
+		line = line[:200]
+	}
+	if !printable(string(line)) {
+		return ""
+	}
+	return string(line)
+}
+
+// unavailable wraps err, an ErrUnavailable, with the status note, if any.
+func (c *Checker) unavailable(err error) error {
+	if note := c.statusNote(); note != "" {
+		return fmt.Errorf("%w (%s)", err, note)
+	}
+	return err
 }
 
 // authenticate gets a token (AppRole login, or the token file) and learns
@@ -157,6 +231,9 @@ func (c *Checker) login(ctx context.Context) error {
 // retried; Run returns ctx's error.
 func (c *Checker) Run(ctx context.Context) error {
 	retry := 5 * time.Second
+	if err := c.waitForToken(ctx); err != nil {
+		return err
+	}
 	for {
 		c.mu.Lock()
 		ttl, renewable := c.ttl, c.renewable
@@ -193,6 +270,29 @@ func (c *Checker) Run(ctx context.Context) error {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// waitForToken retries the first authentication of a StartChecker (every
+// 2 s, up to every 30 s) until it succeeds or ctx ends.
+func (c *Checker) waitForToken(ctx context.Context) error {
+	wait := 2 * time.Second
+	for c.Ready() != nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		err := c.authenticate(ctx)
+		c.mu.Lock()
+		c.authErr = err
+		c.mu.Unlock()
+		if err == nil {
+			c.log.Info("vault: authenticated; audit decrypts are checked against Vault", "address", c.cfg.Address)
+			return nil
+		}
+		wait = min(wait*2, 30*time.Second)
+	}
+	return nil
 }
 
 func (c *Checker) renew(ctx context.Context) error {
@@ -244,6 +344,9 @@ func (c *Checker) Close() error {
 func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID, jobID string, createdAt time.Time) (Grant, error) {
 	if c == nil {
 		return Grant{}, fmt.Errorf("%w: audit decrypt is not configured", ErrUnavailable)
+	}
+	if err := c.Ready(); err != nil {
+		return Grant{}, c.unavailable(fmt.Errorf("%w: the daemon is not authenticated to Vault yet: %v", ErrUnavailable, err))
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
 	defer cancel()

@@ -39,6 +39,11 @@ type Config struct {
 	Signers []Signer `json:"signers"`
 	Quorum  int      `json:"quorum"`
 	CACert  string   `json:"ca_cert,omitempty"` // PEM file of the CA that signs Vault's TLS certificate
+	// StatusFile, optional, is a note on Vault's state that someone else
+	// keeps (the first run writes how far its dev Vault build is): its
+	// first line is added to vault_unavailable answers. It never decides
+	// anything.
+	StatusFile string `json:"status_file,omitempty"`
 }
 
 // AppRole names the files holding the AppRole credentials (mode 0400 or
@@ -179,6 +184,9 @@ func (c *Config) Validate() error {
 // ResolvePaths makes the credential file paths absolute against dir (the
 // configuration file's directory).
 func (c *Config) ResolvePaths(resolve func(string) string) {
+	if c.StatusFile != "" {
+		c.StatusFile = resolve(c.StatusFile)
+	}
 	if c.TokenFile != "" {
 		c.TokenFile = resolve(c.TokenFile)
 	}

@@ -451,3 +451,48 @@ func BenchmarkKVWrite(b *testing.B) {
 		}
 	}
 }
+
+// TestStartCheckerWaitsForVault: a daemon that starts before its Vault
+// token exists (the first run, whose dev Vault is still building) refuses
+// audit decrypts with ErrUnavailable and the status file's note, and checks
+// orders as soon as the token is there, without a restart.
+func TestStartCheckerWaitsForVault(t *testing.T) {
+	vs := vaulttest.Shared(t)
+	e := newEnv(t, vs)
+	o := e.order()
+	e.create(o, 2)
+	dir := t.TempDir()
+	cfg := e.cfg
+	cfg.TokenFile = filepath.Join(dir, "custodyd.token")
+	cfg.StatusFile = filepath.Join(dir, "status")
+	if err := os.WriteFile(cfg.StatusFile, []byte("the dev Vault is still building, about 9 min left\nmore\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := orders.NewChecker(context.Background(), cfg, orders.Options{}); !errors.Is(err, orders.ErrCredentialFile) {
+		t.Fatalf("NewChecker without a token file: %v", err)
+	}
+	c, err := orders.StartChecker(context.Background(), cfg, orders.Options{})
+	if err != nil || c.Ready() == nil {
+		t.Fatalf("StartChecker: %v, ready %v", err, c.Ready())
+	}
+	_, err = c.Authorize(context.Background(), "auditor-a", o.ID, "tax-investigation", "tx-1", "job-1", e.now)
+	if !errors.Is(err, orders.ErrUnavailable) || !strings.Contains(err.Error(), "still building, about 9 min left") || strings.Contains(err.Error(), "more") {
+		t.Fatalf("before the token: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+	if err := os.WriteFile(cfg.TokenFile, []byte(e.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not authenticated 20 s after the token file appeared: %v", c.Ready())
+		}
+		time.Sleep(100 * time.Millisecond) // polling until Ready
+	}
+	if g, err := c.Authorize(context.Background(), "auditor-a", o.ID, "tax-investigation", "tx-1", "job-1", e.now); err != nil || g.Use != 1 {
+		t.Fatalf("after the token appeared: %+v, %v", g, err)
+	}
+}
