@@ -167,9 +167,29 @@ func (c *Checker) statusNote() string {
 // unavailable wraps err, an ErrUnavailable, with the status note, if any.
 func (c *Checker) unavailable(err error) error {
 	if note := c.statusNote(); note != "" {
-		return fmt.Errorf("%w (%s)", err, note)
+		return &notedError{err: err, note: note}
 	}
 	return err
+}
+
+// notedError is a refusal with the operator's note on Vault's state.
+type notedError struct {
+	err  error
+	note string
+}
+
+func (e *notedError) Error() string { return e.err.Error() + " (" + e.note + ")" }
+func (e *notedError) Unwrap() error { return e.err }
+
+// StatusNote returns the note on Vault's state (Config.StatusFile) that an
+// ErrUnavailable refusal carries, or "": what a client may be told, where
+// the error's own text is for the daemon's log.
+func StatusNote(err error) string {
+	var n *notedError
+	if errors.As(err, &n) {
+		return n.note
+	}
+	return ""
 }
 
 // authenticate gets a token (AppRole login, or the token file) and learns

@@ -476,7 +476,7 @@ func TestStartCheckerWaitsForVault(t *testing.T) {
 		t.Fatalf("StartChecker: %v, ready %v", err, c.Ready())
 	}
 	_, err = c.Authorize(context.Background(), "auditor-a", o.ID, "tax-investigation", "tx-1", "job-1", e.now)
-	if !errors.Is(err, orders.ErrUnavailable) || !strings.Contains(err.Error(), "still building, about 9 min left") || strings.Contains(err.Error(), "more") {
+	if !errors.Is(err, orders.ErrUnavailable) || orders.StatusNote(err) != "the dev Vault is still building, about 9 min left" {
 		t.Fatalf("before the token: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

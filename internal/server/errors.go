@@ -222,7 +222,13 @@ var errorMap = []mapping{
 	{orders.ErrSealed, http.StatusServiceUnavailable, CodeVaultSealed, says("Vault is sealed; audit decrypts are refused until it is unsealed")},
 	{orders.ErrVaultDenied, http.StatusServiceUnavailable, CodeVaultDenied, says("Vault refused the daemon's token; an operator must check its Vault policy and token")},
 	{orders.ErrTimeout, http.StatusGatewayTimeout, CodeVaultTimeout, says("Vault did not answer within vault.timeout")},
-	{orders.ErrUnavailable, http.StatusServiceUnavailable, CodeVaultUnavailable, says("Vault is unreachable; audit decrypts are refused until it is back")},
+	{orders.ErrUnavailable, http.StatusServiceUnavailable, CodeVaultUnavailable, func(err error) string {
+		msg := "Vault is unreachable; audit decrypts are refused until it is back"
+		if note := orders.StatusNote(err); note != "" {
+			msg += " (" + note + ")"
+		}
+		return msg
+	}},
 	{orders.ErrVaultError, http.StatusServiceUnavailable, CodeVaultError, says("Vault answered with an error; see the daemon log")},
 	{keys.ErrNoGenesis, http.StatusConflict, CodeGenesisRequired, says("the escrow key genesis ceremony has not run on this token; officers run `custodyctl ceremony genesis` first")},
 	{keys.ErrNoDaemonKeys, http.StatusConflict, CodeGenesisRequired, says("the token has no escrow or signing key yet; officers run the genesis ceremony (`custodyctl ceremony genesis`) first")},
