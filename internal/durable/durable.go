@@ -28,7 +28,9 @@
 // syscall.ENOSPC) holds on a full disk. A file system that cannot fsync a
 // directory (EINVAL) is not an error.
 //
-// Create needs a file system with hard links (every local Linux one).
+// Create needs a file system with hard links (every local Linux one); on
+// one without (vfat, exFAT) it fails, naming the link step, and leaves
+// nothing behind.
 // Concurrent writers of the same path are the caller's to exclude; the
 // package holds no lock and no state. It uses no cgo.
 package durable
