@@ -14,6 +14,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/ceremony"
+	"custody/internal/durable"
 )
 
 const ceremonyUsage = `custodyctl ceremony — escrow key ceremonies (role officer, and your Unix user in the
@@ -376,15 +377,7 @@ func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
 	if dst == "" {
 		dst = filepath.Base(out.Name)
 	}
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(out.Data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
+	if err := durable.Create(dst, out.Data, 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.out, "wrote %s (%d bytes)\n  sha256 %s\n", dst, len(out.Data), out.SHA256)
@@ -437,15 +430,7 @@ func (c *client) shareDecrypt(args []string, stderr io.Writer) error {
 		_, err = c.out.Write(text)
 		return err
 	}
-	w, err := os.OpenFile(*outFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(text); err != nil {
-		w.Close()
-		return err
-	}
-	return w.Close()
+	return durable.Create(*outFile, text, 0o600)
 }
 
 func (c *client) shareSubmit(args []string, stdin io.Reader) error {
@@ -513,11 +498,7 @@ func (c *client) cosign(args []string, stderr io.Writer) error {
 	if dst == "" {
 		dst = pos[0]
 	}
-	tmp := dst + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := durable.Replace(dst, out, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.out, "co-signed by %s: %s\n", signer.Name(), dst)

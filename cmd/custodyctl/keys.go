@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"custody/internal/device"
+	"custody/internal/durable"
 	"custody/internal/pop"
 )
 
@@ -306,35 +307,11 @@ func parseState(b []byte) (rewrapState, error) {
 	return st, nil
 }
 
-// writeState replaces path atomically: temp file, fsync, rename, fsync dir.
+// writeState replaces path atomically (mode 0600): temp file, fsync,
+// rename, fsync dir.
 func writeState(path string, st rewrapState) error {
 	b, _ := json.Marshal(st)
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".rewrap-state-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.Replace(path, append(b, '\n'), 0o600)
 }
 
 func isTerminal(f *os.File) bool {

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"custody/internal/durable"
 	"custody/internal/orders"
 )
 
@@ -466,20 +467,7 @@ func orderKeygen(out, name string, stdout io.Writer) error {
 		return err
 	}
 	defer clear(pemBytes)
-	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(pemBytes); err != nil {
-		f.Close()
-		os.Remove(out)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
+	if err := durable.Create(out, pemBytes, 0o400); err != nil {
 		return err
 	}
 	entry := orders.Signer{Name: name, PublicKey: base64.StdEncoding.EncodeToString(pub)}

@@ -27,6 +27,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
 	"custody/internal/config"
+	"custody/internal/durable"
 	"custody/internal/keys"
 	"custody/internal/metrics"
 	"custody/internal/orders"
@@ -371,7 +372,7 @@ func cmdTokenInit(args []string, stdout io.Writer) error {
 	var names []string
 	for i, f := range files {
 		name := fmt.Sprintf("so-pin-share-%d-%s.age", i+1, offs.List[i].Name)
-		if err := writeNew(filepath.Join(*outDir, name), f); err != nil {
+		if err := durable.Create(filepath.Join(*outDir, name), f, 0o600); err != nil {
 			return err
 		}
 		names = append(names, name)
@@ -384,7 +385,7 @@ func cmdTokenInit(args []string, stdout io.Writer) error {
 		rec.TokenSerial = tokenSerial(tok.Info().Serial)
 		tok.Close()
 	}
-	if err := writeNew(filepath.Join(*outDir, "so-pin.json"), rec.Marshal()); err != nil {
+	if err := durable.Create(filepath.Join(*outDir, "so-pin.json"), rec.Marshal(), 0o600); err != nil {
 		return fmt.Errorf("token %q is initialised and the shares are written, but: %w", label, err)
 	}
 	fmt.Fprintf(stdout, "token %q initialised; user PIN from %s\n", label, cfg.PKCS11.PINFile)
@@ -398,32 +399,6 @@ func cmdTokenInit(args []string, stdout io.Writer) error {
 
 // tokenSerial keeps the printable part of a token serial (SoftHSM pads it).
 func tokenSerial(s string) string { return strings.TrimSpace(s) }
-
-// writeNew creates path (mode 0600, never replacing a file) with data and
-// makes it durable: write, fsync, fsync the directory.
-func writeNew(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
 
 func cmdPolicyCheck(args []string, stdout io.Writer) error {
 	if len(args) != 1 {

@@ -13,12 +13,13 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 	"golang.org/x/sys/unix"
+
+	"custody/internal/durable"
 )
 
 // File names in the log directory.
@@ -207,7 +208,10 @@ func (l *Log) checkPublicKey() error {
 		}
 		return nil
 	case errors.Is(err, os.ErrNotExist):
-		return writeFileAtomic(l.dir, PublicKeyFile, []byte(want), 0o644)
+		if err := durable.Create(l.path(PublicKeyFile), []byte(want), 0o644); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil
 	default:
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -594,44 +598,8 @@ func (l *Log) publishLatest() error {
 	if cur, err := os.ReadFile(l.path(CheckpointFile)); err == nil && bytes.Equal(cur, msg) {
 		return nil
 	}
-	return writeFileAtomic(l.dir, CheckpointFile, msg, 0o644)
-}
-
-// writeFileAtomic: temp file → fsync → rename → fsync the directory.
-func writeFileAtomic(dir, name string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("%w: writing %s: %v", ErrUnavailable, name, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("%w: fsync %s: %v", ErrUnavailable, dir, err)
+	if err := durable.Replace(l.path(CheckpointFile), msg, 0o644); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return nil
 }

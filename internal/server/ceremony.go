@@ -21,6 +21,7 @@ import (
 	"custody/hsm"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
+	"custody/internal/durable"
 	"custody/internal/keys"
 )
 
@@ -725,8 +726,8 @@ func (s *Server) runBackup(ctx context.Context, c *Ceremonies, r ceremony.Reques
 	}
 	add := func(name, holder string, data []byte) error {
 		p := filepath.Join(dir, name)
-		if err := writeDurable(p, data, 0o600); err != nil {
-			return err
+		if err := durable.Create(p, data, 0o600); err != nil {
+			return fmt.Errorf("ceremony output: %w", err)
 		}
 		sum := sha256Hex(data)
 		out.Outputs = append(out.Outputs, outputFile{Name: name, Path: p, SHA256: sum, Holder: holder})
@@ -831,8 +832,8 @@ func (s *Server) writeTranscript(ctx context.Context, c *Ceremonies, t *ceremony
 		return err
 	}
 	p := filepath.Join(dir, "transcript.txt")
-	if err := writeDurable(p, signed, 0o600); err != nil {
-		return err
+	if err := durable.Create(p, signed, 0o600); err != nil {
+		return fmt.Errorf("ceremony output: %w", err)
 	}
 	out.Transcript = outputFile{Name: "transcript.txt", Path: p, SHA256: sha256Hex(signed)}
 	return nil
@@ -857,44 +858,6 @@ func mkdirPrivate(dir string) error {
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
-}
-
-// writeDurable writes data to path through a temporary file: write,
-// chmod, fsync, rename, fsync the directory. An existing file is an error;
-// so is any failed step (a short write on a full disk included), after
-// which nothing is left at path.
-func writeDurable(path string, data []byte, mode os.FileMode) error {
-	if _, err := os.Lstat(path); err == nil {
-		return fmt.Errorf("ceremony output %s: %w", path, os.ErrExist)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("ceremony output %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // requireGenesis refuses audit decrypts until genesis has run on the token.
