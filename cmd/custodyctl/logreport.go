@@ -75,8 +75,7 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		return err
 	}
 	// A report says whether the log verifies, so it needs the reviewer's
-	// key like verify does. It counts the entries it reads without
-	// verifying them again (auditlog.Summarize).
+	// key like verify does.
 	v, err := reviewerKey("log report", *key, pos[0])
 	if err != nil {
 		return err

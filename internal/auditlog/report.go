@@ -12,7 +12,7 @@ import (
 
 // Burst rule: at least BurstDenials denials for one principal (or one uid,
 // for callers without a principal) within BurstWindow, the first and the
-// last included.
+// last included (custodyctl's report states it in a heading).
 const (
 	BurstDenials = 5
 	BurstWindow  = time.Minute
