@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"html/template"
 	"image/png"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"custody/internal/auditlog"
 )
@@ -198,3 +200,56 @@ func TestLogReportChromium(t *testing.T) {
 }
 
 func near(a, b uint32) bool { return a+3 >= b && b+3 >= a }
+
+// TestLogReportHostile renders (without Chromium) a log whose principal,
+// purpose, court order and codes carry terminal escapes, bidi overrides,
+// invalid UTF-8 and markup: the page holds none of them raw, shows them
+// escaped (escapeText, then HTML-escaped), and counts them like any value.
+func TestLogReportHostile(t *testing.T) {
+	const hostile = "\x1b[2J\r\n<b>x</b>&\u202e\u009b\x7f\xff"
+	dir := t.TempDir()
+	cfg := auditlog.DefaultConfig()
+	cfg.Dir, cfg.Origin = dir, "custody.test/log"
+	l, err := auditlog.Open(context.Background(), cfg, auditlog.NewSoftwareSigner(cfg.Origin, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	for i := range 6 { // a burst of denials by the hostile principal
+		e := auditlog.Entry{Time: t0.Add(time.Duration(i) * time.Second), Operation: "audit_decrypt", Principal: "p" + hostile,
+			Purpose: "u" + hostile, CourtOrder: "o" + hostile, Outcome: auditlog.Denied, Code: "c" + hostile}
+		if err := l.Record(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	html := filepath.Join(t.TempDir(), "report.html")
+	code, out, errs := ctl("log", "report", dir, "--from", "2026-11-23", "--to", "2026-11-23", "--out", html, "--key", ownKey(t, dir))
+	if code != 0 || !strings.Contains(out, "6 entries (6 denied, 6 audit decrypts, 1 denial bursts)") {
+		t.Fatalf("report: %d %s %s", code, out, errs)
+	}
+	page, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !utf8.Valid(page) {
+		t.Fatal("the report is not valid UTF-8")
+	}
+	for _, r := range string(page) {
+		if unsafeRune(r) && r != '\n' {
+			t.Fatalf("the report holds a raw %U", r)
+		}
+	}
+	if bytes.Contains(page, []byte("<b>")) {
+		t.Fatal("the report holds the entries' markup")
+	}
+	// Invalid UTF-8 became U+FFFD when recorded (Normalize).
+	esc := template.HTMLEscapeString(escapeText(strings.ToValidUTF8(hostile, "\uFFFD")))
+	for _, want := range []string{"p" + esc, "u" + esc, "o" + esc, "c" + esc, "<td>o" + esc + "</td><td>0</td><td>6</td>", "<td>6</td><td>0</td>"} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("the report lacks %q", want)
+		}
+	}
+}

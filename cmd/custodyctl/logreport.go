@@ -7,7 +7,6 @@ import (
 	"html/template"
 	"io"
 	"os"
-	"sort"
 	"time"
 
 	"custody/internal/auditlog"
@@ -20,13 +19,8 @@ const (
 	colourOrder   = "#ff7f0e"
 )
 
-// Burst rule for the anomalies section: at least burstCount denials for
-// one principal (or uid, for unknown callers) within burstWindow.
-const (
-	burstCount  = 5
-	burstWindow = time.Minute
-)
-
+// bar is an auditlog.Tally as the report shows it: Label escaped, Value
+// the entries allowed or failed, Extra those denied.
 type bar struct {
 	Label string
 	Value int
@@ -40,6 +34,7 @@ type chart struct {
 	Second string // colour of Extra, "" if none
 }
 
+// burst is an auditlog.Burst as the report shows it (Who and Codes escaped).
 type burst struct {
 	Who        string
 	Start, End time.Time
@@ -95,110 +90,33 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		}
 		d.Verify = res
 	}
-	purpose := map[string]*bar{}
-	principal := map[string]*bar{}
-	day := map[string]*bar{}
-	orders := map[string]*bar{}
-	type denial struct {
-		t    time.Time
-		i    int64
-		code string
-	}
-	denials := map[string][]denial{}
-	count := func(m map[string]*bar, k string, denied bool) {
-		if k == "" {
-			k = "(none)"
-		}
-		k = escapeText(k)
-		b := m[k]
-		if b == nil {
-			b = &bar{Label: k}
-			m[k] = b
-		}
-		if denied {
-			b.Extra++
-		} else {
-			b.Value++
-		}
-	}
-	err = auditlog.ReadEntries(pos[0], func(i int64, e auditlog.Entry) error {
-		if !f.match(e) {
-			return nil
-		}
-		d.Total++
-		denied := e.Outcome == auditlog.Denied
-		if denied {
-			d.Denied++
-			who := escapeText(e.Principal)
-			if who == "" {
-				who = fmt.Sprintf("uid %d", e.Caller.UID)
-			}
-			denials[who] = append(denials[who], denial{e.Time, i, escapeText(e.Code)})
-		}
-		if e.Outcome == auditlog.Failed {
-			d.Failed++
-		}
-		count(purpose, e.Purpose, denied)
-		count(principal, e.Principal, denied)
-		count(day, e.Time.UTC().Format("2006-01-02"), denied)
-		if e.CourtOrder != "" {
-			d.Audits++
-			count(orders, e.CourtOrder, denied)
-		}
-		return nil
-	})
+	// The window is f.from..f.to; f.match applies it again along with the
+	// other filters (--principal, --purpose, …) report accepts like query.
+	sum, err := auditlog.Summarize(pos[0], auditlog.SummaryOptions{From: f.from, To: f.to, Match: f.match})
 	if err != nil {
 		return err
 	}
-	sorted := func(m map[string]*bar, byLabel bool) []bar {
-		out := make([]bar, 0, len(m))
-		for _, b := range m {
-			out = append(out, *b)
-		}
-		sort.Slice(out, func(i, j int) bool {
-			if byLabel {
-				return out[i].Label < out[j].Label
-			}
-			if a, b := out[i].Value+out[i].Extra, out[j].Value+out[j].Extra; a != b {
-				return a > b
-			}
-			return out[i].Label < out[j].Label
-		})
-		return out
-	}
+	d.Total, d.Denied, d.Failed, d.Audits = sum.Entries, sum.Denied, sum.Failed, sum.Audits
 	d.Charts = []chart{
-		{Title: "Accesses per day (allowed or failed / denied)", Bars: sorted(day, true), Colour: colourAllowed, Second: colourDenied},
-		{Title: "Accesses per purpose", Bars: sorted(purpose, false), Colour: colourAllowed, Second: colourDenied},
-		{Title: "Accesses per principal", Bars: sorted(principal, false), Colour: colourAllowed, Second: colourDenied},
+		{Title: "Accesses per day (allowed or failed / denied)", Bars: bars(sum.Days), Colour: colourAllowed, Second: colourDenied},
+		{Title: "Accesses per purpose", Bars: bars(sum.Purposes), Colour: colourAllowed, Second: colourDenied},
+		{Title: "Accesses per principal", Bars: bars(sum.Principals), Colour: colourAllowed, Second: colourDenied},
 	}
-	d.Orders = sorted(orders, false)
+	d.Orders = bars(sum.Orders)
 	if len(d.Orders) > 0 {
 		d.Charts = append(d.Charts, chart{Title: "Audit decrypts per court order", Bars: d.Orders, Colour: colourOrder, Second: colourDenied})
 	}
-	for who, ds := range denials {
-		for i := 0; i < len(ds); {
-			j := i
-			for j+1 < len(ds) && ds[j+1].t.Sub(ds[i].t) <= burstWindow {
-				j++
-			}
-			if j-i+1 >= burstCount {
-				codes := map[string]bool{}
-				var cs []string
-				for _, x := range ds[i : j+1] {
-					if !codes[x.code] {
-						codes[x.code] = true
-						cs = append(cs, x.code)
-					}
-				}
-				sort.Strings(cs)
-				d.Bursts = append(d.Bursts, burst{Who: who, Start: ds[i].t, End: ds[j].t, Count: j - i + 1, FirstIndex: ds[i].i, Codes: fmt.Sprint(cs)})
-				i = j + 1
-			} else {
-				i++
-			}
+	for _, b := range sum.Bursts {
+		who := escapeText(b.Principal)
+		if b.Principal == "" {
+			who = fmt.Sprintf("uid %d", b.UID)
 		}
+		codes := make([]string, len(b.Codes))
+		for i, c := range b.Codes {
+			codes[i] = escapeText(c)
+		}
+		d.Bursts = append(d.Bursts, burst{Who: who, Start: b.Start, End: b.End, Count: b.Count, FirstIndex: b.FirstIndex, Codes: fmt.Sprint(codes)})
 	}
-	sort.Slice(d.Bursts, func(i, j int) bool { return d.Bursts[i].FirstIndex < d.Bursts[j].FirstIndex })
 	var buf bytes.Buffer
 	if err := reportTemplate.Execute(&buf, d); err != nil {
 		return err
@@ -210,8 +128,22 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	return nil
 }
 
+// bars converts tallies, in their order, to bars: every key escaped with
+// escapeText, "" shown as "(none)".
+func bars(ts []auditlog.Tally) []bar {
+	out := make([]bar, len(ts))
+	for i, t := range ts {
+		label := "(none)"
+		if t.Key != "" {
+			label = escapeText(t.Key)
+		}
+		out[i] = bar{Label: label, Value: t.Allowed + t.Failed, Extra: t.Denied}
+	}
+	return out
+}
+
 // svgChart draws a horizontal bar chart; every label was escaped with
-// escapeText when it was counted and is HTML-escaped here.
+// escapeText by bars and is HTML-escaped here.
 func svgChart(c chart) template.HTML {
 	const w, labelW, barH, gap = 720, 200, 18, 6
 	max := 1
