@@ -84,7 +84,7 @@ func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) 
 	if err != nil {
 		return nil, err
 	}
-	client.SetClientTimeout(cfg.Timeout.Std())
+	client.SetClientTimeout(time.Duration(cfg.Timeout))
 	c := &Checker{cfg: cfg, paths: cfg.Paths(), verify: v, kv: kv{client}, client: client, log: opt.Log, now: opt.Now}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -101,7 +101,7 @@ func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) 
 // authenticate gets a token (AppRole login, or the token file) and learns
 // its TTL.
 func (c *Checker) authenticate(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout.Std())
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
 	defer cancel()
 	if c.cfg.AppRole != nil {
 		return c.login(ctx)
@@ -196,7 +196,7 @@ func (c *Checker) Run(ctx context.Context) error {
 }
 
 func (c *Checker) renew(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout.Std())
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
 	defer cancel()
 	s, err := c.client.Auth().Token().RenewSelfWithContext(ctx, 0)
 	if err != nil {
@@ -222,7 +222,7 @@ func (c *Checker) Close() error {
 	approle := c.approle
 	c.mu.Unlock()
 	if approle {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout.Std())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.cfg.Timeout))
 		defer cancel()
 		if rerr := c.client.Auth().Token().RevokeSelfWithContext(ctx, ""); rerr != nil {
 			err = vaultError(ctx, rerr)
@@ -245,7 +245,7 @@ func (c *Checker) Authorize(ctx context.Context, auditor, orderID, purpose, txID
 	if c == nil {
 		return Grant{}, fmt.Errorf("%w: audit decrypt is not configured", ErrUnavailable)
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout.Std())
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.cfg.Timeout))
 	defer cancel()
 	if !idRe.MatchString(orderID) {
 		return Grant{}, fmt.Errorf("%w: %q is not a valid order id", ErrUnknown, orderID)

@@ -37,9 +37,10 @@ type Config struct {
 	UsesPath        string   `json:"uses_path"`
 	// Timeout bounds one Authorize call, every Vault round trip included.
 	Timeout duration.Duration `json:"timeout"`
-	Signers []Signer          `json:"signers"`
-	Quorum  int               `json:"quorum"`
-	CACert  string            `json:"ca_cert,omitempty"` // PEM file of the CA that signs Vault's TLS certificate
+	// Signers are the pinned order signers; Quorum of them must sign.
+	Signers []Signer `json:"signers"`
+	Quorum  int      `json:"quorum"`
+	CACert  string   `json:"ca_cert,omitempty"` // PEM file of the CA that signs Vault's TLS certificate
 }
 
 // AppRole names the files holding the AppRole credentials (mode 0400 or
