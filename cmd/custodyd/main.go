@@ -175,8 +175,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	} else if !done {
 		log.Warn("the escrow key genesis ceremony has not run on this token: audit decrypts are refused until officers run `custodyctl ceremony genesis`")
 	}
-	registry.SetRotateAfter(cfg.Keys.RotateAfterDuration())
-	meters.WatchKeys(registry, cfg.Keys.RotateAfterDuration())
+	registry.SetRotateAfter(cfg.Keys.RotateAfter.Std())
+	meters.WatchKeys(registry, cfg.Keys.RotateAfter.Std())
 	logSigner, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
 	if err != nil {
 		return fmt.Errorf("access log key: %w", err)
@@ -254,7 +254,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	})
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
-	go srv.RunRotation(ctx, cfg.Keys.RotationInterval())
+	go srv.RunRotation(ctx, cfg.Keys.RotationCheck.Std())
 	if cfg.Metrics.Listen != "" {
 		mln, err := listenMetrics(cfg.Metrics.Listen)
 		if err != nil {
@@ -303,7 +303,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		case <-ctx.Done():
 			notify("STOPPING=1")
 			log.Info("shutting down: finishing in-flight requests", "deadline", cfg.ShutdownTimeout)
-			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDeadline())
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Std())
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("shutdown deadline passed", "err", err)

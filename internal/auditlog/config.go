@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"custody/internal/config/duration"
 )
 
 // Config is the access log's configuration, embedded in the daemon's as
@@ -16,7 +18,7 @@ type Config struct {
 	CheckpointEvery int `json:"checkpoint_every"`
 	// CheckpointInterval: ...or once this much time passed with new entries
 	// (a Go duration, "1s"), whichever comes first, and at Close.
-	CheckpointInterval string `json:"checkpoint_interval"`
+	CheckpointInterval duration.Duration `json:"checkpoint_interval"`
 	// Origin names the log: the checkpoint's first line and the signing
 	// key's name in the signed note (no spaces, no "+").
 	Origin string `json:"origin"`
@@ -27,14 +29,14 @@ type Config struct {
 // Defaults.
 const (
 	DefaultCheckpointEvery    = 1000
-	DefaultCheckpointInterval = "1s"
+	DefaultCheckpointInterval = time.Second
 	DefaultOrigin             = "custodyd/access-log"
 	DefaultSigningKeyLabel    = "custody/log/v1"
 )
 
 // DefaultConfig is the configuration with every default; Dir is "log".
 func DefaultConfig() Config {
-	return Config{Dir: "log", CheckpointEvery: DefaultCheckpointEvery, CheckpointInterval: DefaultCheckpointInterval,
+	return Config{Dir: "log", CheckpointEvery: DefaultCheckpointEvery, CheckpointInterval: duration.Duration(DefaultCheckpointInterval),
 		Origin: DefaultOrigin, SigningKeyLabel: DefaultSigningKeyLabel}
 }
 
@@ -52,11 +54,7 @@ func (c Config) Validate() error {
 	if c.CheckpointEvery < 1 || c.CheckpointEvery > 1_000_000 {
 		return bad("checkpoint_every", "%d is not in 1..1000000", c.CheckpointEvery)
 	}
-	d, err := time.ParseDuration(c.CheckpointInterval)
-	if err != nil {
-		return bad("checkpoint_interval", "%q is not a Go duration such as \"1s\"", c.CheckpointInterval)
-	}
-	if d < 10*time.Millisecond || d > time.Hour {
+	if d := c.CheckpointInterval; d.Std() < 10*time.Millisecond || d.Std() > time.Hour {
 		return bad("checkpoint_interval", "%s is not in 10ms..1h", d)
 	}
 	if !isKeyName(c.Origin) {
@@ -66,10 +64,4 @@ func (c Config) Validate() error {
 		return bad("signing_key_label", "must be 1..128 bytes")
 	}
 	return nil
-}
-
-// Interval returns CheckpointInterval as a duration (Validate has checked it).
-func (c Config) Interval() time.Duration {
-	d, _ := time.ParseDuration(c.CheckpointInterval)
-	return d
 }

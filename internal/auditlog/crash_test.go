@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 )
 
 // crashChild is the appending process of TestKill9: it appends from 16
@@ -27,7 +28,7 @@ func init() {
 	}
 	cfg := testConfig(dir)
 	cfg.CheckpointEvery = 50
-	cfg.CheckpointInterval = "20ms"
+	cfg.CheckpointInterval = duration.Duration(20 * time.Millisecond)
 	l, err := auditlog.Open(context.Background(), cfg, testSigner(), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)

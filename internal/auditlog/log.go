@@ -506,7 +506,7 @@ func (l *Log) repair() error {
 // CheckpointInterval, whichever first, when there are new entries.
 func (l *Log) checkpointer() {
 	defer close(l.ckDone)
-	t := time.NewTicker(l.cfg.Interval())
+	t := time.NewTicker(l.cfg.CheckpointInterval.Std())
 	defer t.Stop()
 	for {
 		select {

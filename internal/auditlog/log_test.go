@@ -11,10 +11,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 )
 
 func TestVerifierKeyFormat(t *testing.T) {
@@ -212,10 +214,12 @@ func TestInvalidEntry(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
+	// checkpoint_interval is out of range here; a value that is no duration
+	// ("soon") is refused when decoding (config.TestLoadErrorsNameTheField).
 	for field, mut := range map[string]func(*auditlog.Config){
 		"dir":                 func(c *auditlog.Config) { c.Dir = "" },
 		"checkpoint_every":    func(c *auditlog.Config) { c.CheckpointEvery = 0 },
-		"checkpoint_interval": func(c *auditlog.Config) { c.CheckpointInterval = "soon" },
+		"checkpoint_interval": func(c *auditlog.Config) { c.CheckpointInterval = duration.Duration(time.Hour + 1) },
 		"origin":              func(c *auditlog.Config) { c.Origin = "a b" },
 		"signing_key_label":   func(c *auditlog.Config) { c.SigningKeyLabel = "" },
 	} {

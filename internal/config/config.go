@@ -8,6 +8,11 @@
 //
 // Validation errors name the field by its JSON path, so an operator can fix
 // the file without reading code.
+//
+// Durations (here and in the access_log and vault sections) are
+// duration.Duration: Go duration strings ("30s", "2160h"). A value that is
+// not one is refused when the file is decoded, naming the field and the
+// value; Validate checks each field's range.
 package config
 
 import (
@@ -26,6 +31,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 	"custody/internal/orders"
 )
 
@@ -51,13 +57,7 @@ type Config struct {
 	Ceremony Ceremony `json:"ceremony"`
 	// ShutdownTimeout is how long SIGTERM waits for requests in progress
 	// before custodyd exits anyway; a Go duration ("30s").
-	ShutdownTimeout string `json:"shutdown_timeout"`
-}
-
-// ShutdownDeadline returns ShutdownTimeout as a duration (Validate has checked it).
-func (c Config) ShutdownDeadline() time.Duration {
-	d, _ := time.ParseDuration(c.ShutdownTimeout)
-	return d
+	ShutdownTimeout duration.Duration `json:"shutdown_timeout"`
 }
 
 // PKCS11 says which token holds the keys.
@@ -88,9 +88,9 @@ type Socket struct {
 type Keys struct {
 	// RotateAfter is how old an active participant key may grow before the
 	// daemon rotates it (a Go duration; "2160h" = 90 days).
-	RotateAfter string `json:"rotate_after"`
+	RotateAfter duration.Duration `json:"rotate_after"`
 	// RotationCheck is how often the daemon looks for keys due ("1h").
-	RotationCheck string `json:"rotation_check"`
+	RotationCheck duration.Duration `json:"rotation_check"`
 }
 
 // Ceremony configures the escrow key ceremonies. Without an officers file
@@ -135,16 +135,6 @@ var ceremonyKinds = map[string]int{"genesis": 1, "backup": 2, "restore": 2, "rot
 // AutoGenesisOn reports AutoGenesis with its default (false).
 func (c Ceremony) AutoGenesisOn() bool { return c.AutoGenesis != nil && *c.AutoGenesis }
 
-// RotateAfterDuration and RotationInterval return the durations (Validate
-// has checked them).
-func (k Keys) RotateAfterDuration() time.Duration {
-	d, _ := time.ParseDuration(k.RotateAfter)
-	return d
-}
-
-// RotationInterval: see RotateAfterDuration.
-func (k Keys) RotationInterval() time.Duration { d, _ := time.ParseDuration(k.RotationCheck); return d }
-
 // Metrics is where Prometheus scrapes custodyd.
 type Metrics struct {
 	// Listen is "" (no metrics), a loopback TCP address ("127.0.0.1:9464",
@@ -159,15 +149,15 @@ type Limits struct {
 	// MaxInFlightPerCaller bounds the requests one Unix user may have in
 	// progress at once; more are refused with rate_limited, so one client
 	// cannot starve the HSM for the others.
-	MaxInFlightPerCaller int    `json:"max_in_flight_per_caller"`
-	RequestTimeout       string `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
+	MaxInFlightPerCaller int               `json:"max_in_flight_per_caller"`
+	RequestTimeout       duration.Duration `json:"request_timeout"` // whole request, including HSM waits; a Go duration ("60s")
 	// ReadTimeout bounds the time a connection may take to send a
 	// request's headers, from its first byte (or from accept); the body
 	// and the answer are bounded by RequestTimeout. A Go duration ("10s").
-	ReadTimeout string `json:"read_timeout"`
+	ReadTimeout duration.Duration `json:"read_timeout"`
 	// IdleTimeout closes a kept-alive connection that sends no new request
 	// for this long. A Go duration ("60s").
-	IdleTimeout string `json:"idle_timeout"`
+	IdleTimeout duration.Duration `json:"idle_timeout"`
 	// MaxConnectionsPerCaller bounds the open connections of one Unix user;
 	// one more is answered too_many_connections and closed.
 	MaxConnectionsPerCaller int `json:"max_connections_per_caller"`
@@ -182,23 +172,8 @@ type Limits struct {
 	// route and code) are counted instead of recorded one by one: the
 	// first is an entry, the rest one summary entry when the window
 	// closes (docs/auditlog.md, "Coalesced refusals"). A Go duration ("1m").
-	RefusalWindow string `json:"refusal_window"`
+	RefusalWindow duration.Duration `json:"refusal_window"`
 }
-
-// Timeout returns RequestTimeout as a duration (Validate has checked it).
-func (l Limits) Timeout() time.Duration {
-	d, _ := time.ParseDuration(l.RequestTimeout)
-	return d
-}
-
-// ReadDeadline returns ReadTimeout as a duration (Validate has checked it).
-func (l Limits) ReadDeadline() time.Duration { d, _ := time.ParseDuration(l.ReadTimeout); return d }
-
-// IdleDeadline returns IdleTimeout as a duration (Validate has checked it).
-func (l Limits) IdleDeadline() time.Duration { d, _ := time.ParseDuration(l.IdleTimeout); return d }
-
-// CoalesceWindow returns RefusalWindow as a duration (Validate has checked it).
-func (l Limits) CoalesceWindow() time.Duration { d, _ := time.ParseDuration(l.RefusalWindow); return d }
 
 func (l Limits) validate() error {
 	switch {
@@ -217,11 +192,14 @@ func (l Limits) validate() error {
 	case l.RefusalBurst < 1 || l.RefusalBurst > 1000000:
 		return errors.New("limits.refusal_burst: must be 1 to 1000000")
 	}
-	if d, err := time.ParseDuration(l.RequestTimeout); err != nil || d < time.Second {
+	if l.RequestTimeout.Std() < time.Second {
 		return fmt.Errorf("limits.request_timeout: %q is not a duration of at least 1s (e.g. \"60s\")", l.RequestTimeout)
 	}
-	for _, f := range []struct{ name, v string }{{"read_timeout", l.ReadTimeout}, {"idle_timeout", l.IdleTimeout}, {"refusal_window", l.RefusalWindow}} {
-		if d, err := time.ParseDuration(f.v); err != nil || d < time.Second || d > time.Hour {
+	for _, f := range []struct {
+		name string
+		v    duration.Duration
+	}{{"read_timeout", l.ReadTimeout}, {"idle_timeout", l.IdleTimeout}, {"refusal_window", l.RefusalWindow}} {
+		if f.v.Std() < time.Second || f.v.Std() > time.Hour {
 			return fmt.Errorf("limits.%s: %q is not a duration from 1s to 1h (e.g. \"10s\")", f.name, f.v)
 		}
 	}
@@ -240,20 +218,20 @@ func Default() Config {
 		},
 		Socket:          Socket{Path: "run/custodyd.sock", Mode: "0660"},
 		PolicyFile:      "policies/example.json",
-		ShutdownTimeout: "30s",
+		ShutdownTimeout: duration.Duration(30 * time.Second),
 		AccessLog:       defaultAccessLog(),
-		Keys:            Keys{RotateAfter: "2160h", RotationCheck: "1h"},
+		Keys:            Keys{RotateAfter: duration.Duration(2160 * time.Hour), RotationCheck: duration.Duration(time.Hour)},
 		Limits: Limits{
 			MaxBodyBytes:            8 << 20,
 			MaxBatchItems:           1000,
 			MaxInFlightPerCaller:    32,
-			RequestTimeout:          "60s",
-			ReadTimeout:             "10s",
-			IdleTimeout:             "60s",
+			RequestTimeout:          duration.Duration(60 * time.Second),
+			ReadTimeout:             duration.Duration(10 * time.Second),
+			IdleTimeout:             duration.Duration(60 * time.Second),
 			MaxConnectionsPerCaller: 256,
 			RefusalRate:             20,
 			RefusalBurst:            200,
-			RefusalWindow:           "1m",
+			RefusalWindow:           duration.Duration(time.Minute),
 		},
 	}
 }
@@ -300,6 +278,9 @@ func (c *Config) decode(data []byte) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
 		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Type == duration.Type {
+			return fmt.Errorf("%s: %s is not %s", te.Field, te.Value, duration.Want)
+		}
 		if errors.As(err, &te) {
 			return fmt.Errorf("%s: want %s", te.Field, te.Type)
 		}
@@ -372,16 +353,16 @@ func (c Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
-	if d, err := time.ParseDuration(c.ShutdownTimeout); err != nil || d < 0 || d > time.Hour {
+	if c.ShutdownTimeout.Std() < 0 || c.ShutdownTimeout.Std() > time.Hour {
 		return fmt.Errorf("shutdown_timeout: %q is not a duration from 0s to 1h (e.g. \"30s\")", c.ShutdownTimeout)
 	}
 	if err := c.Metrics.validate(); err != nil {
 		return err
 	}
-	if d, err := time.ParseDuration(c.Keys.RotateAfter); err != nil || d < time.Hour {
+	if c.Keys.RotateAfter.Std() < time.Hour {
 		return fmt.Errorf("keys.rotate_after: %q is not a duration of at least 1h (e.g. \"2160h\" for 90 days)", c.Keys.RotateAfter)
 	}
-	if d, err := time.ParseDuration(c.Keys.RotationCheck); err != nil || d < time.Second {
+	if c.Keys.RotationCheck.Std() < time.Second {
 		return fmt.Errorf("keys.rotation_check: %q is not a duration of at least 1s (e.g. \"1h\")", c.Keys.RotationCheck)
 	}
 	if err := c.AccessLog.Validate(); err != nil {

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +16,7 @@ func TestDefaultsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.SocketMode() != 0o660 || c.PKCS11.TokenLabel != "custody" || c.Limits.Timeout() != time.Minute {
+	if c.SocketMode() != 0o660 || c.PKCS11.TokenLabel != "custody" || c.Limits.RequestTimeout.Std() != time.Minute {
 		t.Errorf("defaults: %+v", c)
 	}
 }
@@ -40,7 +42,7 @@ func TestLoad(t *testing.T) {
 	if c.PKCS11.Module != Default().PKCS11.Module || c.Limits.MaxBatchItems != Default().Limits.MaxBatchItems {
 		t.Errorf("defaults not kept for absent fields: %+v", c)
 	}
-	if c.Limits.Timeout() != 5*time.Second {
+	if c.Limits.RequestTimeout.Std() != 5*time.Second {
 		t.Errorf("timeout: %v", c.Limits.RequestTimeout)
 	}
 }
@@ -74,6 +76,17 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 		{`{"limits":{"max_connections_per_caller":8,"max_in_flight_per_caller":16}}`, "limits.max_connections_per_caller"},
 		{`{"limits":{"refusal_rate":0}}`, "limits.refusal_rate"},
 		{`{"limits":{"refusal_burst":-1}}`, "limits.refusal_burst"},
+		// Durations: what is not a Go duration string is refused when
+		// decoding, naming the field and the value; the range per field.
+		{`{"limits":{"request_timeout":30}}`, `limits.request_timeout: 30 is not a Go duration`},
+		{`{"limits":{"idle_timeout":""}}`, `limits.idle_timeout: "" is not a Go duration`},
+		{`{"keys":{"rotate_after":"1x"}}`, `keys.rotate_after: "1x" is not a Go duration`},
+		{`{"keys":{"rotation_check":"-1h"}}`, "keys.rotation_check"},
+		{`{"shutdown_timeout":"-1s"}`, "shutdown_timeout"},
+		{`{"limits":{"refusal_window":"-1m"}}`, "limits.refusal_window"},
+		{`{"access_log":{"checkpoint_interval":"soon"}}`, `access_log.checkpoint_interval: "soon" is not a Go duration`},
+		{`{"access_log":{"checkpoint_interval":"5ms"}}`, "access_log.checkpoint_interval"},
+		{`{"vault":{"timeout":"2"}}`, `vault.timeout: "2" is not a Go duration`},
 		{`{"sokcet":{}}`, `unknown field "sokcet"`},
 		{`{} {}`, "trailing data"},
 		{`[`, "unexpected EOF"},
@@ -90,6 +103,40 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 	}
 }
 
+// TestDurationsRoundTrip: `custodyd config check` prints durations as Go
+// duration strings, and what it prints loads back to the same configuration.
+func TestDurationsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.json")
+	os.WriteFile(path, []byte(`{"shutdown_timeout":"90s","keys":{"rotate_after":"720h"},"limits":{"refusal_window":"1500ms"},
+		"access_log":{"checkpoint_interval":"250ms"}}`), 0o644)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ShutdownTimeout.Std() != 90*time.Second || c.Keys.RotateAfter.Std() != 720*time.Hour || c.Limits.RefusalWindow.Std() != 1500*time.Millisecond ||
+		c.AccessLog.CheckpointInterval.Std() != 250*time.Millisecond || c.Keys.RotationCheck.Std() != time.Hour {
+		t.Fatalf("loaded: %+v", c)
+	}
+	out, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"shutdown_timeout": "1m30s"`, `"rotate_after": "720h"`, `"rotation_check": "1h"`, `"request_timeout": "1m"`,
+		`"read_timeout": "10s"`, `"refusal_window": "1.5s"`, `"checkpoint_interval": "250ms"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("config check output lacks %s:\n%s", want, out)
+		}
+	}
+	back := Default()
+	if err := back.decode(out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, c) {
+		t.Errorf("printed configuration loads back as\n%+v\nnot\n%+v", back, c)
+	}
+}
+
 // FuzzDecode: any input either fails to load or yields a configuration that
 // validates; nothing panics.
 func FuzzDecode(f *testing.F) {
@@ -98,6 +145,8 @@ func FuzzDecode(f *testing.F) {
 		`{"pkcs11":{"module":"/usr/lib/softhsm/libsofthsm2.so","token_label":"custody","pin_file":"p","sessions":4,"recycle_after":-1},"socket":{"path":"s.sock","mode":"0660"},"policy_file":"p.json","limits":{"max_body_bytes":4096,"max_batch_items":10,"request_timeout":"2s"}}`,
 		`{"socket":{"mode":"0777"}}`,
 		`{"limits":{"request_timeout":"1h"}}`,
+		`{"limits":{"read_timeout":"1x"},"keys":{"rotate_after":"2160h"}}`,
+		`{"shutdown_timeout":30,"access_log":{"checkpoint_interval":"-1s"}}`,
 	} {
 		f.Add([]byte(s))
 	}

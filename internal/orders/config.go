@@ -3,12 +3,13 @@ package orders
 import (
 	"crypto/ed25519"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"time"
+
+	"custody/internal/config/duration"
 )
 
 // Config is the daemon's Vault section ("vault" in its configuration file).
@@ -35,7 +36,8 @@ type Config struct {
 	RevocationsPath string   `json:"revocations_path"`
 	UsesPath        string   `json:"uses_path"`
 	// Timeout bounds one Authorize call, every Vault round trip included.
-	Timeout Duration `json:"timeout"`
+	Timeout duration.Duration `json:"timeout"`
+	// Signers are the pinned order signers; Quorum of them must sign.
 	Signers []Signer `json:"signers"`
 	Quorum  int      `json:"quorum"`
 	CACert  string   `json:"ca_cert,omitempty"` // PEM file of the CA that signs Vault's TLS certificate
@@ -70,26 +72,6 @@ func (s Signer) Key() (ed25519.PublicKey, error) {
 	}
 	return ed25519.PublicKey(b), nil
 }
-
-// Duration is a time.Duration written as a Go duration string ("2s").
-type Duration time.Duration
-
-// UnmarshalJSON reads "1500ms", "2s", ….
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration string such as \"2s\"")
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalJSON writes the duration string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // Defaults for the fields Validate fills in when they are empty.
 const (
@@ -150,10 +132,10 @@ func (c *Config) Validate() error {
 		return bad("uses_path", "orders_path, revocations_path and uses_path must differ")
 	}
 	if c.Timeout == 0 {
-		c.Timeout = Duration(DefaultTimeout)
+		c.Timeout = duration.Duration(DefaultTimeout)
 	}
-	if c.Timeout < Duration(10*time.Millisecond) || c.Timeout > Duration(time.Minute) {
-		return bad("timeout", "%s, want 10ms..1m", time.Duration(c.Timeout))
+	if c.Timeout.Std() < 10*time.Millisecond || c.Timeout.Std() > time.Minute {
+		return bad("timeout", "%s, want 10ms..1m", c.Timeout)
 	}
 	if len(c.Signers) == 0 {
 		return bad("signers", "at least one pinned signer is required")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/config/duration"
 	"custody/internal/orders"
 	"custody/internal/orders/vaulttest"
 )
@@ -58,7 +59,7 @@ func newEnv(t testing.TB, vs *vaulttest.Server) *env {
 	e.intake = orders.NewIntake(vs.Client(t, vs.Token(t, "legal-intake")), orders.DefaultPaths)
 	e.root = orders.NewIntake(vs.Root(t), orders.DefaultPaths)
 	e.token = vs.Token(t, "custodyd")
-	e.cfg = orders.Config{Address: vs.Addr, TokenFile: vaulttest.TokenFile(t, e.token), Timeout: orders.Duration(3 * time.Second), Quorum: 2}
+	e.cfg = orders.Config{Address: vs.Addr, TokenFile: vaulttest.TokenFile(t, e.token), Timeout: duration.Duration(3 * time.Second), Quorum: 2}
 	for _, s := range e.signers {
 		e.cfg.Signers = append(e.cfg.Signers, s.pinned())
 	}

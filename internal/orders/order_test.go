@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/config/duration"
 	"custody/internal/orders"
 )
 
@@ -250,7 +251,7 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if ok.Mount != "secret" || ok.OrdersPath != "custody/orders" || ok.Timeout != orders.Duration(2*time.Second) {
+	if ok.Mount != "secret" || ok.OrdersPath != "custody/orders" || ok.Timeout != duration.Duration(2*time.Second) {
 		t.Fatalf("defaults: %+v", ok)
 	}
 	for field, edit := range map[string]func(c *orders.Config){
@@ -260,7 +261,7 @@ func TestConfigValidate(t *testing.T) {
 		"approle.role_id_file": func(c *orders.Config) { c.TokenFile = ""; c.AppRole = &orders.AppRole{SecretIDFile: "s"} },
 		"kv_mount":             func(c *orders.Config) { c.Mount = "a//b" },
 		"uses_path":            func(c *orders.Config) { c.UsesPath = "custody/orders" },
-		"timeout":              func(c *orders.Config) { c.Timeout = orders.Duration(time.Hour) },
+		"timeout":              func(c *orders.Config) { c.Timeout = duration.Duration(time.Hour) },
 		"signers":              func(c *orders.Config) { c.Signers = nil },
 		"signers[1].name":      func(c *orders.Config) { c.Signers[1].Name = "judge-a" },
 		"signers[1].public_key": func(c *orders.Config) {
@@ -280,7 +281,7 @@ func TestConfigValidate(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"address":"http://127.0.0.1:1","token_file":"t","timeout":"1500ms","quorum":1,"signers":[{"name":"judge-a","public_key":"`+a.pinned().PublicKey+`"}]}`), &c); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Validate(); err != nil || c.Timeout != orders.Duration(1500*time.Millisecond) {
+	if err := c.Validate(); err != nil || c.Timeout != duration.Duration(1500*time.Millisecond) {
 		t.Fatalf("from JSON: %v %v", err, c.Timeout)
 	}
 }

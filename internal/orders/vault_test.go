@@ -14,6 +14,7 @@ import (
 
 	vault "github.com/hashicorp/vault/api"
 
+	"custody/internal/config/duration"
 	"custody/internal/orders"
 	"custody/internal/orders/vaulttest"
 )
@@ -329,7 +330,7 @@ func TestVaultSlow(t *testing.T) {
 	// A checker authenticated against the real Vault, then moved to the
 	// silent address (the client keeps its token).
 	cfg := e.cfg
-	cfg.Timeout = orders.Duration(300 * time.Millisecond)
+	cfg.Timeout = duration.Duration(300 * time.Millisecond)
 	c, err := orders.NewChecker(context.Background(), cfg, orders.Options{})
 	if err != nil {
 		t.Fatal(err)

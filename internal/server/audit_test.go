@@ -17,6 +17,7 @@ import (
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 	"custody/internal/orders"
 	"custody/internal/orders/vaulttest"
 	"custody/internal/policy"
@@ -75,7 +76,7 @@ func newAuditHarnessAt(t testing.TB, vs *vaulttest.Server, addr string, timeout 
 		t.Fatal("auditPolicy: testPolicy changed shape; give root's principal the auditor role again")
 	}
 	a := &auditHarness{vault: vs, wall: time.Now().UTC().Truncate(time.Second)}
-	a.cfg = orders.Config{Address: addr, Timeout: orders.Duration(timeout), Quorum: 2}
+	a.cfg = orders.Config{Address: addr, Timeout: duration.Duration(timeout), Quorum: 2}
 	for _, name := range []string{"judge-a", "judge-b", "judge-c"} {
 		pub, k, _ := ed25519.GenerateKey(nil)
 		a.signers = append(a.signers, k)

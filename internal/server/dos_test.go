@@ -22,6 +22,7 @@ import (
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 	"custody/internal/server"
 )
 
@@ -249,8 +250,8 @@ func newDoSHarness(t *testing.T, adjust func(*server.Deps)) *harness {
 	h := newHarnessWith(t, func(d *server.Deps) {
 		d.Limits.MaxInFlightPerCaller = 2
 		d.Limits.MaxConnectionsPerCaller = 4
-		d.Limits.ReadTimeout = "2s"
-		d.Limits.IdleTimeout = "2s"
+		d.Limits.ReadTimeout = duration.Duration(2 * time.Second)
+		d.Limits.IdleTimeout = duration.Duration(2 * time.Second)
 		d.Limits.MaxBatchItems = 1000
 		if adjust != nil {
 			adjust(d)
@@ -392,7 +393,7 @@ func TestRefusalFloodIsCoalesced(t *testing.T) {
 	h := newDoSHarness(t, func(d *server.Deps) {
 		d.Limits.MaxConnectionsPerCaller = 16
 		d.Limits.RefusalRate, d.Limits.RefusalBurst = rate, burst
-		d.Limits.RefusalWindow = "1h" // the summaries are written at shutdown
+		d.Limits.RefusalWindow = duration.Duration(time.Hour) // the summaries are written at shutdown
 	})
 	h.register("client-1", "miner-1")
 	env := h.seal("tx-1", "client-1", "miner-1")
@@ -473,7 +474,7 @@ func TestRefusalFloodIsCoalesced(t *testing.T) {
 // shutdown needed), and the counts add up to every refusal it received.
 func TestCoalescedRefusalWindowCloses(t *testing.T) {
 	h := newHarnessWith(t, func(d *server.Deps) {
-		d.Limits.RefusalWindow = "1s"
+		d.Limits.RefusalWindow = duration.Duration(time.Second)
 		d.Limits.RefusalBurst = 100000 // this test is about the window, not the bucket
 	})
 	u := users[otherUser] // unknown_caller under testPolicy

@@ -328,7 +328,7 @@ func (l *connLimiter) refuse(c net.Conn, p peer, answer bool) {
 			rq.principal = pr
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.Limits.Timeout())
+	ctx, cancel := context.WithTimeout(context.Background(), s.Limits.RequestTimeout.Std())
 	defer cancel()
 	if err := s.recordRefusal(ctx, rq, "connect", "connect", ae); err != nil {
 		ae = classify(err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/config/duration"
 	"custody/internal/server"
 )
 
@@ -83,7 +84,7 @@ func TestPerCallerLimit(t *testing.T) {
 func TestStalledClientsReleaseTheirSlot(t *testing.T) {
 	h := newHarnessWith(t, func(d *server.Deps) {
 		d.Limits.MaxInFlightPerCaller = 1
-		d.Limits.RequestTimeout = "1s"
+		d.Limits.RequestTimeout = duration.Duration(time.Second)
 	})
 	h.register("miner-1")
 	in := filepath.Join(t.TempDir(), "in.jsonl")

@@ -15,6 +15,7 @@ import (
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/config/duration"
 	"custody/internal/server"
 )
 
@@ -36,7 +37,7 @@ func TestLogRoutesRealDaemon(t *testing.T) {
 	h := newHarnessWith(t, func(d *server.Deps) {
 		ctx := context.Background()
 		cfg := auditlog.DefaultConfig()
-		cfg.Dir, cfg.CheckpointInterval = dir, "20ms"
+		cfg.Dir, cfg.CheckpointInterval = dir, duration.Duration(20*time.Millisecond)
 		s, _, err := auditlog.EnsureDeviceSigner(ctx, d.Token.(*hsm.Token), cfg.Origin, cfg.SigningKeyLabel, time.Now())
 		if err != nil {
 			t.Fatal(err)

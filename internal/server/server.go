@@ -99,7 +99,7 @@ func New(d Deps) *Server {
 	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize),
 		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
 		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
-		refused: &coalescer{rec: d.Recorder, log: d.Log, now: d.Now, window: max(d.Limits.CoalesceWindow(), time.Second),
+		refused: &coalescer{rec: d.Recorder, log: d.Log, now: d.Now, window: max(d.Limits.RefusalWindow.Std(), time.Second),
 			open: map[refusalKey]*refusalWindow{}}}
 	mux := http.NewServeMux()
 	paths := map[string]bool{}
@@ -119,8 +119,8 @@ func New(d Deps) *Server {
 	s.http = &http.Server{
 		Handler:           s.withDeadlines(mux),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: d.Limits.ReadDeadline(),
-		IdleTimeout:       d.Limits.IdleDeadline(),
+		ReadHeaderTimeout: d.Limits.ReadTimeout.Std(),
+		IdleTimeout:       d.Limits.IdleTimeout.Std(),
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
 	}
@@ -135,7 +135,7 @@ func New(d Deps) *Server {
 // afresh, so a kept-alive connection never carries an old one.
 func (s *Server) withDeadlines(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		dl := time.Now().Add(s.Limits.Timeout())
+		dl := time.Now().Add(s.Limits.RequestTimeout.Std())
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(dl)
 		_ = rc.SetWriteDeadline(dl.Add(time.Second))
@@ -185,7 +185,7 @@ func (s *Server) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
-		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.Timeout())
+		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.RequestTimeout.Std())
 		defer cancel()
 		body, err := s.serve(ctx, w, r, rt)
 		code := "ok"
