@@ -22,28 +22,19 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
+func TestMain(m *testing.M) { hsmtest.Main(m, buildBinaries) }
 
-func testMain(m *testing.M) int {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer cleanup()
+// buildBinaries builds custodyd and custodyctl into binDir.
+func buildBinaries() (cleanup func(), err error) {
 	binDir, err = os.MkdirTemp("", "custodyd-test-bin-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer os.RemoveAll(binDir)
 	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyd", "custody/cmd/custodyctl").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		return 1
+		os.RemoveAll(binDir)
+		return nil, fmt.Errorf("build: %v\n%s", err, out)
 	}
-	return m.Run()
+	return func() { os.RemoveAll(binDir) }, nil
 }
 
 const rootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
