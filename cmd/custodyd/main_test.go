@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"custody/hsm/hsmtest"
+	"custody/internal/testutil"
 )
 
 var binDir string
@@ -141,13 +142,9 @@ func (d *daemon) signal(sig syscall.Signal) { d.cmd.Process.Signal(sig) }
 
 func (d *daemon) waitLog(substr string) {
 	d.t.Helper()
-	for range 100 {
-		if strings.Contains(d.log.String(), substr) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(5*time.Second, func() bool { return strings.Contains(d.log.String(), substr) }) {
+		d.t.Fatalf("log never said %q:\n%s", substr, d.log)
 	}
-	d.t.Fatalf("log never said %q:\n%s", substr, d.log)
 }
 
 func TestLifecycle(t *testing.T) {
@@ -369,7 +366,12 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Until 10 requests are acknowledged (the assertion below says if not).
+	testutil.Poll(30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 10
+	})
 	d.signal(syscall.SIGTERM)
 	select {
 	case err := <-d.done:
