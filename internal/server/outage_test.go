@@ -63,9 +63,9 @@ func TestTokenRemovedUnderLoad(t *testing.T) {
 		defer mu.Unlock()
 		return codes[p][code]
 	}
-	// Each phase lasts until 10 requests (50 during the outage) got its
+	// Each phase lasts until 20 requests (100 during the outage) got its
 	// expected answer (the assertions at the end say if they did not).
-	testutil.Poll(30*time.Second, func() bool { return count(0, "ok") >= 10 })
+	testutil.Poll(30*time.Second, func() bool { return count(0, "ok") >= 20 })
 
 	dir := hsmtest.TokenDir(t, h.cfg.TokenLabel)
 	away := filepath.Join(filepath.Dir(filepath.Dir(dir)), "away-"+filepath.Base(dir))
@@ -78,7 +78,7 @@ func TestTokenRemovedUnderLoad(t *testing.T) {
 		t.Errorf("health with the token away: %v", out["status"])
 	}
 	phase.Store(1)
-	testutil.Poll(30*time.Second, func() bool { return count(1, "hsm_unavailable") >= 50 })
+	testutil.Poll(30*time.Second, func() bool { return count(1, "hsm_unavailable") >= 100 })
 
 	phase.Store(-1)
 	if err := os.Rename(away, dir); err != nil {
@@ -91,7 +91,7 @@ func TestTokenRemovedUnderLoad(t *testing.T) {
 		t.Fatal("health never came back")
 	}
 	phase.Store(2)
-	testutil.Poll(30*time.Second, func() bool { return count(2, "ok") >= 10 })
+	testutil.Poll(30*time.Second, func() bool { return count(2, "ok") >= 20 })
 	close(stop)
 	wg.Wait()
 
