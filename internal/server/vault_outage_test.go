@@ -82,7 +82,7 @@ func TestVaultHangsUnderLoad(t *testing.T) {
 	// Each phase lasts until enough calls got its expected answers (the
 	// assertions at the end say if they did not).
 	testutil.Poll(30*time.Second, func() bool {
-		return count("participant", 0, "ok") >= 10 && count("audit", 0, "ok") >= 2
+		return count("participant", 0, "ok") >= 20 && count("audit", 0, "ok") >= 2
 	})
 	phase.Store(-1)
 	vaultProc.Signal(syscall.SIGSTOP)
@@ -96,7 +96,7 @@ func TestVaultHangsUnderLoad(t *testing.T) {
 	opensBefore := a.tok.count(a.escrow)
 	phase.Store(1)
 	testutil.Poll(30*time.Second, func() bool {
-		return count("participant", 1, "ok") >= 10 && count("audit", 1, "vault_timeout")+count("audit", 1, "vault_unavailable") >= 2
+		return count("participant", 1, "ok") >= 20 && count("audit", 1, "vault_timeout")+count("audit", 1, "vault_unavailable") >= 3
 	})
 	phase.Store(-1)
 	opensDuring := a.tok.count(a.escrow) - opensBefore
@@ -109,7 +109,7 @@ func TestVaultHangsUnderLoad(t *testing.T) {
 	}
 	phase.Store(2)
 	testutil.Poll(30*time.Second, func() bool {
-		return count("participant", 2, "ok") >= 10 && count("audit", 2, "ok") >= 2
+		return count("participant", 2, "ok") >= 20 && count("audit", 2, "ok") >= 2
 	})
 	close(stop)
 	wg.Wait()
