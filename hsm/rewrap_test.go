@@ -280,7 +280,7 @@ func TestRewrapBatchYields(t *testing.T) {
 	done := make(chan []hsm.RewrapResult, 1)
 	go func() { done <- tok.RewrapBatch(hsm.WithBackground(ctx), reqs) }()
 	for range 10 {
-		time.Sleep(3 * time.Millisecond) // pacing, not a measurement
+		time.Sleep(3 * time.Millisecond) // let time pass: pacing, not a measurement
 		if got, err := tok.Open(ctx, sealed.req); err != nil || string(got) != "live" {
 			t.Fatalf("open during the batch: %q, %v", got, err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
+	"custody/internal/testutil"
 )
 
 func TestOpenErrors(t *testing.T) {
@@ -264,7 +265,7 @@ func TestTokenGoneAndBack(t *testing.T) {
 		t.Fatalf("C_Finalize: %v", err)
 	}
 	c.Destroy()
-	time.Sleep(250 * time.Millisecond) // past the rebuild backoff
+	time.Sleep(250 * time.Millisecond) // let time pass: past the rebuild backoff (200ms), so the next call rebuilds
 	if err := tok.Ping(ctx); err != nil {
 		t.Fatalf("Ping after the token came back: %v", err)
 	}
@@ -366,16 +367,13 @@ func TestTokenDirectoryRemovedAndRestored(t *testing.T) {
 	if err := os.Rename(away, dir); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		pt, err := tok.Open(testCtx(t), s.req)
-		if err == nil && string(pt) == "payload" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("token back, but opens still fail: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var openErr error
+	if !testutil.Poll(5*time.Second, func() bool {
+		var pt []byte
+		pt, openErr = tok.Open(testCtx(t), s.req)
+		return openErr == nil && string(pt) == "payload"
+	}) {
+		t.Fatalf("token back, but opens still fail: %v", openErr)
 	}
 	if err := tok.Ping(testCtx(t)); err != nil {
 		t.Errorf("ping after the token came back: %v", err)

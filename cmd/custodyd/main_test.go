@@ -18,32 +18,24 @@ import (
 	"time"
 
 	"custody/hsm/hsmtest"
+	"custody/internal/testutil"
 )
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
+func TestMain(m *testing.M) { hsmtest.Main(m, buildBinaries) }
 
-func testMain(m *testing.M) int {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer cleanup()
+// buildBinaries builds custodyd and custodyctl into binDir.
+func buildBinaries() (cleanup func(), err error) {
 	binDir, err = os.MkdirTemp("", "custodyd-test-bin-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer os.RemoveAll(binDir)
 	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyd", "custody/cmd/custodyctl").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
-		return 1
+		os.RemoveAll(binDir)
+		return nil, fmt.Errorf("build: %v\n%s", err, out)
 	}
-	return m.Run()
+	return func() { os.RemoveAll(binDir) }, nil
 }
 
 const rootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
@@ -150,13 +142,9 @@ func (d *daemon) signal(sig syscall.Signal) { d.cmd.Process.Signal(sig) }
 
 func (d *daemon) waitLog(substr string) {
 	d.t.Helper()
-	for range 100 {
-		if strings.Contains(d.log.String(), substr) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(5*time.Second, func() bool { return strings.Contains(d.log.String(), substr) }) {
+		d.t.Fatalf("log never said %q:\n%s", substr, d.log)
 	}
-	d.t.Fatalf("log never said %q:\n%s", substr, d.log)
 }
 
 func TestLifecycle(t *testing.T) {
@@ -378,7 +366,12 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Until 10 requests are acknowledged (the assertion below says if not).
+	testutil.Poll(30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 10
+	})
 	d.signal(syscall.SIGTERM)
 	select {
 	case err := <-d.done:

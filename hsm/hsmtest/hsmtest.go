@@ -3,18 +3,11 @@
 // and NewToken initializes a fresh token per test. Nothing here mocks the
 // HSM.
 //
-// Use it from TestMain:
+// Use Main as the package's TestMain, with the package's own setup steps
+// (building binaries, creating Unix users) as arguments:
 //
-//	func TestMain(m *testing.M) {
-//		cleanup, err := hsmtest.Setup()
-//		if err != nil {
-//			fmt.Fprintln(os.Stderr, err)
-//			os.Exit(1)
-//		}
-//		code := m.Run()
-//		cleanup()
-//		os.Exit(code)
-//	}
+//	func TestMain(m *testing.M) { hsmtest.Main(m) }
+//	func TestMain(m *testing.M) { hsmtest.Main(m, buildBinaries) }
 package hsmtest
 
 import (
@@ -91,13 +84,71 @@ func Setup() (cleanup func(), err error) {
 	}, nil
 }
 
+// Step is a package's own test setup, run by Main after Setup: it returns
+// the function that undoes it, or an error that fails the test binary.
+type Step func() (cleanup func(), err error)
+
+// Main is a whole TestMain: it calls Setup, then each step in order, runs
+// the tests, runs the cleanups in reverse order, and exits with the tests'
+// code. If Setup or a step fails, it prints the error, undoes what was set
+// up and exits 1 without running the tests.
+func Main(m *testing.M, steps ...Step) { os.Exit(Run(m, steps...)) }
+
+// Run is Main without the exit, for a TestMain that decides something
+// before Setup (a re-executed test binary, a check for root): it returns
+// the exit code.
+func Run(m *testing.M, steps ...Step) int {
+	return run(m, append([]Step{Setup}, steps...))
+}
+
+// setupErr is why Setup failed under MainOptional; NewToken skips or fails
+// on it.
+var setupErr error
+
+// MainOptional is Main for a package whose tests mostly do not need the
+// device: if Setup fails, the tests run anyway, and NewToken skips each
+// test that needs a token, or fails it when CUSTODY_REQUIRE_HSM=1 (so CI
+// cannot pass by skipping).
+func MainOptional(m *testing.M, steps ...Step) {
+	optional := func() (func(), error) {
+		cleanup, err := Setup()
+		if err != nil {
+			setupErr = err
+			return func() {}, nil
+		}
+		return cleanup, nil
+	}
+	os.Exit(run(m, append([]Step{optional}, steps...)))
+}
+
+func run(m *testing.M, steps []Step) int {
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+	for _, step := range steps {
+		cleanup, err := step()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if cleanup != nil {
+			cleanups = append(cleanups, cleanup)
+		}
+	}
+	return m.Run()
+}
+
 var seq atomic.Uint64
 
 // NewToken initializes a fresh token with a unique label through
 // hsm.InitToken, with a random SO PIN that is discarded and a random user
 // PIN in a file of mode 0400 under t.TempDir(), and returns the Config to
 // open it (Sessions 0: automatic). It fails the test if SOFTHSM2_CONF is
-// unset (Setup not called).
+// unset (Setup not called), and under MainOptional without SoftHSM skips it
+// (fails it if CUSTODY_REQUIRE_HSM=1).
 func NewToken(t testing.TB) hsm.Config {
 	t.Helper()
 	b := make([]byte, 12)
@@ -109,6 +160,12 @@ func NewToken(t testing.TB) hsm.Config {
 // only, as custodyd token init does), for tests of the backup path.
 func NewTokenWithSOPIN(t testing.TB, soPIN []byte) hsm.Config {
 	t.Helper()
+	if setupErr != nil {
+		if os.Getenv("CUSTODY_REQUIRE_HSM") == "1" {
+			t.Fatal(setupErr)
+		}
+		t.Skip(setupErr)
+	}
 	if os.Getenv("SOFTHSM2_CONF") == "" {
 		t.Fatal("hsmtest: SOFTHSM2_CONF is unset: call hsmtest.Setup in TestMain")
 	}

@@ -108,7 +108,7 @@ func TestKill9(t *testing.T) {
 		case <-readDone:
 		case <-time.After(30 * time.Second):
 		}
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // let time pass: kill at a random point of the appends
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		<-readDone

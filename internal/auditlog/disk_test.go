@@ -16,16 +16,7 @@ import (
 	"custody/internal/auditlog"
 )
 
-func TestMain(m *testing.M) {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { hsmtest.Main(m) }
 
 // TestDiskFull fills a 1 MiB tmpfs: Record refuses with ErrUnavailable and
 // keeps refusing, nothing acknowledged is lost, and appends resume once

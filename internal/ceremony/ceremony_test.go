@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -20,16 +19,7 @@ import (
 	"custody/internal/envelope"
 )
 
-func TestMain(m *testing.M) {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { hsmtest.Main(m) }
 
 // openToken opens a fresh token and returns its SO PIN, in raw form (as
 // custodyd token init makes it; the token has SOPINText(raw)).

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 
 	"custody/hsm"
@@ -13,30 +12,14 @@ import (
 	"custody/internal/envelope"
 )
 
-// hsmSetupErr is why SoftHSM is unavailable to this test binary, if it is.
-var hsmSetupErr error
-
-func TestMain(m *testing.M) {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		hsmSetupErr = err
-		cleanup = func() {}
-	}
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+// TestMain runs these tests without SoftHSM too: the device tests then skip
+// (or fail with CUSTODY_REQUIRE_HSM=1).
+func TestMain(m *testing.M) { hsmtest.MainOptional(m) }
 
 // deviceToken opens a fresh SoftHSM token, or skips the test when SoftHSM is
-// not installed and CUSTODY_REQUIRE_HSM is not 1.
+// not installed and CUSTODY_REQUIRE_HSM is not 1 (hsmtest.NewToken does).
 func deviceToken(t *testing.T) *hsm.Token {
 	t.Helper()
-	if hsmSetupErr != nil {
-		if os.Getenv("CUSTODY_REQUIRE_HSM") == "1" {
-			t.Fatal(hsmSetupErr)
-		}
-		t.Skip(hsmSetupErr)
-	}
 	tok, err := hsm.Open(context.Background(), hsmtest.NewToken(t), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,7 @@ package keys
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -13,16 +11,7 @@ import (
 	"custody/hsm/hsmtest"
 )
 
-func TestMain(m *testing.M) {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { hsmtest.Main(m) }
 
 func TestParseLabel(t *testing.T) {
 	for _, tc := range []struct {

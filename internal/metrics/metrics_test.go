@@ -24,16 +24,7 @@ import (
 	"custody/internal/orders"
 )
 
-func TestMain(m *testing.M) {
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { hsmtest.Main(m) }
 
 // scrape fetches the metrics page and parses it as Prometheus does.
 func scrape(t *testing.T, m *metrics.Metrics) map[string]*dto.MetricFamily {

@@ -387,7 +387,7 @@ func TestAppRoleAndRenewal(t *testing.T) {
 	go func() { c.Run(ctx); close(done) }()
 	o := e.order()
 	e.create(o, 2)
-	time.Sleep(3500 * time.Millisecond) // past the 2s TTL: only renewal keeps the token alive
+	time.Sleep(3500 * time.Millisecond) // let time pass: past the 2s TTL: only renewal keeps the token alive
 	if _, err := c.Authorize(context.Background(), "auditor-a", o.ID, "tax-investigation", "tx-1", "job-1", e.now); err != nil {
 		t.Fatalf("after the first TTL: %v", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/config/duration"
 	"custody/internal/server"
+	"custody/internal/testutil"
 )
 
 // The tests of this file run the attacker as its own Unix user
@@ -101,6 +102,9 @@ func runAttackMode(mode, socket string) int {
 			}
 			conns = append(conns, held{c, start})
 		}
+		// Let time pass (here and below): the server must get to every
+		// connection, and a held one never answers, so only time tells them
+		// apart.
 		time.Sleep(300 * time.Millisecond)
 		var keep []held
 		// A refused connection is answered after its request head, or a
@@ -173,7 +177,7 @@ func runAttackMode(mode, socket string) int {
 					codes[code]++
 					mu.Unlock()
 					if code != "200" {
-						// Retry almost at once: no more, so that the test
+						// Let time pass (pacing): retry almost at once: no more, so that the test
 						// measures the daemon rather than this process's
 						// own CPU burn on a 2-core machine.
 						time.Sleep(2 * time.Millisecond)
@@ -333,7 +337,9 @@ func TestGreedyCallerIsBounded(t *testing.T) {
 	ct.reset()
 	a = h.attack(t, "flood", `{"items":[`+strings.Join(items, ",")+`]}`,
 		"CUSTODY_TEST_G=4", "CUSTODY_TEST_MS=4000", "CUSTODY_TEST_PATH=/v1/transactions/decrypt/batch")
-	time.Sleep(200 * time.Millisecond)
+	// Until the attacker's batches reach the token (the flood's assertions
+	// below say if they never do).
+	testutil.Poll(30*time.Second, func() bool { return ct.peak() >= 1 })
 	under = h.latenciesAs(t, appUser, 200, normal)
 	var flood struct{ Codes map[string]int }
 	a.report(t, &flood)
@@ -510,7 +516,12 @@ func TestCoalescedRefusalWindowCloses(t *testing.T) {
 	if full, _, _ := count(); full < 1 {
 		t.Fatal("the first refusal is not recorded at once")
 	}
-	time.Sleep(1500 * time.Millisecond) // every window has closed
+	// Until every window has closed and its summary is written, no shutdown
+	// needed (the assertion below says if not).
+	testutil.Poll(30*time.Second, func() bool {
+		full, summarized, summaries := count()
+		return summaries > 0 && full+summarized >= flood.Codes["unknown_caller"]
+	})
 	full, summarized, summaries := count()
 	t.Logf("%d refusals: %d full entries, %d summaries counting %d", flood.Codes["unknown_caller"], full, summaries, summarized)
 	if summaries == 0 || full+summarized != flood.Codes["unknown_caller"] {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"custody/internal/server"
+	"custody/internal/testutil"
 )
 
 // clientModeEnv makes the test binary, re-executed as another Unix user, act
@@ -114,12 +115,18 @@ func TestGreedyClientDoesNotStarveOthers(t *testing.T) {
 				counts[st]++
 				mu.Unlock()
 				if st == 429 {
-					time.Sleep(5 * time.Millisecond) // a client that retries almost at once
+					time.Sleep(5 * time.Millisecond) // let time pass: a client that retries almost at once
 				}
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Until the flood keeps hitting the per-caller in-flight limit (the assertion
+	// below says if it never does).
+	testutil.Poll(30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return counts[429] >= 64
+	})
 	flooded := h.latenciesAs(t, appUser, 40, normalBody)
 	close(stop)
 	wg.Wait()

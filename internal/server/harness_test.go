@@ -55,45 +55,50 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "internal/server tests run as root: they create Unix users (make test in CI runs as root)")
 		return 1
 	}
-	cleanup, err := hsmtest.Setup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	stopVault := func() (func(), error) {
+		return vaulttest.Stop, nil // the dev Vault of the audit tests, if they started one
 	}
-	defer cleanup()
-	defer vaulttest.Stop() // the dev Vault of the audit tests, if they started one
+	return hsmtest.Run(m, stopVault, createUsers, installBinaries)
+}
+
+// createUsers creates the test's Unix users (shared with concurrent test
+// runs: see shareTestUsers) and fills users.
+func createUsers() (cleanup func(), err error) {
 	// The officers of ceremony_test.go are real Unix users too.
 	names := append([]string{appUser, otherUser}, officerUsers...)
 	release, err := shareTestUsers()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer release(names)
 	for _, name := range names {
 		u, err := addUser(name)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+			release(names)
+			return nil, err
 		}
 		users[name] = u
 	}
+	return func() { release(names) }, nil
+}
+
+// installBinaries puts a copy of this test binary (re-executed as other
+// users) and a freshly built custodyctl into binDir.
+func installBinaries() (cleanup func(), err error) {
 	binDir, err = os.MkdirTemp("", "custody-bin-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer os.RemoveAll(binDir)
+	cleanup = func() { os.RemoveAll(binDir) }
 	os.Chmod(binDir, 0o755)
 	if err := copyFile(os.Args[0], filepath.Join(binDir, "server.test")); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		cleanup()
+		return nil, err
 	}
 	if out, err := exec.Command("go", "build", "-o", binDir, "custody/cmd/custodyctl").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building custodyctl: %v\n%s", err, out)
-		return 1
+		cleanup()
+		return nil, fmt.Errorf("building custodyctl: %v\n%s", err, out)
 	}
-	return m.Run()
+	return cleanup, nil
 }
 
 func addUser(name string) (*user.User, error) {

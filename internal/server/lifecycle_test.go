@@ -17,6 +17,7 @@ import (
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/server"
+	"custody/internal/testutil"
 )
 
 func noLeftovers(t testing.TB, h *harness) {
@@ -341,19 +342,17 @@ func TestRewrapCLIKillAndResume(t *testing.T) {
 	}
 	started := time.Now()
 	t.Logf("sealed %d in %v", n, time.Since(begin))
-	deadline := time.Now().Add(120 * time.Second)
-	for {
+	if !testutil.Poll(120*time.Second, func() bool {
 		b, _ := os.ReadFile(out + ".state")
 		var st struct{ Done int }
 		if json.Unmarshal(b, &st) == nil && st.Done >= n/2 {
 			t.Logf("killing at %d after %v", st.Done, time.Since(started))
-			break
+			return true
 		}
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("rewrap made no progress: %s", cliErr.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	}) {
+		cmd.Process.Kill()
+		t.Fatalf("rewrap made no progress: %s", cliErr.String())
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()

@@ -16,6 +16,7 @@ import (
 	"custody/hsm"
 	"custody/internal/config/duration"
 	"custody/internal/server"
+	"custody/internal/testutil"
 )
 
 // gatedToken holds every Open until the gate opens, so a test can keep
@@ -112,6 +113,9 @@ func TestStalledClientsReleaseTheirSlot(t *testing.T) {
 		send(c)
 		// The slot is taken (nothing else competes for it now): a second
 		// request of root is refused...
+		// Let time pass for the stalled request to reach the handler: the
+		// only sign that it holds the slot is a refusal, and polling for one
+		// would itself take the slot and could push the stalled request out.
 		time.Sleep(300 * time.Millisecond)
 		if st, out := h.call("GET", "/v1/health", nil); st != 429 {
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
@@ -119,16 +123,11 @@ func TestStalledClientsReleaseTheirSlot(t *testing.T) {
 			t.Fatalf("%s: the stalled request does not hold the slot: %d %v; it answered %q", name, st, errCode(out), got)
 		}
 		// ...until the stalled request times out.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		if !testutil.Poll(10*time.Second, func() bool {
 			st, _ := h.call("GET", "/v1/health", nil)
-			if st == 200 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the slot was not released after request_timeout", name)
-			}
-			time.Sleep(50 * time.Millisecond)
+			return st == 200
+		}) {
+			t.Fatalf("%s: the slot was not released after request_timeout", name)
 		}
 		c.Close()
 	}

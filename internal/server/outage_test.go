@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"custody/hsm/hsmtest"
+	"custody/internal/testutil"
 )
 
 // TestTokenRemovedUnderLoad takes the token away (its SoftHSM directory
@@ -56,7 +57,15 @@ func TestTokenRemovedUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	// count is how many requests got code wholly inside phase p.
+	count := func(p int32, code string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return codes[p][code]
+	}
+	// Each phase lasts until 20 requests (100 during the outage) got its
+	// expected answer (the assertions at the end say if they did not).
+	testutil.Poll(30*time.Second, func() bool { return count(0, "ok") >= 20 })
 
 	dir := hsmtest.TokenDir(t, h.cfg.TokenLabel)
 	away := filepath.Join(filepath.Dir(filepath.Dir(dir)), "away-"+filepath.Base(dir))
@@ -69,24 +78,20 @@ func TestTokenRemovedUnderLoad(t *testing.T) {
 		t.Errorf("health with the token away: %v", out["status"])
 	}
 	phase.Store(1)
-	time.Sleep(500 * time.Millisecond)
+	testutil.Poll(30*time.Second, func() bool { return count(1, "hsm_unavailable") >= 100 })
 
 	phase.Store(-1)
 	if err := os.Rename(away, dir); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, out := h.call("GET", "/v1/health", nil); out["status"] == "ok" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("health never came back")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool {
+		_, out := h.call("GET", "/v1/health", nil)
+		return out["status"] == "ok"
+	}) {
+		t.Fatal("health never came back")
 	}
 	phase.Store(2)
-	time.Sleep(300 * time.Millisecond)
+	testutil.Poll(30*time.Second, func() bool { return count(2, "ok") >= 20 })
 	close(stop)
 	wg.Wait()
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"custody/internal/orders/vaulttest"
+	"custody/internal/testutil"
 )
 
 // TestVaultHangsUnderLoad stops the Vault process (SIGSTOP) while
@@ -66,30 +67,50 @@ func TestVaultHangsUnderLoad(t *testing.T) {
 			return a.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": "client-1", "purpose": "dispute"})
 		})
 	}
-	go run("audit", func() (int, map[string]any) { return a.audit(env, o.ID, "tax-investigation") })
+	var auditsStarted atomic.Int64 // by the one audit goroutine
+	go run("audit", func() (int, map[string]any) {
+		auditsStarted.Add(1)
+		return a.audit(env, o.ID, "tax-investigation")
+	})
+	// count is how many calls of kind got code wholly inside phase p.
+	count := func(kind string, p int32, code string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return got[kind][p][code]
+	}
 
-	time.Sleep(300 * time.Millisecond)
+	// Each phase lasts until enough calls got its expected answers (the
+	// assertions at the end say if they did not).
+	testutil.Poll(30*time.Second, func() bool {
+		return count("participant", 0, "ok") >= 20 && count("audit", 0, "ok") >= 2
+	})
 	phase.Store(-1)
 	vaultProc.Signal(syscall.SIGSTOP)
-	time.Sleep(100 * time.Millisecond) // an audit already past its Vault check finishes its unwrap
+	// An audit already past its Vault check finishes its unwrap: wait until
+	// the audit goroutine has started another call, so none begun before
+	// the stop is still running.
+	started := auditsStarted.Load()
+	if !testutil.Poll(30*time.Second, func() bool { return auditsStarted.Load() > started }) {
+		t.Error("the audit in flight when Vault stopped never returned")
+	}
 	opensBefore := a.tok.count(a.escrow)
 	phase.Store(1)
-	time.Sleep(1500 * time.Millisecond)
+	testutil.Poll(30*time.Second, func() bool {
+		return count("participant", 1, "ok") >= 20 && count("audit", 1, "vault_timeout")+count("audit", 1, "vault_unavailable") >= 3
+	})
 	phase.Store(-1)
 	opensDuring := a.tok.count(a.escrow) - opensBefore
 	vaultProc.Signal(syscall.SIGCONT)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, _ := a.audit(env, o.ID, "tax-investigation"); st == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("audit decrypts did not come back after Vault resumed")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool {
+		st, _ := a.audit(env, o.ID, "tax-investigation")
+		return st == 200
+	}) {
+		t.Fatal("audit decrypts did not come back after Vault resumed")
 	}
 	phase.Store(2)
-	time.Sleep(300 * time.Millisecond)
+	testutil.Poll(30*time.Second, func() bool {
+		return count("participant", 2, "ok") >= 20 && count("audit", 2, "ok") >= 2
+	})
 	close(stop)
 	wg.Wait()
 
