@@ -76,7 +76,7 @@ func (s *Service) parseAsk(in Input) (ask, error) {
 		a.version, a.count = uint32(n), count
 	}
 	if in.Kind == KindBackup && a.n == 0 {
-		a.n = len(s.officers().List)
+		a.n = len(s.Officers().List)
 	}
 	if in.Kind == KindRestore {
 		m, signer, err := OpenManifest([]byte(in.Manifest), s.trusted)
@@ -106,7 +106,7 @@ func (s *Service) params(ctx context.Context, a ask) (map[string]string, error) 
 		if s.sopin == nil {
 			return nil, fmt.Errorf("%w: a backup logs the security officer in, and the SO PIN of this token was not split among the officers; initialise the token with `custodyd token init --officers FILE` and set so_pin_shares", ErrNoSOPIN)
 		}
-		officers := len(s.officers().List)
+		officers := len(s.Officers().List)
 		if a.m < 2 || a.n < a.m || a.n > officers {
 			return nil, badInput("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", a.n, a.m, officers)
 		}
@@ -130,7 +130,7 @@ func (s *Service) params(ctx context.Context, a ask) (map[string]string, error) 
 			return nil, fmt.Errorf("backup of %q: %w", label, err)
 		}
 		var holders []string
-		for _, o := range s.officers().List[:a.n] {
+		for _, o := range s.Officers().List[:a.n] {
 			holders = append(holders, o.Name)
 		}
 		keyParams(label, v.Public)

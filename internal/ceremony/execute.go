@@ -202,7 +202,7 @@ func (s *Service) runGenesis(ctx context.Context, r Request, t *Transcript, out 
 
 func (s *Service) runBackup(ctx context.Context, r Request, soPIN *Collector, t *Transcript, out *Result, dir string) error {
 	n, _ := strconv.Atoi(r.Params["n"])
-	if n < r.Quorum || n > len(s.officers().List) {
+	if n < r.Quorum || n > len(s.Officers().List) {
 		return fmt.Errorf("%w: n %d", ErrFormat, n)
 	}
 	for _, who := range soPIN.Submitters() {
@@ -212,7 +212,7 @@ func (s *Service) runBackup(ctx context.Context, r Request, soPIN *Collector, t 
 	if err != nil {
 		return err
 	}
-	holders := s.officers().List[:n]
+	holders := s.Officers().List[:n]
 	res, err := Backup(ctx, s.dev, r.Params["key_label"], soPIN, holders, r.Quorum, signer, s.now())
 	if err != nil {
 		return err

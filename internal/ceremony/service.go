@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -110,7 +111,7 @@ type ServiceConfig struct {
 // required.
 func NewService(cfg ServiceConfig) (*Service, error) {
 	if cfg.Officers == nil || cfg.Device == nil || cfg.Keys == nil {
-		return nil, fmt.Errorf("%w: a ceremony service needs officers, a device and a key registry", ErrOfficers)
+		return nil, errors.New("ceremony: a ceremony service needs officers, a device and a key registry")
 	}
 	now := cfg.Now
 	if now == nil {
@@ -151,14 +152,12 @@ const (
 // Officers returns the officers now in force.
 func (s *Service) Officers() *Officers { return s.current.Load() }
 
-func (s *Service) officers() *Officers { return s.current.Load() }
-
 // ReplaceOfficers puts offs in force (custodyd does it on SIGHUP, from the
 // officers file). If they differ from the officers in force, every pending
 // request is cancelled, its shares included, because its quorum was being
 // gathered among the old officers; the cancelled ids are returned.
 func (s *Service) ReplaceOfficers(offs *Officers) (changed bool, cancelled []string) {
-	if offs == nil || s.officers().Equal(offs) {
+	if offs == nil || s.Officers().Equal(offs) {
 		return false, nil
 	}
 	s.current.Store(offs)
@@ -237,7 +236,7 @@ func (s *Service) Request(ctx context.Context, o Officer, in Input) (Pending, er
 	if err != nil {
 		return Pending{}, err
 	}
-	others := len(s.officers().List) - 1
+	others := len(s.Officers().List) - 1
 	if floor := s.minApprovals(in.Kind); in.M < floor || in.M > others {
 		return Pending{}, badInput("m: %d approvals; a %s request needs %d..%d (the configured floor is %d, and %d other officers exist)", in.M, in.Kind, floor, others, floor, others)
 	}
@@ -400,6 +399,3 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
-
-// SHA256Hex is the hex SHA-256 of b, as outputs and transcripts name files.
-func SHA256Hex(b []byte) string { return sha256Hex(b) }

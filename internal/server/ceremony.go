@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -42,6 +44,11 @@ func (s *Server) officer(rq *request) (*ceremony.Service, ceremony.Officer, erro
 		return nil, ceremony.Officer{}, fmt.Errorf("%w: principal %q has role officer but uid %d is not in the officers file", ceremony.ErrNotOfficer, rq.principal.Name, rq.peer.UID)
 	}
 	return c, o, nil
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // recorded records the step and returns err, or log_unavailable.
@@ -260,7 +267,7 @@ func (s *Server) ceremonyFetch(ctx context.Context, rq *request) (any, error) {
 	if err := s.recorded(ctx, rq, "ceremony.fetch", detail+" by "+o.Name, err); err != nil {
 		return nil, err
 	}
-	return fetchOut{Request: id, Name: name, SHA256: ceremony.SHA256Hex(data), Data: data}, nil
+	return fetchOut{Request: id, Name: name, SHA256: sha256Hex(data), Data: data}, nil
 }
 
 type executeIn struct {
