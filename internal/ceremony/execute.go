@@ -102,8 +102,9 @@ type Result struct {
 
 // Run executes claim c on the token, clears its shares whatever happens,
 // and on success writes the signed transcript and makes the outputs
-// fetchable. A failed run leaves what the device reported (the request
-// stays consumed: officers open a new one).
+// fetchable. On failure the request stays consumed (officers open a new
+// one) and the error is the device's, the registry's or the file system's.
+// Call it once per claim, after the claim was recorded.
 func (s *Service) Run(ctx context.Context, c *Claim) (*Result, error) {
 	r := c.Request
 	kind := r.Kind
