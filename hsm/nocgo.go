@@ -28,10 +28,11 @@ func InitToken(context.Context, string, string, []byte, string) error { return E
 // and Info return zero values). No Token exists to call them on; they are
 // here so that the callers compile.
 
-func (*Token) Close() error               { return ErrNeedsCgo }
-func (*Token) Capabilities() Capabilities { return Capabilities{} }
-func (*Token) Info() TokenInfo            { return TokenInfo{} }
-func (*Token) Ping(context.Context) error { return ErrNeedsCgo }
+func (*Token) Close() error                    { return ErrNeedsCgo }
+func (*Token) Capabilities() Capabilities      { return Capabilities{} }
+func (*Token) Info() TokenInfo                 { return TokenInfo{} }
+func (*Token) TokenID() (label, serial string) { return "", "" }
+func (*Token) Ping(context.Context) error      { return ErrNeedsCgo }
 func (*Token) SessionObjectCount(context.Context) (int, error) {
 	return 0, ErrNeedsCgo
 }

@@ -152,6 +152,10 @@ func (t *Token) Info() TokenInfo {
 	return i
 }
 
+// TokenID returns the token's label and serial number (as Info does; what
+// ceremony transcripts name).
+func (t *Token) TokenID() (label, serial string) { return t.info.Label, t.info.Serial }
+
 // Ping checks, cheaply, that a pooled session is alive and logged in
 // (C_GetSessionInfo). A lost session triggers one rebuild; if the token
 // still cannot be reached the error wraps ErrUnavailable.

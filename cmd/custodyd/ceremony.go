@@ -11,13 +11,13 @@ import (
 	"custody/hsm"
 	"custody/internal/ceremony"
 	"custody/internal/config"
+	"custody/internal/keys"
 	"custody/internal/safefile"
-	"custody/internal/server"
 )
 
 // loadCeremonies reads the officers file of cfg.Ceremony; without one the
 // ceremony routes answer ceremony_unavailable (nil).
-func loadCeremonies(cfg config.Config, token *hsm.Token, log *slog.Logger) (*server.Ceremonies, error) {
+func loadCeremonies(cfg config.Config, token *hsm.Token, registry *keys.Registry, log *slog.Logger) (*ceremony.Service, error) {
 	c := cfg.Ceremony
 	if c.OfficersFile == "" {
 		log.Warn("no ceremony.officers_file in the configuration: escrow key ceremonies are refused")
@@ -33,7 +33,7 @@ func loadCeremonies(cfg config.Config, token *hsm.Token, log *slog.Logger) (*ser
 	if st, err := os.Stat(c.OutputDir); err != nil || st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("ceremony.output_dir %s: must be a directory of mode 0700 (share files and manifests are the daemon user's alone)", c.OutputDir)
 	}
-	cer := &server.Ceremonies{Officers: offs, OutputDir: c.OutputDir, Device: token, MinApprovals: c.MinApprovals,
+	cer := ceremony.ServiceConfig{Officers: offs, OutputDir: c.OutputDir, Device: token, Keys: registry, MinApprovals: c.MinApprovals,
 		PendingPerOfficer: c.PendingPerOfficer, LogOrigin: cfg.AccessLog.Origin, LogKeyLabel: cfg.AccessLog.SigningKeyLabel}
 	if c.SOPINShares != "" {
 		if cer.SOPIN, err = readSOPINRecord(c.SOPINShares, token.Info()); err != nil {
@@ -53,7 +53,7 @@ func loadCeremonies(cfg config.Config, token *hsm.Token, log *slog.Logger) (*ser
 	cer.TrustedBackupSigners = note.VerifierList(vs...)
 	log.Info("escrow key ceremonies enabled", "officers", len(offs.List), "output_dir", c.OutputDir,
 		"backups", cer.SOPIN != nil, "trusted_backup_signers", len(vs))
-	return cer, nil
+	return ceremony.NewService(cer)
 }
 
 // readSOPINRecord reads the SO PIN share record and checks that it is
@@ -92,8 +92,8 @@ func readOfficers(path string) (*ceremony.Officers, error) {
 
 // reloadOfficers reads the officers file again (SIGHUP). A file that does
 // not parse keeps the officers in force; a changed set cancels the pending
-// ceremony requests (server.Ceremonies.ReplaceOfficers).
-func reloadOfficers(cfg config.Config, c *server.Ceremonies, log *slog.Logger) error {
+// ceremony requests (ceremony.Service.ReplaceOfficers).
+func reloadOfficers(cfg config.Config, c *ceremony.Service, log *slog.Logger) error {
 	offs, err := readOfficers(cfg.Ceremony.OfficersFile)
 	if err != nil {
 		log.Error("officers reload failed; keeping the officers in force", "err", err)

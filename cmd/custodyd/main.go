@@ -230,7 +230,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		log.Warn("no vault section in the configuration: audit decrypts are refused")
 	}
 
-	ceremonies, err := loadCeremonies(cfg, token, log)
+	ceremonies, err := loadCeremonies(cfg, token, registry, log)
 	if err != nil {
 		return err
 	}

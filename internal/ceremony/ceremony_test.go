@@ -102,6 +102,14 @@ type officerKeys struct {
 // officers-file parser (uids are fake: no socket here).
 func newOfficers(t *testing.T, n int) []officerKeys {
 	t.Helper()
+	_, out := newOfficerSet(t, n)
+	return out
+}
+
+// newOfficerSet returns n officers o1…on (users custody-o1…, uids 60001…)
+// as a parsed officers file and with their keys.
+func newOfficerSet(t *testing.T, n int) (*ceremony.Officers, []officerKeys) {
+	t.Helper()
 	var js bytes.Buffer
 	js.WriteString(`{"version":1,"officers":[`)
 	ids := make([]*age.X25519Identity, n)
@@ -136,7 +144,7 @@ func newOfficers(t *testing.T, n int) []officerKeys {
 		}
 		out[i] = officerKeys{o: offs.List[i], id: ids[i], signer: s}
 	}
-	return out
+	return offs, out
 }
 
 // TestBackupRestoreScenario: N=5, M=3. Escrow key on token A, envelopes

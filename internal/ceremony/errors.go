@@ -1,6 +1,9 @@
 package ceremony
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Callers branch on these with errors.Is.
 var (
@@ -49,3 +52,35 @@ var (
 	// ErrTranscript: a transcript's signatures do not verify or a required signer is missing.
 	ErrTranscript = errors.New("ceremony: transcript does not verify")
 )
+
+// Sentinel errors of the Service (service.go). Their messages say what to
+// do; an input error's text is only its message.
+var (
+	// ErrInvalidInput: a request's kind, params, m, n or window is out of
+	// range, or a param the daemon writes was given.
+	ErrInvalidInput = errors.New("ceremony: invalid request input")
+	// ErrRetireUnconfirmed: a retire request without rewrapped_count.
+	ErrRetireUnconfirmed = errors.New("ceremony: retire without the count of the last rewrap run")
+	// ErrNotShareHolder: the share (or share file) is another officer's.
+	ErrNotShareHolder = errors.New("ceremony: the share is another officer's")
+	// ErrStale: what the officers approved no longer describes the token.
+	ErrStale = errors.New("ceremony request is stale")
+)
+
+// inputError is an error whose text is msg alone and which is kind for
+// errors.Is.
+type inputError struct {
+	kind error
+	msg  string
+}
+
+func (e *inputError) Error() string { return e.msg }
+func (e *inputError) Unwrap() error { return e.kind }
+
+func inputErrorf(kind error, format string, args ...any) error {
+	return &inputError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+func badInput(format string, args ...any) error {
+	return inputErrorf(ErrInvalidInput, format, args...)
+}

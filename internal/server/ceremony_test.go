@@ -66,7 +66,7 @@ type ceremonyHarness struct {
 	*harness
 	clock      *clock
 	outDir     string
-	cer        *server.Ceremonies
+	cer        *ceremony.Service
 	kits       []officerKit
 	soPINFiles map[string]string // officer name → their SO PIN share file (as token init hands it over)
 }
@@ -187,8 +187,11 @@ func newCeremonyHarnessSO(t *testing.T, kits []officerKit, officersFile string, 
 		}
 		vs = append(vs, v)
 	}
-	c.cer = &server.Ceremonies{Officers: offs, SOPIN: rec, TrustedBackupSigners: note.VerifierList(vs...), OutputDir: c.outDir, Device: h.token,
-		LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel}
+	c.cer, err = ceremony.NewService(ceremony.ServiceConfig{Officers: offs, SOPIN: rec, TrustedBackupSigners: note.VerifierList(vs...), OutputDir: c.outDir, Device: h.token,
+		Keys: h.keys, LogOrigin: auditlog.DefaultOrigin, LogKeyLabel: auditlog.DefaultSigningKeyLabel, Now: c.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.serve(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
 		Limits: config.Default().Limits, Now: c.clock.now, Version: "test", Ceremonies: c.cer})
 	return c

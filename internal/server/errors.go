@@ -252,6 +252,9 @@ var errorMap = []mapping{
 	{ceremony.ErrUntrustedManifest, http.StatusForbidden, CodeManifestUntrusted, itself},
 	{ceremony.ErrNotEscrowLabel, http.StatusBadRequest, CodeNotEscrowLabel, itself},
 	{ceremony.ErrTooManyPending, http.StatusTooManyRequests, CodeTooManyPending, itself},
-	{errStale, http.StatusConflict, CodeRequestStale, itself},
+	{ceremony.ErrStale, http.StatusConflict, CodeRequestStale, itself},
+	{ceremony.ErrInvalidInput, http.StatusBadRequest, CodeBadRequest, itself},
+	{ceremony.ErrRetireUnconfirmed, http.StatusBadRequest, CodeRetireUnconfirmed, itself},
+	{ceremony.ErrNotShareHolder, http.StatusForbidden, CodeNotShareHolder, itself},
 	{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout, says("the request took longer than limits.request_timeout")},
 }

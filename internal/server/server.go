@@ -38,6 +38,7 @@ import (
 
 	"custody/hsm"
 	"custody/internal/auditlog"
+	"custody/internal/ceremony"
 	"custody/internal/config"
 	"custody/internal/envelope"
 	"custody/internal/keys"
@@ -67,9 +68,9 @@ type Deps struct {
 	Version   string           // shown by health
 	Observer  Observer         // nil = no metrics
 	Orders    OrderChecker     // court orders in Vault (audit.go); nil interface = audit routes answer vault_unavailable
-	// Ceremonies configures the escrow key ceremonies (ceremony.go); nil =
+	// Ceremonies runs the escrow key ceremonies (routes in ceremony.go); nil =
 	// the ceremony routes answer ceremony_unavailable.
-	Ceremonies *Ceremonies
+	Ceremonies *ceremony.Service
 }
 
 // Observer is told about every request: its route pattern, "ok" or the

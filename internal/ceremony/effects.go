@@ -1,16 +1,14 @@
-package server
+package ceremony
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"strconv"
 	"strings"
 
-	"custody/hsm"
-	"custody/internal/ceremony"
+	"custody/internal/device"
 	"custody/internal/keys"
 )
 
@@ -33,7 +31,7 @@ type ask struct {
 	label    string // backup: the escrow key label ("" = the active one)
 	version  uint32 // retire
 	count    uint64 // retire: envelopes the last rewrap run moved
-	manifest *ceremony.Manifest
+	manifest *Manifest
 	signer   string // restore: the manifest's verified signer
 	digest   string // restore: SHA-256 of the manifest file
 }
@@ -41,47 +39,47 @@ type ask struct {
 // parseAsk checks a request body's kind-specific inputs and returns the ask.
 // Unknown params are refused: the daemon, not the requester, writes what
 // the officers read.
-func (s *Server) parseAsk(c *Ceremonies, in ceremonyRequestIn) (ask, error) {
+func (s *Service) parseAsk(in Input) (ask, error) {
 	a := ask{kind: in.Kind, m: in.M, n: in.N}
 	allowed := map[string]bool{}
 	switch in.Kind {
-	case ceremony.KindGenesis, ceremony.KindRotate:
-	case ceremony.KindBackup:
+	case KindGenesis, KindRotate:
+	case KindBackup:
 		allowed["key_label"] = true
 		a.label = in.Params["key_label"]
-	case ceremony.KindRetire:
+	case KindRetire:
 		allowed["version"], allowed["rewrapped_count"] = true, true
-	case ceremony.KindRestore:
+	case KindRestore:
 	default:
-		return a, badRequest("kind: %q is not genesis, backup, restore, rotate or retire", in.Kind)
+		return a, badInput("kind: %q is not genesis, backup, restore, rotate or retire", in.Kind)
 	}
 	for k := range in.Params {
 		if !allowed[k] {
-			return a, badRequest("param %s: a %s request takes no such param; the daemon writes what the officers approve (custodyctl ceremony request --help)", k, in.Kind)
+			return a, badInput("param %s: a %s request takes no such param; the daemon writes what the officers approve (custodyctl ceremony request --help)", k, in.Kind)
 		}
 	}
-	if in.Kind != ceremony.KindBackup && in.N != 0 {
-		return a, badRequest("n: only for backup requests (a restore's manifest says)")
+	if in.Kind != KindBackup && in.N != 0 {
+		return a, badInput("n: only for backup requests (a restore's manifest says)")
 	}
-	if in.Kind != ceremony.KindRestore && in.Manifest != "" {
-		return a, badRequest("manifest: only for restore requests")
+	if in.Kind != KindRestore && in.Manifest != "" {
+		return a, badInput("manifest: only for restore requests")
 	}
-	if in.Kind == ceremony.KindRetire {
+	if in.Kind == KindRetire {
 		n, err := strconv.ParseUint(in.Params["version"], 10, 32)
 		if err != nil || n == 0 {
-			return a, badRequest("param version: %q is not an escrow key version (see custodyctl ceremony status)", in.Params["version"])
+			return a, badInput("param version: %q is not an escrow key version (see custodyctl ceremony status)", in.Params["version"])
 		}
 		count, err := strconv.ParseUint(in.Params["rewrapped_count"], 10, 63)
 		if err != nil {
-			return a, errorf(http.StatusBadRequest, CodeRetireUnconfirmed, "retiring destroys the escrow key version for good, and with it every audit decrypt of an envelope not rewrapped: give --param rewrapped_count=N, the count of your last rewrap run")
+			return a, inputErrorf(ErrRetireUnconfirmed, "retiring destroys the escrow key version for good, and with it every audit decrypt of an envelope not rewrapped: give --param rewrapped_count=N, the count of your last rewrap run")
 		}
 		a.version, a.count = uint32(n), count
 	}
-	if in.Kind == ceremony.KindBackup && a.n == 0 {
-		a.n = len(c.officers().List)
+	if in.Kind == KindBackup && a.n == 0 {
+		a.n = len(s.Officers().List)
 	}
-	if in.Kind == ceremony.KindRestore {
-		m, signer, err := ceremony.OpenManifest([]byte(in.Manifest), c.TrustedBackupSigners)
+	if in.Kind == KindRestore {
+		m, signer, err := OpenManifest([]byte(in.Manifest), s.trusted)
 		if err != nil {
 			return a, err
 		}
@@ -94,27 +92,27 @@ func (s *Server) parseAsk(c *Ceremonies, in ceremonyRequestIn) (ask, error) {
 // registry now. It refuses what must not run: a backup or restore of
 // anything but an escrow key, a restore onto a label that exists or was
 // retired, retiring the active version.
-func (s *Server) params(ctx context.Context, c *Ceremonies, a ask) (map[string]string, error) {
-	info := c.Device.Info()
-	token := fmt.Sprintf("%s (serial %s)", tokenField(info.Label), tokenField(info.Serial))
+func (s *Service) params(ctx context.Context, a ask) (map[string]string, error) {
+	label, serial := s.token()
+	token := fmt.Sprintf("%s (serial %s)", tokenField(label), tokenField(serial))
 	p := map[string]string{"token": token}
 	keyParams := func(label string, public []byte) {
-		p["key_label"], p["key_sha256"], p["key_words"] = label, ceremony.Fingerprint(public), ceremony.FingerprintWords(public)
+		p["key_label"], p["key_sha256"], p["key_words"] = label, Fingerprint(public), FingerprintWords(public)
 	}
 	switch a.kind {
-	case ceremony.KindGenesis:
+	case KindGenesis:
 		p["effect"] = "creates on token " + token + " the escrow key custody/escrow/v1, the envelope signing key and the access-log key, each unless it exists; the transcript names their fingerprints"
-	case ceremony.KindBackup:
-		if c.SOPIN == nil {
-			return nil, fmt.Errorf("%w: a backup logs the security officer in, and the SO PIN of this token was not split among the officers; initialise the token with `custodyd token init --officers FILE` and set ceremony.so_pin_shares", ceremony.ErrNoSOPIN)
+	case KindBackup:
+		if s.sopin == nil {
+			return nil, fmt.Errorf("%w: a backup logs the security officer in, and the SO PIN of this token was not split among the officers; initialise the token with `custodyd token init --officers FILE` and set so_pin_shares", ErrNoSOPIN)
 		}
-		officers := len(c.officers().List)
+		officers := len(s.Officers().List)
 		if a.m < 2 || a.n < a.m || a.n > officers {
-			return nil, badRequest("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", a.n, a.m, officers)
+			return nil, badInput("n: %d shares with threshold m %d; want 2 <= m <= n <= %d officers", a.n, a.m, officers)
 		}
 		label := a.label
 		if label == "" {
-			esc, err := s.Keys.Escrow()
+			esc, err := s.keys.Escrow()
 			if err != nil {
 				return nil, err
 			}
@@ -122,44 +120,44 @@ func (s *Server) params(ctx context.Context, c *Ceremonies, a ask) (map[string]s
 		}
 		n, ok := keys.EscrowLabelVersion(label)
 		if !ok {
-			return nil, fmt.Errorf("%w: %q", ceremony.ErrNotEscrowLabel, label)
+			return nil, fmt.Errorf("%w: %q", ErrNotEscrowLabel, label)
 		}
-		v, err := s.Keys.EscrowVersion(n)
+		v, err := s.keys.EscrowVersion(n)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := c.Device.FindKey(ctx, label); err != nil {
+		if _, err := s.dev.FindKey(ctx, label); err != nil {
 			return nil, fmt.Errorf("backup of %q: %w", label, err)
 		}
 		var holders []string
-		for _, o := range c.officers().List[:a.n] {
+		for _, o := range s.Officers().List[:a.n] {
 			holders = append(holders, o.Name)
 		}
 		keyParams(label, v.Public)
 		p["n"] = strconv.Itoa(a.n)
 		p["share_holders"] = strings.Join(holders, " ")
-		p["so_pin_set"] = c.SOPIN.SetID
-		p["so_pin_shares_needed"] = strconv.Itoa(c.SOPIN.Threshold)
+		p["so_pin_set"] = s.sopin.SetID
+		p["so_pin_shares_needed"] = strconv.Itoa(s.sopin.Threshold)
 		p["effect"] = fmt.Sprintf("exports escrow key %s (sha256 %s) from token %s wrapped under a new KEK split %d-of-%d among %s; needs %d officers' SO PIN shares",
-			label, short(p["key_sha256"]), token, a.m, a.n, strings.Join(holders, ", "), c.SOPIN.Threshold)
-	case ceremony.KindRestore:
+			label, short(p["key_sha256"]), token, a.m, a.n, strings.Join(holders, ", "), s.sopin.Threshold)
+	case KindRestore:
 		m := a.manifest
 		if m.Threshold != a.m {
-			return nil, badRequest("m: %d, but the backup's threshold is %d", a.m, m.Threshold)
+			return nil, badInput("m: %d, but the backup's threshold is %d", a.m, m.Threshold)
 		}
 		n, _ := keys.EscrowLabelVersion(m.KeyLabel) // OpenManifest checked the label
-		if _, err := s.Keys.EscrowVersion(n); err == nil {
-			return nil, fmt.Errorf("%w: %s is already known to this daemon", hsm.ErrExists, m.KeyLabel)
+		if _, err := s.keys.EscrowVersion(n); err == nil {
+			return nil, fmt.Errorf("%w: %s is already known to this daemon", device.ErrExists, m.KeyLabel)
 		} else if errors.Is(err, keys.ErrDestroyed) {
 			return nil, fmt.Errorf("%w: %s was retired on this token (its tombstone stays): a retired version is never restored", keys.ErrDestroyed, m.KeyLabel)
 		}
-		if _, err := c.Device.FindKey(ctx, m.KeyLabel); err == nil {
-			return nil, fmt.Errorf("%w: %s", hsm.ErrExists, m.KeyLabel)
-		} else if !errors.Is(err, hsm.ErrNotFound) {
+		if _, err := s.dev.FindKey(ctx, m.KeyLabel); err == nil {
+			return nil, fmt.Errorf("%w: %s", device.ErrExists, m.KeyLabel)
+		} else if !errors.Is(err, device.ErrNotFound) {
 			return nil, err
 		}
 		role := "as the active escrow key: new envelopes will be sealed to it"
-		for _, v := range s.Keys.EscrowVersions() {
+		for _, v := range s.keys.EscrowVersions() {
 			if v.Number > n {
 				role = fmt.Sprintf("as decrypt-only (v%d is newer)", v.Number)
 			}
@@ -170,20 +168,20 @@ func (s *Server) params(ctx context.Context, c *Ceremonies, a ask) (map[string]s
 		p["manifest_signer"], p["manifest_sha256"] = a.signer, a.digest
 		p["effect"] = fmt.Sprintf("installs escrow key %s (sha256 %s, backup %s signed by %s) %s, on token %s",
 			m.KeyLabel, short(p["key_sha256"]), m.BackupID, a.signer, role, token)
-	case ceremony.KindRotate:
-		cur, err := s.Keys.Escrow()
+	case KindRotate:
+		cur, err := s.keys.Escrow()
 		if err != nil {
 			return nil, err
 		}
 		next := fmt.Sprintf("custody/escrow/v%d", cur.Number+1)
 		p["current_label"], p["current_sha256"] = cur.Label, cur.Fingerprint()
 		p["effect"] = fmt.Sprintf("creates escrow key %s on token %s and makes it active for new envelopes; %s (sha256 %s) becomes decrypt-only", next, token, cur.Label, short(cur.Fingerprint()))
-	case ceremony.KindRetire:
-		v, err := s.Keys.EscrowVersion(a.version)
+	case KindRetire:
+		v, err := s.keys.EscrowVersion(a.version)
 		if err != nil {
 			return nil, err
 		}
-		if active, err := s.Keys.Escrow(); err == nil && active.Number == v.Number {
+		if active, err := s.keys.Escrow(); err == nil && active.Number == v.Number {
 			return nil, fmt.Errorf("%w: escrow v%d is active; rotate first", keys.ErrActiveVersion, a.version)
 		}
 		keyParams(v.Label, v.Public)
@@ -195,21 +193,18 @@ func (s *Server) params(ctx context.Context, c *Ceremonies, a ask) (map[string]s
 }
 
 // stillApproved recomputes r's params from its ask: an error if the
-// request could not be made now, errStale if it could but would say
+// request could not be made now, ErrStale if it could but would say
 // something else than what the officers approved.
-func (s *Server) stillApproved(ctx context.Context, c *Ceremonies, r ceremony.Request, a ask) error {
-	now, err := s.params(ctx, c, a)
+func (s *Service) stillApproved(ctx context.Context, r Request, a ask) error {
+	now, err := s.params(ctx, a)
 	if err != nil {
 		return err
 	}
 	if !maps.Equal(now, r.Params) {
-		return fmt.Errorf("%w: request %s: the token or its keys changed since the officers approved; open a new request", errStale, r.ID)
+		return fmt.Errorf("%w: request %s: the token or its keys changed since the officers approved; open a new request", ErrStale, r.ID)
 	}
 	return nil
 }
-
-// errStale: what the officers approved no longer describes the token.
-var errStale = errors.New("ceremony request is stale")
 
 func short(hex string) string {
 	if len(hex) > 16 {
