@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,14 +171,15 @@ func TestLifecycleProveAndDueRotation(t *testing.T) {
 	}
 	// Due rotation: 91 days later the daemon rotates on its own and records it.
 	h.now = h.now.Add(91 * 24 * time.Hour)
-	n, err := h.srv.RotateDue(t.Context())
+	sched := keys.NewScheduler(h.keys, func() time.Time { return h.now }, slog.New(slog.NewTextHandler(testLogOutput(), nil)), h.srv.RecordDaemon)
+	n, err := sched.RotateDue(t.Context())
 	if err != nil || n != 1 {
 		t.Fatalf("RotateDue = %d, %v", n, err)
 	}
 	if e := h.rec.last(); e.Operation != "key.rotate" || e.Principal != "custodyd" || e.KeyVersion != 2 {
 		t.Fatalf("rotation entry: %+v", e)
 	}
-	if n, _ := h.srv.RotateDue(t.Context()); n != 0 {
+	if n, _ := sched.RotateDue(t.Context()); n != 0 {
 		t.Fatalf("second pass rotated %d", n)
 	}
 	code, out, _ = h.ctlRoot("", "keys", "list")
