@@ -416,3 +416,22 @@ func FuzzParseRewrapLine(f *testing.F) {
 		}
 	})
 }
+
+// TestLifecycleNewNeedsDeviceCapabilities: a server without the device's
+// rewrap or proof of possession is refused at construction, not at the
+// first request.
+func TestLifecycleNewNeedsDeviceCapabilities(t *testing.T) {
+	h := newHarness(t)
+	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
+	full := server.Deps{Token: h.token, Rewrapper: h.token, Prover: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log}
+	if _, err := server.New(full); err != nil {
+		t.Fatalf("full deps: %v", err)
+	}
+	noRewrap, noProve := full, full
+	noRewrap.Rewrapper, noProve.Prover = nil, nil
+	for name, d := range map[string]server.Deps{"no Rewrapper": noRewrap, "no Prover": noProve} {
+		if _, err := server.New(d); err == nil {
+			t.Errorf("%s: built", name)
+		}
+	}
+}
