@@ -266,7 +266,7 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	body, err := rt.handle(ctx, rq)
 	if st, ok := body.(streamer); ok && err == nil {
-		// A streaming route writes its own answer (lifecycle.go), while the
+		// A streaming route writes its own answer (rewrap.go), while the
 		// caller's in-flight slot is still held; it records each item.
 		st.stream(ctx, w)
 		return streamedResponse{}, nil
