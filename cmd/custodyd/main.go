@@ -239,8 +239,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
-	srv := server.New(server.Deps{
+	srv, err := server.New(server.Deps{
 		Token:      metered,
+		Rewrapper:  metered,
+		Prover:     metered,
 		Observer:   meters,
 		Keys:       registry,
 		Policy:     policies,
@@ -252,9 +254,15 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Limits:     cfg.Limits,
 		Version:    version,
 	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
-	go srv.RunRotation(ctx, cfg.Keys.RotationCheck.Std())
+	// The due-rotation pass lives beside the keys; its decisions are
+	// recorded through the server's one recording path.
+	go keys.NewScheduler(registry, nil, log, srv.RecordDaemon).Run(ctx, cfg.Keys.RotationCheck.Std())
 	if cfg.Metrics.Listen != "" {
 		mln, err := listenMetrics(cfg.Metrics.Listen)
 		if err != nil {

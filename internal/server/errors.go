@@ -13,6 +13,7 @@ import (
 	"custody/internal/keys"
 	"custody/internal/orders"
 	"custody/internal/policy"
+	"custody/internal/rewrap"
 )
 
 // Error codes are the stable part of every error response
@@ -199,6 +200,7 @@ var errorMap = []mapping{
 	{envelope.ErrMalformed, http.StatusBadRequest, CodeMalformedEnvelope, itself},
 	{envelope.ErrSignature, http.StatusBadRequest, CodeSignatureInvalid, says("the envelope header signature does not verify: it was altered or not sealed by this daemon")},
 	{envelope.ErrInvalidInput, http.StatusBadRequest, CodeBadRequest, itself},
+	{rewrap.ErrBadItem, http.StatusBadRequest, CodeBadRequest, itself},
 	{envelope.ErrNoStanza, http.StatusBadRequest, CodeNotRecipient, itself},
 	{hsm.ErrUnavailable, http.StatusServiceUnavailable, CodeHSMUnavailable, says("the HSM token is unavailable; retry later, and see health")},
 	{hsm.ErrIntegrity, http.StatusBadRequest, CodeIntegrityFailure, says("the HSM refused to unwrap or decrypt: the envelope was altered")},

@@ -236,7 +236,17 @@ func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 // users reach it), stops it at the test's end, and points h.client at it.
 func (h *harness) serve(deps server.Deps) {
 	h.t.Helper()
-	h.srv = server.New(deps)
+	if deps.Rewrapper == nil { // the tests' wrapped tokens wrap Open only
+		deps.Rewrapper = h.token
+	}
+	if deps.Prover == nil {
+		deps.Prover = h.token
+	}
+	var err error
+	h.srv, err = server.New(deps)
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	ln, err := server.Listen(h.socket, 0o666)
 	if err != nil {
 		h.t.Fatal(err)

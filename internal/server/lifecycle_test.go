@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,14 +171,15 @@ func TestLifecycleProveAndDueRotation(t *testing.T) {
 	}
 	// Due rotation: 91 days later the daemon rotates on its own and records it.
 	h.now = h.now.Add(91 * 24 * time.Hour)
-	n, err := h.srv.RotateDue(t.Context())
+	sched := keys.NewScheduler(h.keys, func() time.Time { return h.now }, slog.New(slog.NewTextHandler(testLogOutput(), nil)), h.srv.RecordDaemon)
+	n, err := sched.RotateDue(t.Context())
 	if err != nil || n != 1 {
 		t.Fatalf("RotateDue = %d, %v", n, err)
 	}
 	if e := h.rec.last(); e.Operation != "key.rotate" || e.Principal != "custodyd" || e.KeyVersion != 2 {
 		t.Fatalf("rotation entry: %+v", e)
 	}
-	if n, _ := h.srv.RotateDue(t.Context()); n != 0 {
+	if n, _ := sched.RotateDue(t.Context()); n != 0 {
 		t.Fatalf("second pass rotated %d", n)
 	}
 	code, out, _ = h.ctlRoot("", "keys", "list")
@@ -413,4 +415,23 @@ func FuzzParseRewrapLine(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLifecycleNewNeedsDeviceCapabilities: a server without the device's
+// rewrap or proof of possession is refused at construction, not at the
+// first request.
+func TestLifecycleNewNeedsDeviceCapabilities(t *testing.T) {
+	h := newHarness(t)
+	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
+	full := server.Deps{Token: h.token, Rewrapper: h.token, Prover: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log}
+	if _, err := server.New(full); err != nil {
+		t.Fatalf("full deps: %v", err)
+	}
+	noRewrap, noProve := full, full
+	noRewrap.Rewrapper, noProve.Prover = nil, nil
+	for name, d := range map[string]server.Deps{"no Rewrapper": noRewrap, "no Prover": noProve} {
+		if _, err := server.New(d); err == nil {
+			t.Errorf("%s: built", name)
+		}
+	}
 }

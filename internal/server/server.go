@@ -7,7 +7,8 @@
 // and a route without a permission cannot be written.
 //
 // Every decision, allowed or denied, goes through Server.record, the one
-// place that hands it to the auditlog.Recorder; a result is released only
+// place that hands it to the auditlog.Recorder (Server.RecordDaemon for the
+// daemon's own decisions, on the same path); a result is released only
 // after Record returned nil.
 //
 // Errors are JSON {"error":{"code":…,"message":…}} with the stable codes of
@@ -32,6 +33,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,6 +45,7 @@ import (
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/policy"
+	"custody/internal/rewrap"
 )
 
 // Token is what the server needs from the HSM.
@@ -53,12 +56,18 @@ type Token interface {
 	Capabilities() hsm.Capabilities
 }
 
-// Deps are the server's collaborators. All are required but Now and Observer.
+// Deps are the server's collaborators. All are required but AccessLog,
+// Now, Version, Observer, Orders and Ceremonies; New refuses Deps that lack
+// one.
 type Deps struct {
-	Token    Token
-	Keys     *keys.Registry
-	Policy   *policy.Store
-	Recorder auditlog.Recorder
+	Token Token
+	// Rewrapper and Prover are the device's rewrap and proof of possession
+	// (custodyd passes the metered *hsm.Token for both).
+	Rewrapper rewrap.Device
+	Prover    Prover
+	Keys      *keys.Registry
+	Policy    *policy.Store
+	Recorder  auditlog.Recorder
 	// AccessLog serves the reviewer's log routes (logroutes.go); nil makes
 	// them answer 503 log_unavailable. Usually the same *auditlog.Log as Recorder.
 	AccessLog AccessLog
@@ -87,17 +96,35 @@ type Server struct {
 	inFlight *callerLimiter        // requests in progress per uid
 	refusals *refusalLimiter       // refusals per uid (token bucket)
 	refused  *coalescer            // access-log entries of refusals at the door
+	rewrap   *rewrap.Service       // the rewrap routes' work (rewrap.go)
+	self     auditlog.Caller       // the daemon's own identity, for RecordDaemon
 }
 
 // verifyCacheSize bounds the verified-header cache: 4096 × 32 bytes.
 const verifyCacheSize = 4096
 
-// New builds a Server and its route table.
-func New(d Deps) *Server {
+// New builds a Server and its route table. A required collaborator
+// missing from d is an error.
+func New(d Deps) (*Server, error) {
+	switch {
+	case d.Token == nil, d.Keys == nil, d.Policy == nil, d.Recorder == nil, d.Log == nil:
+		return nil, errors.New("server: Deps needs Token, Keys, Policy, Recorder and Log")
+	case d.Rewrapper == nil:
+		return nil, errors.New("server: Deps needs a Rewrapper (the device's rewrap)")
+	case d.Prover == nil:
+		return nil, errors.New("server: Deps needs a Prover (the device's proof of possession)")
+	}
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Server{Deps: d, verified: envelope.NewVerifyCache(verifyCacheSize),
+	verified := envelope.NewVerifyCache(verifyCacheSize)
+	rw, err := rewrap.New(rewrap.Config{Keys: d.Keys, Device: d.Rewrapper, Verified: verified,
+		Sessions: func() int { return d.Token.Info().Sessions }})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Deps: d, verified: verified, rewrap: rw,
+		self:     auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())},
 		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
 		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
 		refused: &coalescer{rec: d.Recorder, log: d.Log, now: d.Now, window: max(d.Limits.RefusalWindow.Std(), time.Second),
@@ -125,7 +152,7 @@ func New(d Deps) *Server {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
 	}
-	return s
+	return s, nil
 }
 
 // withDeadlines sets the connection's read and write deadlines for each
@@ -240,7 +267,7 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	body, err := rt.handle(ctx, rq)
 	if st, ok := body.(streamer); ok && err == nil {
-		// A streaming route writes its own answer (lifecycle.go), while the
+		// A streaming route writes its own answer (rewrap.go), while the
 		// caller's in-flight slot is still held; it records each item.
 		st.stream(ctx, w)
 		return streamedResponse{}, nil
@@ -306,6 +333,22 @@ func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op strin
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
 	e = s.complete(rq, e, err)
 	s.charge(rq, err)
+	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
+		return s.logRefused(e, rerr)
+	}
+	return nil
+}
+
+// RecordDaemon records e, a decision the daemon took on its own (the due
+// rotation pass: keys.Scheduler), on the same path as record: completed
+// from err (outcome and code), normalized, handed to the Recorder, a
+// log_unavailable error when that fails. The caller is the daemon itself:
+// principal "custodyd", its own uid, gid and pid. Nothing is charged.
+func (s *Server) RecordDaemon(ctx context.Context, e auditlog.Entry, err error) error {
+	e.Time = s.Now().UTC()
+	e.Caller, e.Principal = s.self, "custodyd"
+	e.Outcome, e.Code = outcome(err)
+	e = auditlog.Normalize(e)
 	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
 		return s.logRefused(e, rerr)
 	}
