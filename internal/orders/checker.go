@@ -76,6 +76,18 @@ type Checker struct {
 // reached within cfg.Timeout; the daemon may then start without audit
 // decrypt (the routes answer vault_unavailable) or refuse to start.
 func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) {
+	c, err := newChecker(cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authenticate(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newChecker builds a Checker from a valid cfg, without a token.
+func newChecker(cfg Config, opt Options) (*Checker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,9 +106,6 @@ func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) 
 	}
 	if c.now == nil {
 		c.now = time.Now
-	}
-	if err := c.authenticate(ctx); err != nil {
-		return nil, err
 	}
 	return c, nil
 }
@@ -109,24 +118,9 @@ func NewChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) 
 // every few seconds until it succeeds, with no restart. The returned
 // error-free Checker's Ready says whether it has a token.
 func StartChecker(ctx context.Context, cfg Config, opt Options) (*Checker, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	v, err := NewVerifier(cfg.Signers, cfg.Quorum)
+	c, err := newChecker(cfg, opt)
 	if err != nil {
 		return nil, err
-	}
-	client, err := NewClient(cfg.Address, cfg.CACert)
-	if err != nil {
-		return nil, err
-	}
-	client.SetClientTimeout(time.Duration(cfg.Timeout))
-	c := &Checker{cfg: cfg, paths: cfg.Paths(), verify: v, kv: kv{client}, client: client, log: opt.Log, now: opt.Now}
-	if c.log == nil {
-		c.log = slog.Default()
-	}
-	if c.now == nil {
-		c.now = time.Now
 	}
 	if err := c.authenticate(ctx); err != nil {
 		c.mu.Lock()
