@@ -104,7 +104,7 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryp
 	if err := s.requireGenesis(ctx); err != nil { // ceremony.go
 		return nil, none, orders.Grant{}, err
 	}
-	if s.Orders == nil {
+	if s.d.Orders == nil {
 		return nil, none, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
 	}
 	if in.Envelope == "" {
@@ -126,21 +126,21 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryp
 	}
 	h := &env.Header
 	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
-	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
+	if err := s.verified.Verify(env, s.d.Keys.SigningKey); err != nil {
 		return nil, none, orders.Grant{}, err
 	}
 	i := env.EscrowStanza()
 	if i < 0 {
 		return nil, none, orders.Grant{}, fmt.Errorf("%w: no escrow stanza", envelope.ErrMalformed)
 	}
-	key, err := s.Keys.EscrowVersion(h.Stanzas[i].KeyVersion)
+	key, err := s.d.Keys.EscrowVersion(h.Stanzas[i].KeyVersion)
 	if err != nil {
 		return nil, none, orders.Grant{}, err
 	}
-	grant, err := s.Orders.Authorize(ctx, rq.principal.Name, in.Authorization, in.Purpose, h.TransactionID, h.JobID, h.CreatedAt)
+	grant, err := s.d.Orders.Authorize(ctx, rq.principal.Name, in.Authorization, in.Purpose, h.TransactionID, h.JobID, h.CreatedAt)
 	if err != nil {
 		if errors.Is(err, orders.ErrVault) {
-			s.Log.Warn("court order check failed", "order", in.Authorization, "err", err)
+			s.d.Log.Warn("court order check failed", "order", in.Authorization, "err", err)
 		}
 		return nil, none, orders.Grant{}, err
 	}
@@ -151,7 +151,7 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryp
 // the escrow key version the stanza names, and returns every confidential
 // field.
 func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*auditDecryptResponse, error) {
-	plaintext, err := s.Token.Open(ctx, env.OpenRequest(i, label, public))
+	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, label, public))
 	if err != nil {
 		return nil, err
 	}

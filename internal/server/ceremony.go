@@ -25,7 +25,7 @@ import (
 // decision is durable before the token is touched.
 
 func (s *Server) ceremonies() (*ceremony.Service, error) {
-	c := s.Deps.Ceremonies
+	c := s.d.Ceremonies
 	if c == nil {
 		return nil, errorf(http.StatusServiceUnavailable, CodeCeremonyUnavailable, "escrow key ceremonies are not configured: the daemon has no ceremony.officers_file")
 	}
@@ -331,7 +331,7 @@ func (s *Server) ceremonyExecute(kind string) handler {
 		res, err := c.Run(ctx, cl)
 		if err != nil {
 			if errors.Is(err, keys.ErrNoDaemonKeys) || errors.Is(err, hsm.ErrPINFile) {
-				s.Log.Error("ceremony failed", "op", op, "request", cl.Request.ID, "err", err)
+				s.d.Log.Error("ceremony failed", "op", op, "request", cl.Request.ID, "err", err)
 			}
 			return nil, s.recorded(ctx, rq, op, "request "+cl.Request.ID+" failed", err)
 		}
@@ -352,7 +352,7 @@ func (s *Server) ceremonyExecute(kind string) handler {
 
 // requireGenesis refuses audit decrypts until genesis has run on the token.
 func (s *Server) requireGenesis(ctx context.Context) error {
-	ok, err := s.Keys.GenesisDone(ctx)
+	ok, err := s.d.Keys.GenesisDone(ctx)
 	if err != nil {
 		return err
 	}

@@ -27,30 +27,30 @@ type healthResponse struct {
 func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 	out := healthResponse{
 		Status:       "ok",
-		Version:      s.Version,
-		Token:        s.Token.Info(),
-		Capabilities: s.Token.Capabilities(),
+		Version:      s.d.Version,
+		Token:        s.d.Token.Info(),
+		Capabilities: s.d.Token.Capabilities(),
 		Policy:       rq.policy.Summary(),
 		Principal:    rq.principal.Name,
 	}
 	out.Profile = out.Capabilities.String()
-	if err := s.Token.Ping(ctx); err != nil {
+	if err := s.d.Token.Ping(ctx); err != nil {
 		out.Status = classify(err).Code
 		if !errors.Is(err, hsm.ErrUnavailable) {
-			s.Log.Warn("health: token ping failed", "err", err)
+			s.d.Log.Warn("health: token ping failed", "err", err)
 		}
 	}
-	if s.AccessLog != nil {
-		st := s.AccessLog.Status()
+	if s.d.AccessLog != nil {
+		st := s.d.AccessLog.Status()
 		out.AccessLog = &st
 		if !st.Writable && out.Status == "ok" {
 			out.Status = CodeLogUnavailable
 		}
 	}
-	if v, err := s.Keys.Escrow(); err == nil {
+	if v, err := s.d.Keys.Escrow(); err == nil {
 		out.EscrowKey = v.Label + " sha256:" + v.Fingerprint()
 	}
-	if sg, err := s.Keys.Signer(); err == nil {
+	if sg, err := s.d.Keys.Signer(); err == nil {
 		out.SigningKey = sg.Label()
 	}
 	return out, nil

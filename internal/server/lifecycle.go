@@ -70,8 +70,8 @@ type keysResponse struct {
 
 // listKeys: GET /v1/keys.
 func (s *Server) listKeys(ctx context.Context, rq *request) (any, error) {
-	out := keysResponse{RotateAfter: s.Keys.RotateAfter().String(), Keys: []keyView{}}
-	for _, k := range s.Keys.List(s.Now()) {
+	out := keysResponse{RotateAfter: s.d.Keys.RotateAfter().String(), Keys: []keyView{}}
+	for _, k := range s.d.Keys.List(s.d.Now()) {
 		out.Keys = append(out.Keys, viewKey(k))
 	}
 	return out, nil
@@ -91,7 +91,7 @@ func (s *Server) rotateKey(ctx context.Context, rq *request) (any, error) {
 	entry := auditlog.Entry{Operation: "key.rotate", Participant: rq.PathValue("id")}
 	var v keys.Version
 	if err == nil {
-		v, err = s.Keys.Rotate(ctx, id, s.Now())
+		v, err = s.d.Keys.Rotate(ctx, id, s.d.Now())
 	}
 	if err == nil {
 		entry.KeyLabel, entry.KeyVersion = v.Label, int(v.Number)
@@ -102,7 +102,7 @@ func (s *Server) rotateKey(ctx context.Context, rq *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.Keys.Status(id, s.Now())
+	st, err := s.d.Keys.Status(id, s.d.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (s *Server) retireKey(ctx context.Context, rq *request) (any, error) {
 	default:
 		entry.Detail = fmt.Sprintf("operator confirmed all envelopes rewrapped; last rewrap run: %d envelopes", *in.RewrappedCount)
 		var v keys.Version
-		v, err = s.Keys.Retire(ctx, id, false, in.Version, s.Now(), rq.principal.Name)
+		v, err = s.d.Keys.Retire(ctx, id, false, in.Version, s.d.Now(), rq.principal.Name)
 		entry.KeyLabel = v.Label
 	}
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
@@ -143,7 +143,7 @@ func (s *Server) retireKey(ctx context.Context, rq *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.Keys.Status(id, s.Now())
+	st, err := s.d.Keys.Status(id, s.d.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -197,9 +197,9 @@ func (s *Server) prove(ctx context.Context, rq *request, in proveRequest, entry 
 	}
 	var v keys.Version
 	if in.Version == 0 {
-		v, err = s.Keys.Active(id)
+		v, err = s.d.Keys.Active(id)
 	} else {
-		v, err = s.Keys.ParticipantVersion(id, in.Version)
+		v, err = s.d.Keys.ParticipantVersion(id, in.Version)
 	}
 	if err != nil {
 		return nil, err
@@ -210,7 +210,7 @@ func (s *Server) prove(ctx context.Context, rq *request, in proveRequest, entry 
 	} else if _, err := c.NewPublicKey(eph); err != nil {
 		return nil, badRequest("ephemeral_public: not a %s public key", v.Alg)
 	}
-	mac, err := s.Prover.ProvePossession(ctx, device.PossessionRequest{KeyLabel: v.Label, Alg: v.Alg, VerifierPublic: eph,
+	mac, err := s.d.Prover.ProvePossession(ctx, device.PossessionRequest{KeyLabel: v.Label, Alg: v.Alg, VerifierPublic: eph,
 		Context: pop.Context(v.Alg, eph, v.Public, nonce), Message: pop.Message(nonce)})
 	if err != nil {
 		return nil, err

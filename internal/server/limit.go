@@ -324,11 +324,11 @@ func (l *connLimiter) refuse(c net.Conn, p peer, answer bool) {
 	ae := errorf(http.StatusTooManyRequests, CodeTooManyConnections, "uid %d has %d connections open (limits.max_connections_per_caller); close some or reuse them", p.UID, l.max)
 	rq := &request{peer: p}
 	if p.ok {
-		if pr, err := s.Policy.Current().Identify(policy.Caller{UID: p.UID, GID: p.GID, PID: p.PID}); err == nil {
+		if pr, err := s.d.Policy.Current().Identify(policy.Caller{UID: p.UID, GID: p.GID, PID: p.PID}); err == nil {
 			rq.principal = pr
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.Limits.RequestTimeout.Std())
+	ctx, cancel := context.WithTimeout(context.Background(), s.d.Limits.RequestTimeout.Std())
 	defer cancel()
 	if err := s.recordRefusal(ctx, rq, "connect", "connect", ae); err != nil {
 		ae = classify(err)

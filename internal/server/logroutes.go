@@ -43,10 +43,10 @@ type entriesResponse struct {
 }
 
 func (s *Server) accessLog() (AccessLog, error) {
-	if s.AccessLog == nil {
+	if s.d.AccessLog == nil {
 		return nil, errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "this daemon has no access log")
 	}
-	return s.AccessLog, nil
+	return s.d.AccessLog, nil
 }
 
 // logError maps access-log read errors.

@@ -58,7 +58,7 @@ func (s *Server) register(ctx context.Context, id string) (keys.Version, error) 
 	if err := envelope.ValidateID(id); err != nil {
 		return keys.Version{}, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
 	}
-	return s.Keys.Register(ctx, id, s.Now())
+	return s.d.Keys.Register(ctx, id, s.d.Now())
 }
 
 type participantResponse struct {
@@ -73,7 +73,7 @@ func (s *Server) showParticipant(ctx context.Context, rq *request) (any, error) 
 	if err := envelope.ValidateID(id); err != nil {
 		return nil, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
 	}
-	vs, err := s.Keys.Participant(id)
+	vs, err := s.d.Keys.Participant(id)
 	if err != nil {
 		return nil, err
 	}

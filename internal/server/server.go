@@ -88,9 +88,11 @@ type Observer interface {
 	ObserveRequest(route, code string, d time.Duration)
 }
 
-// Server serves the API.
+// Server serves the API. Its collaborators are the Deps it was built
+// with, fixed by New: nothing outside the package reaches or replaces them
+// while it serves.
 type Server struct {
-	Deps
+	d        Deps
 	http     *http.Server
 	verified *envelope.VerifyCache // headers whose signature verified
 	inFlight *callerLimiter        // requests in progress per uid
@@ -123,7 +125,7 @@ func New(d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Deps: d, verified: verified, rewrap: rw,
+	s := &Server{d: d, verified: verified, rewrap: rw,
 		self:     auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())},
 		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
 		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
@@ -163,7 +165,7 @@ func New(d Deps) (*Server, error) {
 // afresh, so a kept-alive connection never carries an old one.
 func (s *Server) withDeadlines(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		dl := time.Now().Add(s.Limits.RequestTimeout.Std())
+		dl := time.Now().Add(s.d.Limits.RequestTimeout.Std())
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(dl)
 		_ = rc.SetWriteDeadline(dl.Add(time.Second))
@@ -174,7 +176,7 @@ func (s *Server) withDeadlines(next http.Handler) http.Handler {
 // Serve accepts connections on ln until Shutdown, at most
 // limits.max_connections_per_caller of them per uid.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.http.Serve(&connLimiter{Listener: ln, s: s, max: s.Limits.MaxConnectionsPerCaller,
+	err := s.http.Serve(&connLimiter{Listener: ln, s: s, max: s.d.Limits.MaxConnectionsPerCaller,
 		refusing: make(chan struct{}, maxRefusing), n: map[uint32]int{}})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -212,8 +214,8 @@ type handler func(ctx context.Context, rq *request) (any, error)
 func (s *Server) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		r.Body = http.MaxBytesReader(w, r.Body, s.Limits.MaxBodyBytes)
-		ctx, cancel := context.WithTimeout(r.Context(), s.Limits.RequestTimeout.Std())
+		r.Body = http.MaxBytesReader(w, r.Body, s.d.Limits.MaxBodyBytes)
+		ctx, cancel := context.WithTimeout(r.Context(), s.d.Limits.RequestTimeout.Std())
 		defer cancel()
 		body, err := s.serve(ctx, w, r, rt)
 		code := "ok"
@@ -222,7 +224,7 @@ func (s *Server) guard(rt route) http.Handler {
 		case err != nil:
 			ae := classify(err)
 			if ae.Code == CodeInternal {
-				s.Log.Error("request failed", "route", rt.pattern, "err", err)
+				s.d.Log.Error("request failed", "route", rt.pattern, "err", err)
 			}
 			code = ae.Code
 			writeError(w, ae)
@@ -231,8 +233,8 @@ func (s *Server) guard(rt route) http.Handler {
 		default:
 			writeJSON(w, http.StatusOK, body)
 		}
-		if s.Observer != nil {
-			s.Observer.ObserveRequest(rt.pattern, code, time.Since(start))
+		if s.d.Observer != nil {
+			s.d.Observer.ObserveRequest(rt.pattern, code, time.Since(start))
 		}
 	})
 }
@@ -244,7 +246,7 @@ func (s *Server) guard(rt route) http.Handler {
 func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rt route) (any, error) {
 	// The end-user headers are the application's word, recorded as given:
 	// record normalizes (clips and marks) every string of an entry.
-	rq := &request{Request: r, policy: s.Policy.Current(), route: rt.pattern, routeOp: rt.op, endUser: auditlog.EndUser{
+	rq := &request{Request: r, policy: s.d.Policy.Current(), route: rt.pattern, routeOp: rt.op, endUser: auditlog.EndUser{
 		IP:        r.Header.Get("Custody-End-User-IP"),
 		UserAgent: r.Header.Get("Custody-End-User-Agent"),
 		RequestID: r.Header.Get("Custody-Request-ID"),
@@ -252,7 +254,7 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	err := s.authorize(ctx, rq, rt)
 	uid := rq.peer.key()
 	if !s.inFlight.acquire(uid) {
-		err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.Limits.MaxInFlightPerCaller, rq.peer.UID)
+		err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.d.Limits.MaxInFlightPerCaller, rq.peer.UID)
 	} else {
 		defer s.inFlight.release(uid)
 		if s.refusals.exhausted(uid) {
@@ -308,7 +310,7 @@ func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 
 // tooManyRefusals is the refusal of a caller whose refusal bucket is empty.
 func (s *Server) tooManyRefusals(rq *request) error {
-	return errorf(http.StatusTooManyRequests, CodeTooManyRefusals, "uid %d was refused more than %d times recently (limits.refusal_burst, refilled at limits.refusal_rate %d/s); fix the failing requests and slow down", rq.peer.UID, s.Limits.RefusalBurst, s.Limits.RefusalRate)
+	return errorf(http.StatusTooManyRequests, CodeTooManyRefusals, "uid %d was refused more than %d times recently (limits.refusal_burst, refilled at limits.refusal_rate %d/s); fix the failing requests and slow down", rq.peer.UID, s.d.Limits.RefusalBurst, s.d.Limits.RefusalRate)
 }
 
 // recordRefusal records err, a refusal at the door of route (its pattern,
@@ -333,7 +335,7 @@ func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op strin
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
 	e = s.complete(rq, e, err)
 	s.charge(rq, err)
-	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
+	if rerr := s.d.Recorder.Record(ctx, e); rerr != nil {
 		return s.logRefused(e, rerr)
 	}
 	return nil
@@ -345,11 +347,11 @@ func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err 
 // log_unavailable error when that fails. The caller is the daemon itself:
 // principal "custodyd", its own uid, gid and pid. Nothing is charged.
 func (s *Server) RecordDaemon(ctx context.Context, e auditlog.Entry, err error) error {
-	e.Time = s.Now().UTC()
+	e.Time = s.d.Now().UTC()
 	e.Caller, e.Principal = s.self, "custodyd"
 	e.Outcome, e.Code = outcome(err)
 	e = auditlog.Normalize(e)
-	if rerr := s.Recorder.Record(ctx, e); rerr != nil {
+	if rerr := s.d.Recorder.Record(ctx, e); rerr != nil {
 		return s.logRefused(e, rerr)
 	}
 	return nil
@@ -370,7 +372,7 @@ func (s *Server) charge(rq *request, err error) {
 }
 
 func (s *Server) logRefused(e auditlog.Entry, err error) error {
-	s.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", err)
+	s.d.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", err)
 	return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
 }
 
@@ -378,7 +380,7 @@ func (s *Server) logRefused(e auditlog.Entry, err error) error {
 // normalizes it.
 func (s *Server) complete(rq *request, e auditlog.Entry, err error) auditlog.Entry {
 	rq.recorded.Store(true)
-	e.Time = s.Now().UTC()
+	e.Time = s.d.Now().UTC()
 	e.Caller = rq.peer.Caller
 	e.Principal = rq.principal.Name
 	e.EndUser = rq.endUser

@@ -113,8 +113,8 @@ func decodeBatch[In any](s *Server, rq *request) (batchRequest[In], error) {
 	if len(in.Items) == 0 {
 		return in, badRequest("items: empty batch")
 	}
-	if len(in.Items) > s.Limits.MaxBatchItems {
-		return in, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.Limits.MaxBatchItems)
+	if len(in.Items) > s.d.Limits.MaxBatchItems {
+		return in, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.d.Limits.MaxBatchItems)
 	}
 	return in, nil
 }
@@ -137,7 +137,7 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 	out := batchResponse[Out]{Results: make([]batchResult[Out], len(in.Items))}
 	uid := rq.peer.key()
 	workers := 1
-	for workers < min(s.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
+	for workers < min(s.d.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
 		workers++
 	}
 	defer func() {
@@ -219,18 +219,18 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 		if err := envelope.ValidateID(id); err != nil {
 			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
 		}
-		v, err := s.Keys.Active(id)
+		v, err := s.d.Keys.Active(id)
 		if err != nil {
 			return nil, err
 		}
 		recipients = append(recipients, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
 		out.Recipients = append(out.Recipients, recipient{ID: id, KeyVersion: v.Number})
 	}
-	escrow, err := s.Keys.Escrow()
+	escrow, err := s.d.Keys.Escrow()
 	if err != nil {
 		return nil, err
 	}
-	signer, err := s.Keys.Signer()
+	signer, err := s.d.Keys.Signer()
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +242,7 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 		Plaintext:     plaintext,
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
-		CreatedAt:     s.Now(),
+		CreatedAt:     s.d.Now(),
 	}, signer)
 	if err != nil {
 		return nil, err
@@ -283,13 +283,13 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	}
 	h := &env.Header
 	entry.TransactionID, entry.JobID = h.TransactionID, h.JobID
-	if err := s.verified.Verify(env, s.Keys.SigningKey); err != nil {
+	if err := s.verified.Verify(env, s.d.Keys.SigningKey); err != nil {
 		return nil, err
 	}
 	if in.TransactionID != "" && in.TransactionID != h.TransactionID {
 		return nil, errorf(http.StatusBadRequest, CodeTransactionMismatch, "the envelope belongs to transaction %q, not %q", h.TransactionID, in.TransactionID)
 	}
-	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.Now())
+	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.d.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -297,12 +297,12 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	if err != nil {
 		return nil, err
 	}
-	key, err := s.Keys.ParticipantVersion(in.As, h.Stanzas[i].KeyVersion)
+	key, err := s.d.Keys.ParticipantVersion(in.As, h.Stanzas[i].KeyVersion)
 	if err != nil {
 		return nil, err
 	}
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
-	plaintext, err := s.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
+	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
 	if err != nil {
 		return nil, err
 	}
