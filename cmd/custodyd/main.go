@@ -196,21 +196,6 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 	}()
 	meters.WatchLog(alog)
-	self := auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
-	self.Executable, _ = os.Executable()
-	// daemonEvent records what the daemon did on its own; code is the
-	// entry's code when err is not nil.
-	daemonEvent := func(op, code string, err error) {
-		e := auditlog.Entry{Operation: op, Caller: self, Principal: "custodyd", Outcome: auditlog.Allowed}
-		if err != nil {
-			e.Outcome, e.Code, e.Detail = auditlog.Failed, code, err.Error()
-		}
-		if rerr := alog.Record(context.Background(), e); rerr != nil {
-			log.Error("access log refused a daemon event", "op", op, "err", rerr)
-		}
-	}
-	daemonEvent("daemon.start", "", nil)
-
 	// Court orders: without a vault section the audit routes answer
 	// vault_unavailable; with one, a Vault that cannot be reached or a token
 	// that is not there yet at start is not fatal either (the first run
@@ -235,10 +220,6 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
-	}
 	srv, err := server.New(server.Deps{
 		Token:      metered,
 		Rewrapper:  metered,
@@ -255,8 +236,27 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Version:    version,
 	})
 	if err != nil {
-		ln.Close()
 		return err
+	}
+	// daemonEvent records what the daemon did on its own through the
+	// server's one recording path (RecordDaemon: the same outcome and code
+	// rules, normalization and log_unavailable handling as every request);
+	// code is the entry's code when err is not nil. The server is built
+	// before the first event, so daemon.start is recorded once the daemon
+	// is assembled, just before it listens.
+	daemonEvent := func(op, code string, err error) {
+		e := auditlog.Entry{Operation: op}
+		if err != nil {
+			e.Detail, err = err.Error(), server.DaemonFailure(code, err)
+		}
+		if rerr := srv.RecordDaemon(context.Background(), e, err); rerr != nil {
+			log.Error("access log refused a daemon event", "op", op, "err", rerr)
+		}
+	}
+	daemonEvent("daemon.start", "", nil)
+	ln, err := server.Listen(cfg.Socket.Path, cfg.SocketMode())
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
 	}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()

@@ -126,7 +126,7 @@ func New(d Deps) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{d: d, verified: verified, rewrap: rw,
-		self:     auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())},
+		self:     daemonCaller(),
 		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
 		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
 		refused: &coalescer{rec: d.Recorder, log: d.Log, now: d.Now, window: max(d.Limits.RefusalWindow.Std(), time.Second),
@@ -155,6 +155,13 @@ func New(d Deps) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(d.Log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// daemonCaller is the daemon's own identity in the entries of RecordDaemon.
+func daemonCaller() auditlog.Caller {
+	c := auditlog.Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}
+	c.Executable, _ = os.Executable()
+	return c
 }
 
 // withDeadlines sets the connection's read and write deadlines for each
@@ -342,7 +349,8 @@ func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err 
 }
 
 // RecordDaemon records e, a decision the daemon took on its own (the due
-// rotation pass: keys.Scheduler), on the same path as record: completed
+// rotation pass: keys.Scheduler; cmd/custodyd's daemon.start, policy.reload,
+// ceremony.officers_reload, daemon.stop), on the same path as record: completed
 // from err (outcome and code), normalized, handed to the Recorder, a
 // log_unavailable error when that fails. The caller is the daemon itself:
 // principal "custodyd", its own uid, gid and pid. Nothing is charged.
@@ -355,6 +363,14 @@ func (s *Server) RecordDaemon(ctx context.Context, e auditlog.Entry, err error) 
 		return s.logRefused(e, rerr)
 	}
 	return nil
+}
+
+// DaemonFailure is err as a daemon event of cmd/custodyd records it
+// through RecordDaemon: outcome failed, with the event's own code (such as
+// invalid_policy for a policy reload that failed), which is not one of the
+// API's error codes. Its message is err's.
+func DaemonFailure(code string, err error) error {
+	return &apiError{Status: http.StatusInternalServerError, Code: code, Message: err.Error()}
 }
 
 // charge counts a refusal the caller caused (a 4xx answer: denied, a bad
