@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/user"
@@ -179,7 +180,8 @@ type harness struct {
 	store  *policy.Store
 	rec    *recorder
 	srv    *server.Server
-	now    time.Time // fixed clock: a Wednesday noon UTC
+	peer   server.Peer // the caller of httptest requests (newHandlerHarness)
+	now    time.Time   // fixed clock: a Wednesday noon UTC
 	client *http.Client
 }
 
@@ -188,6 +190,30 @@ func newHarness(t testing.TB) *harness { return newHarnessWith(t, nil) }
 // newHarnessWith lets a test change the server's dependencies (limits, a
 // wrapped token) before it starts.
 func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
+	t.Helper()
+	h, deps := newHarnessDeps(t, adjust)
+	h.serve(deps)
+	return h
+}
+
+// newHandlerHarness is a harness without a socket: h.call and its helpers
+// serve each request with httptest through the server's Handler, as the
+// caller h.peer (root, this process, unless the test changes it).
+func newHandlerHarness(t testing.TB) *harness {
+	t.Helper()
+	h, deps := newHarnessDeps(t, nil)
+	h.fillDeps(&deps)
+	var err error
+	if h.srv, err = server.New(deps); err != nil {
+		t.Fatal(err)
+	}
+	h.peer = server.Peer{UID: 0, GID: 0, PID: int32(os.Getpid())}
+	return h
+}
+
+// newHarnessDeps makes the token, keys, policy and recorder of a harness
+// and the server's Deps, changed by adjust when not nil.
+func newHarnessDeps(t testing.TB, adjust func(*server.Deps)) (*harness, server.Deps) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "custody-srv-")
 	if err != nil {
@@ -228,20 +254,24 @@ func newHarnessWith(t testing.TB, adjust func(*server.Deps)) *harness {
 	if adjust != nil {
 		adjust(&deps)
 	}
-	h.serve(deps)
-	return h
+	return h, deps
 }
 
-// serve starts a server with deps on h.socket (mode 0666, so that the test
-// users reach it), stops it at the test's end, and points h.client at it.
-func (h *harness) serve(deps server.Deps) {
-	h.t.Helper()
+// fillDeps sets the device collaborators a test left out to h's token.
+func (h *harness) fillDeps(deps *server.Deps) {
 	if deps.Rewrapper == nil { // the tests' wrapped tokens wrap Open only
 		deps.Rewrapper = h.token
 	}
 	if deps.Prover == nil {
 		deps.Prover = h.token
 	}
+}
+
+// serve starts a server with deps on h.socket (mode 0666, so that the test
+// users reach it), stops it at the test's end, and points h.client at it.
+func (h *harness) serve(deps server.Deps) {
+	h.t.Helper()
+	h.fillDeps(&deps)
 	var err error
 	h.srv, err = server.New(deps)
 	if err != nil {
@@ -295,6 +325,11 @@ func (h *harness) callRaw(method, path string, body any) (int, []byte) {
 	}
 	req.Header.Set("Custody-End-User-IP", "192.0.2.7")
 	req.Header.Set("Custody-End-User-Agent", "harness/1")
+	if h.client == nil { // newHandlerHarness: no socket
+		rr := httptest.NewRecorder()
+		h.srv.Handler().ServeHTTP(rr, req.WithContext(server.WithPeer(req.Context(), h.peer)))
+		return rr.Code, rr.Body.Bytes()
+	}
 	resp, err := h.client.Do(req)
 	if err != nil {
 		h.t.Fatal(err)

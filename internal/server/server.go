@@ -94,6 +94,7 @@ type Observer interface {
 type Server struct {
 	d        Deps
 	http     *http.Server
+	handler  http.Handler          // the routes, behind Handler's identification
 	verified *envelope.VerifyCache // headers whose signature verified
 	inFlight *callerLimiter        // requests in progress per uid
 	refusals *refusalLimiter       // refusals per uid (token bucket)
@@ -146,8 +147,9 @@ func New(d Deps) (*Server, error) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s; see docs/api.md", r.Method, r.URL.Path))
 	})
+	s.handler = s.withDeadlines(mux)
 	s.http = &http.Server{
-		Handler:           s.withDeadlines(mux),
+		Handler:           s.Handler(),
 		ConnContext:       connContext,
 		ReadHeaderTimeout: d.Limits.ReadTimeout.Std(),
 		IdleTimeout:       d.Limits.IdleTimeout.Std(),

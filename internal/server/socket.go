@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -192,6 +193,43 @@ func peerOf(c net.Conn) peer {
 	}
 	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/exe")
 	return peer{Caller: auditlog.Caller{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Executable: exe}, ok: true}
+}
+
+// Peer is a caller's identity as the policy sees it: the uid, gid and pid
+// that SO_PEERCRED gives for a connection to the socket.
+type Peer struct {
+	UID, GID uint32
+	PID      int32
+}
+
+type injectedPeerKey struct{}
+
+// WithPeer returns a copy of ctx in which p is the caller of a request that
+// Handler serves outside Serve: a test's httptest.NewRequest(…).WithContext.
+// It is never the identity of a request that came through the socket:
+// there the connection's SO_PEERCRED credentials are always the caller's
+// (an unreadable one included: it is refused, never replaced by p).
+func WithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, injectedPeerKey{}, p)
+}
+
+// Handler is the server's whole HTTP API (the routes, their limits,
+// deadlines, authorization and recording), as Serve serves it. A request's
+// caller is its connection's SO_PEERCRED identity when it came through
+// Serve; otherwise the Peer that WithPeer put into its context; otherwise
+// nobody (refused with unknown_caller). So handlers can be tested with
+// net/http/httptest and an injected identity, and nothing a client sends
+// on the socket can choose who it is.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, fromConn := ctx.Value(peerKey{}).(peer); !fromConn { // connContext always sets one
+			if p, ok := ctx.Value(injectedPeerKey{}).(Peer); ok {
+				r = r.WithContext(context.WithValue(ctx, peerKey{}, peer{Caller: auditlog.Caller{UID: p.UID, GID: p.GID, PID: p.PID}, ok: true}))
+			}
+		}
+		s.handler.ServeHTTP(w, r)
+	})
 }
 
 func peerFrom(ctx context.Context) (peer, error) {
