@@ -11,6 +11,11 @@
 // daemon's own decisions, on the same path); a result is released only
 // after Record returned nil.
 //
+// The server is an adapter: its collaborators (Deps) are fixed by New, and
+// Handler is the whole API, served by Serve on the socket or by a test with
+// httptest and an identity injected with WithPeer (never on the socket,
+// where SO_PEERCRED always names the caller).
+//
 // Errors are JSON {"error":{"code":…,"message":…}} with the stable codes of
 // errors.go. Plaintext, DEKs and PINs never reach a log line.
 //
