@@ -240,7 +240,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("final checkpoint covers %d of %d entries", v.CheckpointSize, v.Entries)
 	}
 	out, _ := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--format", "jsonl").CombinedOutput()
-	for _, op := range []string{`"op":"daemon.start"`, `"op":"register"`, `"op":"policy.reload"`, `"op":"daemon.stop"`} {
+	for _, op := range []string{`"op":"daemon.start"`, `"op":"register"`, `"op":"policy.reload"`, `"code":"invalid_policy"`, `"op":"daemon.stop"`} {
 		if !strings.Contains(string(out), op) {
 			t.Errorf("access log lacks %s:\n%s", op, out)
 		}
