@@ -14,20 +14,27 @@ import (
 
 var updateScripts = flag.Bool("update", false, "rewrite the expected output in testdata/script/*.txtar from what custodyctl prints now")
 
-// stopVault stops the shared dev Vault (vaulttest.Shared) after the
-// tests, before testscript.Main exits.
-type stopVault struct{ *testing.M }
+// setupSteps run before the tests of the test process (not of the
+// custodyctl it re-executes as); each returns its cleanup. The SoftHSM
+// setup of the daemon scripts (script_daemon_test.go, cgo only) adds one.
+var setupSteps []func() (cleanup func())
 
-func (m stopVault) Run() int {
-	code := m.M.Run()
-	vaulttest.Stop()
-	return code
+// testProcess runs setupSteps, the tests, the cleanups, and stops the
+// shared dev Vault (vaulttest.Shared), before testscript.Main exits.
+type testProcess struct{ *testing.M }
+
+func (m testProcess) Run() int {
+	for _, step := range setupSteps {
+		defer step()()
+	}
+	defer vaulttest.Stop()
+	return m.M.Run()
 }
 
 // TestMain lets the scripts run custodyctl as a command: testscript runs
 // the test binary itself under that name, which calls main.
 func TestMain(m *testing.M) {
-	testscript.Main(stopVault{m}, map[string]func(){"custodyctl": main})
+	testscript.Main(testProcess{m}, map[string]func(){"custodyctl": main})
 }
 
 // TestScript runs testdata/script/*.txtar: each runs custodyctl and
