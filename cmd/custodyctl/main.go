@@ -60,8 +60,10 @@ Global flags:
   --json          print the daemon's JSON response as it is
   --timeout D     give up after D (default 60s)
 
-Exit status: 0 on success, 1 when the daemon answered an error (its code is
-printed, e.g. "purpose_denied"), 2 on a usage error. Error codes: docs/api.md.
+Exit status: 0 on success; 1 when the daemon answered an error, printed as
+"custodyctl: CODE: message" (e.g. purpose_denied; codes: docs/api.md), or
+when a local step failed ("custodyctl: error: …"); 2 on a usage error
+("custodyctl: error: …", then "hint: …"). COMMAND --help shows its flags.
 `
 
 func main() {
