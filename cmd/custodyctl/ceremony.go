@@ -91,9 +91,17 @@ within its window; then any officer executes it, once.
 `
 
 func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) error {
+	err := c.ceremonyRun(args, stdin, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		_, err = fmt.Fprint(c.out, ceremonyUsage)
+	}
+	return err
+}
+
+// ceremonyRun runs one ceremony command; flag.ErrHelp asks for the help.
+func (c *client) ceremonyRun(args []string, stdin io.Reader, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprint(c.out, ceremonyUsage)
-		return nil
+		return flag.ErrHelp
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -127,7 +135,7 @@ func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) erro
 	case "verify":
 		return c.verifyTranscript(rest, stderr)
 	}
-	return usageError{msg: fmt.Sprintf("unknown ceremony command %q (see custodyctl ceremony help)", sub)}
+	return usageError{msg: fmt.Sprintf("ceremony: unknown command %q", sub), hint: "see custodyctl ceremony help"}
 }
 
 type requestView struct {
@@ -182,7 +190,7 @@ func (p paramFlags) Set(s string) error {
 
 func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony request", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	m := fs.Int("m", 2, "approvals needed (and shares needed to restore a backup)")
 	n := fs.Int("n", 0, "backup: shares to make (0 = every officer)")
 	window := fs.String("window", "", "approval window (default 1h)")
@@ -191,7 +199,7 @@ func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 	fs.Var(params, "param", "extra parameter key=value (repeatable)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
 		return usageError{msg: "usage: custodyctl ceremony request genesis|backup|restore|rotate [--m M] [--n N] [--window D] [--manifest FILE]"}
@@ -214,11 +222,11 @@ func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 
 func (c *client) ceremonyApprove(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony approve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	hash := fs.String("hash", "", "the request's SHA-256, as you read it")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *hash == "" {
 		return usageError{msg: "usage: custodyctl ceremony approve ID --hash H"}
@@ -356,11 +364,11 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 
 func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony fetch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	outFile := fs.String("out", "", "write the file here (mode 0600) instead of ./NAME")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 2 {
 		return usageError{msg: "usage: custodyctl ceremony fetch ID NAME [--out FILE]"}
@@ -386,12 +394,12 @@ func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
 
 func (c *client) shareDecrypt(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony share decrypt", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	idFile := fs.String("identity", "", "your age identity file (AGE-SECRET-KEY-1…)")
 	outFile := fs.String("out", "", "write the share here (mode 0600) instead of stdout")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *idFile == "" {
 		return usageError{msg: "usage: custodyctl ceremony share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]"}
@@ -467,12 +475,12 @@ func (c *client) shareSubmit(args []string, stdin io.Reader) error {
 
 func (c *client) cosign(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony cosign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	keyFile := fs.String("key", "", "your note signer key file")
 	outFile := fs.String("out", "", "write the co-signed transcript here (default: rewrite TRANSCRIPT)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *keyFile == "" {
 		return usageError{msg: "usage: custodyctl ceremony cosign TRANSCRIPT --key FILE [--out FILE]"}
@@ -507,13 +515,13 @@ func (c *client) cosign(args []string, stderr io.Writer) error {
 
 func (c *client) verifyTranscript(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	offFile := fs.String("officers", "", "the officers file")
 	logKey := fs.String("log-key", "", "your own copy of the access log's verifier key; default: the keys you pinned (custodyctl log pin)")
 	minCo := fs.Int("min-cosigners", -1, "officer co-signatures required (default: every approver in the transcript)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *offFile == "" {
 		return usageError{msg: "usage: custodyctl ceremony verify TRANSCRIPT --officers FILE [--log-key FILE]"}

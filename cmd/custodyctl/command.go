@@ -178,3 +178,15 @@ func flagError(err error) string {
 	}
 	return msg
 }
+
+// flagParseError is what a command not yet on the command type (log,
+// ceremony) returns when fs.Parse fails: flag.ErrHelp as it is (its group
+// prints its help), any other error a usageError naming the command, with a
+// hint to the group's help.
+func flagParseError(fs *flag.FlagSet, err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	group, _, _ := strings.Cut(fs.Name(), " ")
+	return usageError{msg: fs.Name() + ": " + flagError(err), hint: "see custodyctl " + group + " help"}
+}

@@ -70,30 +70,33 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func runLog(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, logUsage)
-		return usageError{msg: "log: a subcommand is required"}
+		return usageError{msg: "log: a command is required", hint: "see custodyctl log help"}
 	}
 	fs := flag.NewFlagSet("log "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, logUsage) }
+	fs.SetOutput(io.Discard) // errors are reported by run, help below
+	var err error
 	switch args[0] {
 	case "pin":
-		return logPin(fs, args[1:], stdout)
+		err = logPin(fs, args[1:], stdout)
 	case "verify":
-		return logVerify(fs, args[1:], stdout)
+		err = logVerify(fs, args[1:], stdout)
 	case "prove":
-		return logProve(fs, args[1:], stdout)
+		err = logProve(fs, args[1:], stdout)
 	case "check-proof":
-		return logCheckProof(fs, args[1:], stdout)
+		err = logCheckProof(fs, args[1:], stdout)
 	case "query":
-		return logQuery(fs, args[1:], stdout)
+		err = logQuery(fs, args[1:], stdout)
 	case "report":
-		return logReport(fs, args[1:], stdout)
+		err = logReport(fs, args[1:], stdout)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, logUsage)
-		return nil
+		err = flag.ErrHelp
+	default:
+		return usageError{msg: fmt.Sprintf("log: unknown command %q", args[0]), hint: "see custodyctl log help"}
 	}
-	return usageError{msg: fmt.Sprintf("log: unknown subcommand %q", args[0])}
+	if errors.Is(err, flag.ErrHelp) {
+		_, err = fmt.Fprint(stdout, logUsage)
+	}
+	return err
 }
 
 // writeJSON writes v as JSON (indented) with escapeJSON applied.
@@ -113,7 +116,7 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
 		return usageError{msg: "usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
@@ -182,7 +185,7 @@ func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 2 {
 		return usageError{msg: "usage: custodyctl log prove DIR N"}
@@ -206,7 +209,7 @@ func logCheckProof(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "the log's public key; default: the key you pinned for the proof's log")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
 		return usageError{msg: "usage: custodyctl log check-proof FILE [--key PUBKEY_FILE]"}
@@ -320,7 +323,7 @@ func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	format := fs.String("format", "table", "table, jsonl or csv")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
 		return usageError{msg: "usage: custodyctl log query DIR [filters] [--format table|jsonl|csv]"}

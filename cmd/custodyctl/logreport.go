@@ -63,7 +63,7 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *out == "" || *from == "" || *to == "" {
 		return usageError{msg: "usage: custodyctl log report DIR --from T --to T --out FILE.html"}

@@ -260,7 +260,7 @@ func logPin(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	replace := fs.Bool("replace", false, "replace a key pinned earlier for the same log origin")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{msg: err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
 		return usageError{msg: "usage: custodyctl log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]"}
