@@ -2,29 +2,17 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 )
 
 // audit implements `custodyctl audit decrypt`: an auditor opens an envelope
 // through its escrow stanza under a court order that Vault holds.
-func (c *client) audit(args []string, stdin io.Reader, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "decrypt" {
-		return usageError{"usage: custodyctl audit decrypt --envelope-file F --order ID --purpose P (or a JSON request on stdin / in a file)"}
-	}
-	fs := flag.NewFlagSet("audit decrypt", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	envFile := fs.String("envelope-file", "", "file with the envelope text, or encrypt's JSON output")
-	order := fs.String("order", "", "the court order's id (Vault)")
-	purpose := fs.String("purpose", "", "the order's purpose")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err.Error()}
-	}
+func (c *client) audit(args []string, stdin io.Reader, envFile, order, purpose *string) error {
 	var body []byte
 	if *envFile != "" || *order != "" {
 		if *envFile == "" || *order == "" || *purpose == "" {
-			return usageError{"audit decrypt with flags needs --envelope-file, --order and --purpose"}
+			return usageError{msg: "audit decrypt with flags needs --envelope-file, --order and --purpose"}
 		}
 		env, err := envelopeFromFile(*envFile)
 		if err != nil {
@@ -33,7 +21,7 @@ func (c *client) audit(args []string, stdin io.Reader, stderr io.Writer) error {
 		body, _ = json.Marshal(map[string]string{"envelope": env, "authorization": *order, "purpose": *purpose})
 	} else {
 		var err error
-		if body, err = readInput(fs.Args(), stdin); err != nil {
+		if body, err = readInput(args, stdin); err != nil {
 			return err
 		}
 	}

@@ -91,9 +91,17 @@ within its window; then any officer executes it, once.
 `
 
 func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) error {
+	err := c.ceremonyRun(args, stdin, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		_, err = fmt.Fprint(c.out, ceremonyUsage)
+	}
+	return err
+}
+
+// ceremonyRun runs one ceremony command; flag.ErrHelp asks for the help.
+func (c *client) ceremonyRun(args []string, stdin io.Reader, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprint(c.out, ceremonyUsage)
-		return nil
+		return flag.ErrHelp
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -101,7 +109,7 @@ func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) erro
 		return c.ceremonyRequest(rest, stderr)
 	case "show":
 		if len(rest) != 1 {
-			return usageError{"usage: custodyctl ceremony show ID"}
+			return usageError{msg: "usage: custodyctl ceremony show ID"}
 		}
 		var v requestView
 		raw, err := c.call("GET", "/v1/ceremony/requests/"+rest[0], nil, &v)
@@ -121,13 +129,13 @@ func (c *client) ceremony(args []string, stdin io.Reader, stderr io.Writer) erro
 		if len(rest) > 0 && rest[0] == "submit" {
 			return c.shareSubmit(rest[1:], stdin)
 		}
-		return usageError{"usage: custodyctl ceremony share decrypt FILE --identity F | share submit ID FILE"}
+		return usageError{msg: "usage: custodyctl ceremony share decrypt FILE --identity F | share submit ID FILE"}
 	case "cosign":
 		return c.cosign(rest, stderr)
 	case "verify":
 		return c.verifyTranscript(rest, stderr)
 	}
-	return usageError{fmt.Sprintf("unknown ceremony command %q (see custodyctl ceremony help)", sub)}
+	return usageError{msg: fmt.Sprintf("ceremony: unknown command %q", sub), hint: "see custodyctl ceremony help"}
 }
 
 type requestView struct {
@@ -182,7 +190,7 @@ func (p paramFlags) Set(s string) error {
 
 func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony request", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	m := fs.Int("m", 2, "approvals needed (and shares needed to restore a backup)")
 	n := fs.Int("n", 0, "backup: shares to make (0 = every officer)")
 	window := fs.String("window", "", "approval window (default 1h)")
@@ -191,10 +199,10 @@ func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 	fs.Var(params, "param", "extra parameter key=value (repeatable)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
-		return usageError{"usage: custodyctl ceremony request genesis|backup|restore|rotate [--m M] [--n N] [--window D] [--manifest FILE]"}
+		return usageError{msg: "usage: custodyctl ceremony request genesis|backup|restore|rotate [--m M] [--n N] [--window D] [--manifest FILE]"}
 	}
 	in := map[string]any{"kind": pos[0], "m": *m, "n": *n, "window": *window, "params": map[string]string(params)}
 	if *manifest != "" {
@@ -204,7 +212,7 @@ func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 		}
 		in["manifest"] = string(b)
 	} else if pos[0] == ceremony.KindRestore {
-		return usageError{"ceremony request restore needs --manifest FILE (the backup's manifest.json)"}
+		return usageError{msg: "ceremony request restore needs --manifest FILE (the backup's manifest.json)"}
 	}
 	body, _ := json.Marshal(in)
 	var v requestView
@@ -214,14 +222,14 @@ func (c *client) ceremonyRequest(args []string, stderr io.Writer) error {
 
 func (c *client) ceremonyApprove(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony approve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	hash := fs.String("hash", "", "the request's SHA-256, as you read it")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *hash == "" {
-		return usageError{"usage: custodyctl ceremony approve ID --hash H"}
+		return usageError{msg: "usage: custodyctl ceremony approve ID --hash H"}
 	}
 	var cur requestView
 	if _, err := c.call("GET", "/v1/ceremony/requests/"+pos[0], nil, &cur); err != nil {
@@ -239,7 +247,7 @@ func (c *client) ceremonyApprove(args []string, stderr io.Writer) error {
 
 func (c *client) ceremonyStatus(args []string) error {
 	if len(args) != 0 {
-		return usageError{"usage: custodyctl ceremony status"}
+		return usageError{msg: "usage: custodyctl ceremony status"}
 	}
 	var st struct {
 		Officer        string `json:"officer"`
@@ -282,7 +290,7 @@ func (c *client) ceremonyStatus(args []string) error {
 
 func (c *client) ceremonyExecute(kind string, args []string) error {
 	if len(args) > 1 || (len(args) == 0 && kind != ceremony.KindGenesis) {
-		return usageError{fmt.Sprintf("usage: custodyctl ceremony %s ID", kind)}
+		return usageError{msg: fmt.Sprintf("usage: custodyctl ceremony %s ID", kind)}
 	}
 	var id string
 	if len(args) == 1 {
@@ -297,7 +305,7 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 		for _, p := range st.Pending {
 			if p.Kind == ceremony.KindGenesis {
 				if id != "" {
-					return usageError{"several genesis requests are pending; name one: custodyctl ceremony genesis ID"}
+					return usageError{msg: "several genesis requests are pending; name one: custodyctl ceremony genesis ID"}
 				}
 				id = p.ID
 			}
@@ -356,14 +364,14 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 
 func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony fetch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	outFile := fs.String("out", "", "write the file here (mode 0600) instead of ./NAME")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 2 {
-		return usageError{"usage: custodyctl ceremony fetch ID NAME [--out FILE]"}
+		return usageError{msg: "usage: custodyctl ceremony fetch ID NAME [--out FILE]"}
 	}
 	var out struct {
 		Name   string `json:"name"`
@@ -386,15 +394,15 @@ func (c *client) ceremonyFetch(args []string, stderr io.Writer) error {
 
 func (c *client) shareDecrypt(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony share decrypt", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	idFile := fs.String("identity", "", "your age identity file (AGE-SECRET-KEY-1…)")
 	outFile := fs.String("out", "", "write the share here (mode 0600) instead of stdout")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *idFile == "" {
-		return usageError{"usage: custodyctl ceremony share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]"}
+		return usageError{msg: "usage: custodyctl ceremony share decrypt FILE --identity AGE_IDENTITY_FILE [--out FILE]"}
 	}
 	f, err := os.Open(*idFile)
 	if err != nil {
@@ -435,7 +443,7 @@ func (c *client) shareDecrypt(args []string, stderr io.Writer) error {
 
 func (c *client) shareSubmit(args []string, stdin io.Reader) error {
 	if len(args) != 2 {
-		return usageError{"usage: custodyctl ceremony share submit ID FILE (- for stdin)"}
+		return usageError{msg: "usage: custodyctl ceremony share submit ID FILE (- for stdin)"}
 	}
 	var text []byte
 	var err error
@@ -467,15 +475,15 @@ func (c *client) shareSubmit(args []string, stdin io.Reader) error {
 
 func (c *client) cosign(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony cosign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	keyFile := fs.String("key", "", "your note signer key file")
 	outFile := fs.String("out", "", "write the co-signed transcript here (default: rewrite TRANSCRIPT)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *keyFile == "" {
-		return usageError{"usage: custodyctl ceremony cosign TRANSCRIPT --key FILE [--out FILE]"}
+		return usageError{msg: "usage: custodyctl ceremony cosign TRANSCRIPT --key FILE [--out FILE]"}
 	}
 	kb, err := os.ReadFile(*keyFile)
 	if err != nil {
@@ -507,16 +515,16 @@ func (c *client) cosign(args []string, stderr io.Writer) error {
 
 func (c *client) verifyTranscript(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ceremony verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	offFile := fs.String("officers", "", "the officers file")
 	logKey := fs.String("log-key", "", "your own copy of the access log's verifier key; default: the keys you pinned (custodyctl log pin)")
 	minCo := fs.Int("min-cosigners", -1, "officer co-signatures required (default: every approver in the transcript)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *offFile == "" {
-		return usageError{"usage: custodyctl ceremony verify TRANSCRIPT --officers FILE [--log-key FILE]"}
+		return usageError{msg: "usage: custodyctl ceremony verify TRANSCRIPT --officers FILE [--log-key FILE]"}
 	}
 	od, err := os.ReadFile(*offFile)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,38 +26,6 @@ import (
 	"custody/internal/durable"
 	"custody/internal/pop"
 )
-
-const keysUsage = `usage:
-  custodyctl keys list                       keys, versions, state, age, what is due (admin)
-  custodyctl keys rotate ID                  create ID's next key version and make it active (admin)
-  custodyctl keys retire ID VERSION --confirm-rewrapped --count N
-                                             destroy VERSION on the token, for good (admin); N is the
-                                             envelope count of your last rewrap run
-  custodyctl keys prove ID [--version N] [--public BASE64]
-                                             check that the HSM holds ID's private key: a challenge
-                                             with a fresh ephemeral key and nonce, verified here
-                                             against the published public key (participants show,
-                                             or --public)`
-
-func (c *client) keys(args []string, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{keysUsage}
-	}
-	switch args[0] {
-	case "list":
-		return c.keysList()
-	case "rotate":
-		if len(args) != 2 {
-			return usageError{keysUsage}
-		}
-		return c.keysRotate(args[1])
-	case "retire":
-		return c.keysRetire(args[1:], stderr)
-	case "prove":
-		return c.keysProve(args[1:], stderr)
-	}
-	return usageError{keysUsage}
-}
 
 type versionView struct {
 	Version     uint32    `json:"key_version"`
@@ -145,24 +112,13 @@ func (c *client) keysRotate(id string) error {
 	return nil
 }
 
-func (c *client) keysRetire(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("keys retire", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	confirm := fs.Bool("confirm-rewrapped", false, "confirm that every envelope was rewrapped off this version")
-	count := fs.Int64("count", -1, "the envelope count of the last rewrap run")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	if len(pos) != 2 {
-		return usageError{keysUsage}
-	}
+func (c *client) keysRetire(pos []string, confirm *bool, count *int64) error {
 	v, err := strconv.ParseUint(strings.TrimPrefix(pos[1], "v"), 10, 32)
 	if err != nil || v == 0 {
-		return usageError{"VERSION must be a version number such as 1 or v1"}
+		return usageError{msg: "VERSION must be a version number such as 1 or v1"}
 	}
 	if !*confirm || *count < 0 {
-		return usageError{"retiring destroys the key version on the HSM for good: add --confirm-rewrapped and --count N (N: the envelope count your last `custodyctl rewrap` printed)"}
+		return usageError{msg: "retiring destroys the key version on the HSM for good: add --confirm-rewrapped and --count N (N: the envelope count your last `custodyctl rewrap` printed)"}
 	}
 	body, _ := json.Marshal(map[string]any{"version": v, "confirm_rewrapped": true, "rewrapped_count": *count})
 	var k keyView
@@ -181,18 +137,7 @@ func (c *client) keysRetire(args []string, stderr io.Writer) error {
 // errProof is returned when a proof of possession does not verify.
 var errProof = errors.New("proof_failed: the MAC does not verify against the published public key: the HSM does not hold that private key")
 
-func (c *client) keysProve(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("keys prove", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	version := fs.Uint("version", 0, "key version (default: the active one)")
-	public := fs.String("public", "", "the published public key to check against, base64 (default: from participants show)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	if len(pos) != 1 {
-		return usageError{keysUsage}
-	}
+func (c *client) keysProve(pos []string, version *uint, public *string) error {
 	id := pos[0]
 	var p struct {
 		Active   uint32 `json:"active_version"`
@@ -264,13 +209,6 @@ func (c *client) keysProve(args []string, stderr io.Writer) error {
 }
 
 // --- rewrap ---
-
-const rewrapUsage = `usage: custodyctl rewrap --in FILE --out FILE [--state FILE] [--chunk N]
-  FILE holds JSON lines {"envelope":"…","ref":"…"} ("ref" optional, echoed back).
-  OUT gets one JSON line per input line, in order:
-    {"line":N,"ref":…,"envelope":…,"changed":true|false,"moved":[…]}  or  {"line":N,"ref":…,"error":{…}}
-  Progress is saved in the state file (default OUT.state) after every chunk; run the same
-  command again after an interruption to resume without redoing finished lines.`
 
 // rewrapState is the resume state of one rewrap run, in its sidecar file.
 type rewrapState struct {
@@ -360,18 +298,9 @@ type outLine struct {
 	Error    *apiError       `json:"error,omitempty"`
 }
 
-func (c *client) rewrap(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("rewrap", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	in := fs.String("in", "", "input: JSON lines")
-	out := fs.String("out", "", "output: JSON lines")
-	statePath := fs.String("state", "", "resume state (default OUT.state)")
-	chunk := fs.Int("chunk", 500, "lines per request")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	if *in == "" || *out == "" || fs.NArg() != 0 || *chunk < 1 {
-		return usageError{rewrapUsage}
+func (c *client) rewrap(in, out, statePath *string, chunk *int, stderr io.Writer) error {
+	if *in == "" || *out == "" || *chunk < 1 {
+		return usageError{msg: "rewrap: --in and --out are required, and --chunk must be at least 1", hint: "see custodyctl rewrap --help"}
 	}
 	if *statePath == "" {
 		*statePath = *out + ".state"

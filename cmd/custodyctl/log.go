@@ -70,30 +70,33 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func runLog(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, logUsage)
-		return usageError{"log: a subcommand is required"}
+		return usageError{msg: "log: a command is required", hint: "see custodyctl log help"}
 	}
 	fs := flag.NewFlagSet("log "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, logUsage) }
+	fs.SetOutput(io.Discard) // errors are reported by run, help below
+	var err error
 	switch args[0] {
 	case "pin":
-		return logPin(fs, args[1:], stdout)
+		err = logPin(fs, args[1:], stdout)
 	case "verify":
-		return logVerify(fs, args[1:], stdout)
+		err = logVerify(fs, args[1:], stdout)
 	case "prove":
-		return logProve(fs, args[1:], stdout)
+		err = logProve(fs, args[1:], stdout)
 	case "check-proof":
-		return logCheckProof(fs, args[1:], stdout)
+		err = logCheckProof(fs, args[1:], stdout)
 	case "query":
-		return logQuery(fs, args[1:], stdout)
+		err = logQuery(fs, args[1:], stdout)
 	case "report":
-		return logReport(fs, args[1:], stdout)
+		err = logReport(fs, args[1:], stdout)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, logUsage)
-		return nil
+		err = flag.ErrHelp
+	default:
+		return usageError{msg: fmt.Sprintf("log: unknown command %q", args[0]), hint: "see custodyctl log help"}
 	}
-	return usageError{fmt.Sprintf("log: unknown subcommand %q", args[0])}
+	if errors.Is(err, flag.ErrHelp) {
+		_, err = fmt.Fprint(stdout, logUsage)
+	}
+	return err
 }
 
 // writeJSON writes v as JSON (indented) with escapeJSON applied.
@@ -113,10 +116,10 @@ func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
-		return usageError{"usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
+		return usageError{msg: "usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
 	}
 	v, err := reviewerKey("log verify", *key, pos[0])
 	if err != nil {
@@ -182,14 +185,14 @@ func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 2 {
-		return usageError{"usage: custodyctl log prove DIR N"}
+		return usageError{msg: "usage: custodyctl log prove DIR N"}
 	}
 	n, err := strconv.ParseInt(pos[1], 10, 64)
 	if err != nil || n < 0 {
-		return usageError{fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
+		return usageError{msg: fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
 	}
 	v, err := reviewerKey("log prove", *key, pos[0])
 	if err != nil {
@@ -206,10 +209,10 @@ func logCheckProof(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "the log's public key; default: the key you pinned for the proof's log")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
-		return usageError{"usage: custodyctl log check-proof FILE [--key PUBKEY_FILE]"}
+		return usageError{msg: "usage: custodyctl log check-proof FILE [--key PUBKEY_FILE]"}
 	}
 	raw, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -286,7 +289,7 @@ func parseTime(s string, endOfDay bool) (time.Time, error) {
 	}
 	t, err := time.Parse("2006-01-02", s)
 	if err != nil {
-		return time.Time{}, usageError{fmt.Sprintf("time %q is neither RFC 3339 nor YYYY-MM-DD", s)}
+		return time.Time{}, usageError{msg: fmt.Sprintf("time %q is neither RFC 3339 nor YYYY-MM-DD", s)}
 	}
 	if endOfDay {
 		t = t.AddDate(0, 0, 1)
@@ -320,10 +323,10 @@ func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	format := fs.String("format", "table", "table, jsonl or csv")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
-		return usageError{"usage: custodyctl log query DIR [filters] [--format table|jsonl|csv]"}
+		return usageError{msg: "usage: custodyctl log query DIR [filters] [--format table|jsonl|csv]"}
 	}
 	if f.from, err = parseTime(*from, false); err != nil {
 		return err
@@ -387,7 +390,7 @@ func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		}
 		flush = func() error { return nil }
 	default:
-		return usageError{fmt.Sprintf("--format %q: want table, jsonl or csv", *format)}
+		return usageError{msg: fmt.Sprintf("--format %q: want table, jsonl or csv", *format)}
 	}
 	err = auditlog.ReadEntries(pos[0], func(i int64, e auditlog.Entry) error {
 		if f.match(e) {

@@ -63,10 +63,10 @@ func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 || *out == "" || *from == "" || *to == "" {
-		return usageError{"usage: custodyctl log report DIR --from T --to T --out FILE.html"}
+		return usageError{msg: "usage: custodyctl log report DIR --from T --to T --out FILE.html"}
 	}
 	if f.from, err = parseTime(*from, false); err != nil {
 		return err

@@ -37,7 +37,7 @@ Commands:
                                   --envelope-file F  a file with the envelope text, or encrypt's JSON output
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
-  keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys.
+  keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys --help.
   rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable.
 
   log verify|prove|query|report  Offline reviewer tools on a copied access-log directory
@@ -60,8 +60,10 @@ Global flags:
   --json          print the daemon's JSON response as it is
   --timeout D     give up after D (default 60s)
 
-Exit status: 0 on success, 1 when the daemon answered an error (its code is
-printed, e.g. "purpose_denied"), 2 on a usage error. Error codes: docs/api.md.
+Exit status: 0 on success; 1 when the daemon answered an error, printed as
+"custodyctl: CODE: message" (e.g. purpose_denied; codes: docs/api.md), or
+when a local step failed ("custodyctl: error: …"); 2 on a usage error
+("custodyctl: error: …", then "hint: …"). COMMAND --help shows its flags.
 `
 
 func main() {
@@ -76,14 +78,16 @@ type client struct {
 	out     io.Writer
 }
 
-type usageError struct{ msg string }
+// usageError is a mistake in the command line or its input, found before
+// anything was done: exit status 2, printed as "custodyctl: error: msg"
+// and, when there is something to do about it, "hint: hint".
+type usageError struct{ msg, hint string }
 
 func (e usageError) Error() string { return e.msg }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("custodyctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	fs.SetOutput(io.Discard) // errors are reported below
 	defSocket := os.Getenv("CUSTODY_SOCKET")
 	if defSocket == "" {
 		defSocket = "run/custodyd.sock"
@@ -92,53 +96,60 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.socket, "socket", defSocket, "daemon socket")
 	fs.BoolVar(&c.json, "json", false, "print raw JSON")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "request timeout")
-	if err := fs.Parse(args); err != nil {
+	var err error
+	if err = fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
 			return 0
 		}
-		return 2
+		return report(stderr, usageError{msg: flagError(err), hint: "see custodyctl --help"})
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return report(stderr, usageError{msg: "a command is required", hint: "see custodyctl --help"})
 	}
-	var err error
+	if e, ok := c.daemonCommands(stdin, stderr)[rest[0]]; ok {
+		return report(stderr, e.execute(rest[1:], stdout))
+	}
 	switch cmd := rest[0]; cmd {
-	case "health":
-		err = c.health()
-	case "participants":
-		err = c.participants(rest[1:])
-	case "encrypt":
-		err = c.encrypt(rest[1:], stdin)
-	case "decrypt":
-		err = c.decrypt(rest[1:], stdin, stderr)
-	case "audit":
-		err = c.audit(rest[1:], stdin, stderr)
 	case "log":
 		err = runLog(rest[1:], stdout, stderr)
 	case "order":
 		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
-	case "keys":
-		err = c.keys(rest[1:], stderr)
-	case "rewrap":
-		err = c.rewrap(rest[1:], stderr)
 	case "ceremony":
 		err = c.ceremony(rest[1:], stdin, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
-		err = usageError{fmt.Sprintf("unknown command %q (see custodyctl --help)", cmd)}
+		err = usageError{msg: fmt.Sprintf("unknown command %q", cmd), hint: "see custodyctl --help"}
 	}
+	return report(stderr, err)
+}
+
+// report prints err on stderr and returns the exit status: 0 for nil; 1
+// for the daemon's or Vault's refusal or a local failure; 2 for a
+// usageError. The daemon's errors keep their form "custodyctl: CODE:
+// message" (scripts and tests match the code); every other error is
+// "custodyctl: error: message", then "hint: …" for a usageError that
+// has one.
+func report(stderr io.Writer, err error) int {
 	var ue usageError
+	var ae *apiError
 	switch {
 	case err == nil:
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintln(stderr, "custodyctl:", err)
+		fmt.Fprintln(stderr, "custodyctl: error:", err)
+		if ue.hint != "" {
+			fmt.Fprintln(stderr, "hint:", ue.hint)
+		}
 		return 2
-	default:
+	case errors.As(err, &ae):
 		fmt.Fprintln(stderr, "custodyctl:", err)
+		return 1
+	default:
+		fmt.Fprintln(stderr, "custodyctl: error:", err)
 		return 1
 	}
 }
@@ -250,7 +261,7 @@ type keyVersion struct {
 
 func (c *client) participants(args []string) error {
 	if len(args) != 2 || (args[0] != "register" && args[0] != "show") {
-		return usageError{"usage: custodyctl participants register|show ID"}
+		return usageError{msg: "usage: custodyctl participants register|show ID"}
 	}
 	id := args[1]
 	if args[0] == "register" {
@@ -295,7 +306,7 @@ func readInput(args []string, stdin io.Reader) ([]byte, error) {
 	var r io.Reader = stdin
 	switch {
 	case len(args) > 1:
-		return nil, usageError{"at most one input file"}
+		return nil, usageError{msg: "at most one input file"}
 	case len(args) == 1 && args[0] != "-":
 		f, err := os.Open(args[0])
 		if err != nil {
@@ -348,22 +359,16 @@ func (c *client) encrypt(args []string, stdin io.Reader) error {
 	return nil
 }
 
-func (c *client) decrypt(args []string, stdin io.Reader, stderr io.Writer) error {
-	fs := flag.NewFlagSet("decrypt", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	envFile := fs.String("envelope-file", "", "file with the envelope text, or encrypt's JSON output")
-	as := fs.String("as", "", "participant id to act as")
-	purpose := fs.String("purpose", "", "why you read the data (policy purposes)")
-	fields := fs.String("fields", "", "comma-separated fields to return (default: all the purpose may see)")
-	txid := fs.String("transaction-id", "", "refuse unless the envelope belongs to this transaction")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
+// decryptFlags are decrypt's flags (decryptCmd).
+type decryptFlags struct{ envFile, as, purpose, fields, txid *string }
+
+func (c *client) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
+	envFile, as, purpose, fields, txid := f.envFile, f.as, f.purpose, f.fields, f.txid
 	var body []byte
 	var err error
 	if *as != "" || *envFile != "" {
 		if *as == "" || *envFile == "" || *purpose == "" {
-			return usageError{"decrypt with flags needs --envelope-file, --as and --purpose"}
+			return usageError{msg: "decrypt with flags needs --envelope-file, --as and --purpose"}
 		}
 		env, err := envelopeFromFile(*envFile)
 		if err != nil {
@@ -377,7 +382,7 @@ func (c *client) decrypt(args []string, stdin io.Reader, stderr io.Writer) error
 			req["transaction_id"] = *txid
 		}
 		body, _ = json.Marshal(req)
-	} else if body, err = readInput(fs.Args(), stdin); err != nil {
+	} else if body, err = readInput(args, stdin); err != nil {
 		return err
 	}
 	path := "/v1/transactions/decrypt"

@@ -25,250 +25,265 @@ import (
 // Vault token; Vault's policy (policies/vault/legal-intake.hcl) decides
 // what they may do. They never contact custodyd.
 
-const orderUsage = `custodyctl order — court orders in Vault, for the legal intake role and signers
+// vaultFlags declares the Vault flags every order command but keygen takes
+// and returns the function that builds the Intake from them.
+func vaultFlags(fs *flag.FlagSet) func() (*orders.Intake, error) {
+	addr := fs.String("vault-addr", os.Getenv("VAULT_ADDR"), "Vault `URL` (default $VAULT_ADDR, else http://127.0.0.1:8200)")
+	tokenFile := fs.String("vault-token-file", "", "`file` with your Vault token, mode 0400/0600 (default ~/.vault-token)")
+	paths := orders.DefaultPaths
+	fs.StringVar(&paths.Mount, "kv-mount", paths.Mount, "Vault KV v2 `mount`")
+	fs.StringVar(&paths.Orders, "orders-path", paths.Orders, "`path` of the orders under the mount")
+	fs.StringVar(&paths.Revocations, "revocations-path", paths.Revocations, "`path` of the revocations under the mount")
+	return func() (*orders.Intake, error) { return intakeClient(*addr, *tokenFile, paths) }
+}
 
-  order create [FILE|-] [--document FILE]
-        Create an order from a JSON body (docs/orders.md) or from flags:
-        --id ID --auditor PRINCIPAL --purpose P --authority TEXT --document FILE
-        --not-before T --not-after T --max-uses N
-        [--transactions a,b] [--jobs a,b] [--created-from T --created-until T]
-        [--supersedes OLD_ID]
-        The order document is hashed locally (SHA-256); only the hash goes to Vault.
-        Times are RFC 3339. The order starts with no signatures; its body is
-        written once and never changes. To amend an order, create a new one with
-        --supersedes OLD_ID: OLD_ID is revoked at once, and custodyd accepts the
-        new order only while OLD_ID stays revoked.
-  order sign ID
-        Show the body Vault holds (canonical form) and its SHA-256; signs nothing.
-  order sign ID --key SIGNER_KEY_FILE (--sha256 HASH | --body FILE) [--signer NAME]
-        Sign, only if Vault's body is the one you reviewed: HASH is the SHA-256
-        that "order sign ID" or "order show ID" printed, or FILE is your reviewed
-        copy of the body (JSON; its canonical form must equal Vault's). Anything
-        else is refused and nothing is signed. The key file is mode 0400/0600;
-        the signer name is taken from the file unless --signer is given.
-  order revoke ID --reason TEXT     Write the order's revocation (once; irreversible).
-  order show ID                     The order, its body's SHA-256, signatures and revocation.
-  order list                        Order ids.
-  order keygen --out FILE --name NAME
-        Make a signer key pair: FILE (mode 0400) holds the private key; the
-        public key is printed as the {"name","public_key"} entry for custodyd's
-        vault.signers.
-
-Vault flags (every subcommand but keygen):
-  --vault-addr URL        default $VAULT_ADDR, else http://127.0.0.1:8200
-  --vault-token-file F    default ~/.vault-token (mode 0400/0600)
-  --kv-mount M --orders-path P --revocations-path P   default secret, custody/orders, custody/revocations
-`
+// orderCommands is `custodyctl order`: each subcommand with its own flags.
+func orderCommands(stdin io.Reader, stdout io.Writer, jsonOut bool, timeout time.Duration) *group {
+	// withIntake runs f with an Intake and a context bounded by timeout.
+	withIntake := func(intake func() (*orders.Intake, error), f func(ctx context.Context, in *orders.Intake) error) error {
+		in, err := intake()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return f(ctx, in)
+	}
+	return &group{
+		name:    "order",
+		summary: "Court orders in Vault, for the legal intake role and signers (docs/orders.md).",
+		details: `These commands talk to Vault directly with your own Vault token; Vault's
+policy decides what you may do. They never contact custodyd.`,
+		subs: []*command{{
+			name: "order create", args: "[FILE|-]", maxArgs: 1,
+			summary: "Create an order from a JSON body (FILE or stdin) or from flags.",
+			details: `The order document is hashed locally (SHA-256); only the hash goes to Vault.
+Times are RFC 3339. The order starts with no signatures; its body is
+written once and never changes. To amend an order, create a new one with
+--supersedes OLD_ID: OLD_ID is revoked at once, and custodyd accepts the
+new order only while OLD_ID stays revoked.`,
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				intake := vaultFlags(fs)
+				id := fs.String("id", "", "order `ID`")
+				auditor := fs.String("auditor", "", "the auditor `principal` the order names")
+				purpose := fs.String("purpose", "", "the audit `purpose`")
+				authority := fs.String("authority", "", "the issuing authority (`text`)")
+				document := fs.String("document", "", "the court's order document `file` (only its SHA-256 is sent)")
+				notBefore := fs.String("not-before", "", "valid from `time` (RFC 3339)")
+				notAfter := fs.String("not-after", "", "valid until `time` (RFC 3339)")
+				maxUses := fs.Int("max-uses", 0, "how many decrypts the order allows")
+				txs := fs.String("transactions", "", "scope: comma-separated transaction `ids`")
+				jobs := fs.String("jobs", "", "scope: comma-separated job `ids`")
+				createdFrom := fs.String("created-from", "", "scope: envelopes created from `time` (RFC 3339, with --created-until)")
+				createdUntil := fs.String("created-until", "", "scope: envelopes created until `time` (RFC 3339, with --created-from)")
+				supersedes := fs.String("supersedes", "", "the `ID` of the order this one amends (it is revoked)")
+				return func(pos []string) error {
+					var o orders.Order
+					if len(pos) == 1 {
+						raw, err := readInput(pos, stdin)
+						if err != nil {
+							return err
+						}
+						dec := json.NewDecoder(strings.NewReader(string(raw)))
+						dec.DisallowUnknownFields()
+						if err := dec.Decode(&o); err != nil {
+							return usageError{msg: fmt.Sprintf("order create: %v", err)}
+						}
+					} else {
+						o = orders.Order{ID: *id, Auditor: *auditor, Purpose: *purpose, Authority: *authority, MaxUses: *maxUses,
+							Scope: orders.Scope{Transactions: splitList(*txs), Jobs: splitList(*jobs)}}
+						for _, t := range []struct {
+							flag, v string
+							dst     *time.Time
+						}{{"not-before", *notBefore, &o.NotBefore}, {"not-after", *notAfter, &o.NotAfter}} {
+							v, err := time.Parse(time.RFC3339, t.v)
+							if err != nil {
+								return usageError{msg: fmt.Sprintf("order create: --%s: want an RFC 3339 time", t.flag), hint: "e.g. 2026-01-02T15:04:05Z"}
+							}
+							*t.dst = v
+						}
+						if *createdFrom != "" || *createdUntil != "" {
+							f, err1 := time.Parse(time.RFC3339, *createdFrom)
+							u, err2 := time.Parse(time.RFC3339, *createdUntil)
+							if err1 != nil || err2 != nil {
+								return usageError{msg: "order create: --created-from and --created-until: two RFC 3339 times"}
+							}
+							o.Scope.CreatedFrom, o.Scope.CreatedUntil = &f, &u
+						}
+					}
+					if o.Version == 0 {
+						o.Version = orders.FormatVersion
+					}
+					if *supersedes != "" {
+						if o.Supersedes != "" && o.Supersedes != *supersedes {
+							return usageError{msg: "order create: --supersedes differs from the file's supersedes"}
+						}
+						o.Supersedes = *supersedes
+					}
+					if *document != "" {
+						doc, err := os.ReadFile(*document)
+						if err != nil {
+							return err
+						}
+						o.DocumentSHA256 = orders.DocumentHash(sha256.Sum256(doc))
+					}
+					o.Normalize()
+					return withIntake(intake, func(ctx context.Context, in *orders.Intake) error {
+						return orderCreate(ctx, in, &o, stdout, jsonOut)
+					})
+				}
+			},
+		}, {
+			name: "order sign", args: "ID", minArgs: 1, maxArgs: 1,
+			summary: "Review an order's body (without --sha256/--body), or sign it.",
+			details: `Without --sha256 or --body: show the body Vault holds (canonical form) and
+its SHA-256; nothing is signed.
+With --key and --sha256 HASH or --body FILE: sign, only if Vault's body is
+the one you reviewed: HASH is the SHA-256 that "order sign ID" or
+"order show ID" printed, or FILE is your reviewed copy of the body (JSON;
+its canonical form must equal Vault's). Anything else is refused and
+nothing is signed. The key file is mode 0400/0600; the signer name is
+taken from the file unless --signer is given.`,
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				intake := vaultFlags(fs)
+				keyFile := fs.String("key", "", "the signer's private key `file` (order keygen)")
+				reviewed := fs.String("sha256", "", "the reviewed body's SHA-256 (64 hex `digits`)")
+				bodyFile := fs.String("body", "", "`file` with your reviewed copy of the body")
+				signer := fs.String("signer", "", "signer `name` (default: the name in the key file)")
+				return func(pos []string) error {
+					return withIntake(intake, func(ctx context.Context, in *orders.Intake) error {
+						return orderSign(ctx, in, pos[0], *keyFile, *signer, *reviewed, *bodyFile, stdout, jsonOut)
+					})
+				}
+			},
+		}, {
+			name: "order revoke", args: "ID", minArgs: 1, maxArgs: 1,
+			summary: "Write the order's revocation (once; irreversible).",
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				intake := vaultFlags(fs)
+				reason := fs.String("reason", "", "why the order is revoked (`text`, required)")
+				return func(pos []string) error {
+					if *reason == "" {
+						return usageError{msg: "order revoke: --reason is required", hint: "see custodyctl order revoke --help"}
+					}
+					return withIntake(intake, func(ctx context.Context, in *orders.Intake) error {
+						if err := in.Revoke(ctx, pos[0], *reason, currentUser(), time.Now()); err != nil {
+							return err
+						}
+						return printResult(stdout, jsonOut, map[string]any{"id": pos[0], "revoked": true}, fmt.Sprintf("revoked order %s\n", pos[0]))
+					})
+				}
+			},
+		}, {
+			name: "order show", args: "ID", minArgs: 1, maxArgs: 1,
+			summary: "The order, its body's SHA-256, signatures and revocation.",
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				intake := vaultFlags(fs)
+				return func(pos []string) error {
+					return withIntake(intake, func(ctx context.Context, in *orders.Intake) error {
+						return orderShow(ctx, in, pos[0], stdout, jsonOut)
+					})
+				}
+			},
+		}, {
+			name: "order list", maxArgs: 0,
+			summary: "Order ids.",
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				intake := vaultFlags(fs)
+				return func([]string) error {
+					return withIntake(intake, func(ctx context.Context, in *orders.Intake) error {
+						ids, err := in.List(ctx)
+						if err != nil {
+							return err
+						}
+						if jsonOut {
+							return json.NewEncoder(stdout).Encode(map[string]any{"orders": ids})
+						}
+						for _, id := range ids {
+							fmt.Fprintln(stdout, id)
+						}
+						return nil
+					})
+				}
+			},
+		}, {
+			name: "order keygen", maxArgs: 0,
+			summary: "Make a signer key pair (needs no Vault).",
+			details: `FILE (mode 0400, never over an existing file) holds the private key; the
+public key is printed as the {"name","public_key"} entry for custodyd's
+vault.signers.`,
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				out := fs.String("out", "", "`file` to create for the private key (required)")
+				name := fs.String("name", "", "the signer's `name` (required)")
+				return func([]string) error { return orderKeygen(*out, *name, stdout) }
+			},
+		}},
+	}
+}
 
 // runOrder runs `custodyctl order …`.
 func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, timeout time.Duration) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprint(stdout, orderUsage)
-		if len(args) == 0 {
-			return usageError{"order: a subcommand is required"}
-		}
-		return nil
-	}
-	sub, args := args[0], args[1:]
-	var pos []string // positional arguments before the flags
-	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		pos, args = append(pos, args[0]), args[1:]
-	}
-	fs := flag.NewFlagSet("order "+sub, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	vaultAddr := fs.String("vault-addr", os.Getenv("VAULT_ADDR"), "")
-	tokenFile := fs.String("vault-token-file", "", "")
-	paths := orders.DefaultPaths
-	fs.StringVar(&paths.Mount, "kv-mount", paths.Mount, "")
-	fs.StringVar(&paths.Orders, "orders-path", paths.Orders, "")
-	fs.StringVar(&paths.Revocations, "revocations-path", paths.Revocations, "")
-	// create
-	id := fs.String("id", "", "")
-	auditor := fs.String("auditor", "", "")
-	purpose := fs.String("purpose", "", "")
-	authority := fs.String("authority", "", "")
-	document := fs.String("document", "", "")
-	notBefore := fs.String("not-before", "", "")
-	notAfter := fs.String("not-after", "", "")
-	maxUses := fs.Int("max-uses", 0, "")
-	txs := fs.String("transactions", "", "")
-	jobs := fs.String("jobs", "", "")
-	createdFrom := fs.String("created-from", "", "")
-	createdUntil := fs.String("created-until", "", "")
-	supersedes := fs.String("supersedes", "", "")
-	// sign, revoke, keygen
-	keyFile := fs.String("key", "", "")
-	reviewed := fs.String("sha256", "", "")
-	bodyFile := fs.String("body", "", "")
-	signer := fs.String("signer", "", "")
-	reason := fs.String("reason", "", "")
-	out := fs.String("out", "", "")
-	name := fs.String("name", "", "")
-	if err := fs.Parse(args); err != nil {
-		return usageError{fmt.Sprintf("order %s: %v (see custodyctl order help)", sub, err)}
-	}
-	if fs.NArg() > 0 {
-		pos = append(pos, fs.Args()...)
-	}
-	one := func() (string, error) {
-		if len(pos) != 1 {
-			return "", usageError{fmt.Sprintf("usage: custodyctl order %s ID …", sub)}
-		}
-		return pos[0], nil
-	}
-	if sub == "keygen" {
-		return orderKeygen(*out, *name, stdout)
-	}
+	return orderCommands(stdin, stdout, jsonOut, timeout).execute(args, stdout)
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	in, err := intakeClient(*vaultAddr, *tokenFile, paths)
+// orderCreate writes o to Vault and, for an amendment, revokes the order
+// it supersedes.
+func orderCreate(ctx context.Context, in *orders.Intake, o *orders.Order, stdout io.Writer, jsonOut bool) error {
+	v, err := in.Create(ctx, o)
 	if err != nil {
 		return err
 	}
-	switch sub {
-	case "create":
-		var o orders.Order
-		if len(pos) > 1 {
-			return usageError{"order create: at most one input file"}
+	if o.Supersedes != "" {
+		// The amendment counts only once the old order is revoked
+		// (custodyd checks); revoke it now.
+		err := in.Revoke(ctx, o.Supersedes, "superseded by "+o.ID, currentUser(), time.Now())
+		if err != nil && !errors.Is(err, orders.ErrExists) {
+			return fmt.Errorf("created order %s, but revoking the order it supersedes failed: %w; run: custodyctl order revoke %s --reason \"superseded by %s\" (until then custodyd refuses %s)",
+				o.ID, err, o.Supersedes, o.ID, o.ID)
 		}
-		if len(pos) == 1 {
-			raw, err := readInput(pos, stdin)
-			if err != nil {
-				return err
-			}
-			dec := json.NewDecoder(strings.NewReader(string(raw)))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&o); err != nil {
-				return usageError{fmt.Sprintf("order create: %v", err)}
-			}
-		} else {
-			o = orders.Order{ID: *id, Auditor: *auditor, Purpose: *purpose, Authority: *authority, MaxUses: *maxUses,
-				Scope: orders.Scope{Transactions: splitList(*txs), Jobs: splitList(*jobs)}}
-			for _, t := range []struct {
-				flag, v string
-				dst     *time.Time
-			}{{"not-before", *notBefore, &o.NotBefore}, {"not-after", *notAfter, &o.NotAfter}} {
-				v, err := time.Parse(time.RFC3339, t.v)
-				if err != nil {
-					return usageError{fmt.Sprintf("order create: --%s: want an RFC 3339 time", t.flag)}
-				}
-				*t.dst = v
-			}
-			if *createdFrom != "" || *createdUntil != "" {
-				f, err1 := time.Parse(time.RFC3339, *createdFrom)
-				u, err2 := time.Parse(time.RFC3339, *createdUntil)
-				if err1 != nil || err2 != nil {
-					return usageError{"order create: --created-from and --created-until: two RFC 3339 times"}
-				}
-				o.Scope.CreatedFrom, o.Scope.CreatedUntil = &f, &u
-			}
-		}
-		if o.Version == 0 {
-			o.Version = orders.FormatVersion
-		}
-		if *supersedes != "" {
-			if o.Supersedes != "" && o.Supersedes != *supersedes {
-				return usageError{"order create: --supersedes differs from the file's supersedes"}
-			}
-			o.Supersedes = *supersedes
-		}
-		if *document != "" {
-			doc, err := os.ReadFile(*document)
-			if err != nil {
-				return err
-			}
-			o.DocumentSHA256 = orders.DocumentHash(sha256.Sum256(doc))
-		}
-		o.Normalize()
-		v, err := in.Create(ctx, &o)
-		if err != nil {
-			return err
-		}
-		if o.Supersedes != "" {
-			// The amendment counts only once the old order is revoked
-			// (custodyd checks); revoke it now.
-			err := in.Revoke(ctx, o.Supersedes, "superseded by "+o.ID, currentUser(), time.Now())
-			if err != nil && !errors.Is(err, orders.ErrExists) {
-				return fmt.Errorf("created order %s, but revoking the order it supersedes failed: %w; run: custodyctl order revoke %s --reason \"superseded by %s\" (until then custodyd refuses %s)",
-					o.ID, err, o.Supersedes, o.ID, o.ID)
-			}
-		}
-		text := fmt.Sprintf("created order %s (version %d, document %s)\nbody sha256 %s\n", o.ID, v, o.DocumentSHA256, o.BodySHA256())
-		if o.Supersedes != "" {
-			text += fmt.Sprintf("order %s is revoked: superseded by %s\n", o.Supersedes, o.ID)
-		}
-		text += fmt.Sprintf("it needs its signatures: each signer reviews it with custodyctl order sign %s, then signs with --sha256\n", o.ID)
-		return printResult(stdout, jsonOut, map[string]any{"id": o.ID, "version": v, "document_sha256": o.DocumentSHA256,
-			"body_sha256": o.BodySHA256(), "supersedes": o.Supersedes}, text)
-	case "sign":
-		oid, err := one()
-		if err != nil {
-			return err
-		}
-		return orderSign(ctx, in, oid, *keyFile, *signer, *reviewed, *bodyFile, stdout, jsonOut)
-	case "revoke":
-		oid, err := one()
-		if err != nil {
-			return err
-		}
-		if *reason == "" {
-			return usageError{"order revoke: --reason is required"}
-		}
-		if err := in.Revoke(ctx, oid, *reason, currentUser(), time.Now()); err != nil {
-			return err
-		}
-		return printResult(stdout, jsonOut, map[string]any{"id": oid, "revoked": true}, fmt.Sprintf("revoked order %s\n", oid))
-	case "show":
-		oid, err := one()
-		if err != nil {
-			return err
-		}
-		rec, v, rev, err := in.Show(ctx, oid)
-		if err != nil {
-			return err
-		}
-		changed := in.Unchanged(ctx, rec, v)
-		if changed != nil && !errors.Is(changed, orders.ErrBodyChanged) {
-			return changed
-		}
-		if jsonOut {
-			out := map[string]any{"version": v, "record": rec, "revocation": rev, "body_sha256": rec.Order.BodySHA256(), "body_unchanged": changed == nil}
-			if changed != nil {
-				out["body_problem"] = changed.Error()
-			}
-			return json.NewEncoder(stdout).Encode(out)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		printOrder(tw, &rec.Order, v)
-		var names []string
-		for _, s := range rec.Signatures {
-			names = append(names, s.Signer)
-		}
-		fmt.Fprintf(tw, "signed by\t%s\n", strings.Join(names, ", "))
-		if changed != nil {
-			fmt.Fprintf(tw, "WARNING\t%v: custodyd refuses this order\n", changed)
-		}
-		if rev != nil {
-			// The revocation is read from Vault without a parser's rules:
-			// escape what is not plain text before it reaches a terminal.
-			fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), displayText(rev.By), displayText(rev.Reason))
-		}
-		return tw.Flush()
-	case "list":
-		ids, err := in.List(ctx)
-		if err != nil {
-			return err
-		}
-		if jsonOut {
-			return json.NewEncoder(stdout).Encode(map[string]any{"orders": ids})
-		}
-		for _, id := range ids {
-			fmt.Fprintln(stdout, id)
-		}
-		return nil
 	}
-	return usageError{fmt.Sprintf("unknown order subcommand %q (see custodyctl order help)", sub)}
+	text := fmt.Sprintf("created order %s (version %d, document %s)\nbody sha256 %s\n", o.ID, v, o.DocumentSHA256, o.BodySHA256())
+	if o.Supersedes != "" {
+		text += fmt.Sprintf("order %s is revoked: superseded by %s\n", o.Supersedes, o.ID)
+	}
+	text += fmt.Sprintf("it needs its signatures: each signer reviews it with custodyctl order sign %s, then signs with --sha256\n", o.ID)
+	return printResult(stdout, jsonOut, map[string]any{"id": o.ID, "version": v, "document_sha256": o.DocumentSHA256,
+		"body_sha256": o.BodySHA256(), "supersedes": o.Supersedes}, text)
+}
+
+// orderShow prints the order id, its signatures and its revocation.
+func orderShow(ctx context.Context, in *orders.Intake, oid string, stdout io.Writer, jsonOut bool) error {
+	rec, v, rev, err := in.Show(ctx, oid)
+	if err != nil {
+		return err
+	}
+	changed := in.Unchanged(ctx, rec, v)
+	if changed != nil && !errors.Is(changed, orders.ErrBodyChanged) {
+		return changed
+	}
+	if jsonOut {
+		out := map[string]any{"version": v, "record": rec, "revocation": rev, "body_sha256": rec.Order.BodySHA256(), "body_unchanged": changed == nil}
+		if changed != nil {
+			out["body_problem"] = changed.Error()
+		}
+		return json.NewEncoder(stdout).Encode(out)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	printOrder(tw, &rec.Order, v)
+	var names []string
+	for _, s := range rec.Signatures {
+		names = append(names, s.Signer)
+	}
+	fmt.Fprintf(tw, "signed by\t%s\n", strings.Join(names, ", "))
+	if changed != nil {
+		fmt.Fprintf(tw, "WARNING\t%v: custodyd refuses this order\n", changed)
+	}
+	if rev != nil {
+		// The revocation is read from Vault without a parser's rules:
+		// escape what is not plain text before it reaches a terminal.
+		fmt.Fprintf(tw, "REVOKED\t%s by %s: %s\n", rev.Time.Format(time.RFC3339), displayText(rev.By), displayText(rev.Reason))
+	}
+	return tw.Flush()
 }
 
 // orderSign runs `order sign`: without reviewed or bodyFile it prints the
@@ -276,11 +291,11 @@ func runOrder(args []string, stdin io.Reader, stdout io.Writer, jsonOut bool, ti
 // signed); with one of them it signs only if Vault's body has that hash.
 func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, reviewed, bodyFile string, stdout io.Writer, jsonOut bool) error {
 	if reviewed != "" && bodyFile != "" {
-		return usageError{"order sign: give --sha256 or --body, not both"}
+		return usageError{msg: "order sign: give --sha256 or --body, not both"}
 	}
 	reviewed = strings.ToLower(reviewed)
 	if reviewed != "" && !isSHA256Hex(reviewed) {
-		return usageError{"order sign: --sha256: want the 64 hex digits of the body's SHA-256, as order show prints it"}
+		return usageError{msg: "order sign: --sha256: want the 64 hex digits of the body's SHA-256, as order show prints it"}
 	}
 	var local *orders.Order
 	if bodyFile != "" {
@@ -289,10 +304,10 @@ func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, revi
 			return err
 		}
 		if local, err = orders.ParseBody(raw); err != nil {
-			return usageError{fmt.Sprintf("order sign: --body %s: %v", bodyFile, err)}
+			return usageError{msg: fmt.Sprintf("order sign: --body %s: %v", bodyFile, err)}
 		}
 		if local.ID != id {
-			return usageError{fmt.Sprintf("order sign: --body %s holds order %q, not %q", bodyFile, local.ID, id)}
+			return usageError{msg: fmt.Sprintf("order sign: --body %s holds order %q, not %q", bodyFile, local.ID, id)}
 		}
 		reviewed = local.BodySHA256()
 	}
@@ -323,10 +338,10 @@ func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, revi
 		if changed != nil {
 			return fmt.Errorf("do not sign: %w; custodyd refuses this order whatever its signatures, so legal intake must issue a new order id (and investigate who rewrote it)", changed)
 		}
-		return usageError{fmt.Sprintf("order sign: nothing signed. Compare the body above with the court's order; if it is what you mean to sign, run:\n  custodyctl order sign %s --key %s --sha256 %s\n(or --body FILE with the copy of the body you reviewed)", id, keyHint, o.BodySHA256())}
+		return usageError{msg: fmt.Sprintf("order sign: nothing signed. Compare the body above with the court's order; if it is what you mean to sign, run:\n  custodyctl order sign %s --key %s --sha256 %s\n(or --body FILE with the copy of the body you reviewed)", id, keyHint, o.BodySHA256())}
 	}
 	if keyFile == "" {
-		return usageError{"order sign: --key SIGNER_KEY_FILE is required"}
+		return usageError{msg: "order sign: --key SIGNER_KEY_FILE is required"}
 	}
 	key, keyName, err := orders.LoadPrivateKey(keyFile)
 	if err != nil {
@@ -337,7 +352,7 @@ func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, revi
 		keyName = signer
 	}
 	if keyName == "" {
-		return usageError{"order sign: the key file names no signer; give --signer NAME"}
+		return usageError{msg: "order sign: the key file names no signer; give --signer NAME"}
 	}
 	v, err := in.Sign(ctx, id, keyName, key, reviewed)
 	var mismatch *orders.ReviewMismatchError
@@ -434,7 +449,7 @@ func intakeClient(addr, tokenFile string, paths orders.Paths) (*orders.Intake, e
 	if tokenFile == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
-			return nil, usageError{"order: no home directory; give --vault-token-file"}
+			return nil, usageError{msg: "order: no home directory; give --vault-token-file"}
 		}
 		tokenFile = filepath.Join(home, ".vault-token")
 	}
@@ -455,7 +470,7 @@ func intakeClient(addr, tokenFile string, paths orders.Paths) (*orders.Intake, e
 // existing file) and prints the public half for the daemon's configuration.
 func orderKeygen(out, name string, stdout io.Writer) error {
 	if out == "" || name == "" {
-		return usageError{"usage: custodyctl order keygen --out FILE --name NAME"}
+		return usageError{msg: "usage: custodyctl order keygen --out FILE --name NAME"}
 	}
 	pub, key, err := orders.GenerateKey()
 	if err != nil {

@@ -260,10 +260,10 @@ func logPin(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	replace := fs.Bool("replace", false, "replace a key pinned earlier for the same log origin")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return usageError{err.Error()}
+		return flagParseError(fs, err)
 	}
 	if len(pos) != 1 {
-		return usageError{"usage: custodyctl log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]"}
+		return usageError{msg: "usage: custodyctl log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]"}
 	}
 	src := pos[0]
 	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
@@ -283,7 +283,7 @@ func logPin(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *fp == "" {
-		return usageError{fmt.Sprintf("%s holds the key of the log %q\n  sha256 %s\n  words  %s\ncompare it with the fingerprint the operators published, then run again with --fingerprint %s", src, escapeText(v.Name()), hex, words, hex)}
+		return usageError{msg: fmt.Sprintf("%s holds the key of the log %q\n  sha256 %s\n  words  %s\ncompare it with the fingerprint the operators published, then run again with --fingerprint %s", src, escapeText(v.Name()), hex, words, hex)}
 	}
 	if !strings.EqualFold(strings.TrimSpace(*fp), hex) {
 		return fmt.Errorf("%s: the key's fingerprint is %s, not %s: not pinned (the key is not the one the operators published)", src, hex, *fp)

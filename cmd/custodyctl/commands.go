@@ -1,0 +1,108 @@
+package main
+
+import (
+	"flag"
+	"io"
+)
+
+// executor is a command or a group of commands.
+type executor interface {
+	execute(args []string, stdout io.Writer) error
+}
+
+// noFlags is the setup of a command without flags of its own.
+func noFlags(run func(args []string) error) func(*flag.FlagSet) func([]string) error {
+	return func(*flag.FlagSet) func([]string) error { return run }
+}
+
+// daemonCommands are the commands that talk to custodyd, each with its own
+// flags and generated --help.
+func (c *client) daemonCommands(stdin io.Reader, stderr io.Writer) map[string]executor {
+	return map[string]executor{
+		"health": &command{name: "health", maxArgs: 0,
+			summary: "Token, capabilities, daemon keys, policy, and who you are.",
+			setup:   noFlags(func([]string) error { return c.health() })},
+		"participants": &group{name: "participants",
+			summary: "Participants' X25519 key pairs on the HSM.",
+			subs: []*command{{name: "participants register", args: "ID", minArgs: 1, maxArgs: 1,
+				summary: "Create participant ID's key pair on the HSM (admin role).",
+				setup:   noFlags(func(pos []string) error { return c.participants([]string{"register", pos[0]}) }),
+			}, {name: "participants show", args: "ID", minArgs: 1, maxArgs: 1,
+				summary: "List ID's key versions and public keys.",
+				setup:   noFlags(func(pos []string) error { return c.participants([]string{"show", pos[0]}) }),
+			}}},
+		"encrypt": &command{name: "encrypt", args: "[FILE|-]", maxArgs: 1,
+			summary: "Seal a transaction; FILE (or stdin) holds the request.",
+			details: `The request is {"transaction_id","job_id","public_data":{},"confidential":{},"participants":[]},
+or {"items":[…]} for a batch (printed as JSON).`,
+			setup: noFlags(func(pos []string) error { return c.encrypt(pos, stdin) })},
+		"decrypt": &command{name: "decrypt", args: "[FILE|-]", maxArgs: 1,
+			summary: "Open an envelope, as a participant for a purpose.",
+			details: `FILE (or stdin) holds the request {"envelope","as","purpose","fields":[…]}
+or {"items":[…]}; or give it with --envelope-file, --as and --purpose.`,
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				f := decryptFlags{
+					envFile: fs.String("envelope-file", "", "`file` with the envelope text, or encrypt's JSON output"),
+					as:      fs.String("as", "", "participant `id` to act as"),
+					purpose: fs.String("purpose", "", "why you read the data: a `purpose` the policy names"),
+					fields:  fs.String("fields", "", "comma-separated `fields` to return (default: all the purpose may see)"),
+					txid:    fs.String("transaction-id", "", "refuse unless the envelope belongs to this transaction `id`"),
+				}
+				return func(pos []string) error { return c.decrypt(pos, stdin, f) }
+			}},
+		"audit": &group{name: "audit",
+			summary: "Audit access under a court order (auditor role).",
+			subs: []*command{{name: "audit decrypt", args: "[FILE|-]", maxArgs: 1,
+				summary: "Open an envelope through its escrow stanza under a court order.",
+				details: `Give --envelope-file, --order and --purpose, or {"envelope","authorization","purpose"}
+(or {"items":[…]}) in FILE or on stdin. Vault must hold a valid, signed,
+in-scope, unexhausted order naming you (docs/orders.md).`,
+				setup: func(fs *flag.FlagSet) func([]string) error {
+					envFile := fs.String("envelope-file", "", "`file` with the envelope text, or encrypt's JSON output")
+					order := fs.String("order", "", "the court order's `id` (Vault)")
+					purpose := fs.String("purpose", "", "the order's `purpose`")
+					return func(pos []string) error { return c.audit(pos, stdin, envFile, order, purpose) }
+				}}}},
+		"keys": &group{name: "keys",
+			summary: "Key versions, rotation, retirement and proof of possession.",
+			subs: []*command{{name: "keys list", maxArgs: 0,
+				summary: "Keys, versions, state, age, what is due (admin).",
+				setup:   noFlags(func([]string) error { return c.keysList() }),
+			}, {name: "keys rotate", args: "ID", minArgs: 1, maxArgs: 1,
+				summary: "Create ID's next key version and make it active (admin).",
+				setup:   noFlags(func(pos []string) error { return c.keysRotate(pos[0]) }),
+			}, {name: "keys retire", args: "ID VERSION", minArgs: 2, maxArgs: 2,
+				summary: "Destroy VERSION of ID on the token, for good (admin).",
+				details: `Retiring is irreversible: give --confirm-rewrapped and --count N, N being the
+envelope count your last custodyctl rewrap printed.`,
+				setup: func(fs *flag.FlagSet) func([]string) error {
+					confirm := fs.Bool("confirm-rewrapped", false, "confirm that every envelope was rewrapped off this version")
+					count := fs.Int64("count", -1, "the envelope count of the last rewrap run")
+					return func(pos []string) error { return c.keysRetire(pos, confirm, count) }
+				},
+			}, {name: "keys prove", args: "ID", minArgs: 1, maxArgs: 1,
+				summary: "Check that the HSM holds ID's private key.",
+				details: `A challenge with a fresh ephemeral key and nonce, verified here against the
+published public key (participants show, or --public).`,
+				setup: func(fs *flag.FlagSet) func([]string) error {
+					version := fs.Uint("version", 0, "key version (default: the active one)")
+					public := fs.String("public", "", "the published public key to check against, `base64` (default: from participants show)")
+					return func(pos []string) error { return c.keysProve(pos, version, public) }
+				},
+			}}},
+		"rewrap": &command{name: "rewrap", maxArgs: 0,
+			summary: "Move envelopes (JSON lines) to the active key versions, resumable.",
+			details: `--in holds JSON lines {"envelope":"…","ref":"…"} ("ref" optional, echoed back).
+--out gets one JSON line per input line, in order:
+  {"line":N,"ref":…,"envelope":…,"changed":true|false,"moved":[…]}  or  {"line":N,"ref":…,"error":{…}}
+Progress is saved in the state file (default OUT.state) after every chunk; run the same
+command again after an interruption to resume without redoing finished lines.`,
+			setup: func(fs *flag.FlagSet) func([]string) error {
+				in := fs.String("in", "", "input `file`: JSON lines (required)")
+				out := fs.String("out", "", "output `file`: JSON lines (required)")
+				statePath := fs.String("state", "", "resume state `file` (default OUT.state)")
+				chunk := fs.Int("chunk", 500, "lines per request")
+				return func([]string) error { return c.rewrap(in, out, statePath, chunk, stderr) }
+			}},
+	}
+}
