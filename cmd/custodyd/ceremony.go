@@ -59,7 +59,7 @@ func loadCeremonies(cfg config.Config, token *hsm.Token, registry *keys.Registry
 // readSOPINRecord reads the SO PIN share record and checks that it is
 // this token's.
 func readSOPINRecord(path string, info hsm.TokenInfo) (*ceremony.SOPINRecord, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.Read(path, 1<<20)
 	if err != nil {
 		return nil, fmt.Errorf("ceremony.so_pin_shares: %w", err)
 	}

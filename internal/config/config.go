@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +30,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
+	"custody/internal/safefile"
 	"custody/internal/config/duration"
 	"custody/internal/orders"
 )
@@ -249,17 +249,14 @@ func Load(path string) (Config, error) {
 	if path == "" {
 		return c, c.Validate()
 	}
-	f, err := os.Open(path)
+	// The file pins order signers, backup signers and the officers file:
+	// it gets the checks of every file the daemon trusts (safefile).
+	data, err := safefile.Read(path, MaxFileSize)
+	if errors.Is(err, safefile.ErrTooLarge) {
+		return c, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+	}
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	if len(data) > MaxFileSize {
-		return c, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
 	}
 	if err := c.decode(data); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"custody/internal/safefile"
 )
 
 func TestDefaultsValid(t *testing.T) {
@@ -171,5 +173,33 @@ func TestMetricsListen(t *testing.T) {
 		if err := c.Validate(); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
+	}
+}
+
+// TestLoadRefusesUnsafeFile: the configuration pins order signers, backup
+// signers and the officers file, so a file that others can write, or that
+// another user owns, is refused like the policy file.
+func TestLoadRefusesUnsafeFile(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give the file another owner (make test runs as root)")
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "custodyd.json")
+	if err := os.WriteFile(p, []byte(`{}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); err != nil {
+		t.Fatalf("a root-owned 0644 file: %v", err)
+	}
+	os.Chmod(p, 0o666)
+	if _, err := Load(p); !errors.Is(err, safefile.ErrUnsafe) {
+		t.Fatalf("a world-writable file: %v, want safefile.ErrUnsafe", err)
+	}
+	os.Chmod(p, 0o644)
+	if err := os.Chown(p, 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); !errors.Is(err, safefile.ErrUnsafe) {
+		t.Fatalf("a file owned by uid 4242: %v, want safefile.ErrUnsafe", err)
 	}
 }
