@@ -30,9 +30,9 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
-	"custody/internal/safefile"
 	"custody/internal/config/duration"
 	"custody/internal/orders"
+	"custody/internal/safefile"
 )
 
 // MaxFileSize bounds the configuration file.
