@@ -115,6 +115,7 @@ type group struct {
 	summary string
 	details string // may be ""
 	subs    []*command
+	groups  []*group // nested groups, e.g. "ceremony share"; named like subs
 }
 
 // execute runs the subcommand args[0]. "help", -h or --help print the
@@ -138,6 +139,11 @@ func (g *group) execute(args []string, stdout io.Writer) error {
 	}
 	if c := g.find(args[0]); c != nil {
 		return c.execute(args[1:], stdout)
+	}
+	for _, sg := range g.groups {
+		if sg.name == g.name+" "+args[0] {
+			return sg.execute(args[1:], stdout)
+		}
 	}
 	return usageError{msg: fmt.Sprintf("%s: unknown command %q", g.name, args[0]), hint: "see custodyctl " + g.name + " --help"}
 }
@@ -166,6 +172,9 @@ func (g *group) help() string {
 		}
 		fmt.Fprintf(&b, "  %-22s %s\n", line, c.summary)
 	}
+	for _, sg := range g.groups {
+		fmt.Fprintf(&b, "  %-22s %s\n", strings.TrimPrefix(sg.name, g.name+" ")+" COMMAND", sg.summary)
+	}
 	fmt.Fprintf(&b, "\nRun custodyctl %s COMMAND --help for a command's flags.\n", g.name)
 	return b.String()
 }
@@ -179,14 +188,8 @@ func flagError(err error) string {
 	return msg
 }
 
-// flagParseError is what a command not yet on the command type (log,
-// ceremony) returns when fs.Parse fails: flag.ErrHelp as it is (its group
-// prints its help), any other error a usageError naming the command, with a
-// hint to the group's help.
-func flagParseError(fs *flag.FlagSet, err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	group, _, _ := strings.Cut(fs.Name(), " ")
-	return usageError{msg: fs.Name() + ": " + flagError(err), hint: "see custodyctl " + group + " help"}
+// flagsRequired is the usage error of command name run without a flag it
+// requires; msg says which.
+func flagsRequired(name, msg string) error {
+	return usageError{msg: name + ": " + msg, hint: "see custodyctl " + name + " --help"}
 }

@@ -22,81 +22,51 @@ import (
 // The reviewer's commands work offline on a copy of the log directory with
 // only the log's public key: no daemon, no HSM.
 
-const logUsage = `custodyctl log — offline tools for the access log (a copied log directory is enough)
-
-  log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]
-        Pin the log's key in your reviewer configuration ($XDG_CONFIG_HOME/custody/
-        reviewer.json, default ~/.config/custody/reviewer.json) after checking it has
-        the fingerprint the operators published (genesis prints the custody/log/v1
-        key's sha256 and words). Without --fingerprint it shows the key's fingerprint.
-  log verify DIR [--since CHECKPOINT_FILE] [--key PUBKEY_FILE] [--allow-unsigned-tail] [--json]
-        Recompute the Merkle tree, check every signed checkpoint, parse every entry
-        strictly; with --since, check the log still contains a checkpoint you saved.
-        Exit 1 and the index where the log stops being trustworthy on any tampering.
-  log prove DIR N [--key PUBKEY_FILE]
-        Print an inclusion proof of entry N against the latest signed checkpoint
-        (JSON); a third party checks it with: log check-proof FILE --key PUBKEY_FILE
-  log check-proof FILE [--key PUBKEY_FILE]
-  log query DIR [--transaction T] [--participant P] [--principal P] [--purpose P]
-        [--order ID] [--outcome allowed|denied|failed] [--op OP] [--from T] [--to T]
-        [--format table|jsonl|csv]
-        Unverified: run log verify first.
-  log report DIR --from T --to T --out FILE.html [--key PUBKEY_FILE]
-        A self-contained HTML report with charts (no network needed to open it).
-
-The key is never the directory's own log.pub: whoever could rewrite the directory
+// logGroup is custodyctl log: the reviewer's offline commands.
+func logGroup(stdout io.Writer) *group {
+	with := func(f func(*flag.FlagSet, io.Writer) func([]string) error) func(*flag.FlagSet) func([]string) error {
+		return func(fs *flag.FlagSet) func([]string) error { return f(fs, stdout) }
+	}
+	return &group{name: "log",
+		summary: "Offline tools for the access log (a copied log directory is enough).",
+		details: `The key is never the directory's own log.pub: whoever could rewrite the directory
 could replace it too. verify, prove, check-proof and report use --key FILE (your own
 copy) or the key you pinned for the log; with neither they exit 1 and show the
 directory key's fingerprint to compare and pin. Every string from an entry is
 printed escaped (control and bidi characters as \x1b, \n, \u202e, …; a backslash
 as \\), and CSV cells that would start a formula get a leading '. Times are
-RFC 3339 ("2026-11-25T00:00:00Z") or dates ("2026-11-25", UTC).
-`
-
-// parseInterleaved parses flags that may come after positional arguments.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
-func runLog(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{msg: "log: a command is required", hint: "see custodyctl log help"}
-	}
-	fs := flag.NewFlagSet("log "+args[0], flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported by run, help below
-	var err error
-	switch args[0] {
-	case "pin":
-		err = logPin(fs, args[1:], stdout)
-	case "verify":
-		err = logVerify(fs, args[1:], stdout)
-	case "prove":
-		err = logProve(fs, args[1:], stdout)
-	case "check-proof":
-		err = logCheckProof(fs, args[1:], stdout)
-	case "query":
-		err = logQuery(fs, args[1:], stdout)
-	case "report":
-		err = logReport(fs, args[1:], stdout)
-	case "help", "-h", "--help":
-		err = flag.ErrHelp
-	default:
-		return usageError{msg: fmt.Sprintf("log: unknown command %q", args[0]), hint: "see custodyctl log help"}
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		_, err = fmt.Fprint(stdout, logUsage)
-	}
-	return err
+RFC 3339 ("2026-11-25T00:00:00Z") or dates ("2026-11-25", UTC).`,
+		subs: []*command{{name: "log pin", args: "(DIR | KEYFILE)", minArgs: 1, maxArgs: 1,
+			summary: "Pin the log's key in your reviewer configuration.",
+			details: `The configuration is $XDG_CONFIG_HOME/custody/reviewer.json (default
+~/.config/custody/reviewer.json). The key is pinned after checking it has the
+fingerprint the operators published (genesis prints the custody/log/v1 key's
+sha256 and words). Without --fingerprint it shows the key's fingerprint.`,
+			setup: with(logPin),
+		}, {name: "log verify", args: "DIR", minArgs: 1, maxArgs: 1,
+			summary: "Verify the log: Merkle tree, signed checkpoints, every entry.",
+			details: `Recompute the Merkle tree, check every signed checkpoint, parse every entry
+strictly; with --since, check the log still contains a checkpoint you saved.
+Exit 1 and the index where the log stops being trustworthy on any tampering.`,
+			setup: with(logVerify),
+		}, {name: "log prove", args: "DIR N", minArgs: 2, maxArgs: 2,
+			summary: "Print an inclusion proof of entry N (JSON).",
+			details: `The proof is against the latest signed checkpoint; a third party checks it with:
+custodyctl log check-proof FILE --key PUBKEY_FILE`,
+			setup: with(logProve),
+		}, {name: "log check-proof", args: "FILE", minArgs: 1, maxArgs: 1,
+			summary: "Check an inclusion proof made by log prove.",
+			setup:   with(logCheckProof),
+		}, {name: "log query", args: "DIR", minArgs: 1, maxArgs: 1,
+			summary: "Print the entries that match the filters.",
+			details: `Unverified: run custodyctl log verify first.`,
+			setup:   with(logQuery),
+		}, {name: "log report", args: "DIR", minArgs: 1, maxArgs: 1,
+			summary: "Write a self-contained HTML report with charts.",
+			details: `--from, --to and --out are required. No network is needed to open the report;
+it says whether the log verifies, so it needs the key like verify does.`,
+			setup: with(logReport),
+		}}}
 }
 
 // writeJSON writes v as JSON (indented) with escapeJSON applied.
@@ -109,62 +79,58 @@ func writeJSON(w io.Writer, v any) error {
 	return err
 }
 
-func logVerify(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	since := fs.String("since", "", "a signed checkpoint saved earlier")
-	key := fs.String("key", "", "your own copy of the log's public key (note verifier key); default: the key you pinned")
+func logVerify(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
+	since := fs.String("since", "", "`file` with a signed checkpoint you saved earlier")
+	key := fs.String("key", "", "`file` with your own copy of the log's public key (note verifier key); default: the key you pinned")
 	allow := fs.Bool("allow-unsigned-tail", false, "accept entries after the latest checkpoint (a copy of a running log)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
-	}
-	if len(pos) != 1 {
-		return usageError{msg: "usage: custodyctl log verify DIR [--since FILE] [--key FILE]"}
-	}
-	v, err := reviewerKey("log verify", *key, pos[0])
-	if err != nil {
-		return err
-	}
-	opts := auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: *allow}
-	if *since != "" {
-		if opts.Since, err = os.ReadFile(*since); err != nil {
+	return func(pos []string) error {
+		v, err := reviewerKey("log verify", *key, pos[0])
+		if err != nil {
 			return err
 		}
-	}
-	start := time.Now()
-	res, err := auditlog.Verify(pos[0], opts)
-	if err != nil {
-		return err
-	}
-	if dk := dirKeyMismatch(pos[0], v); dk != "" {
-		// The daemon never writes another key than its signer's (Open
-		// checks it): the directory was altered.
-		res.OK = false
-		res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
-	}
-	if *asJSON {
-		if err := writeJSON(stdout, res); err != nil {
+		opts := auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: *allow}
+		if *since != "" {
+			if opts.Since, err = os.ReadFile(*since); err != nil {
+				return err
+			}
+		}
+		start := time.Now()
+		res, err := auditlog.Verify(pos[0], opts)
+		if err != nil {
 			return err
 		}
-	} else {
-		fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
-		fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
-		for _, p := range res.Problems {
-			fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
+		if dk := dirKeyMismatch(pos[0], v); dk != "" {
+			// The daemon never writes another key than its signer's (Open
+			// checks it): the directory was altered.
+			res.OK = false
+			res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
 		}
-		switch {
-		case res.OK:
-			fmt.Fprintf(stdout, "OK: all %d entries are covered by a signed checkpoint and unaltered (%s)\n", res.Entries, time.Since(start).Round(time.Millisecond))
-		case res.TrustedUpTo == res.Entries:
-			fmt.Fprintf(stdout, "FAILED: the directory was altered (entries 0..%d verified)\n", res.TrustedUpTo-1)
-		default:
-			fmt.Fprintf(stdout, "FAILED: the log stops being trustworthy at entry %d (entries 0..%d verified)\n", res.TrustedUpTo, res.TrustedUpTo-1)
+		if *asJSON {
+			if err := writeJSON(stdout, res); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
+			fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
+			for _, p := range res.Problems {
+				fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
+			}
+			switch {
+			case res.OK:
+				fmt.Fprintf(stdout, "OK: all %d entries are covered by a signed checkpoint and unaltered (%s)\n", res.Entries, time.Since(start).Round(time.Millisecond))
+			case res.TrustedUpTo == res.Entries:
+				fmt.Fprintf(stdout, "FAILED: the directory was altered (entries 0..%d verified)\n", res.TrustedUpTo-1)
+			default:
+				fmt.Fprintf(stdout, "FAILED: the log stops being trustworthy at entry %d (entries 0..%d verified)\n", res.TrustedUpTo, res.TrustedUpTo-1)
+			}
 		}
+		if !res.OK {
+			return fmt.Errorf("verification failed at entry %d", res.TrustedUpTo)
+		}
+		return nil
 	}
-	if !res.OK {
-		return fmt.Errorf("verification failed at entry %d", res.TrustedUpTo)
-	}
-	return nil
+
 }
 
 // dirKeyMismatch describes how dir's log.pub differs from the key v the
@@ -181,56 +147,48 @@ func dirKeyMismatch(dir string, v *reviewerVerifier) string {
 	return fmt.Sprintf("%s is not the key the log was verified with (its sha256: %s): the directory's key was replaced", auditlog.PublicKeyFile, fp)
 }
 
-func logProve(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
+func logProve(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
+	key := fs.String("key", "", "`file` with your own copy of the log's public key; default: the key you pinned")
+	return func(pos []string) error {
+		n, err := strconv.ParseInt(pos[1], 10, 64)
+		if err != nil || n < 0 {
+			return usageError{msg: fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
+		}
+		v, err := reviewerKey("log prove", *key, pos[0])
+		if err != nil {
+			return err
+		}
+		b, err := auditlog.Prove(pos[0], v, n)
+		if err != nil {
+			return err
+		}
+		return writeJSON(stdout, b)
 	}
-	if len(pos) != 2 {
-		return usageError{msg: "usage: custodyctl log prove DIR N"}
-	}
-	n, err := strconv.ParseInt(pos[1], 10, 64)
-	if err != nil || n < 0 {
-		return usageError{msg: fmt.Sprintf("entry index %q is not a non-negative integer", pos[1])}
-	}
-	v, err := reviewerKey("log prove", *key, pos[0])
-	if err != nil {
-		return err
-	}
-	b, err := auditlog.Prove(pos[0], v, n)
-	if err != nil {
-		return err
-	}
-	return writeJSON(stdout, b)
+
 }
 
-func logCheckProof(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	key := fs.String("key", "", "the log's public key; default: the key you pinned for the proof's log")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
+func logCheckProof(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
+	key := fs.String("key", "", "`file` with the log's public key; default: the key you pinned for the proof's log")
+	return func(pos []string) error {
+		raw, err := os.ReadFile(pos[0])
+		if err != nil {
+			return err
+		}
+		var b auditlog.ProofBundle
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return fmt.Errorf("proof file: %w", err)
+		}
+		v, err := proofKey(*key, b.Checkpoint)
+		if err != nil {
+			return err
+		}
+		if err := auditlog.CheckBundle(&b, v); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "OK: entry %d is in the log %q of %d entries (signed checkpoint verified)\n", b.Inclusion.Index, escapeText(v.Name()), b.Inclusion.Size)
+		return nil
 	}
-	if len(pos) != 1 {
-		return usageError{msg: "usage: custodyctl log check-proof FILE [--key PUBKEY_FILE]"}
-	}
-	raw, err := os.ReadFile(pos[0])
-	if err != nil {
-		return err
-	}
-	var b auditlog.ProofBundle
-	if err := json.Unmarshal(raw, &b); err != nil {
-		return fmt.Errorf("proof file: %w", err)
-	}
-	v, err := proofKey(*key, b.Checkpoint)
-	if err != nil {
-		return err
-	}
-	if err := auditlog.CheckBundle(&b, v); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "OK: entry %d is in the log %q of %d entries (signed checkpoint verified)\n", b.Inclusion.Index, escapeText(v.Name()), b.Inclusion.Size)
-	return nil
+
 }
 
 // proofKey is the key to check a proof bundle with: --key, else the key
@@ -270,14 +228,14 @@ type filter struct {
 }
 
 func (f *filter) flags(fs *flag.FlagSet) (from, to *string) {
-	fs.StringVar(&f.tx, "transaction", "", "transaction id")
-	fs.StringVar(&f.participant, "participant", "", "participant (acting as, registered, or a recipient)")
-	fs.StringVar(&f.principal, "principal", "", "principal")
-	fs.StringVar(&f.purpose, "purpose", "", "purpose")
-	fs.StringVar(&f.order, "order", "", "court order id")
-	fs.StringVar(&f.outcome, "outcome", "", "allowed, denied or failed")
-	fs.StringVar(&f.op, "op", "", "operation")
-	return fs.String("from", "", "from this time (inclusive)"), fs.String("to", "", "until this time (exclusive; a date means the end of that day)")
+	fs.StringVar(&f.tx, "transaction", "", "transaction `id`")
+	fs.StringVar(&f.participant, "participant", "", "participant `id` (acting as, registered, or a recipient)")
+	fs.StringVar(&f.principal, "principal", "", "`principal`")
+	fs.StringVar(&f.purpose, "purpose", "", "`purpose`")
+	fs.StringVar(&f.order, "order", "", "court order `id`")
+	fs.StringVar(&f.outcome, "outcome", "", "`outcome`: allowed, denied or failed")
+	fs.StringVar(&f.op, "op", "", "operation `op`")
+	return fs.String("from", "", "from this `time` (inclusive)"), fs.String("to", "", "until this `time` (exclusive; a date means the end of that day)")
 }
 
 func parseTime(s string, endOfDay bool) (time.Time, error) {
@@ -317,92 +275,89 @@ func (f *filter) match(e auditlog.Entry) bool {
 		(f.to.IsZero() || e.Time.Before(f.to))
 }
 
-func logQuery(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	var f filter
 	from, to := f.flags(fs)
-	format := fs.String("format", "table", "table, jsonl or csv")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
-	}
-	if len(pos) != 1 {
-		return usageError{msg: "usage: custodyctl log query DIR [filters] [--format table|jsonl|csv]"}
-	}
-	if f.from, err = parseTime(*from, false); err != nil {
-		return err
-	}
-	if f.to, err = parseTime(*to, true); err != nil {
-		return err
-	}
-	cols := []string{"index", "time", "op", "outcome", "code", "principal", "uid", "pid", "transaction", "participant", "purpose", "fields", "key", "court_order", "end_user_ip", "request_id", "clipped"}
-	// row is one entry's cells, every string escaped (escapeText).
-	row := func(i int64, e auditlog.Entry) []string {
-		part := e.Participant
-		if part == "" {
-			part = joinEscaped(e.Participants)
-		} else {
-			part = escapeText(part)
-		}
-		r := []string{strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339Nano), escapeText(e.Operation), escapeText(string(e.Outcome)), escapeText(e.Code), escapeText(e.Principal),
-			strconv.FormatUint(uint64(e.Caller.UID), 10), strconv.Itoa(int(e.Caller.PID)), escapeText(e.TransactionID), part, escapeText(e.Purpose),
-			joinEscaped(e.Fields), escapeText(e.KeyLabel), escapeText(e.CourtOrder), escapeText(e.EndUser.IP), escapeText(e.EndUser.RequestID), joinEscaped(e.Clipped)}
-		return r
-	}
-	var emit func(i int64, e auditlog.Entry) error
-	var flush func() error
-	switch *format {
-	case "table":
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, strings.ToUpper(strings.Join(cols, "\t")))
-		emit = func(i int64, e auditlog.Entry) error {
-			r := row(i, e)
-			for k := range r {
-				if r[k] == "" {
-					r[k] = "-"
-				}
-			}
-			_, err := fmt.Fprintln(tw, strings.Join(r, "\t"))
+	format := fs.String("format", "table", "output `format`: table, jsonl or csv")
+	return func(pos []string) error {
+		var err error
+		if f.from, err = parseTime(*from, false); err != nil {
 			return err
 		}
-		flush = tw.Flush
-	case "csv":
-		w := csv.NewWriter(stdout)
-		w.Write(cols)
-		emit = func(i int64, e auditlog.Entry) error {
-			r := row(i, e)
-			for k := range r {
-				r[k] = csvCell(r[k])
-			}
-			return w.Write(r)
+		if f.to, err = parseTime(*to, true); err != nil {
+			return err
 		}
-		flush = func() error { w.Flush(); return w.Error() }
-	case "jsonl":
-		emit = func(i int64, e auditlog.Entry) error {
-			b, err := json.Marshal(struct {
-				Index int64 `json:"index"`
-				auditlog.Entry
-			}{i, e})
-			if err != nil {
+		cols := []string{"index", "time", "op", "outcome", "code", "principal", "uid", "pid", "transaction", "participant", "purpose", "fields", "key", "court_order", "end_user_ip", "request_id", "clipped"}
+		// row is one entry's cells, every string escaped (escapeText).
+		row := func(i int64, e auditlog.Entry) []string {
+			part := e.Participant
+			if part == "" {
+				part = joinEscaped(e.Participants)
+			} else {
+				part = escapeText(part)
+			}
+			r := []string{strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339Nano), escapeText(e.Operation), escapeText(string(e.Outcome)), escapeText(e.Code), escapeText(e.Principal),
+				strconv.FormatUint(uint64(e.Caller.UID), 10), strconv.Itoa(int(e.Caller.PID)), escapeText(e.TransactionID), part, escapeText(e.Purpose),
+				joinEscaped(e.Fields), escapeText(e.KeyLabel), escapeText(e.CourtOrder), escapeText(e.EndUser.IP), escapeText(e.EndUser.RequestID), joinEscaped(e.Clipped)}
+			return r
+		}
+		var emit func(i int64, e auditlog.Entry) error
+		var flush func() error
+		switch *format {
+		case "table":
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, strings.ToUpper(strings.Join(cols, "\t")))
+			emit = func(i int64, e auditlog.Entry) error {
+				r := row(i, e)
+				for k := range r {
+					if r[k] == "" {
+						r[k] = "-"
+					}
+				}
+				_, err := fmt.Fprintln(tw, strings.Join(r, "\t"))
 				return err
 			}
-			_, err = stdout.Write(append(escapeJSON(b), '\n'))
-			return err
+			flush = tw.Flush
+		case "csv":
+			w := csv.NewWriter(stdout)
+			w.Write(cols)
+			emit = func(i int64, e auditlog.Entry) error {
+				r := row(i, e)
+				for k := range r {
+					r[k] = csvCell(r[k])
+				}
+				return w.Write(r)
+			}
+			flush = func() error { w.Flush(); return w.Error() }
+		case "jsonl":
+			emit = func(i int64, e auditlog.Entry) error {
+				b, err := json.Marshal(struct {
+					Index int64 `json:"index"`
+					auditlog.Entry
+				}{i, e})
+				if err != nil {
+					return err
+				}
+				_, err = stdout.Write(append(escapeJSON(b), '\n'))
+				return err
+			}
+			flush = func() error { return nil }
+		default:
+			return usageError{msg: fmt.Sprintf("--format %q: want table, jsonl or csv", *format)}
 		}
-		flush = func() error { return nil }
-	default:
-		return usageError{msg: fmt.Sprintf("--format %q: want table, jsonl or csv", *format)}
-	}
-	err = auditlog.ReadEntries(pos[0], func(i int64, e auditlog.Entry) error {
-		if f.match(e) {
-			return emit(i, e)
+		err = auditlog.ReadEntries(pos[0], func(i int64, e auditlog.Entry) error {
+			if f.match(e) {
+				return emit(i, e)
+			}
+			return nil
+		})
+		if ferr := flush(); err == nil {
+			err = ferr
 		}
-		return nil
-	})
-	if ferr := flush(); err == nil {
-		err = ferr
+		if errors.Is(err, auditlog.ErrMalformed) {
+			return fmt.Errorf("%w (run custodyctl log verify first)", err)
+		}
+		return err
 	}
-	if errors.Is(err, auditlog.ErrMalformed) {
-		return fmt.Errorf("%w (run custodyctl log verify first)", err)
-	}
-	return err
+
 }

@@ -56,76 +56,76 @@ type reportData struct {
 	Orders         []bar
 }
 
-func logReport(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+func logReport(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	var f filter
 	from, to := f.flags(fs)
-	out := fs.String("out", "", "the HTML file to write")
-	key := fs.String("key", "", "your own copy of the log's public key; default: the key you pinned")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
-	}
-	if len(pos) != 1 || *out == "" || *from == "" || *to == "" {
-		return usageError{msg: "usage: custodyctl log report DIR --from T --to T --out FILE.html"}
-	}
-	if f.from, err = parseTime(*from, false); err != nil {
-		return err
-	}
-	if f.to, err = parseTime(*to, true); err != nil {
-		return err
-	}
-	// A report says whether the log verifies, so it needs the reviewer's
-	// key like verify does.
-	v, err := reviewerKey("log report", *key, pos[0])
-	if err != nil {
-		return err
-	}
-	d := reportData{Dir: pos[0], From: f.from, To: f.to, Generated: time.Now().UTC()}
-	if res, err := auditlog.Verify(pos[0], auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: true}); err != nil {
-		d.VerifyErr = err.Error()
-	} else {
-		if dk := dirKeyMismatch(pos[0], v); dk != "" {
-			res.OK = false
-			res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+	out := fs.String("out", "", "the HTML `file` to write (required)")
+	key := fs.String("key", "", "`file` with your own copy of the log's public key; default: the key you pinned")
+	return func(pos []string) error {
+		var err error
+		if *out == "" || *from == "" || *to == "" {
+			return flagsRequired("log report", "--from, --to and --out are required")
 		}
-		d.Verify = res
-	}
-	// The window is f.from..f.to; f.match applies it again along with the
-	// other filters (--principal, --purpose, …) report accepts like query.
-	sum, err := auditlog.Summarize(pos[0], auditlog.SummaryOptions{From: f.from, To: f.to, Match: f.match})
-	if err != nil {
-		return err
-	}
-	d.Total, d.Denied, d.Failed, d.Audits = sum.Entries, sum.Denied, sum.Failed, sum.Audits
-	d.Charts = []chart{
-		{Title: "Accesses per day (allowed or failed / denied)", Bars: bars(sum.Days), Colour: colourAllowed, Second: colourDenied},
-		{Title: "Accesses per purpose", Bars: bars(sum.Purposes), Colour: colourAllowed, Second: colourDenied},
-		{Title: "Accesses per principal", Bars: bars(sum.Principals), Colour: colourAllowed, Second: colourDenied},
-	}
-	d.Orders = bars(sum.Orders)
-	if len(d.Orders) > 0 {
-		d.Charts = append(d.Charts, chart{Title: "Audit decrypts per court order", Bars: d.Orders, Colour: colourOrder, Second: colourDenied})
-	}
-	for _, b := range sum.Bursts {
-		who := escapeText(b.Principal)
-		if b.Principal == "" {
-			who = fmt.Sprintf("uid %d", b.UID)
+		if f.from, err = parseTime(*from, false); err != nil {
+			return err
 		}
-		codes := make([]string, len(b.Codes))
-		for i, c := range b.Codes {
-			codes[i] = escapeText(c)
+		if f.to, err = parseTime(*to, true); err != nil {
+			return err
 		}
-		d.Bursts = append(d.Bursts, burst{Who: who, Start: b.Start, End: b.End, Count: b.Count, FirstIndex: b.FirstIndex, Codes: fmt.Sprint(codes)})
+		// A report says whether the log verifies, so it needs the reviewer's
+		// key like verify does.
+		v, err := reviewerKey("log report", *key, pos[0])
+		if err != nil {
+			return err
+		}
+		d := reportData{Dir: pos[0], From: f.from, To: f.to, Generated: time.Now().UTC()}
+		if res, err := auditlog.Verify(pos[0], auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: true}); err != nil {
+			d.VerifyErr = err.Error()
+		} else {
+			if dk := dirKeyMismatch(pos[0], v); dk != "" {
+				res.OK = false
+				res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+			}
+			d.Verify = res
+		}
+		// The window is f.from..f.to; f.match applies it again along with the
+		// other filters (--principal, --purpose, …) report accepts like query.
+		sum, err := auditlog.Summarize(pos[0], auditlog.SummaryOptions{From: f.from, To: f.to, Match: f.match})
+		if err != nil {
+			return err
+		}
+		d.Total, d.Denied, d.Failed, d.Audits = sum.Entries, sum.Denied, sum.Failed, sum.Audits
+		d.Charts = []chart{
+			{Title: "Accesses per day (allowed or failed / denied)", Bars: bars(sum.Days), Colour: colourAllowed, Second: colourDenied},
+			{Title: "Accesses per purpose", Bars: bars(sum.Purposes), Colour: colourAllowed, Second: colourDenied},
+			{Title: "Accesses per principal", Bars: bars(sum.Principals), Colour: colourAllowed, Second: colourDenied},
+		}
+		d.Orders = bars(sum.Orders)
+		if len(d.Orders) > 0 {
+			d.Charts = append(d.Charts, chart{Title: "Audit decrypts per court order", Bars: d.Orders, Colour: colourOrder, Second: colourDenied})
+		}
+		for _, b := range sum.Bursts {
+			who := escapeText(b.Principal)
+			if b.Principal == "" {
+				who = fmt.Sprintf("uid %d", b.UID)
+			}
+			codes := make([]string, len(b.Codes))
+			for i, c := range b.Codes {
+				codes[i] = escapeText(c)
+			}
+			d.Bursts = append(d.Bursts, burst{Who: who, Start: b.Start, End: b.End, Count: b.Count, FirstIndex: b.FirstIndex, Codes: fmt.Sprint(codes)})
+		}
+		var buf bytes.Buffer
+		if err := reportTemplate.Execute(&buf, d); err != nil {
+			return err
+		}
+		if err := os.WriteFile(*out, buf.Bytes(), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d entries (%d denied, %d audit decrypts, %d denial bursts)\n", *out, d.Total, d.Denied, d.Audits, len(d.Bursts))
+		return nil
 	}
-	var buf bytes.Buffer
-	if err := reportTemplate.Execute(&buf, d); err != nil {
-		return err
-	}
-	if err := os.WriteFile(*out, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s: %d entries (%d denied, %d audit decrypts, %d denial bursts)\n", *out, d.Total, d.Denied, d.Audits, len(d.Bursts))
-	return nil
+
 }
 
 // bars converts tallies, in their order, to bars: every key escaped with

@@ -114,11 +114,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	switch cmd := rest[0]; cmd {
 	case "log":
-		err = runLog(rest[1:], stdout, stderr)
+		err = logGroup(stdout).execute(rest[1:], stdout)
 	case "order":
 		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
 	case "ceremony":
-		err = c.ceremony(rest[1:], stdin, stderr)
+		err = c.ceremonyGroup(stdin).execute(rest[1:], stdout)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -255,59 +255,55 @@ func (e errorString) Unwrap() error { return e.is }
 // logPin: custodyctl log pin (DIR | KEYFILE) --fingerprint HEX [--replace]
 // pins the key after checking it has the fingerprint the reviewer got out
 // of band.
-func logPin(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	fp := fs.String("fingerprint", "", "the SHA-256 of the key, hex, as the operators published it (genesis prints it)")
+func logPin(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
+	fp := fs.String("fingerprint", "", "the key's SHA-256 in `hex`, as the operators published it (genesis prints it)")
 	replace := fs.Bool("replace", false, "replace a key pinned earlier for the same log origin")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagParseError(fs, err)
-	}
-	if len(pos) != 1 {
-		return usageError{msg: "usage: custodyctl log pin (DIR | KEYFILE) --fingerprint SHA256 [--replace]"}
-	}
-	src := pos[0]
-	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
-		src = filepath.Join(src, auditlog.PublicKeyFile)
-	}
-	raw, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	vkey := strings.TrimSpace(string(raw))
-	v, err := auditlog.ParseVerifierKey([]byte(vkey))
-	if err != nil {
-		return fmt.Errorf("%s: %w", src, err)
-	}
-	hex, words, err := keyFingerprint(vkey)
-	if err != nil {
-		return err
-	}
-	if *fp == "" {
-		return usageError{msg: fmt.Sprintf("%s holds the key of the log %q\n  sha256 %s\n  words  %s\ncompare it with the fingerprint the operators published, then run again with --fingerprint %s", src, escapeText(v.Name()), hex, words, hex)}
-	}
-	if !strings.EqualFold(strings.TrimSpace(*fp), hex) {
-		return fmt.Errorf("%s: the key's fingerprint is %s, not %s: not pinned (the key is not the one the operators published)", src, hex, *fp)
-	}
-	path, pinned, list, err := loadReviewerConfig()
-	if err != nil {
-		return err
-	}
-	if old, ok := pinned[v.Name()]; ok {
-		if old.KeyHash() == v.KeyHash() && verifierKeyText(old, list) == vkey {
-			fmt.Fprintf(stdout, "already pinned: the log %q, sha256 %s (%s)\n", v.Name(), hex, path)
-			return nil
+	return func(pos []string) error {
+		src := pos[0]
+		if fi, err := os.Stat(src); err == nil && fi.IsDir() {
+			src = filepath.Join(src, auditlog.PublicKeyFile)
 		}
-		if !*replace {
-			return fmt.Errorf("another key is pinned for the log %q in %s; give --replace to replace it", v.Name(), path)
+		raw, err := os.ReadFile(src)
+		if err != nil {
+			return err
 		}
-		list = removeKey(list, verifierKeyText(old, list))
+		vkey := strings.TrimSpace(string(raw))
+		v, err := auditlog.ParseVerifierKey([]byte(vkey))
+		if err != nil {
+			return fmt.Errorf("%s: %w", src, err)
+		}
+		hex, words, err := keyFingerprint(vkey)
+		if err != nil {
+			return err
+		}
+		if *fp == "" {
+			return usageError{msg: fmt.Sprintf("%s holds the key of the log %q\n  sha256 %s\n  words  %s\ncompare it with the fingerprint the operators published, then run again with --fingerprint %s", src, escapeText(v.Name()), hex, words, hex)}
+		}
+		if !strings.EqualFold(strings.TrimSpace(*fp), hex) {
+			return fmt.Errorf("%s: the key's fingerprint is %s, not %s: not pinned (the key is not the one the operators published)", src, hex, *fp)
+		}
+		path, pinned, list, err := loadReviewerConfig()
+		if err != nil {
+			return err
+		}
+		if old, ok := pinned[v.Name()]; ok {
+			if old.KeyHash() == v.KeyHash() && verifierKeyText(old, list) == vkey {
+				fmt.Fprintf(stdout, "already pinned: the log %q, sha256 %s (%s)\n", v.Name(), hex, path)
+				return nil
+			}
+			if !*replace {
+				return fmt.Errorf("another key is pinned for the log %q in %s; give --replace to replace it", v.Name(), path)
+			}
+			list = removeKey(list, verifierKeyText(old, list))
+		}
+		list = append(list, vkey)
+		if err := writeReviewerConfig(path, list); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "pinned the key of the log %q, sha256 %s, in %s\n", v.Name(), hex, path)
+		return nil
 	}
-	list = append(list, vkey)
-	if err := writeReviewerConfig(path, list); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "pinned the key of the log %q, sha256 %s, in %s\n", v.Name(), hex, path)
-	return nil
+
 }
 
 func removeKey(list []string, k string) []string {

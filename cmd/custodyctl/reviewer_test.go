@@ -110,7 +110,7 @@ func TestVerifyNeedsPinnedKey(t *testing.T) {
 		}
 	}
 	fs := newFlagSet()
-	if err := logVerify(fs, []string{dir}, io.Discard); !errors.Is(err, errNotPinned) {
+	if err := logVerify(fs, io.Discard)([]string{dir}); !errors.Is(err, errNotPinned) {
 		t.Errorf("logVerify: %v, want errNotPinned", err)
 	}
 	// --key naming the directory's own log.pub is the same trust: refused.
