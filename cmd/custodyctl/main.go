@@ -40,8 +40,9 @@ Commands:
   keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys --help.
   rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable.
 
-  log verify|prove|query|report  Offline reviewer tools on a copied access-log directory
-                                (no daemon needed); see custodyctl log help.
+  log pin|verify|prove|check-proof|query|report
+                                Offline reviewer tools on a copied access-log directory
+                                (no daemon needed; verify with a key you pinned); see custodyctl log --help.
   order create|sign|revoke|show|list|keygen
                                 Court orders in Vault for the legal intake role and signers,
                                 with your own Vault token; see custodyctl order help.
