@@ -7,7 +7,7 @@ LDFLAGS := -X main.version=$(VERSION)
 .PHONY: help deps deps-test bench-rewrap-100k build run demo test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 deps: ## Install what is missing: softhsm2, and a Vault server built once into ~/.cache/custody
 	@scripts/deps.sh
@@ -15,7 +15,7 @@ deps: ## Install what is missing: softhsm2, and a Vault server built once into ~
 build: ## Build bin/custodyd and bin/custodyctl
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/custodyd ./cmd/custodyctl
 
-run: ## First run: install, build, init the SoftHSM token under softhsm/, serve on run/custodyd.sock
+run: ## First run: install, build, init the SoftHSM token, serve on run/custodyd.sock at once (dev Vault builds in the background)
 	@scripts/first-run.sh
 
 demo: build ## Register, encrypt and decrypt against a running daemon (after make run)
