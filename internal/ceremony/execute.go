@@ -3,7 +3,6 @@ package ceremony
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -355,21 +354,4 @@ func mkdirPrivate(dir string) error {
 		return fmt.Errorf("ceremony output directory %s: mode %04o, want a directory of mode 0700", dir, st.Mode().Perm())
 	}
 	return nil
-}
-
-// readBounded reads a regular file of at most max bytes.
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() || st.Size() > max {
-		return nil, fmt.Errorf("ceremony output %s: not a regular file of at most %d bytes", path, max)
-	}
-	return io.ReadAll(io.LimitReader(f, max))
 }

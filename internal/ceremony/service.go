@@ -16,6 +16,7 @@ import (
 	"custody/internal/auditlog"
 	"custody/internal/device"
 	"custody/internal/keys"
+	"custody/internal/safefile"
 )
 
 // Service runs the escrow key ceremonies of one daemon (docs/ceremonies.md):
@@ -392,7 +393,7 @@ func (s *Service) Fetch(o Officer, id, name string) ([]byte, error) {
 	case holder != "" && holder != o.Name:
 		return nil, inputErrorf(ErrNotShareHolder, "%s is %s's share file; each officer fetches only their own", name, holder)
 	}
-	return readBounded(filepath.Join(ex.dir, name), maxOutputFile)
+	return safefile.Read(filepath.Join(ex.dir, name), maxOutputFile)
 }
 
 func sha256Hex(b []byte) string {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"custody/internal/safefile"
 )
 
 // casAttempts bounds the check-and-set attempts of one use increment. Each
@@ -144,7 +146,7 @@ func (c *Checker) statusNote() string {
 	if c.cfg.StatusFile == "" {
 		return ""
 	}
-	b, err := readBounded(c.cfg.StatusFile, 4096)
+	b, err := safefile.Read(c.cfg.StatusFile, 4096)
 	if err != nil {
 		return ""
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -252,18 +251,4 @@ func ReadSecretFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s is empty", ErrCredentialFile, path)
 	}
 	return b, nil
-}
-
-// readBounded reads at most max bytes of a regular file (a status note:
-// nothing secret, nothing that decides).
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	return io.ReadAll(io.LimitReader(f, max))
 }
