@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,12 +12,13 @@ import (
 	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
 
+	"custody/internal/api"
 	"custody/internal/ceremony"
 	"custody/internal/durable"
 )
 
 // ceremonyGroup is custodyctl ceremony: the escrow key ceremonies.
-func (c *client) ceremonyGroup(stdin io.Reader) *group {
+func (c *cli) ceremonyGroup(stdin io.Reader) *group {
 	execute := func(kind string) func(*flag.FlagSet) func([]string) error {
 		return noFlags(func(pos []string) error { return c.ceremonyExecute(kind, pos) })
 	}
@@ -41,9 +41,9 @@ Prints the id, the SHA-256 to approve and the request text.`,
 		}, {name: "ceremony show", args: "ID", minArgs: 1, maxArgs: 1,
 			summary: "Print a pending request's text, its SHA-256 and who approved it.",
 			setup: noFlags(func(pos []string) error {
-				var v requestView
-				raw, err := c.call("GET", "/v1/ceremony/requests/"+pos[0], nil, &v)
-				return c.printRequest(raw, v, err)
+				ctx, cancel := c.ctx()
+				defer cancel()
+				return c.printRequest(c.d.CeremonyShow(ctx, pos[0]))
 			}),
 		}, {name: "ceremony approve", args: "ID", minArgs: 1, maxArgs: 1,
 			summary: "Approve request ID (--hash is required).",
@@ -122,35 +122,18 @@ in is refused and named.`,
 	}
 }
 
-type requestView struct {
-	ID        string            `json:"id"`
-	Kind      string            `json:"kind"`
-	Params    map[string]string `json:"params"`
-	Requester string            `json:"requester"`
-	M         int               `json:"m"`
-	NotAfter  string            `json:"not_after"`
-	Nonce     string            `json:"nonce"`
-	Hash      string            `json:"hash"`
-	Canonical string            `json:"canonical"`
-	Approvals []string          `json:"approvals"`
-	Shares    int               `json:"shares"`
-	ShareKind string            `json:"share_kind"`
-	Needed    int               `json:"shares_needed"`
-}
-
-func (c *client) printRequest(raw []byte, v requestView, err error) error {
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+// printRequest prints request v, or returns err.
+func (c *cli) printRequest(v *api.CeremonyRequest, err error) error {
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "request %s (%s), %d of %d approvals%s, open until %s\nsha256 %s\n\n%s", v.ID, v.Kind,
-		len(v.Approvals), v.M, listed(v.Approvals), v.NotAfter, v.Hash, v.Canonical)
-	if v.ShareKind != "" {
-		fmt.Fprintf(c.out, "\n%ss submitted: %d of %d\n", v.ShareKind, v.Shares, v.Needed)
-	}
-	return nil
+	return c.answer(v, func(w io.Writer) {
+		fmt.Fprintf(w, "request %s (%s), %d of %d approvals%s, open until %s\nsha256 %s\n\n%s", v.ID, v.Kind,
+			len(v.Approvals), v.Quorum, listed(v.Approvals), stamp(v.NotAfter), v.Hash, v.Canonical)
+		if v.ShareKind != "" {
+			fmt.Fprintf(w, "\n%ss submitted: %d of %d\n", v.ShareKind, v.Shares, v.Needed)
+		}
+	})
 }
 
 func listed(names []string) string {
@@ -172,7 +155,7 @@ func (p paramFlags) Set(s string) error {
 	return nil
 }
 
-func (c *client) ceremonyRequest(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) ceremonyRequest(fs *flag.FlagSet) func(pos []string) error {
 	m := fs.Int("m", 2, "approvals needed (and shares needed to restore a backup); the daemon's floor per kind, never below 2 for restore and retire")
 	n := fs.Int("n", 0, "backup: shares to make, one per officer in file order (0 = every officer)")
 	window := fs.String("window", "", "approval window, a `duration` from 1m to 24h (default 1h)")
@@ -180,95 +163,81 @@ func (c *client) ceremonyRequest(fs *flag.FlagSet) func(pos []string) error {
 	params := paramFlags{}
 	fs.Var(params, "param", "extra parameter `key=value` (repeatable)")
 	return func(pos []string) error {
-		in := map[string]any{"kind": pos[0], "m": *m, "n": *n, "window": *window, "params": map[string]string(params)}
+		in := api.CeremonyRequestInput{Kind: pos[0], M: *m, N: *n, Window: *window, Params: params}
 		if *manifest != "" {
 			b, err := os.ReadFile(*manifest)
 			if err != nil {
 				return err
 			}
-			in["manifest"] = string(b)
+			in.Manifest = string(b)
 		} else if pos[0] == ceremony.KindRestore {
 			return usageError{msg: "ceremony request restore needs --manifest FILE (the backup's manifest.json)"}
 		}
-		body, _ := json.Marshal(in)
-		var v requestView
-		raw, err := c.call("POST", "/v1/ceremony/requests", body, &v)
-		return c.printRequest(raw, v, err)
+		ctx, cancel := c.ctx()
+		defer cancel()
+		return c.printRequest(c.d.CeremonyRequest(ctx, in))
 	}
 
 }
 
-func (c *client) ceremonyApprove(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) ceremonyApprove(fs *flag.FlagSet) func(pos []string) error {
 	hash := fs.String("hash", "", "the request's SHA-256 `hash`, as you read it (required)")
 	return func(pos []string) error {
 		if *hash == "" {
 			return flagsRequired("ceremony approve", "--hash is required")
 		}
-		var cur requestView
-		if _, err := c.call("GET", "/v1/ceremony/requests/"+pos[0], nil, &cur); err != nil {
+		ctx, cancel := c.ctx()
+		defer cancel()
+		cur, err := c.d.CeremonyShow(ctx, pos[0])
+		if err != nil {
 			return err
 		}
-		body, _ := json.Marshal(map[string]string{"hash": strings.ToLower(strings.TrimSpace(*hash)), "nonce": cur.Nonce})
-		var v requestView
-		raw, err := c.call("POST", "/v1/ceremony/requests/"+pos[0]+"/approve", body, &v)
-		if err != nil || c.json {
-			return c.printRequest(raw, v, err)
+		v, err := c.d.CeremonyApprove(ctx, pos[0], api.Approval{Hash: strings.ToLower(strings.TrimSpace(*hash)), Nonce: cur.Nonce})
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(c.out, "approved request %s (%s): %d of %d approvals%s\n", v.ID, v.Kind, len(v.Approvals), v.M, listed(v.Approvals))
-		return nil
+		return c.answer(v, func(w io.Writer) {
+			fmt.Fprintf(w, "approved request %s (%s): %d of %d approvals%s\n", v.ID, v.Kind, len(v.Approvals), v.Quorum, listed(v.Approvals))
+		})
 	}
 
 }
 
-func (c *client) ceremonyStatus() error {
-	var st struct {
-		Officer        string `json:"officer"`
-		Genesis        bool   `json:"genesis"`
-		EscrowVersions []struct {
-			Label, State, SHA256 string
-			Version              int
-		} `json:"escrow_versions"`
-		Pending []requestView `json:"pending"`
-		SOPIN   *struct {
-			Set       string   `json:"set"`
-			Threshold int      `json:"threshold"`
-			Holders   []string `json:"holders"`
-		} `json:"so_pin"`
-	}
-	raw, err := c.call("GET", "/v1/ceremony", nil, &st)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+func (c *cli) ceremonyStatus() error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	st, err := c.d.CeremonyStatus(ctx)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "you are officer %s\ngenesis: %v\n", st.Officer, st.Genesis)
-	if st.SOPIN != nil {
-		fmt.Fprintf(c.out, "SO PIN: split %d-of-%d among %s (set %s); a backup needs %d SO PIN shares\n",
-			st.SOPIN.Threshold, len(st.SOPIN.Holders), strings.Join(st.SOPIN.Holders, ", "), st.SOPIN.Set, st.SOPIN.Threshold)
-	} else {
-		fmt.Fprintf(c.out, "SO PIN: not split among the officers; backups are refused\n")
-	}
-	fmt.Fprintf(c.out, "escrow key versions:\n")
-	for _, v := range st.EscrowVersions {
-		fmt.Fprintf(c.out, "  v%d  %-12s %s  sha256 %s\n", v.Version, v.State, v.Label, v.SHA256)
-	}
-	fmt.Fprintf(c.out, "pending requests: %d\n", len(st.Pending))
-	for _, p := range st.Pending {
-		fmt.Fprintf(c.out, "  %s  %-8s by %s, %d of %d approvals%s, until %s\n", p.ID, p.Kind, p.Requester, len(p.Approvals), p.M, listed(p.Approvals), p.NotAfter)
-	}
-	return nil
+	return c.answer(st, func(w io.Writer) {
+		fmt.Fprintf(w, "you are officer %s\ngenesis: %v\n", st.Officer, st.Genesis)
+		if p := st.SOPIN; p != nil {
+			fmt.Fprintf(w, "SO PIN: split %d-of-%d among %s (set %s); a backup needs %d SO PIN shares\n",
+				p.Threshold, len(p.Holders), strings.Join(p.Holders, ", "), p.Set, p.Threshold)
+		} else {
+			fmt.Fprintf(w, "SO PIN: not split among the officers; backups are refused\n")
+		}
+		fmt.Fprintf(w, "escrow key versions:\n")
+		for _, v := range st.EscrowVersions {
+			fmt.Fprintf(w, "  v%d  %-12s %s  sha256 %s\n", v.Version, v.State, v.Label, v.Fingerprint)
+		}
+		fmt.Fprintf(w, "pending requests: %d\n", len(st.Pending))
+		for _, p := range st.Pending {
+			fmt.Fprintf(w, "  %s  %-8s by %s, %d of %d approvals%s, until %s\n", p.ID, p.Kind, p.Requester, len(p.Approvals), p.Quorum, listed(p.Approvals), stamp(p.NotAfter))
+		}
+	})
 }
 
-func (c *client) ceremonyExecute(kind string, args []string) error {
+func (c *cli) ceremonyExecute(kind string, args []string) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
 	var id string
 	if len(args) == 1 {
 		id = args[0]
 	} else { // genesis without an id: the one pending genesis request
-		var st struct {
-			Pending []requestView `json:"pending"`
-		}
-		if _, err := c.call("GET", "/v1/ceremony", nil, &st); err != nil {
+		st, err := c.d.CeremonyStatus(ctx)
+		if err != nil {
 			return err
 		}
 		for _, p := range st.Pending {
@@ -283,63 +252,43 @@ func (c *client) ceremonyExecute(kind string, args []string) error {
 			return errors.New("no genesis request is pending: custodyctl ceremony request genesis, then have it approved")
 		}
 	}
-	body, _ := json.Marshal(map[string]string{"request": id})
-	var out struct {
-		Request      string `json:"request"`
-		Fingerprints []struct {
-			Label, SHA256, Words string
-			Created              bool
-		} `json:"fingerprints"`
-		Outputs []struct {
-			Name, Path, SHA256, Holder string
-		} `json:"outputs"`
-		KCV        string `json:"kcv"`
-		BackupID   string `json:"backup_id"`
-		Transcript struct {
-			Path, SHA256 string
-		} `json:"transcript"`
-	}
-	raw, err := c.call("POST", "/v1/ceremony/"+kind, body, &out)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+	out, err := c.d.CeremonyExecute(ctx, kind, id)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "%s done (request %s)\n", kind, out.Request)
-	for _, f := range out.Fingerprints {
-		state := "existing"
-		if f.Created {
-			state = "new"
+	return c.answer(out, func(w io.Writer) {
+		fmt.Fprintf(w, "%s done (request %s)\n", kind, out.Request)
+		for _, f := range out.Fingerprints {
+			state := "existing"
+			if f.Created {
+				state = "new"
+			}
+			fmt.Fprintf(w, "key %s (%s)\n  sha256 %s\n  words  %s\n", f.Label, state, f.SHA256, f.Words)
 		}
-		fmt.Fprintf(c.out, "key %s (%s)\n  sha256 %s\n  words  %s\n", f.Label, state, f.SHA256, f.Words)
-	}
-	if out.BackupID != "" {
-		fmt.Fprintf(c.out, "backup %s\n", out.BackupID)
-	}
-	if out.KCV != "" {
-		fmt.Fprintf(c.out, "key check value %s\n", out.KCV)
-	}
-	for _, o := range out.Outputs {
-		who := "any officer"
-		if o.Holder != "" {
-			who = o.Holder + " only"
+		if out.BackupID != "" {
+			fmt.Fprintf(w, "backup %s\n", out.BackupID)
 		}
-		fmt.Fprintf(c.out, "wrote %s (custodyctl ceremony fetch %s %s: %s)\n  sha256 %s\n", o.Path, out.Request, o.Name, who, o.SHA256)
-	}
-	fmt.Fprintf(c.out, "transcript %s\n  sha256 %s\n", out.Transcript.Path, out.Transcript.SHA256)
-	return nil
+		if out.KCV != "" {
+			fmt.Fprintf(w, "key check value %s\n", out.KCV)
+		}
+		for _, o := range out.Outputs {
+			who := "any officer"
+			if o.Holder != "" {
+				who = o.Holder + " only"
+			}
+			fmt.Fprintf(w, "wrote %s (custodyctl ceremony fetch %s %s: %s)\n  sha256 %s\n", o.Path, out.Request, o.Name, who, o.SHA256)
+		}
+		fmt.Fprintf(w, "transcript %s\n  sha256 %s\n", out.Transcript.Path, out.Transcript.SHA256)
+	})
 }
 
-func (c *client) ceremonyFetch(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) ceremonyFetch(fs *flag.FlagSet) func(pos []string) error {
 	outFile := fs.String("out", "", "write the output to this `file` (mode 0600, never replaced) instead of ./NAME")
 	return func(pos []string) error {
-		var out struct {
-			Name   string `json:"name"`
-			SHA256 string `json:"sha256"`
-			Data   []byte `json:"data"`
-		}
-		if _, err := c.call("GET", "/v1/ceremony/requests/"+pos[0]+"/outputs/"+pos[1], nil, &out); err != nil {
+		ctx, cancel := c.ctx()
+		defer cancel()
+		out, err := c.d.CeremonyFetch(ctx, pos[0], pos[1])
+		if err != nil {
 			return err
 		}
 		dst := *outFile
@@ -355,7 +304,7 @@ func (c *client) ceremonyFetch(fs *flag.FlagSet) func(pos []string) error {
 
 }
 
-func (c *client) shareDecrypt(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) shareDecrypt(fs *flag.FlagSet) func(pos []string) error {
 	idFile := fs.String("identity", "", "your age identity `file` (AGE-SECRET-KEY-1…; required)")
 	outFile := fs.String("out", "", "write the share to this `file` (created with mode 0600) instead of stdout")
 	return func(pos []string) error {
@@ -401,7 +350,7 @@ func (c *client) shareDecrypt(fs *flag.FlagSet) func(pos []string) error {
 
 }
 
-func (c *client) shareSubmit(args []string, stdin io.Reader) error {
+func (c *cli) shareSubmit(args []string, stdin io.Reader) error {
 	var text []byte
 	var err error
 	if args[1] == "-" {
@@ -413,24 +362,18 @@ func (c *client) shareSubmit(args []string, stdin io.Reader) error {
 		return err
 	}
 	defer clear(text)
-	body, _ := json.Marshal(map[string]string{"share": string(text)})
-	defer clear(body)
-	var out struct {
-		Shares    int `json:"shares"`
-		Threshold int `json:"threshold"`
-	}
-	raw, err := c.call("POST", "/v1/ceremony/requests/"+args[0]+"/shares", body, &out)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	out, err := c.d.CeremonyShare(ctx, args[0], text)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "share accepted: %d of %d shares in for request %s\n", out.Shares, out.Threshold, args[0])
-	return nil
+	return c.answer(out, func(w io.Writer) {
+		fmt.Fprintf(w, "share accepted: %d of %d shares in for request %s\n", out.Shares, out.Threshold, args[0])
+	})
 }
 
-func (c *client) cosign(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) cosign(fs *flag.FlagSet) func(pos []string) error {
 	keyFile := fs.String("key", "", "`file` with your note signer key (required)")
 	outFile := fs.String("out", "", "write the co-signed transcript to this `file` (default: rewrite TRANSCRIPT)")
 	return func(pos []string) error {
@@ -467,7 +410,7 @@ func (c *client) cosign(fs *flag.FlagSet) func(pos []string) error {
 
 }
 
-func (c *client) verifyTranscript(fs *flag.FlagSet) func(pos []string) error {
+func (c *cli) verifyTranscript(fs *flag.FlagSet) func(pos []string) error {
 	offFile := fs.String("officers", "", "the officers `file` (required)")
 	logKey := fs.String("log-key", "", "`file` with your own copy of the access log's verifier key; default: the keys you pinned (custodyctl log pin)")
 	minCo := fs.Int("min-cosigners", -1, "officer co-signatures required; -1: every approver in the transcript")

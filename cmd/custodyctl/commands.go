@@ -17,7 +17,7 @@ func noFlags(run func(args []string) error) func(*flag.FlagSet) func([]string) e
 
 // daemonCommands are the commands that talk to custodyd, each with its own
 // flags and generated --help.
-func (c *client) daemonCommands(stdin io.Reader, stderr io.Writer) map[string]executor {
+func (c *cli) daemonCommands(stdin io.Reader, stderr io.Writer) map[string]executor {
 	return map[string]executor{
 		"health": &command{name: "health", maxArgs: 0,
 			summary: "Token, capabilities, daemon keys, policy, and who you are.",
@@ -26,10 +26,10 @@ func (c *client) daemonCommands(stdin io.Reader, stderr io.Writer) map[string]ex
 			summary: "Participants' X25519 key pairs on the HSM.",
 			subs: []*command{{name: "participants register", args: "ID", minArgs: 1, maxArgs: 1,
 				summary: "Create participant ID's key pair on the HSM (admin role).",
-				setup:   noFlags(func(pos []string) error { return c.participants([]string{"register", pos[0]}) }),
+				setup:   noFlags(func(pos []string) error { return c.participantRegister(pos[0]) }),
 			}, {name: "participants show", args: "ID", minArgs: 1, maxArgs: 1,
 				summary: "List ID's key versions and public keys.",
-				setup:   noFlags(func(pos []string) error { return c.participants([]string{"show", pos[0]}) }),
+				setup:   noFlags(func(pos []string) error { return c.participantShow(pos[0]) }),
 			}}},
 		"encrypt": &command{name: "encrypt", args: "[FILE|-]", maxArgs: 1,
 			summary: "Seal a transaction; FILE (or stdin) holds the request.",

@@ -5,15 +5,12 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,31 +19,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"custody/internal/api"
 	"custody/internal/device"
 	"custody/internal/durable"
 	"custody/internal/pop"
 )
-
-type versionView struct {
-	Version     uint32    `json:"key_version"`
-	State       string    `json:"state"`
-	Algorithm   string    `json:"algorithm"`
-	SHA256      string    `json:"sha256"`
-	Created     time.Time `json:"created"`
-	AgeDays     int       `json:"age_days"`
-	RotateAfter time.Time `json:"rotate_after"`
-	Destroyed   time.Time `json:"destroyed"`
-}
-
-type keyView struct {
-	Kind        string        `json:"kind"`
-	ID          string        `json:"id"`
-	Active      uint32        `json:"active_version"`
-	DueAt       time.Time     `json:"due_at"`
-	Due         bool          `json:"due"`
-	NeedsRewrap bool          `json:"needs_rewrap"`
-	Versions    []versionView `json:"versions"`
-}
 
 func day(t time.Time) string {
 	if t.IsZero() {
@@ -55,7 +32,7 @@ func day(t time.Time) string {
 	return t.UTC().Format(time.DateOnly)
 }
 
-func (c *client) printKey(k keyView) {
+func printKey(w io.Writer, k *api.Key) {
 	name := k.ID
 	if k.Kind == "escrow" {
 		name = "(escrow)"
@@ -67,52 +44,47 @@ func (c *client) printKey(k keyView) {
 	if k.NeedsRewrap {
 		flags = append(flags, "older versions on the token: rewrap, then retire")
 	}
-	fmt.Fprintf(c.out, "%-24s active v%d, due %s  %s\n", name, k.Active, day(k.DueAt), strings.Join(flags, "; "))
+	fmt.Fprintf(w, "%-24s active v%d, due %s  %s\n", name, k.Active, day(k.DueAt), strings.Join(flags, "; "))
 	for _, v := range k.Versions {
 		switch v.State {
 		case "destroyed":
-			fmt.Fprintf(c.out, "    v%-4d %-12s destroyed %s\n", v.Version, v.State, day(v.Destroyed))
+			fmt.Fprintf(w, "    v%-4d %-12s destroyed %s\n", v.Version, v.State, day(v.Destroyed))
 		default:
-			fmt.Fprintf(c.out, "    v%-4d %-12s %-7s created %s (%d days)  rotate after %s  sha256 %.16s…\n",
+			fmt.Fprintf(w, "    v%-4d %-12s %-7s created %s (%d days)  rotate after %s  sha256 %.16s…\n",
 				v.Version, v.State, v.Algorithm, day(v.Created), v.AgeDays, day(v.RotateAfter), v.SHA256)
 		}
 	}
 }
 
-func (c *client) keysList() error {
-	var r struct {
-		RotateAfter string    `json:"rotate_after"`
-		Keys        []keyView `json:"keys"`
-	}
-	raw, err := c.call("GET", "/v1/keys", nil, &r)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+func (c *cli) keysList() error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	r, err := c.d.Keys(ctx)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "rotation period %s\n", r.RotateAfter)
-	for _, k := range r.Keys {
-		c.printKey(k)
-	}
-	return nil
+	return c.answer(r, func(w io.Writer) {
+		fmt.Fprintf(w, "rotation period %s\n", r.RotateAfter)
+		for i := range r.Keys {
+			printKey(w, &r.Keys[i])
+		}
+	})
 }
 
-func (c *client) keysRotate(id string) error {
-	var k keyView
-	raw, err := c.call("POST", "/v1/keys/"+id+"/rotate", []byte("{}"), &k)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+func (c *cli) keysRotate(id string) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	k, err := c.d.Rotate(ctx, id)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "rotated %s: v%d is active; run custodyctl rewrap on its envelopes, then retire the older versions\n", id, k.Active)
-	c.printKey(k)
-	return nil
+	return c.answer(k, func(w io.Writer) {
+		fmt.Fprintf(w, "rotated %s: v%d is active; run custodyctl rewrap on its envelopes, then retire the older versions\n", id, k.Active)
+		printKey(w, k)
+	})
 }
 
-func (c *client) keysRetire(pos []string, confirm *bool, count *int64) error {
+func (c *cli) keysRetire(pos []string, confirm *bool, count *int64) error {
 	v, err := strconv.ParseUint(strings.TrimPrefix(pos[1], "v"), 10, 32)
 	if err != nil || v == 0 {
 		return usageError{msg: "VERSION must be a version number such as 1 or v1"}
@@ -120,34 +92,27 @@ func (c *client) keysRetire(pos []string, confirm *bool, count *int64) error {
 	if !*confirm || *count < 0 {
 		return usageError{msg: "retiring destroys the key version on the HSM for good: add --confirm-rewrapped and --count N (N: the envelope count your last `custodyctl rewrap` printed)"}
 	}
-	body, _ := json.Marshal(map[string]any{"version": v, "confirm_rewrapped": true, "rewrapped_count": *count})
-	var k keyView
-	raw, err := c.call("POST", "/v1/keys/"+pos[0]+"/retire", body, &k)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	k, err := c.d.Retire(ctx, pos[0], api.RetireRequest{Version: uint32(v), ConfirmRewrapped: true, RewrappedCount: count})
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "retired %s v%d: destroyed on the token\n", pos[0], v)
-	c.printKey(k)
-	return nil
+	return c.answer(k, func(w io.Writer) {
+		fmt.Fprintf(w, "retired %s v%d: destroyed on the token\n", pos[0], v)
+		printKey(w, k)
+	})
 }
 
 // errProof is returned when a proof of possession does not verify.
 var errProof = errors.New("proof_failed: the MAC does not verify against the published public key: the HSM does not hold that private key")
 
-func (c *client) keysProve(pos []string, version *uint, public *string) error {
+func (c *cli) keysProve(pos []string, version *uint, public *string) error {
 	id := pos[0]
-	var p struct {
-		Active   uint32 `json:"active_version"`
-		Versions []struct {
-			Version   uint32 `json:"key_version"`
-			Algorithm string `json:"algorithm"`
-			PublicKey string `json:"public_key"`
-		} `json:"versions"`
-	}
-	if _, err := c.call("GET", "/v1/participants/"+id, nil, &p); err != nil {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	p, err := c.d.Participant(ctx, id)
+	if err != nil {
 		return err
 	}
 	want := uint32(*version)
@@ -179,14 +144,9 @@ func (c *client) keysProve(pos []string, version *uint, public *string) error {
 	}
 	nonce := make([]byte, 32)
 	rand.Read(nonce)
-	body, _ := json.Marshal(map[string]any{"version": want,
-		"ephemeral_public": base64.StdEncoding.EncodeToString(eph.PublicKey().Bytes()),
-		"nonce":            base64.StdEncoding.EncodeToString(nonce)})
-	var r struct {
-		Version uint32 `json:"key_version"`
-		MAC     string `json:"mac"`
-	}
-	raw, err := c.call("POST", "/v1/keys/"+id+"/prove", body, &r)
+	r, err := c.d.Prove(ctx, id, api.ProveRequest{Version: want,
+		EphemeralPublic: base64.StdEncoding.EncodeToString(eph.PublicKey().Bytes()),
+		Nonce:           base64.StdEncoding.EncodeToString(nonce)})
 	if err != nil {
 		return err
 	}
@@ -200,12 +160,9 @@ func (c *client) keysProve(pos []string, version *uint, public *string) error {
 		}
 		return err
 	}
-	if c.json {
-		c.printJSON(raw)
-		return nil
-	}
-	fmt.Fprintf(c.out, "proved: the HSM holds the private key of %s v%d (%s, public key %s)\n", id, r.Version, alg, pubB64)
-	return nil
+	return c.answer(r, func(w io.Writer) {
+		fmt.Fprintf(w, "proved: the HSM holds the private key of %s v%d (%s, public key %s)\n", id, r.Version, alg, pubB64)
+	})
 }
 
 // --- rewrap ---
@@ -288,17 +245,7 @@ func (p *progress) update(done int64, final bool) {
 	}
 }
 
-// outLine is one line of the daemon's streaming answer and of OUT.
-type outLine struct {
-	Line     int64           `json:"line"`
-	Ref      string          `json:"ref,omitempty"`
-	Envelope string          `json:"envelope,omitempty"`
-	Changed  *bool           `json:"changed,omitempty"`
-	Moved    json.RawMessage `json:"moved,omitempty"`
-	Error    *apiError       `json:"error,omitempty"`
-}
-
-func (c *client) rewrap(in, out, statePath *string, chunk *int, stderr io.Writer) error {
+func (c *cli) rewrap(in, out, statePath *string, chunk *int, stderr io.Writer) error {
 	if *in == "" || *out == "" || *chunk < 1 {
 		return usageError{msg: "rewrap: --in and --out are required, and --chunk must be at least 1", hint: "see custodyctl rewrap --help"}
 	}
@@ -447,44 +394,16 @@ func readChunk(rd *bufio.Reader, n int) ([]byte, int, error) {
 
 // rewrapChunk sends one chunk to the streaming route and writes the
 // answers, renumbered to input line numbers, to w.
-func (c *client) rewrapChunk(body []byte, offset int64, w io.Writer, st *rewrapState) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+func (c *cli) rewrapChunk(body []byte, offset int64, w io.Writer, st *rewrapState) error {
+	ctx, cancel := c.ctx()
 	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", c.socket)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://custody/v1/envelopes/rewrap/stream", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-ndjson")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach custodyd at %s: %w", c.socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e struct {
-			Error *apiError `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error != nil {
-			return e.Error
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
-	}
 	want := int64(bytes.Count(body, []byte{'\n'})) // every line gets one answer (blank ones too, here)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	seen, answered := int64(0), int64(0)
-	for sc.Scan() {
-		var l outLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return fmt.Errorf("unexpected answer line: %w", err)
+	for l, err := range c.d.RewrapStream(ctx, body) {
+		if err != nil {
+			return err
 		}
 		if l.Line < 1 || l.Line > want || l.Line <= seen {
 			if l.Error != nil {
@@ -506,9 +425,6 @@ func (c *client) rewrapChunk(body []byte, offset int64, w io.Writer, st *rewrapS
 		if err := enc.Encode(l); err != nil {
 			return err
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
 	}
 	if nonBlank := countNonBlank(body); answered != nonBlank {
 		return fmt.Errorf("the daemon answered %d of %d lines", answered, nonBlank)

@@ -11,12 +11,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"sort"
 	"strings"
 	"time"
+
+	"custody/internal/api"
+	"custody/internal/client"
 )
 
 const usage = `custodyctl — client of custodyd, the key custody daemon
@@ -58,7 +59,7 @@ Commands:
 
 Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
-  --json          print the daemon's JSON response as it is
+  --json          print the daemon's answer as JSON (its wire form, docs/api.md)
   --timeout D     give up after D (default 60s)
 
 Exit status: 0 on success; 1 when the daemon answered an error, printed as
@@ -71,12 +72,14 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// client is one invocation's connection settings.
-type client struct {
+// cli is one invocation: the global flags, the daemon's client and where
+// answers are printed.
+type cli struct {
 	socket  string
 	json    bool
 	timeout time.Duration
 	out     io.Writer
+	d       *client.Client // set once the flags are parsed
 }
 
 // usageError is a mistake in the command line or its input, found before
@@ -93,9 +96,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if defSocket == "" {
 		defSocket = "run/custodyd.sock"
 	}
-	c := &client{out: stdout}
+	c := &cli{out: stdout}
 	fs.StringVar(&c.socket, "socket", defSocket, "daemon socket")
-	fs.BoolVar(&c.json, "json", false, "print raw JSON")
+	fs.BoolVar(&c.json, "json", false, "print the daemon's answer as JSON")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "request timeout")
 	var err error
 	if err = fs.Parse(args); err != nil {
@@ -105,6 +108,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return report(stderr, usageError{msg: flagError(err), hint: "see custodyctl --help"})
 	}
+	c.d = client.New(c.socket)
 	rest := fs.Args()
 	if len(rest) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -136,7 +140,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // has one.
 func report(stderr io.Writer, err error) int {
 	var ue usageError
-	var ae *apiError
+	var ae *api.Error
 	switch {
 	case err == nil:
 		return 0
@@ -155,151 +159,82 @@ func report(stderr io.Writer, err error) int {
 	}
 }
 
-// apiError is the daemon's error body.
-type apiError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+// ctx bounds one command's daemon calls by --timeout.
+func (c *cli) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.timeout)
 }
 
-func (e *apiError) Error() string { return e.Code + ": " + e.Message }
-
-// call sends one request and decodes the response into out (when non-nil).
-// It returns the raw body too, for --json.
-func (c *client) call(method, path string, body []byte, out any) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", c.socket)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, method, "http://custody"+path, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach custodyd at %s: %w (is it running? see --socket)", c.socket, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error *apiError `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error != nil {
-			return raw, e.Error
-		}
-		return raw, fmt.Errorf("daemon answered %s", resp.Status)
-	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return raw, fmt.Errorf("unexpected response: %w", err)
-		}
-	}
-	return raw, nil
-}
-
-func (c *client) printJSON(raw []byte) {
+// printJSON prints v, the daemon's answer, as indented JSON: the wire form
+// (package api) the daemon sent.
+func (c *cli) printJSON(v any) error {
 	var buf bytes.Buffer
-	if json.Indent(&buf, raw, "", "  ") != nil {
-		buf.Reset()
-		buf.Write(raw)
-	}
-	fmt.Fprintln(c.out, strings.TrimSpace(buf.String()))
-}
-
-func (c *client) health() error {
-	var h struct {
-		Status     string `json:"status"`
-		Version    string `json:"version"`
-		Profile    string `json:"capability_summary"`
-		EscrowKey  string `json:"escrow_key"`
-		SigningKey string `json:"signing_key"`
-		Policy     string `json:"policy"`
-		You        string `json:"you"`
-		Token      struct {
-			Label, Serial, Manufacturer, Model string
-			Sessions                           int
-			Rebuilds                           uint64
-		} `json:"token"`
-	}
-	raw, err := c.call("GET", "/v1/health", nil, &h)
-	if err != nil {
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
 		return err
 	}
+	_, err := c.out.Write(buf.Bytes())
+	return err
+}
+
+// answer prints v with --json, else text's lines.
+func (c *cli) answer(v any, text func(w io.Writer)) error {
 	if c.json {
-		c.printJSON(raw)
-		return nil
+		return c.printJSON(v)
 	}
-	fmt.Fprintf(c.out, "status:       %s\n", h.Status)
-	fmt.Fprintf(c.out, "daemon:       %s\n", h.Version)
-	fmt.Fprintf(c.out, "token:        %q serial %s (%s %s), %d sessions, %d rebuilds\n", h.Token.Label, h.Token.Serial, h.Token.Manufacturer, h.Token.Model, h.Token.Sessions, h.Token.Rebuilds)
-	fmt.Fprintf(c.out, "capabilities: %s\n", h.Profile)
-	fmt.Fprintf(c.out, "escrow key:   %s\n", h.EscrowKey)
-	fmt.Fprintf(c.out, "signing key:  %s\n", h.SigningKey)
-	fmt.Fprintf(c.out, "policy:       %s\n", h.Policy)
-	fmt.Fprintf(c.out, "you are:      %s\n", h.You)
-	if h.Status != "ok" {
-		return fmt.Errorf("daemon is not healthy: %s", h.Status)
-	}
+	text(c.out)
 	return nil
 }
 
-type keyVersion struct {
-	Version   uint32 `json:"key_version"`
-	Algorithm string `json:"algorithm"`
-	PublicKey string `json:"public_key"`
-	SHA256    string `json:"sha256"`
-	Created   string `json:"created"`
-}
-
-func (c *client) participants(args []string) error {
-	if len(args) != 2 || (args[0] != "register" && args[0] != "show") {
-		return usageError{msg: "usage: custodyctl participants register|show ID"}
-	}
-	id := args[1]
-	if args[0] == "register" {
-		body, _ := json.Marshal(map[string]string{"id": id})
-		var r struct {
-			ID string `json:"id"`
-			keyVersion
-		}
-		raw, err := c.call("POST", "/v1/participants", body, &r)
-		if err != nil {
-			return err
-		}
-		if c.json {
-			c.printJSON(raw)
-			return nil
-		}
-		fmt.Fprintf(c.out, "registered %s: key v%d %s\npublic key: %s\nsha256:     %s\n", r.ID, r.Version, r.Algorithm, r.PublicKey, r.SHA256)
-		return nil
-	}
-	var r struct {
-		ID       string       `json:"id"`
-		Active   uint32       `json:"active_version"`
-		Versions []keyVersion `json:"versions"`
-	}
-	raw, err := c.call("GET", "/v1/participants/"+id, nil, &r)
+func (c *cli) health() error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	h, err := c.d.Health(ctx)
 	if err != nil {
 		return err
 	}
-	if c.json {
-		c.printJSON(raw)
-		return nil
+	err = c.answer(h, func(w io.Writer) {
+		fmt.Fprintf(w, "status:       %s\n", h.Status)
+		fmt.Fprintf(w, "daemon:       %s\n", h.Version)
+		fmt.Fprintf(w, "token:        %q serial %s (%s %s), %d sessions, %d rebuilds\n", h.Token.Label, h.Token.Serial, h.Token.Manufacturer, h.Token.Model, h.Token.Sessions, h.Token.Rebuilds)
+		fmt.Fprintf(w, "capabilities: %s\n", h.Profile)
+		fmt.Fprintf(w, "escrow key:   %s\n", h.EscrowKey)
+		fmt.Fprintf(w, "signing key:  %s\n", h.SigningKey)
+		fmt.Fprintf(w, "policy:       %s\n", h.Policy)
+		fmt.Fprintf(w, "you are:      %s\n", h.Principal)
+	})
+	if err == nil && h.Status != "ok" {
+		err = fmt.Errorf("daemon is not healthy: %s", h.Status)
 	}
-	fmt.Fprintf(c.out, "%s (active version %d)\n", r.ID, r.Active)
-	for _, v := range r.Versions {
-		fmt.Fprintf(c.out, "  v%d  %s  created %s\n      public %s\n      sha256 %s\n", v.Version, v.Algorithm, v.Created, v.PublicKey, v.SHA256)
+	return err
+}
+
+func (c *cli) participantRegister(id string) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	r, err := c.d.Register(ctx, id)
+	if err != nil {
+		return err
 	}
-	return nil
+	return c.answer(r, func(w io.Writer) {
+		fmt.Fprintf(w, "registered %s: key v%d %s\npublic key: %s\nsha256:     %s\n", r.ID, r.Version, r.Algorithm, r.PublicKey, r.SHA256)
+	})
+}
+
+func (c *cli) participantShow(id string) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	r, err := c.d.Participant(ctx, id)
+	if err != nil {
+		return err
+	}
+	return c.answer(r, func(w io.Writer) {
+		fmt.Fprintf(w, "%s (active version %d)\n", r.ID, r.Active)
+		for _, v := range r.Versions {
+			fmt.Fprintf(w, "  v%d  %s  created %s\n      public %s\n      sha256 %s\n", v.Version, v.Algorithm, stamp(v.Created), v.PublicKey, v.SHA256)
+		}
+	})
 }
 
 // readInput reads the request JSON from the one file argument, or stdin.
@@ -326,97 +261,101 @@ func isBatch(body []byte) bool {
 	return json.Unmarshal(body, &probe) == nil && probe.Items != nil
 }
 
-func (c *client) encrypt(args []string, stdin io.Reader) error {
+// strictJSON decodes a request the user wrote as the daemon would: unknown
+// fields and trailing data are refused, before anything is sent.
+func strictJSON(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	if err != nil {
+		return usageError{msg: "the request: " + err.Error(), hint: "docs/api.md lists each request's fields"}
+	}
+	return nil
+}
+
+// oneOrBatch sends the request in body, one T or {"items":[T…]}, with one
+// or many. One answer is printed by text (or as JSON with --json); a
+// batch's answers always as JSON, the only form they are useful in.
+func oneOrBatch[T, R any](c *cli, body []byte, one func(context.Context, T) (*R, error),
+	many func(context.Context, []T) ([]api.BatchResult[R], error), text func(io.Writer, *R)) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if isBatch(body) {
+		var in api.Batch[T]
+		if err := strictJSON(body, &in); err != nil {
+			return err
+		}
+		res, err := many(ctx, in.Items)
+		if err != nil {
+			return err
+		}
+		return c.printJSON(api.BatchResults[R]{Results: res})
+	}
+	var in T
+	if err := strictJSON(body, &in); err != nil {
+		return err
+	}
+	r, err := one(ctx, in)
+	if err != nil {
+		return err
+	}
+	return c.answer(r, func(w io.Writer) { text(w, r) })
+}
+
+func (c *cli) encrypt(args []string, stdin io.Reader) error {
 	body, err := readInput(args, stdin)
 	if err != nil {
 		return err
 	}
-	path := "/v1/transactions/encrypt"
-	if isBatch(body) {
-		path += "/batch"
-		c.json = true // a batch is only useful as JSON
-	}
-	var r struct {
-		TransactionID string `json:"transaction_id"`
-		Envelope      string `json:"envelope"`
-		Recipients    []struct {
-			ID         string `json:"id"`
-			KeyVersion uint32 `json:"key_version"`
-		} `json:"recipients"`
-		EscrowKeyVersion uint32 `json:"escrow_key_version"`
-	}
-	raw, err := c.call("POST", path, body, &r)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
+	return oneOrBatch(c, body, c.d.Encrypt, c.d.EncryptBatch, func(w io.Writer, r *api.Encrypted) {
+		var who []string
+		for _, p := range r.Recipients {
+			who = append(who, fmt.Sprintf("%s (v%d)", p.ID, p.KeyVersion))
 		}
-		return err
-	}
-	var who []string
-	for _, p := range r.Recipients {
-		who = append(who, fmt.Sprintf("%s (v%d)", p.ID, p.KeyVersion))
-	}
-	fmt.Fprintf(c.out, "sealed transaction %s for %s + escrow (v%d)\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, r.Envelope)
-	return nil
+		fmt.Fprintf(w, "sealed transaction %s for %s + escrow (v%d)\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, r.Envelope)
+	})
 }
 
 // decryptFlags are decrypt's flags (decryptCmd).
 type decryptFlags struct{ envFile, as, purpose, fields, txid *string }
 
-func (c *client) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
-	envFile, as, purpose, fields, txid := f.envFile, f.as, f.purpose, f.fields, f.txid
+func (c *cli) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
 	var body []byte
 	var err error
-	if *as != "" || *envFile != "" {
-		if *as == "" || *envFile == "" || *purpose == "" {
+	if *f.as != "" || *f.envFile != "" {
+		if *f.as == "" || *f.envFile == "" || *f.purpose == "" {
 			return usageError{msg: "decrypt with flags needs --envelope-file, --as and --purpose"}
 		}
-		env, err := envelopeFromFile(*envFile)
+		env, err := envelopeFromFile(*f.envFile)
 		if err != nil {
 			return err
 		}
-		req := map[string]any{"envelope": env, "as": *as, "purpose": *purpose}
-		if *fields != "" {
-			req["fields"] = strings.Split(*fields, ",")
-		}
-		if *txid != "" {
-			req["transaction_id"] = *txid
+		req := api.DecryptRequest{Envelope: env, As: *f.as, Purpose: *f.purpose, TransactionID: *f.txid}
+		if *f.fields != "" {
+			req.Fields = strings.Split(*f.fields, ",")
 		}
 		body, _ = json.Marshal(req)
 	} else if body, err = readInput(args, stdin); err != nil {
 		return err
 	}
-	path := "/v1/transactions/decrypt"
-	if isBatch(body) {
-		path += "/batch"
-		c.json = true
-	}
-	var r struct {
-		TransactionID string                     `json:"transaction_id"`
-		JobID         string                     `json:"job_id"`
-		Confidential  map[string]json.RawMessage `json:"confidential"`
-	}
-	raw, err := c.call("POST", path, body, &r)
-	if err != nil || c.json {
-		if err == nil {
-			c.printJSON(raw)
-		}
-		return err
-	}
-	fmt.Fprintf(c.out, "transaction %s (job %s)\n", r.TransactionID, r.JobID)
-	c.printFields(r.Confidential)
-	return nil
+	return oneOrBatch(c, body, c.d.Decrypt, c.d.DecryptBatch, func(w io.Writer, r *api.Decrypted) {
+		fmt.Fprintf(w, "transaction %s (job %s)\n", r.TransactionID, r.JobID)
+		printFields(w, r.Confidential)
+	})
 }
 
 // printFields prints decrypted fields, one per line, sorted by name.
-func (c *client) printFields(fields map[string]json.RawMessage) {
+func printFields(w io.Writer, fields map[string]json.RawMessage) {
 	names := make([]string, 0, len(fields))
 	for k := range fields {
 		names = append(names, k)
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		fmt.Fprintf(c.out, "  %s: %s\n", k, fields[k])
+		fmt.Fprintf(w, "  %s: %s\n", k, fields[k])
 	}
 }
 
@@ -434,4 +373,12 @@ func envelopeFromFile(path string) (string, error) {
 		return obj.Envelope, nil
 	}
 	return strings.TrimSpace(string(data)), nil
+}
+
+// stamp is t as the daemon's JSON has it (RFC 3339), "" for none.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339Nano)
 }

@@ -43,6 +43,7 @@ import (
 	"strings"
 	"sync"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/device"
 	"custody/internal/envelope"
@@ -72,28 +73,14 @@ func (e badItem) Error() string        { return string(e) }
 func (e badItem) Is(target error) bool { return target == ErrBadItem }
 
 // Item is one envelope to rewrap (its text form); Ref is the caller's and
-// echoed back untouched. It is also the API's wire form.
-type Item struct {
-	Envelope string `json:"envelope"`
-	Ref      string `json:"ref,omitempty"`
-}
-
-// Moved says which stanza moved from which version to which.
-type Moved struct {
-	Participant string `json:"participant,omitempty"` // "" for the escrow stanza
-	Escrow      bool   `json:"escrow,omitempty"`
-	From        uint32 `json:"from_version"`
-	To          uint32 `json:"to_version"`
-}
-
-// Result is one rewrapped envelope (the input itself, Changed false, when
-// it was already current). It is also the API's wire form.
-type Result struct {
-	Ref      string  `json:"ref,omitempty"`
-	Envelope string  `json:"envelope"`
-	Changed  bool    `json:"changed"`
-	Moved    []Moved `json:"moved,omitempty"`
-}
+// echoed back untouched. Result is one rewrapped envelope (the input
+// itself, Changed false, when it was already current); Moved says which
+// stanza moved from which version to which. They are the API's wire forms.
+type (
+	Item   = api.RewrapItem
+	Result = api.Rewrapped
+	Moved  = api.Moved
+)
 
 // Outcome is the answer for one Item: Result, or Err.
 type Outcome struct {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
 	"custody/internal/keys"
@@ -24,30 +25,9 @@ type OrderChecker interface {
 	Authorize(ctx context.Context, auditor, orderID, purpose, txID, jobID string, createdAt time.Time) (orders.Grant, error)
 }
 
-type auditDecryptRequest struct {
-	Envelope      string `json:"envelope"`
-	Authorization string `json:"authorization"` // the court order's id
-	Purpose       string `json:"purpose"`       // must be the order's
-}
-
-type auditOrder struct {
-	ID             string `json:"id"`
-	Version        int    `json:"version"`
-	DocumentSHA256 string `json:"document_sha256"`
-	Use            int    `json:"use"`
-	MaxUses        int    `json:"max_uses"`
-}
-
-type auditDecryptResponse struct {
-	TransactionID string                     `json:"transaction_id"`
-	JobID         string                     `json:"job_id"`
-	Confidential  map[string]json.RawMessage `json:"confidential"`
-	Order         auditOrder                 `json:"order"`
-}
-
 // auditDecrypt: POST /v1/audit/decrypt.
 func (s *Server) auditDecrypt(ctx context.Context, rq *request) (any, error) {
-	var in auditDecryptRequest
+	var in api.AuditDecryptRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -67,7 +47,7 @@ func (s *Server) auditDecryptBatch(ctx context.Context, rq *request) (any, error
 // device → release every confidential field (the order's purpose is the
 // disclosure). A refusal at any step is recorded and the device is never
 // asked. A failure after the grant is recorded as a second entry.
-func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecryptRequest) (*auditDecryptResponse, error) {
+func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in api.AuditDecryptRequest) (*api.AuditDecrypted, error) {
 	entry := auditlog.Entry{Operation: "audit-decrypt", Purpose: in.Purpose}
 	env, key, grant, err := s.auditAuthorize(ctx, rq, in, &entry)
 	if err != nil {
@@ -92,20 +72,20 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecry
 		}
 		return nil, err
 	}
-	res.Order = auditOrder{ID: grant.OrderID, Version: grant.Version, DocumentSHA256: grant.DocumentSHA256, Use: grant.Use, MaxUses: grant.MaxUses}
+	res.Order = api.Order{ID: grant.OrderID, Version: grant.Version, DocumentSHA256: grant.DocumentSHA256, Use: grant.Use, MaxUses: grant.MaxUses}
 	return res, nil
 }
 
 // auditAuthorize checks the request, the envelope, that the token knows
 // the escrow key version its stanza names (before a use is spent), and
 // last the order.
-func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, keys.Version, orders.Grant, error) {
+func (s *Server) auditAuthorize(ctx context.Context, rq *request, in api.AuditDecryptRequest, entry *auditlog.Entry) (*envelope.Envelope, keys.Version, orders.Grant, error) {
 	var none keys.Version
 	if err := s.requireGenesis(ctx); err != nil { // ceremony.go
 		return nil, none, orders.Grant{}, err
 	}
 	if s.d.Orders == nil {
-		return nil, none, orders.Grant{}, errorf(http.StatusServiceUnavailable, CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
+		return nil, none, orders.Grant{}, errorf(http.StatusServiceUnavailable, api.CodeVaultUnavailable, "audit decrypt is not configured: the daemon has no Vault section")
 	}
 	if in.Envelope == "" {
 		return nil, none, orders.Grant{}, badRequest("envelope: required")
@@ -150,7 +130,7 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryp
 // escrowOpen unwraps the DEK through escrow stanza i on the device with
 // the escrow key version the stanza names, and returns every confidential
 // field.
-func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*auditDecryptResponse, error) {
+func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*api.AuditDecrypted, error) {
 	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, label, public))
 	if err != nil {
 		return nil, err
@@ -160,5 +140,5 @@ func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, 
 	if err := json.Unmarshal(plaintext, &fields); err != nil {
 		return nil, fmt.Errorf("%w: payload is not a JSON object", envelope.ErrMalformed)
 	}
-	return &auditDecryptResponse{TransactionID: env.Header.TransactionID, JobID: env.Header.JobID, Confidential: fields}, nil
+	return &api.AuditDecrypted{TransactionID: env.Header.TransactionID, JobID: env.Header.JobID, Confidential: fields}, nil
 }

@@ -7,10 +7,10 @@ import (
 
 	vault "github.com/hashicorp/vault/api"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/orders"
 	"custody/internal/orders/vaulttest"
-	"custody/internal/server"
 )
 
 // The attacks of this file are made by a Vault writer holding a token with
@@ -66,12 +66,12 @@ func TestAuditOrderBodyReplaced(t *testing.T) {
 	if st, body := a.audit(env, o.ID, "tax-investigation"); st != 200 {
 		t.Fatalf("%d %v", st, body)
 	}
-	a.expectDenied(t, other, o.ID, server.CodeOrderOutOfScope)
+	a.expectDenied(t, other, o.ID, api.CodeOrderOutOfScope)
 	wide := *o
 	wide.Scope.Transactions, wide.MaxUses = []string{"tx-1", "tx-9"}, orders.MaxUsesLimit
 	writeOrder(t, attacker, o.ID, a.signed(&wide, 3))
-	a.expectDenied(t, other, o.ID, server.CodeOrderBodyChanged)
-	a.expectDenied(t, env, o.ID, server.CodeOrderBodyChanged)
+	a.expectDenied(t, other, o.ID, api.CodeOrderBodyChanged)
+	a.expectDenied(t, env, o.ID, api.CodeOrderBodyChanged)
 }
 
 // TestAuditAmendment: an amendment (a new order id superseding the old one)
@@ -92,31 +92,31 @@ func TestAuditAmendment(t *testing.T) {
 	amended := a.order()
 	amended.Supersedes, amended.Scope = old.ID, orders.Scope{Transactions: []string{"tx-1"}}
 	a.issue(amended, 2)
-	a.expectDenied(t, env, amended.ID, server.CodeOrderSupersedes)
+	a.expectDenied(t, env, amended.ID, api.CodeOrderSupersedes)
 	if err := a.intake.Revoke(ctx, old.ID, "superseded by "+amended.ID, "test", a.wall); err != nil {
 		t.Fatal(err)
 	}
 	if st, body := a.audit(env, amended.ID, "tax-investigation"); st != 200 {
 		t.Fatalf("amendment: %d %v", st, body)
 	}
-	a.expectDenied(t, env2, amended.ID, server.CodeOrderOutOfScope)
-	a.expectDenied(t, env2, old.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env2, amended.ID, api.CodeOrderOutOfScope)
+	a.expectDenied(t, env2, old.ID, api.CodeOrderRevoked)
 
 	// The old body, validly signed, written again under the old id.
 	writeOrder(t, attacker, old.ID, a.signed(old, 3))
-	a.expectDenied(t, env2, old.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env2, old.ID, api.CodeOrderRevoked)
 	// The old order's revocation removed: Vault refuses the intake policy.
 	if _, err := attacker.Logical().Delete("secret/data/custody/revocations/" + old.ID); err == nil {
 		t.Fatal("the intake policy deleted a revocation")
 	}
-	a.expectDenied(t, env2, old.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env2, old.ID, api.CodeOrderRevoked)
 	// The old body under the amendment's id; a wider amendment body.
 	writeOrder(t, attacker, amended.ID, a.signed(old, 2))
-	a.expectDenied(t, env2, amended.ID, server.CodeOrderMalformed)
+	a.expectDenied(t, env2, amended.ID, api.CodeOrderMalformed)
 	wider := *amended
 	wider.Scope = old.Scope
 	writeOrder(t, attacker, amended.ID, a.signed(&wider, 2))
-	a.expectDenied(t, env2, amended.ID, server.CodeOrderBodyChanged)
+	a.expectDenied(t, env2, amended.ID, api.CodeOrderBodyChanged)
 }
 
 // TestAuditRevokedNotRevived: the intake policy cannot overwrite or delete
@@ -139,14 +139,14 @@ func TestAuditRevokedNotRevived(t *testing.T) {
 	if _, err := attacker.Logical().Delete(path); err == nil {
 		t.Fatal("the intake policy deleted a revocation")
 	}
-	a.expectDenied(t, env, o.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env, o.ID, api.CodeOrderRevoked)
 	root := vs.Root(t)
 	if _, err := root.Logical().Delete(path); err != nil {
 		t.Fatal(err)
 	}
-	a.expectDenied(t, env, o.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env, o.ID, api.CodeOrderRevoked)
 	if _, err := root.Logical().Write("secret/destroy/custody/revocations/"+o.ID, map[string]any{"versions": []int{1}}); err != nil {
 		t.Fatal(err)
 	}
-	a.expectDenied(t, env, o.ID, server.CodeOrderRevoked)
+	a.expectDenied(t, env, o.ID, api.CodeOrderRevoked)
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/config/duration"
 	"custody/internal/orders"
@@ -180,7 +181,7 @@ func TestAuditDecrypt(t *testing.T) {
 		t.Fatalf("batch: %d %v", st, body)
 	}
 	res := body["results"].([]any)
-	if res[0].(map[string]any)["result"] == nil || errCode(res[1].(map[string]any)) != server.CodeOrderOutOfScope {
+	if res[0].(map[string]any)["result"] == nil || errCode(res[1].(map[string]any)) != api.CodeOrderOutOfScope {
 		t.Fatalf("batch results %v", res)
 	}
 	if n := a.tok.count(a.escrow); n != 2 {
@@ -201,51 +202,51 @@ func TestAuditDecryptRefusals(t *testing.T) {
 		code    string
 		outcome auditlog.Outcome
 	}{
-		{name: "unknown order", setup: func(o *orders.Order) {}, code: server.CodeOrderUnknown},
+		{name: "unknown order", setup: func(o *orders.Order) {}, code: api.CodeOrderUnknown},
 		{name: "bad signature", setup: func(o *orders.Order) {
 			a.issue(o, 1)
 			forged := orders.Sign(o, "judge-b", a.signers[0]) // judge-a's key under judge-b's name
 			a.putRecord(o, []orders.Signature{orders.Sign(o, "judge-a", a.signers[0]), forged})
-		}, code: server.CodeOrderSignature},
-		{name: "one signature short of quorum", setup: func(o *orders.Order) { a.issue(o, 1) }, code: server.CodeOrderQuorum},
+		}, code: api.CodeOrderSignature},
+		{name: "one signature short of quorum", setup: func(o *orders.Order) { a.issue(o, 1) }, code: api.CodeOrderQuorum},
 		{name: "unknown signer", setup: func(o *orders.Order) {
 			a.issue(o, 2)
 			if _, err := a.intake.Sign(ctx, o.ID, "mallory", mallory, o.BodySHA256()); err != nil {
 				t.Fatal(err)
 			}
-		}, code: server.CodeOrderUnknownSigner},
+		}, code: api.CodeOrderUnknownSigner},
 		{name: "duplicated signer", setup: func(o *orders.Order) {
 			s := orders.Sign(o, "judge-a", a.signers[0])
 			a.putRecord(o, []orders.Signature{s, s})
-		}, code: server.CodeOrderDuplicateSign},
+		}, code: api.CodeOrderDuplicateSign},
 		{name: "revoked", setup: func(o *orders.Order) {
 			a.issue(o, 2)
 			if err := a.intake.Revoke(ctx, o.ID, "quashed", "test", a.wall); err != nil {
 				t.Fatal(err)
 			}
-		}, code: server.CodeOrderRevoked},
+		}, code: api.CodeOrderRevoked},
 		{name: "not yet valid", setup: func(o *orders.Order) {
 			o.NotBefore, o.NotAfter = a.wall.Add(time.Hour), a.wall.Add(2*time.Hour)
 			a.issue(o, 2)
-		}, code: server.CodeOrderNotYetValid},
+		}, code: api.CodeOrderNotYetValid},
 		{name: "expired", setup: func(o *orders.Order) {
 			o.NotBefore, o.NotAfter = a.wall.Add(-2*time.Hour), a.wall.Add(-time.Minute)
 			a.issue(o, 2)
-		}, code: server.CodeOrderExpired},
-		{name: "other auditor", setup: func(o *orders.Order) { o.Auditor = "auditor-b"; a.issue(o, 2) }, code: server.CodeOrderOtherAuditor},
-		{name: "transaction out of scope", setup: func(o *orders.Order) { a.issue(o, 2) }, env: a.seal("tx-9", "client-1"), code: server.CodeOrderOutOfScope},
-		{name: "wrong purpose", setup: func(o *orders.Order) { a.issue(o, 2) }, purpose: "curiosity", code: server.CodeOrderPurpose},
+		}, code: api.CodeOrderExpired},
+		{name: "other auditor", setup: func(o *orders.Order) { o.Auditor = "auditor-b"; a.issue(o, 2) }, code: api.CodeOrderOtherAuditor},
+		{name: "transaction out of scope", setup: func(o *orders.Order) { a.issue(o, 2) }, env: a.seal("tx-9", "client-1"), code: api.CodeOrderOutOfScope},
+		{name: "wrong purpose", setup: func(o *orders.Order) { a.issue(o, 2) }, purpose: "curiosity", code: api.CodeOrderPurpose},
 		{name: "exhausted", setup: func(o *orders.Order) {
 			o.MaxUses = 1
 			a.issue(o, 2)
 			if st, body := a.audit(env, o.ID, "tax-investigation"); st != 200 {
 				t.Fatalf("first use: %d %v", st, body)
 			}
-		}, code: server.CodeOrderExhausted},
+		}, code: api.CodeOrderExhausted},
 		{name: "malformed order", setup: func(o *orders.Order) {
 			o.MaxUses = 0
 			a.putRecord(o, nil)
-		}, code: server.CodeOrderMalformed},
+		}, code: api.CodeOrderMalformed},
 		{name: "tampered envelope", setup: func(o *orders.Order) { a.issue(o, 2) },
 			env: strings.Replace(env, env[len(env)/2:len(env)/2+4], "AAAA", 1), code: ""},
 	}
@@ -292,7 +293,7 @@ func TestAuditDecryptRefusals(t *testing.T) {
 		}()
 		before := a.tok.count(a.escrow)
 		st, body := a.audit(env, o.ID, "tax-investigation")
-		if st != 403 || errCode(body) != server.CodePermissionDenied {
+		if st != 403 || errCode(body) != api.CodePermissionDenied {
 			t.Fatalf("%d %v", st, body)
 		}
 		if a.tok.count(a.escrow) != before {
@@ -311,7 +312,7 @@ func TestAuditDecryptRefusals(t *testing.T) {
 		defer a.rec.setFail(false)
 		before := a.tok.count(a.escrow)
 		st, body := a.audit(env, o.ID, "tax-investigation")
-		if st != 503 || errCode(body) != server.CodeLogUnavailable || a.tok.count(a.escrow) != before {
+		if st != 503 || errCode(body) != api.CodeLogUnavailable || a.tok.count(a.escrow) != before {
 			t.Fatalf("%d %v", st, body)
 		}
 	})
@@ -359,7 +360,7 @@ func TestAuditMaxUsesConcurrent(t *testing.T) {
 		switch {
 		case c == "ok":
 			ok++
-		case !strings.Contains(c, `"`+server.CodeOrderExhausted+`"`):
+		case !strings.Contains(c, `"`+api.CodeOrderExhausted+`"`):
 			t.Errorf("unexpected answer %s", c)
 		}
 	}
@@ -402,12 +403,12 @@ func TestAuditVaultFailures(t *testing.T) {
 			vs.Unseal(t)
 		}
 	}()
-	expect("sealed", server.CodeVaultSealed)
+	expect("sealed", api.CodeVaultSealed)
 	vs.Unseal(t)
 	sealed = false
 	expect("unsealed again", "")
 	vs.Revoke(t, a.dtoken)
-	expect("token revoked", server.CodeVaultDenied)
+	expect("token revoked", api.CodeVaultDenied)
 }
 
 func TestAuditVaultStopped(t *testing.T) {
@@ -422,7 +423,7 @@ func TestAuditVaultStopped(t *testing.T) {
 	vs.Stop()
 	before := a.tok.count(a.escrow)
 	st, body := a.audit(env, o.ID, "tax-investigation")
-	if st != 503 || errCode(body) != server.CodeVaultUnavailable || a.tok.count(a.escrow) != before {
+	if st != 503 || errCode(body) != api.CodeVaultUnavailable || a.tok.count(a.escrow) != before {
 		t.Fatalf("%d %v", st, body)
 	}
 }
@@ -440,7 +441,7 @@ func TestAuditNotConfigured(t *testing.T) {
 	h.register("client-1")
 	env := h.seal("tx-1", "client-1")
 	st, body := h.call("POST", "/v1/audit/decrypt", map[string]any{"envelope": env, "authorization": "order-1", "purpose": "x"})
-	if st != 503 || errCode(body) != server.CodeVaultUnavailable {
+	if st != 503 || errCode(body) != api.CodeVaultUnavailable {
 		t.Fatalf("%d %v", st, body)
 	}
 }
@@ -524,7 +525,7 @@ func TestAuditVaultSlow(t *testing.T) {
 	before := a.tok.count(a.escrow)
 	start := time.Now()
 	st, body := a.audit(env, o.ID, "tax-investigation")
-	if st != 504 || errCode(body) != server.CodeVaultTimeout || a.tok.count(a.escrow) != before {
+	if st != 504 || errCode(body) != api.CodeVaultTimeout || a.tok.count(a.escrow) != before {
 		t.Fatalf("%d %v", st, body)
 	}
 	if d := time.Since(start); d > 3*time.Second {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
 	"custody/internal/keys"
@@ -27,7 +28,7 @@ import (
 func (s *Server) ceremonies() (*ceremony.Service, error) {
 	c := s.d.Ceremonies
 	if c == nil {
-		return nil, errorf(http.StatusServiceUnavailable, CodeCeremonyUnavailable, "escrow key ceremonies are not configured: the daemon has no ceremony.officers_file")
+		return nil, errorf(http.StatusServiceUnavailable, api.CodeCeremonyUnavailable, "escrow key ceremonies are not configured: the daemon has no ceremony.officers_file")
 	}
 	return c, nil
 }
@@ -59,26 +60,9 @@ func (s *Server) recorded(ctx context.Context, rq *request, op, detail string, e
 	return err
 }
 
-type requestView struct {
-	ID        string            `json:"id"`
-	Kind      string            `json:"kind"`
-	Params    map[string]string `json:"params"`
-	Requester string            `json:"requester"`
-	Quorum    int               `json:"m"`
-	NotBefore time.Time         `json:"not_before"`
-	NotAfter  time.Time         `json:"not_after"`
-	Nonce     string            `json:"nonce"`
-	Hash      string            `json:"hash"` // SHA-256 of canonical: what officers approve
-	Canonical string            `json:"canonical"`
-	Approvals []string          `json:"approvals"`
-	Shares    int               `json:"shares,omitempty"` // backup: SO PIN shares, restore: KEK shares submitted
-	ShareKind string            `json:"share_kind,omitempty"`
-	Needed    int               `json:"shares_needed,omitempty"`
-}
-
-func viewRequest(p ceremony.Pending) requestView {
+func viewRequest(p ceremony.Pending) api.CeremonyRequest {
 	r := p.Request
-	v := requestView{ID: r.ID, Kind: r.Kind, Params: r.Params, Requester: r.Requester, Quorum: r.Quorum,
+	v := api.CeremonyRequest{ID: r.ID, Kind: r.Kind, Params: r.Params, Requester: r.Requester, Quorum: r.Quorum,
 		NotBefore: r.NotBefore, NotAfter: r.NotAfter, Nonce: r.Nonce, Hash: r.Hash(), Canonical: r.Canonical(), Approvals: []string{},
 		Shares: p.Shares, ShareKind: p.ShareKind, Needed: p.Needed}
 	for _, a := range p.Approvals {
@@ -87,22 +71,13 @@ func viewRequest(p ceremony.Pending) requestView {
 	return v
 }
 
-type ceremonyRequestIn struct {
-	Kind     string            `json:"kind"`
-	Params   map[string]string `json:"params"` // backup: key_label; retire: version, rewrapped_count
-	M        int               `json:"m"`
-	N        int               `json:"n"`        // backup: shares to make (the first N officers of the file); 0 = every officer
-	Window   string            `json:"window"`   // Go duration; "" = 1h
-	Manifest string            `json:"manifest"` // restore: the backup manifest (its JSON text)
-}
-
 // ceremonyCreate: POST /v1/ceremony/requests.
 func (s *Server) ceremonyCreate(ctx context.Context, rq *request) (any, error) {
 	c, o, err := s.officer(rq)
 	if err != nil {
 		return nil, s.recorded(ctx, rq, "ceremony.request", "", err)
 	}
-	var in ceremonyRequestIn
+	var in api.CeremonyRequestInput
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, s.recorded(ctx, rq, "ceremony.request", "", err)
 	}
@@ -130,29 +105,6 @@ func (s *Server) ceremonyShow(ctx context.Context, rq *request) (any, error) {
 	return viewRequest(p), nil
 }
 
-type ceremonyStatus struct {
-	Officer        string        `json:"officer"`
-	Genesis        bool          `json:"genesis"`
-	SOPIN          *soPINView    `json:"so_pin,omitempty"` // nil: not split, backups refused
-	EscrowVersions []escrowView  `json:"escrow_versions"`
-	Pending        []requestView `json:"pending"`
-}
-
-// soPINView is the public record of the token's SO PIN shares.
-type soPINView struct {
-	Set       string   `json:"set"`
-	Threshold int      `json:"threshold"`
-	Holders   []string `json:"holders"`
-}
-
-type escrowView struct {
-	Label       string `json:"label"`
-	Version     uint32 `json:"version"`
-	State       string `json:"state"` // active, decrypt-only, destroyed
-	Fingerprint string `json:"sha256"`
-	Created     string `json:"created,omitempty"`
-}
-
 // ceremonyStatusRoute: GET /v1/ceremony.
 func (s *Server) ceremonyStatusRoute(ctx context.Context, rq *request) (any, error) {
 	c, o, err := s.officer(rq)
@@ -163,15 +115,15 @@ func (s *Server) ceremonyStatusRoute(ctx context.Context, rq *request) (any, err
 	if err != nil {
 		return nil, err
 	}
-	out := ceremonyStatus{Officer: o.Name, Genesis: st.Genesis, EscrowVersions: []escrowView{}, Pending: []requestView{}}
+	out := api.CeremonyStatus{Officer: o.Name, Genesis: st.Genesis, EscrowVersions: []api.EscrowVersion{}, Pending: []api.CeremonyRequest{}}
 	if r := st.SOPIN; r != nil {
-		out.SOPIN = &soPINView{Set: r.SetID, Threshold: r.Threshold}
+		out.SOPIN = &api.SOPINShares{Set: r.SetID, Threshold: r.Threshold}
 		for _, sh := range r.Shares {
 			out.SOPIN.Holders = append(out.SOPIN.Holders, sh.Officer)
 		}
 	}
 	for _, v := range st.EscrowVersions {
-		ev := escrowView{Label: v.Label, Version: v.Number, State: v.State, Fingerprint: v.Fingerprint()}
+		ev := api.EscrowVersion{Label: v.Label, Version: v.Number, State: v.State, Fingerprint: v.Fingerprint()}
 		if !v.Created.IsZero() {
 			ev.Created = v.Created.UTC().Format(time.DateOnly)
 		}
@@ -183,11 +135,6 @@ func (s *Server) ceremonyStatusRoute(ctx context.Context, rq *request) (any, err
 	return out, nil
 }
 
-type approveIn struct {
-	Hash  string `json:"hash"`
-	Nonce string `json:"nonce"`
-}
-
 // ceremonyApprove: POST /v1/ceremony/requests/{id}/approve.
 func (s *Server) ceremonyApprove(ctx context.Context, rq *request) (any, error) {
 	id := clip(rq.PathValue("id"))
@@ -195,7 +142,7 @@ func (s *Server) ceremonyApprove(ctx context.Context, rq *request) (any, error) 
 	if err != nil {
 		return nil, s.recorded(ctx, rq, "ceremony.approve", "request "+id, err)
 	}
-	var in approveIn
+	var in api.Approval
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, s.recorded(ctx, rq, "ceremony.approve", "request "+id, err)
 	}
@@ -211,10 +158,6 @@ func (s *Server) ceremonyApprove(ctx context.Context, rq *request) (any, error) 
 	return viewRequest(p), nil
 }
 
-type shareIn struct {
-	Share string `json:"share"` // the decrypted share text (custody-share v1 or custody-so-pin-share v1)
-}
-
 // ceremonyShare: POST /v1/ceremony/requests/{id}/shares. The share must be
 // the caller's own (the officer it names): a share of the backup's KEK for
 // a restore, an SO PIN share for a backup. It is never logged.
@@ -224,7 +167,7 @@ func (s *Server) ceremonyShare(ctx context.Context, rq *request) (any, error) {
 	if err != nil {
 		return nil, s.recorded(ctx, rq, "ceremony.share", "request "+id, err)
 	}
-	var in shareIn
+	var in api.ShareInput
 	err = decodeJSON(rq.Request, &in)
 	b := []byte(in.Share)
 	in.Share = ""
@@ -240,15 +183,7 @@ func (s *Server) ceremonyShare(ctx context.Context, rq *request) (any, error) {
 	if err := s.recorded(ctx, rq, "ceremony.share", detail, err); err != nil {
 		return nil, err
 	}
-	return map[string]any{"request": id, "shares": sub.Count, "threshold": sub.Set.Threshold, "kind": sub.Set.Kind.String()}, nil
-}
-
-// fetchOut is one output file, for the officer allowed to have it.
-type fetchOut struct {
-	Request string `json:"request"`
-	Name    string `json:"name"`
-	SHA256  string `json:"sha256"`
-	Data    []byte `json:"data"` // the file's bytes (base64 in JSON)
+	return api.ShareAccepted{Request: id, Shares: sub.Count, Threshold: sub.Set.Threshold, Kind: sub.Set.Kind.String()}, nil
 }
 
 // ceremonyFetch: GET /v1/ceremony/requests/{id}/outputs/{name}. Output
@@ -267,40 +202,11 @@ func (s *Server) ceremonyFetch(ctx context.Context, rq *request) (any, error) {
 	if err := s.recorded(ctx, rq, "ceremony.fetch", detail+" by "+o.Name, err); err != nil {
 		return nil, err
 	}
-	return fetchOut{Request: id, Name: name, SHA256: sha256Hex(data), Data: data}, nil
+	return api.Output{Request: id, Name: name, SHA256: sha256Hex(data), Data: data}, nil
 }
 
-type executeIn struct {
-	Request string `json:"request"`
-}
-
-// outputFile is one file a ceremony wrote.
-type outputFile struct {
-	Name   string `json:"name"`             // what ceremonyFetch takes
-	Path   string `json:"path"`             // on the daemon's host, readable by its user only
-	SHA256 string `json:"sha256"`           //
-	Holder string `json:"holder,omitempty"` // the only officer who may fetch it (a share file)
-}
-
-type fingerprintView struct {
-	Label   string `json:"label"`
-	SHA256  string `json:"sha256"`
-	Words   string `json:"words"`
-	Created bool   `json:"created,omitempty"`
-}
-
-type executeOut struct {
-	Request      string            `json:"request"`
-	Kind         string            `json:"kind"`
-	Fingerprints []fingerprintView `json:"fingerprints,omitempty"`
-	Outputs      []outputFile      `json:"outputs,omitempty"`
-	KCV          string            `json:"kcv,omitempty"`
-	BackupID     string            `json:"backup_id,omitempty"`
-	Transcript   outputFile        `json:"transcript"`
-}
-
-func viewOutput(f ceremony.OutputFile) outputFile {
-	return outputFile{Name: f.Name, Path: f.Path, SHA256: f.SHA256, Holder: f.Holder}
+func viewOutput(f ceremony.OutputFile) api.OutputFile {
+	return api.OutputFile{Name: f.Name, Path: f.Path, SHA256: f.SHA256, Holder: f.Holder}
 }
 
 // ceremonyExecute returns the handler running an approved request of kind.
@@ -311,7 +217,7 @@ func (s *Server) ceremonyExecute(kind string) handler {
 		if err != nil {
 			return nil, s.recorded(ctx, rq, op, "", err)
 		}
-		var in executeIn
+		var in api.Execute
 		if err := decodeJSON(rq.Request, &in); err != nil {
 			return nil, s.recorded(ctx, rq, op, "", err)
 		}
@@ -335,9 +241,9 @@ func (s *Server) ceremonyExecute(kind string) handler {
 			}
 			return nil, s.recorded(ctx, rq, op, "request "+cl.Request.ID+" failed", err)
 		}
-		out := &executeOut{Request: cl.Request.ID, Kind: kind, KCV: res.KCV, BackupID: res.BackupID, Transcript: viewOutput(res.Transcript)}
+		out := &api.Executed{Request: cl.Request.ID, Kind: kind, KCV: res.KCV, BackupID: res.BackupID, Transcript: viewOutput(res.Transcript)}
 		for _, f := range res.Fingerprints {
-			out.Fingerprints = append(out.Fingerprints, fingerprintView{Label: f.Label, SHA256: f.SHA256, Words: f.Words, Created: f.Created})
+			out.Fingerprints = append(out.Fingerprints, api.Fingerprint{Label: f.Label, SHA256: f.SHA256, Words: f.Words, Created: f.Created})
 		}
 		for _, f := range res.Outputs {
 			out.Outputs = append(out.Outputs, viewOutput(f))

@@ -16,9 +16,9 @@ import (
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
-	"custody/internal/server"
 )
 
 // TestCeremonyInsiderAttacks: what one officer, alone or with approvers who
@@ -45,11 +45,11 @@ func TestCeremonyInsiderAttacks(t *testing.T) {
 		forged := forgeBackup(t, kits, officersFile, "custody/escrow/v2")
 		path := filepath.Join(kits[0].dir, "forged-manifest.json")
 		kits[0].give(t, path, forged)
-		d.ctlFails(server.CodeManifestUntrusted, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path)
+		d.ctlFails(api.CodeManifestUntrusted, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path)
 		// The same manifest as unsigned JSON (the old format).
 		body := forgedBody(t, forged)
 		kits[0].give(t, path+".v1", []byte(body))
-		d.ctlFails(server.CodeManifestUntrusted, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path+".v1")
+		d.ctlFails(api.CodeManifestUntrusted, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path+".v1")
 		if _, err := d.token.FindKey(ctx, "custody/escrow/v2"); !errors.Is(err, hsm.ErrNotFound) {
 			t.Fatalf("escrow v2 on the token: %v", err)
 		}
@@ -72,14 +72,14 @@ func TestCeremonyInsiderAttacks(t *testing.T) {
 			path := filepath.Join(kits[0].dir, "label-manifest.json")
 			os.Remove(path)
 			kits[0].give(t, path, signed)
-			d.ctlFails(server.CodeNotEscrowLabel, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path)
+			d.ctlFails(api.CodeNotEscrowLabel, o(1), "", "ceremony", "request", "restore", "--m", "2", "--manifest", path)
 		}
 	})
 
 	t.Run("requester writes what the approvers read", func(t *testing.T) {
-		d.ctlFails(server.CodeBadRequest, o(1), "", "ceremony", "request", "genesis", "--m", "2", "--param", "effect=nothing to see")
-		d.ctlFails(server.CodeBadRequest, o(1), "", "ceremony", "request", "backup", "--m", "2", "--param", "key_sha256=00")
-		d.ctlFails(server.CodeNotEscrowLabel, o(1), "", "ceremony", "request", "backup", "--m", "2", "--param", "key_label=custody/signing/v1")
+		d.ctlFails(api.CodeBadRequest, o(1), "", "ceremony", "request", "genesis", "--m", "2", "--param", "effect=nothing to see")
+		d.ctlFails(api.CodeBadRequest, o(1), "", "ceremony", "request", "backup", "--m", "2", "--param", "key_sha256=00")
+		d.ctlFails(api.CodeNotEscrowLabel, o(1), "", "ceremony", "request", "backup", "--m", "2", "--param", "key_label=custody/signing/v1")
 	})
 
 	t.Run("approvers read the key and the effect", func(t *testing.T) {
@@ -103,19 +103,19 @@ func TestCeremonyInsiderAttacks(t *testing.T) {
 		second := d.request(o(3), []string{o(4), o(5)}, "rotate", "--m", "2")
 		d.execute(o(2), "rotate", first.ID)
 		// second was approved as "creates v2, v1 becomes decrypt-only".
-		d.ctlFails(server.CodeRequestStale, o(3), "", "ceremony", "rotate", second.ID)
+		d.ctlFails(api.CodeRequestStale, o(3), "", "ceremony", "rotate", second.ID)
 		if vs := d.keys.EscrowVersions(); len(vs) != 2 {
 			t.Fatalf("%d escrow versions, want 2", len(vs))
 		}
 	})
 
 	t.Run("quorum floors and pending requests", func(t *testing.T) {
-		d.ctlFails(server.CodeBadRequest, o(1), "", "ceremony", "request", "retire", "--m", "1", "--param", "version=1", "--param", "rewrapped_count=0")
-		d.ctlFails(server.CodeBadRequest, o(1), "", "ceremony", "request", "genesis", "--m", "1")
+		d.ctlFails(api.CodeBadRequest, o(1), "", "ceremony", "request", "retire", "--m", "1", "--param", "version=1", "--param", "rewrapped_count=0")
+		d.ctlFails(api.CodeBadRequest, o(1), "", "ceremony", "request", "genesis", "--m", "1")
 		for i := range 4 - pendingOf(t, d, "o5") {
 			d.ctl(o(5), "ceremony", "request", "genesis", "--m", "2", "--window", fmt.Sprintf("%dm", 10+i))
 		}
-		d.ctlFails(server.CodeTooManyPending, o(5), "", "ceremony", "request", "genesis", "--m", "2")
+		d.ctlFails(api.CodeTooManyPending, o(5), "", "ceremony", "request", "genesis", "--m", "2")
 		d.ctl(o(4), "ceremony", "request", "genesis", "--m", "2") // another officer still can
 	})
 }

@@ -24,6 +24,7 @@ import (
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
 	"custody/internal/config"
@@ -345,11 +346,11 @@ func TestCeremonyScenario(t *testing.T) {
 
 	// Before genesis: audit decrypts are refused; so are non-officers.
 	auditBody := map[string]string{"envelope": "x", "authorization": "order-1", "purpose": "tax"}
-	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); st != http.StatusConflict || errCode(body) != server.CodeGenesisRequired {
+	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); st != http.StatusConflict || errCode(body) != api.CodeGenesisRequired {
 		t.Fatalf("audit decrypt before genesis: %d %v", st, body)
 	}
-	a.ctlFails(server.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
-	a.ctlFails(server.CodePermissionDenied, appUser, "", "ceremony", "status")
+	a.ctlFails(api.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
+	a.ctlFails(api.CodePermissionDenied, appUser, "", "ceremony", "status")
 	if out := a.ctl(o(1), "ceremony", "status"); !strings.Contains(out, "genesis: false") || !strings.Contains(out, "SO PIN: split 2-of-5 among o1, o2, o3, o4, o5") {
 		t.Fatalf("status before genesis: %s", out)
 	}
@@ -362,8 +363,8 @@ func TestCeremonyScenario(t *testing.T) {
 			t.Fatalf("genesis output lacks %q: %s", want, out)
 		}
 	}
-	a.ctlFails(server.CodeUnknownRequest, o(1), "", "ceremony", "genesis", g.ID) // once only
-	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != server.CodeVaultUnavailable {
+	a.ctlFails(api.CodeUnknownRequest, o(1), "", "ceremony", "genesis", g.ID) // once only
+	if st, body := a.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != api.CodeVaultUnavailable {
 		t.Fatalf("audit decrypt after genesis still refused for genesis: %d %v", st, body)
 	}
 	esc, err := a.keys.Escrow()
@@ -380,16 +381,16 @@ func TestCeremonyScenario(t *testing.T) {
 
 	// Backup: refusals first.
 	b1 := a.request(o(1), []string{o(2), o(3)}, "backup", "--m", "3", "--n", "5")
-	a.ctlFails(server.CodeNotApproved, o(1), "", "ceremony", "backup", b1.ID)
-	a.ctlFails(server.CodeSelfApproval, o(1), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
-	a.ctlFails(server.CodeRequestMismatch, o(4), "", "ceremony", "approve", b1.ID, "--hash", g.Hash) // another request's hash
-	a.ctlFails(server.CodeDuplicateApproval, o(2), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	a.ctlFails(api.CodeNotApproved, o(1), "", "ceremony", "backup", b1.ID)
+	a.ctlFails(api.CodeSelfApproval, o(1), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
+	a.ctlFails(api.CodeRequestMismatch, o(4), "", "ceremony", "approve", b1.ID, "--hash", g.Hash) // another request's hash
+	a.ctlFails(api.CodeDuplicateApproval, o(2), "", "ceremony", "approve", b1.ID, "--hash", b1.Hash)
 	a.ctl(o(4), "ceremony", "approve", b1.ID, "--hash", b1.Hash)
 	// Approved, but the daemon holds no SO PIN: without the officers' part
 	// (2 SO PIN shares) nothing is wrapped, and one share is not enough.
-	a.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
+	a.ctlFails(api.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
 	a.officersPart(b1.ID, kits[4])
-	a.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
+	a.ctlFails(api.CodeNotEnoughShares, o(1), "", "ceremony", "backup", b1.ID)
 	noEscrowSessionObjects(t, a.token, "backup without the officers' part")
 	a.officersPart(b1.ID, kits[3])
 	bk := a.execute(o(1), "backup", b1.ID)
@@ -411,7 +412,7 @@ func TestCeremonyScenario(t *testing.T) {
 	if code, _, errOut := a.ctlAs(o(2), "", "ceremony", "share", "decrypt", bk.Outputs[2].Path, "--identity", kits[1].identity, "--out", filepath.Join(kits[1].dir, "stolen.txt")); code == 0 || !strings.Contains(errOut, "permission denied") {
 		t.Fatalf("an officer read a share file in the output directory: %d %s", code, errOut)
 	}
-	a.ctlFails(server.CodeNotShareHolder, o(2), "", "ceremony", "fetch", b1.ID, bk.Outputs[3].Name, "--out", filepath.Join(kits[1].dir, "stolen.age"))
+	a.ctlFails(api.CodeNotShareHolder, o(2), "", "ceremony", "fetch", b1.ID, bk.Outputs[3].Name, "--out", filepath.Join(kits[1].dir, "stolen.age"))
 	manifest := a.fetch(kits[0], b1.ID, "manifest.json")
 	b2 := a.request(o(2), []string{o(1), o(3), o(4)}, "backup", "--m", "3")
 	a.officersPart(b2.ID, kits[0], kits[2])
@@ -458,7 +459,7 @@ func TestCeremonyScenario(t *testing.T) {
 	// An approval after its window.
 	late := b.request(o(1), nil, "genesis", "--m", "2", "--window", "1m")
 	b.clock.advance(2 * time.Minute)
-	b.ctlFails(server.CodeRequestExpired, o(2), "", "ceremony", "approve", late.ID, "--hash", late.Hash)
+	b.ctlFails(api.CodeRequestExpired, o(2), "", "ceremony", "approve", late.ID, "--hash", late.Hash)
 
 	r := b.request(o(1), []string{o(2), o(3), o(4)}, "restore", "--m", "3", "--manifest", manifest)
 	// What the approvers read names the key, its signer and the effect.
@@ -479,15 +480,15 @@ func TestCeremonyScenario(t *testing.T) {
 	shareFile := func(res execOut, i int) string { return a.fetch(kits[i-1], res.Request, res.Outputs[i].Name) }
 	s2 := share(kits[1], shareFile(bk, 2))
 	b.ctl(o(2), "ceremony", "share", "submit", r.ID, s2)
-	b.ctlFails(server.CodeDuplicateShare, o(2), "", "ceremony", "share", "submit", r.ID, s2)
+	b.ctlFails(api.CodeDuplicateShare, o(2), "", "ceremony", "share", "submit", r.ID, s2)
 	b.ctl(o(4), "ceremony", "share", "submit", r.ID, share(kits[3], shareFile(bk, 4)))
 	// M-1 shares.
-	b.ctlFails(server.CodeNotEnoughShares, o(1), "", "ceremony", "restore", r.ID)
+	b.ctlFails(api.CodeNotEnoughShares, o(1), "", "ceremony", "restore", r.ID)
 	noEscrowOn(t, b.token, "M-1 shares")
 	// A share from another backup, a corrupted share, another officer's share.
-	b.ctlFails(server.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], shareFile(other, 5)))
+	b.ctlFails(api.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], shareFile(other, 5)))
 	// An SO PIN share where a backup share is wanted.
-	b.ctlFails(server.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], b.soPINFiles["o5"]))
+	b.ctlFails(api.CodeWrongBackup, o(5), "", "ceremony", "share", "submit", r.ID, share(kits[4], b.soPINFiles["o5"]))
 	s5 := share(kits[4], shareFile(bk, 5))
 	text, err := os.ReadFile(s5)
 	if err != nil {
@@ -496,9 +497,9 @@ func TestCeremonyScenario(t *testing.T) {
 	corrupt := bytes.Clone(text)
 	k := bytes.Index(corrupt, []byte("value ")) + 6
 	corrupt[k] = "01"[boolInt(corrupt[k] == '0')]
-	b.ctlFails(server.CodeCorruptShare, o(5), string(corrupt), "ceremony", "share", "submit", r.ID, "-")
+	b.ctlFails(api.CodeCorruptShare, o(5), string(corrupt), "ceremony", "share", "submit", r.ID, "-")
 	s2text, _ := os.ReadFile(s2)
-	b.ctlFails(server.CodeNotShareHolder, o(5), string(s2text), "ceremony", "share", "submit", r.ID, "-")
+	b.ctlFails(api.CodeNotShareHolder, o(5), string(s2text), "ceremony", "share", "submit", r.ID, "-")
 	noEscrowOn(t, b.token, "bad shares")
 	if _, err := b.keys.Escrow(); !errors.Is(err, keys.ErrNoDaemonKeys) {
 		t.Fatalf("registry of B knows an escrow key: %v", err)
@@ -509,7 +510,7 @@ func TestCeremonyScenario(t *testing.T) {
 	if rs.KCV != bk.KCV || len(rs.Fingerprints) != 1 || rs.Fingerprints[0].SHA256 != esc.Fingerprint() {
 		t.Fatalf("restore answer: %+v", rs)
 	}
-	b.ctlFails(server.CodeUnknownRequest, o(1), "", "ceremony", "restore", r.ID)
+	b.ctlFails(api.CodeUnknownRequest, o(1), "", "ceremony", "restore", r.ID)
 
 	// The old envelopes open on B through the escrow stanza, with the key
 	// version B's daemon now knows.
@@ -531,7 +532,7 @@ func TestCeremonyScenario(t *testing.T) {
 		t.Fatalf("%d session objects left on B", n)
 	}
 	// B counts as past genesis: audit decrypts are no longer refused for it.
-	if _, body := b.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != server.CodeVaultUnavailable {
+	if _, body := b.call("POST", "/v1/audit/decrypt", auditBody); errCode(body) != api.CodeVaultUnavailable {
 		t.Fatalf("audit decrypt on B after restore: %v", body)
 	}
 
@@ -545,8 +546,8 @@ func TestCeremonyScenario(t *testing.T) {
 
 	// Retiring v1 takes a request with the rewrap count, never the active
 	// version, and M approvals; then v1 is gone from the token for good.
-	b.ctlFails(server.CodeRetireUnconfirmed, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=1")
-	b.ctlFails(server.CodeKeyActive, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=2", "--param", "rewrapped_count=3")
+	b.ctlFails(api.CodeRetireUnconfirmed, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=1")
+	b.ctlFails(api.CodeKeyActive, o(1), "", "ceremony", "request", "retire", "--m", "2", "--param", "version=2", "--param", "rewrapped_count=3")
 	ret := b.request(o(1), []string{o(4), o(5)}, "retire", "--m", "2", "--param", "version=1", "--param", "rewrapped_count=3")
 	if e := b.execute(o(3), "retire", ret.ID); len(e.Fingerprints) != 1 || e.Fingerprints[0].Label != v1.Label {
 		t.Fatalf("retire output: %+v", e)
@@ -558,7 +559,7 @@ func TestCeremonyScenario(t *testing.T) {
 		t.Fatalf("status after retirement: %s", st)
 	}
 	// A retired version is never restored again, even from a genuine backup.
-	b.ctlFails(server.CodeKeyDestroyed, o(1), "", "ceremony", "request", "restore", "--m", "3", "--manifest", manifest)
+	b.ctlFails(api.CodeKeyDestroyed, o(1), "", "ceremony", "request", "restore", "--m", "3", "--manifest", manifest)
 }
 
 // noEscrowSessionObjects asserts the token holds no session object (no KEK
@@ -605,8 +606,8 @@ func TestOfficersReplaced(t *testing.T) {
 	if !changed || len(cancelled) != 1 || cancelled[0] != r.ID {
 		t.Fatalf("ReplaceOfficers = %v, %v; want the pending request %s cancelled", changed, cancelled, r.ID)
 	}
-	c.ctlFails(server.CodeUnknownRequest, o(3), "", "ceremony", "approve", r.ID, "--hash", r.Hash)
-	c.ctlFails(server.CodeNotOfficer, o(5), "", "ceremony", "status")
+	c.ctlFails(api.CodeUnknownRequest, o(3), "", "ceremony", "approve", r.ID, "--hash", r.Hash)
+	c.ctlFails(api.CodeNotOfficer, o(5), "", "ceremony", "status")
 	again := c.request(o(1), nil, "genesis", "--m", "2")
 	same, _ := ceremony.ParseOfficers(fewer, nil)
 	if changed, cancelled := c.cer.ReplaceOfficers(same); changed || cancelled != nil {
@@ -685,8 +686,8 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 	for _, tc := range []struct {
 		member, value, code string
 	}{
-		{"kcv", "000000", server.CodeKCVMismatch},
-		{"canary_plaintext_sha256", strings.Repeat("0", 64), server.CodeCanaryFailed},
+		{"kcv", "000000", api.CodeKCVMismatch},
+		{"canary_plaintext_sha256", strings.Repeat("0", 64), api.CodeCanaryFailed},
 	} {
 		if code, out := restore(changed(tc.member, tc.value)); code == 0 || !strings.Contains(out, tc.code) {
 			t.Fatalf("restore with a changed %s: %d %s", tc.member, code, out)
@@ -697,7 +698,7 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 	if code, out := restore(honest); code != 0 {
 		t.Fatalf("restore of the honest manifest: %s", out)
 	}
-	b.ctlFails(server.CodeKeyExists, o(3), "", "ceremony", "request", "restore", "--m", "2", "--manifest", honest)
+	b.ctlFails(api.CodeKeyExists, o(3), "", "ceremony", "request", "restore", "--m", "2", "--manifest", honest)
 	if k, err := b.token.FindKey(ctx, esc.Label); err != nil || !bytes.Equal(k.Public, esc.Public) {
 		t.Fatalf("the escrow key on B after key_exists: %v", err)
 	}
@@ -713,7 +714,7 @@ func TestCeremonyDeviceFailures(t *testing.T) {
 	w.ctl(o(1), "ceremony", "genesis")
 	r := w.request(o(1), []string{o(2), o(3)}, "backup", "--m", "2", "--n", "3")
 	w.officersPart(r.ID, kits[0], kits[1])
-	w.ctlFails(server.CodeSOLogin, o(1), "", "ceremony", "backup", r.ID)
+	w.ctlFails(api.CodeSOLogin, o(1), "", "ceremony", "backup", r.ID)
 	if n, _ := w.token.SessionObjectCount(ctx); n != 0 {
 		t.Fatalf("%d session objects left after so_login_refused", n)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/server"
 )
@@ -35,10 +36,10 @@ func TestHandlerPermissionDenied(t *testing.T) {
 	h := newHandlerHarness(t)
 	h.peer = server.Peer{UID: uid(appUser), GID: uid(appUser), PID: 4242}
 	st, body := h.call("POST", "/v1/participants", map[string]string{"id": "miner-x"})
-	if st != http.StatusForbidden || errCode(body) != server.CodePermissionDenied {
+	if st != http.StatusForbidden || errCode(body) != api.CodePermissionDenied {
 		t.Fatalf("register as the app: %d %v, want 403 permission_denied", st, body)
 	}
-	if e := h.rec.last(); e.Operation != "register" || e.Outcome != auditlog.Denied || e.Code != server.CodePermissionDenied ||
+	if e := h.rec.last(); e.Operation != "register" || e.Outcome != auditlog.Denied || e.Code != api.CodePermissionDenied ||
 		e.Principal != "settlement-app" || e.Caller.UID != uid(appUser) || e.Caller.PID != 4242 {
 		t.Errorf("refusal entry: %+v", e)
 	}
@@ -88,10 +89,10 @@ func TestSocketPeerCannotBeInjected(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, errOut := h.ctlAs(appUser, "", "participants", "register", "miner-x")
-	if code != 1 || !strings.Contains(errOut, server.CodePermissionDenied+":") {
+	if code != 1 || !strings.Contains(errOut, api.CodePermissionDenied+":") {
 		t.Errorf("app user register with root claimed: exit %d %s; want permission_denied", code, errOut)
 	}
-	if e := h.rec.last(); e.Operation != "register" || e.Outcome != auditlog.Denied || e.Code != server.CodePermissionDenied ||
+	if e := h.rec.last(); e.Operation != "register" || e.Outcome != auditlog.Denied || e.Code != api.CodePermissionDenied ||
 		e.Caller.UID != uid(appUser) || e.Principal != "settlement-app" {
 		t.Errorf("refusal entry: %+v", e)
 	}
@@ -126,7 +127,7 @@ func TestRecordDaemonEvent(t *testing.T) {
 	}
 	h.rec.setFail(true)
 	err := h.srv.RecordDaemon(ctx, auditlog.Entry{Operation: "daemon.stop"}, nil)
-	if err == nil || !strings.Contains(err.Error(), server.CodeLogUnavailable) {
+	if err == nil || !strings.Contains(err.Error(), api.CodeLogUnavailable) {
 		t.Errorf("refused daemon event: %v, want log_unavailable", err)
 	}
 }

@@ -5,35 +5,23 @@ import (
 	"errors"
 
 	"custody/hsm"
-	"custody/internal/auditlog"
+	"custody/internal/api"
 )
-
-type healthResponse struct {
-	Status       string           `json:"status"` // "ok", or the error code of what is wrong
-	Version      string           `json:"version,omitempty"`
-	Token        hsm.TokenInfo    `json:"token"`
-	Capabilities hsm.Capabilities `json:"capabilities"`
-	Profile      string           `json:"capability_summary"`
-	EscrowKey    string           `json:"escrow_key,omitempty"`
-	SigningKey   string           `json:"signing_key,omitempty"`
-	Policy       string           `json:"policy"`
-	Principal    string           `json:"you"`
-	AccessLog    *auditlog.Status `json:"access_log,omitempty"`
-}
 
 // health: GET /v1/health reports the token, its probed capabilities, the
 // daemon keys and the policy. It pings the token, so it also tells whether
 // the HSM is reachable right now.
 func (s *Server) health(ctx context.Context, rq *request) (any, error) {
-	out := healthResponse{
+	caps := s.d.Token.Capabilities()
+	out := api.Health{
 		Status:       "ok",
 		Version:      s.d.Version,
-		Token:        s.d.Token.Info(),
-		Capabilities: s.d.Token.Capabilities(),
+		Token:        api.Token(s.d.Token.Info()),
+		Capabilities: api.Capabilities(caps),
 		Policy:       rq.policy.Summary(),
 		Principal:    rq.principal.Name,
+		Profile:      caps.String(),
 	}
-	out.Profile = out.Capabilities.String()
 	if err := s.d.Token.Ping(ctx); err != nil {
 		out.Status = classify(err).Code
 		if !errors.Is(err, hsm.ErrUnavailable) {
@@ -42,9 +30,9 @@ func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 	}
 	if s.d.AccessLog != nil {
 		st := s.d.AccessLog.Status()
-		out.AccessLog = &st
+		out.AccessLog = (*api.LogStatus)(&st)
 		if !st.Writable && out.Status == "ok" {
-			out.Status = CodeLogUnavailable
+			out.Status = api.CodeLogUnavailable
 		}
 	}
 	if v, err := s.d.Keys.Escrow(); err == nil {

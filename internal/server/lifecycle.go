@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"time"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/device"
 	"custody/internal/envelope"
@@ -28,32 +29,10 @@ type Prover interface {
 
 // --- keys ---
 
-type versionView struct {
-	Version     uint32     `json:"key_version"`
-	State       keys.State `json:"state"`
-	Algorithm   string     `json:"algorithm,omitempty"`
-	SHA256      string     `json:"sha256,omitempty"`
-	Created     time.Time  `json:"created,omitzero"`
-	AgeDays     int        `json:"age_days"`
-	RotateAfter time.Time  `json:"rotate_after,omitzero"`
-	Destroyed   time.Time  `json:"destroyed,omitzero"`
-}
-
-type keyView struct {
-	Kind         string        `json:"kind"`
-	ID           string        `json:"id,omitempty"`
-	Active       uint32        `json:"active_version"`
-	DueAt        time.Time     `json:"due_at,omitzero"`
-	Due          bool          `json:"due"`
-	NeedsRewrap  bool          `json:"needs_rewrap"`
-	Versions     []versionView `json:"versions"`
-	ActiveSHA256 string        `json:"-"`
-}
-
-func viewKey(k keys.KeyStatus) keyView {
-	out := keyView{Kind: k.Kind, ID: k.ID, Active: k.Active, DueAt: k.DueAt, Due: k.Due, NeedsRewrap: k.Rewrap}
+func viewKey(k keys.KeyStatus) api.Key {
+	out := api.Key{Kind: k.Kind, ID: k.ID, Active: k.Active, DueAt: k.DueAt, Due: k.Due, NeedsRewrap: k.Rewrap}
 	for _, v := range k.Versions {
-		vv := versionView{Version: v.Number, State: v.State, Created: v.Created, AgeDays: int(v.Age / (24 * time.Hour)),
+		vv := api.KeyVersionInfo{Version: v.Number, State: string(v.State), Created: v.Created, AgeDays: int(v.Age / (24 * time.Hour)),
 			RotateAfter: v.RotateAfter, Destroyed: v.Destroyed}
 		if v.Public != nil {
 			vv.Algorithm, vv.SHA256 = v.Alg.String(), v.Fingerprint()
@@ -63,14 +42,9 @@ func viewKey(k keys.KeyStatus) keyView {
 	return out
 }
 
-type keysResponse struct {
-	RotateAfter string    `json:"rotate_after"`
-	Keys        []keyView `json:"keys"`
-}
-
 // listKeys: GET /v1/keys.
 func (s *Server) listKeys(ctx context.Context, rq *request) (any, error) {
-	out := keysResponse{RotateAfter: s.d.Keys.RotateAfter().String(), Keys: []keyView{}}
+	out := api.Keys{RotateAfter: s.d.Keys.RotateAfter().String(), Keys: []api.Key{}}
 	for _, k := range s.d.Keys.List(s.d.Now()) {
 		out.Keys = append(out.Keys, viewKey(k))
 	}
@@ -80,7 +54,7 @@ func (s *Server) listKeys(ctx context.Context, rq *request) (any, error) {
 func pathID(rq *request) (string, error) {
 	id := rq.PathValue("id")
 	if err := envelope.ValidateID(id); err != nil {
-		return "", errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
+		return "", errorf(http.StatusBadRequest, api.CodeInvalidID, "id: %v", err)
 	}
 	return id, nil
 }
@@ -109,17 +83,11 @@ func (s *Server) rotateKey(ctx context.Context, rq *request) (any, error) {
 	return viewKey(st), nil
 }
 
-type retireRequest struct {
-	Version          uint32 `json:"version"`
-	ConfirmRewrapped bool   `json:"confirm_rewrapped"`
-	RewrappedCount   *int64 `json:"rewrapped_count"`
-}
-
 // retireKey: POST /v1/keys/{id}/retire {"version","confirm_rewrapped":true,"rewrapped_count":N}.
 // The operator attests that every envelope was rewrapped (the count is the
 // last rewrap run's); both are recorded. The version is then destroyed.
 func (s *Server) retireKey(ctx context.Context, rq *request) (any, error) {
-	var in retireRequest
+	var in api.RetireRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -130,7 +98,7 @@ func (s *Server) retireKey(ctx context.Context, rq *request) (any, error) {
 	case in.Version == 0:
 		err = badRequest("version: required (a version number ≥ 1)")
 	case !in.ConfirmRewrapped || in.RewrappedCount == nil || *in.RewrappedCount < 0:
-		err = errorf(http.StatusBadRequest, CodeRetireUnconfirmed, "retiring destroys the key version for good: confirm with \"confirm_rewrapped\":true and the \"rewrapped_count\" of your last rewrap run")
+		err = errorf(http.StatusBadRequest, api.CodeRetireUnconfirmed, "retiring destroys the key version for good: confirm with \"confirm_rewrapped\":true and the \"rewrapped_count\" of your last rewrap run")
 	default:
 		entry.Detail = fmt.Sprintf("operator confirmed all envelopes rewrapped; last rewrap run: %d envelopes", *in.RewrappedCount)
 		var v keys.Version
@@ -150,24 +118,10 @@ func (s *Server) retireKey(ctx context.Context, rq *request) (any, error) {
 	return viewKey(st), nil
 }
 
-type proveRequest struct {
-	Version         uint32 `json:"version,omitempty"` // 0 = active
-	EphemeralPublic string `json:"ephemeral_public"`  // base64
-	Nonce           string `json:"nonce"`             // base64, 16..64 bytes
-}
-
-type proveResponse struct {
-	ID        string `json:"id"`
-	Version   uint32 `json:"key_version"`
-	Algorithm string `json:"algorithm"`
-	PublicKey string `json:"public_key"` // base64
-	MAC       string `json:"mac"`        // base64, 16 bytes
-}
-
 // proveKey: POST /v1/keys/{id}/prove {"ephemeral_public","nonce","version"}:
 // proof of possession (package pop).
 func (s *Server) proveKey(ctx context.Context, rq *request) (any, error) {
-	var in proveRequest
+	var in api.ProveRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -182,7 +136,7 @@ func (s *Server) proveKey(ctx context.Context, rq *request) (any, error) {
 	return res, nil
 }
 
-func (s *Server) prove(ctx context.Context, rq *request, in proveRequest, entry *auditlog.Entry) (*proveResponse, error) {
+func (s *Server) prove(ctx context.Context, rq *request, in api.ProveRequest, entry *auditlog.Entry) (*api.Proof, error) {
 	id, err := pathID(rq)
 	if err != nil {
 		return nil, err
@@ -215,6 +169,6 @@ func (s *Server) prove(ctx context.Context, rq *request, in proveRequest, entry 
 	if err != nil {
 		return nil, err
 	}
-	return &proveResponse{ID: id, Version: v.Number, Algorithm: v.Alg.String(),
+	return &api.Proof{ID: id, Version: v.Number, Algorithm: v.Alg.String(),
 		PublicKey: base64.StdEncoding.EncodeToString(v.Public), MAC: base64.StdEncoding.EncodeToString(mac)}, nil
 }

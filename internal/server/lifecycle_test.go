@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/api"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/server"
@@ -74,7 +75,7 @@ func TestLifecycleRotateRewrapRetire(t *testing.T) {
 	}
 	res := body["results"].([]any)
 	get := func(i int) map[string]any { r, _ := res[i].(map[string]any)["result"].(map[string]any); return r }
-	if errCode(res[1].(map[string]any)) != server.CodeSignatureInvalid {
+	if errCode(res[1].(map[string]any)) != api.CodeSignatureInvalid {
 		t.Fatalf("tampered envelope: %v", res[1])
 	}
 	if get(0)["changed"] != true || get(0)["ref"] != "a" || get(2)["changed"] != true {
@@ -100,13 +101,13 @@ func TestLifecycleRotateRewrapRetire(t *testing.T) {
 	}
 
 	// Retirement needs the confirmation and a count; never the active version.
-	if st, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 1}); errCode(body) != server.CodeRetireUnconfirmed {
+	if st, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 1}); errCode(body) != api.CodeRetireUnconfirmed {
 		t.Fatalf("unconfirmed retire: %d %v", st, body)
 	}
-	if _, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 1, "confirm_rewrapped": true}); errCode(body) != server.CodeRetireUnconfirmed {
+	if _, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 1, "confirm_rewrapped": true}); errCode(body) != api.CodeRetireUnconfirmed {
 		t.Fatalf("retire without count: %v", body)
 	}
-	if _, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 2, "confirm_rewrapped": true, "rewrapped_count": 2}); errCode(body) != server.CodeKeyActive {
+	if _, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 2, "confirm_rewrapped": true, "rewrapped_count": 2}); errCode(body) != api.CodeKeyActive {
 		t.Fatalf("retire active: %v", body)
 	}
 	if st, body := h.call("POST", "/v1/keys/miner-1/retire", map[string]any{"version": 1, "confirm_rewrapped": true, "rewrapped_count": 2}); st != 200 {
@@ -115,7 +116,7 @@ func TestLifecycleRotateRewrapRetire(t *testing.T) {
 	if e := h.rec.last(); e.Operation != "key.retire" || !strings.Contains(e.Detail, "2 envelopes") {
 		t.Fatalf("retire entry: %+v", e)
 	}
-	if st, body := h.decryptAs(c, "miner-1"); errCode(body) != server.CodeKeyDestroyed {
+	if st, body := h.decryptAs(c, "miner-1"); errCode(body) != api.CodeKeyDestroyed {
 		t.Fatalf("un-rewrapped envelope after retirement: %d %v", st, body)
 	}
 	if st, body := h.decryptAs(a2, "miner-1"); st != 200 || confidential(t, body) != plainA {
@@ -166,7 +167,7 @@ func TestLifecycleProveAndDueRotation(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "proof_failed") {
 		t.Fatalf("prove against a foreign key: %d %s", code, errOut)
 	}
-	if _, body := h.call("POST", "/v1/keys/nobody/prove", map[string]string{"ephemeral_public": stranger, "nonce": stranger}); errCode(body) != server.CodeUnknownParticipant {
+	if _, body := h.call("POST", "/v1/keys/nobody/prove", map[string]string{"ephemeral_public": stranger, "nonce": stranger}); errCode(body) != api.CodeUnknownParticipant {
 		t.Fatalf("prove unknown: %v", body)
 	}
 	// Due rotation: 91 days later the daemon rotates on its own and records it.
@@ -283,11 +284,11 @@ func TestRewrapStream(t *testing.T) {
 		prev = l.Line
 		switch {
 		case l.Line == 42:
-			if l.Error == nil || l.Error.Code != server.CodeBadRequest {
+			if l.Error == nil || l.Error.Code != api.CodeBadRequest {
 				t.Fatalf("line 42 (not JSON): %s", a)
 			}
 		case l.Ref == "bad":
-			if l.Error == nil || l.Error.Code != server.CodeSignatureInvalid {
+			if l.Error == nil || l.Error.Code != api.CodeSignatureInvalid {
 				t.Fatalf("tampered envelope: %s", a)
 			}
 		default:

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/policy"
 )
@@ -321,7 +322,7 @@ func (l *connLimiter) release(uid uint32) {
 func (l *connLimiter) refuse(c net.Conn, p peer, answer bool) {
 	defer c.Close()
 	s := l.s
-	ae := errorf(http.StatusTooManyRequests, CodeTooManyConnections, "uid %d has %d connections open (limits.max_connections_per_caller); close some or reuse them", p.UID, l.max)
+	ae := errorf(http.StatusTooManyRequests, api.CodeTooManyConnections, "uid %d has %d connections open (limits.max_connections_per_caller); close some or reuse them", p.UID, l.max)
 	rq := &request{peer: p}
 	if p.ok {
 		if pr, err := s.d.Policy.Current().Identify(policy.Caller{UID: p.UID, GID: p.GID, PID: p.PID}); err == nil {

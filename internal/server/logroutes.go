@@ -2,13 +2,11 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 
-	"golang.org/x/mod/sumdb/tlog"
-
+	"custody/internal/api"
 	"custody/internal/auditlog"
 )
 
@@ -23,28 +21,9 @@ type AccessLog interface {
 	Status() auditlog.Status
 }
 
-type checkpointResponse struct {
-	Origin     string    `json:"origin"`
-	Size       int64     `json:"size"`
-	Root       tlog.Hash `json:"root"`
-	Checkpoint string    `json:"checkpoint"` // the signed note, verbatim
-}
-
-type logEntry struct {
-	Index    int64           `json:"index"`
-	LeafHash tlog.Hash       `json:"leaf_hash"`
-	Entry    json.RawMessage `json:"entry"`
-}
-
-type entriesResponse struct {
-	Start   int64      `json:"start"`
-	End     int64      `json:"end"`
-	Entries []logEntry `json:"entries"`
-}
-
 func (s *Server) accessLog() (AccessLog, error) {
 	if s.d.AccessLog == nil {
-		return nil, errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "this daemon has no access log")
+		return nil, errorf(http.StatusServiceUnavailable, api.CodeLogUnavailable, "this daemon has no access log")
 	}
 	return s.d.AccessLog, nil
 }
@@ -53,9 +32,9 @@ func (s *Server) accessLog() (AccessLog, error) {
 func logError(err error) error {
 	switch {
 	case errors.Is(err, auditlog.ErrRange):
-		return errorf(http.StatusBadRequest, CodeBadRequest, "%v", err)
+		return errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	default:
-		return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot be read: %v", err)
+		return errorf(http.StatusServiceUnavailable, api.CodeLogUnavailable, "the access log cannot be read: %v", err)
 	}
 }
 
@@ -66,7 +45,7 @@ func (s *Server) logCheckpoint(ctx context.Context, rq *request) (any, error) {
 		return nil, err
 	}
 	cp := l.LatestCheckpoint()
-	return checkpointResponse{Origin: cp.Origin, Size: cp.Size, Root: cp.Root, Checkpoint: string(cp.Note)}, nil
+	return api.Checkpoint{Origin: cp.Origin, Size: cp.Size, Root: cp.Root, Checkpoint: string(cp.Note)}, nil
 }
 
 // logEntries: GET /v1/log/entries?start=&end= (end exclusive, at most auditlog.MaxRead).
@@ -83,9 +62,9 @@ func (s *Server) logEntries(ctx context.Context, rq *request) (any, error) {
 	if err != nil {
 		return nil, logError(err)
 	}
-	out := entriesResponse{Start: start, End: end, Entries: make([]logEntry, len(es))}
+	out := api.LogEntries{Start: start, End: end, Entries: make([]api.LogEntry, len(es))}
 	for i, e := range es {
-		out.Entries[i] = logEntry{Index: e.Index, LeafHash: e.LeafHash, Entry: e.Data}
+		out.Entries[i] = api.LogEntry{Index: e.Index, LeafHash: e.LeafHash, Entry: e.Data}
 	}
 	return out, nil
 }
@@ -132,7 +111,7 @@ func queryInts(rq *request, a, b string) (int64, int64, error) {
 		v := q.Get(name)
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return 0, 0, errorf(http.StatusBadRequest, CodeBadRequest, "query parameter %s: want a non-negative integer, got %q", name, v)
+			return 0, 0, errorf(http.StatusBadRequest, api.CodeBadRequest, "query parameter %s: want a non-negative integer, got %q", name, v)
 		}
 		out[i] = n
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/config/duration"
 	"custody/internal/server"
@@ -361,18 +362,18 @@ func TestCeremonyRefusalsDenied(t *testing.T) {
 			t.Errorf("%s: recorded %s %s, want %s %s", what, e.Outcome, e.Code, outcome, code)
 		}
 	}
-	c.ctlFails(server.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
-	expect("not an officer", auditlog.Denied, server.CodeNotOfficer)
+	c.ctlFails(api.CodeNotOfficer, "custody-o6", "", "ceremony", "status")
+	expect("not an officer", auditlog.Denied, api.CodeNotOfficer)
 	g := c.request(o(1), nil, "genesis", "--m", "2")
-	c.ctlFails(server.CodeNotApproved, o(1), "", "ceremony", "genesis", g.ID)
-	expect("execute without quorum", auditlog.Denied, server.CodeNotApproved)
-	c.ctlFails(server.CodeSelfApproval, o(1), "", "ceremony", "approve", g.ID, "--hash", g.Hash)
-	expect("self approval", auditlog.Denied, server.CodeSelfApproval)
-	c.ctlFails(server.CodeRequestMismatch, o(2), "", "ceremony", "approve", g.ID, "--hash", strings.Repeat("0", 64))
-	expect("approval of another text", auditlog.Denied, server.CodeRequestMismatch)
+	c.ctlFails(api.CodeNotApproved, o(1), "", "ceremony", "genesis", g.ID)
+	expect("execute without quorum", auditlog.Denied, api.CodeNotApproved)
+	c.ctlFails(api.CodeSelfApproval, o(1), "", "ceremony", "approve", g.ID, "--hash", g.Hash)
+	expect("self approval", auditlog.Denied, api.CodeSelfApproval)
+	c.ctlFails(api.CodeRequestMismatch, o(2), "", "ceremony", "approve", g.ID, "--hash", strings.Repeat("0", 64))
+	expect("approval of another text", auditlog.Denied, api.CodeRequestMismatch)
 	c.ctl(o(2), "ceremony", "approve", g.ID, "--hash", g.Hash)
-	c.ctlFails(server.CodeDuplicateApproval, o(2), "", "ceremony", "approve", g.ID, "--hash", g.Hash)
-	expect("second approval", auditlog.Denied, server.CodeDuplicateApproval)
-	c.ctlFails(server.CodeUnknownRequest, o(3), "", "ceremony", "approve", "no-such-request", "--hash", g.Hash)
-	expect("unknown request", auditlog.Failed, server.CodeUnknownRequest)
+	c.ctlFails(api.CodeDuplicateApproval, o(2), "", "ceremony", "approve", g.ID, "--hash", g.Hash)
+	expect("second approval", auditlog.Denied, api.CodeDuplicateApproval)
+	c.ctlFails(api.CodeUnknownRequest, o(3), "", "ceremony", "approve", "no-such-request", "--hash", g.Hash)
+	expect("unknown request", auditlog.Failed, api.CodeUnknownRequest)
 }

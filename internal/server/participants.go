@@ -4,39 +4,21 @@ import (
 	"context"
 	"encoding/base64"
 	"net/http"
-	"time"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 )
 
-type registerRequest struct {
-	ID string `json:"id"`
-}
-
-// keyVersion is one version of a participant key as the API shows it.
-type keyVersion struct {
-	Version   uint32    `json:"key_version"`
-	Algorithm string    `json:"algorithm"`
-	PublicKey string    `json:"public_key"` // base64 (standard, padded)
-	SHA256    string    `json:"sha256"`     // fingerprint of the public key, hex
-	Created   time.Time `json:"created,omitzero"`
-}
-
-func viewVersion(v keys.Version) keyVersion {
-	return keyVersion{Version: v.Number, Algorithm: v.Alg.String(), PublicKey: base64.StdEncoding.EncodeToString(v.Public), SHA256: v.Fingerprint(), Created: v.Created}
-}
-
-type registerResponse struct {
-	ID string `json:"id"`
-	keyVersion
+func viewVersion(v keys.Version) api.KeyVersion {
+	return api.KeyVersion{Version: v.Number, Algorithm: v.Alg.String(), PublicKey: base64.StdEncoding.EncodeToString(v.Public), SHA256: v.Fingerprint(), Created: v.Created}
 }
 
 // registerParticipant: POST /v1/participants {"id"} creates the participant's
 // first X25519 key pair on the token.
 func (s *Server) registerParticipant(ctx context.Context, rq *request) (any, error) {
-	var in registerRequest
+	var in api.RegisterRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -51,33 +33,27 @@ func (s *Server) registerParticipant(ctx context.Context, rq *request) (any, err
 	if err != nil {
 		return nil, err
 	}
-	return registerResponse{ID: in.ID, keyVersion: viewVersion(v)}, nil
+	return api.Registered{ID: in.ID, KeyVersion: viewVersion(v)}, nil
 }
 
 func (s *Server) register(ctx context.Context, id string) (keys.Version, error) {
 	if err := envelope.ValidateID(id); err != nil {
-		return keys.Version{}, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
+		return keys.Version{}, errorf(http.StatusBadRequest, api.CodeInvalidID, "id: %v", err)
 	}
 	return s.d.Keys.Register(ctx, id, s.d.Now())
-}
-
-type participantResponse struct {
-	ID       string       `json:"id"`
-	Active   uint32       `json:"active_version"`
-	Versions []keyVersion `json:"versions"`
 }
 
 // showParticipant: GET /v1/participants/{id} lists the key versions.
 func (s *Server) showParticipant(ctx context.Context, rq *request) (any, error) {
 	id := rq.PathValue("id")
 	if err := envelope.ValidateID(id); err != nil {
-		return nil, errorf(http.StatusBadRequest, CodeInvalidID, "id: %v", err)
+		return nil, errorf(http.StatusBadRequest, api.CodeInvalidID, "id: %v", err)
 	}
 	vs, err := s.d.Keys.Participant(id)
 	if err != nil {
 		return nil, err
 	}
-	out := participantResponse{ID: id, Active: vs[len(vs)-1].Number}
+	out := api.Participant{ID: id, Active: vs[len(vs)-1].Number}
 	for _, v := range vs {
 		out.Versions = append(out.Versions, viewVersion(v))
 	}

@@ -17,28 +17,22 @@ import (
 	"strings"
 
 	"custody/hsm"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
 	"custody/internal/rewrap"
 )
 
-// rewrapItem and rewrapResult are the wire forms of one envelope to
-// rewrap and of its answer.
-type (
-	rewrapItem   = rewrap.Item
-	rewrapResult = rewrap.Result
-)
-
 // rewrapEnvelopes: POST /v1/envelopes/rewrap {"items":[{"envelope","ref"}]}.
 func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) {
-	in, err := decodeBatch[rewrapItem](s, rq)
+	in, err := decodeBatch[api.RewrapItem](s, rq)
 	if err != nil {
 		return nil, err
 	}
-	out := batchResponse[rewrapResult]{Results: make([]batchResult[rewrapResult], len(in.Items))}
+	out := api.BatchResults[api.Rewrapped]{Results: make([]api.BatchResult[api.Rewrapped], len(in.Items))}
 	for i, o := range s.rewrapItems(ctx, rq, in.Items) {
 		if o.Err != nil {
-			out.Results[i].Error = classify(o.Err)
+			out.Results[i].Error = classify(o.Err).wire()
 		} else {
 			out.Results[i].Result = o.Result
 		}
@@ -48,17 +42,10 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 
 // rewrapItems rewraps items in the background priority, recording a
 // decision for each through record; outcomes keep the items' order.
-func (s *Server) rewrapItems(ctx context.Context, rq *request, items []rewrapItem) []rewrap.Outcome {
+func (s *Server) rewrapItems(ctx context.Context, rq *request, items []api.RewrapItem) []rewrap.Outcome {
 	return s.rewrap.Run(hsm.WithBackground(ctx), items, func(ctx context.Context, e auditlog.Entry, err error) error {
 		return s.record(ctx, rq, e, err)
 	})
-}
-
-// streamLine is one line of the streaming rewrap's answer.
-type streamLine struct {
-	Line int `json:"line"` // 1-based line number of the input
-	*rewrapResult
-	Error *apiError `json:"error,omitempty"`
 }
 
 // ParseRewrapLine parses one line of the streaming rewrap's input: a JSON
@@ -70,18 +57,18 @@ func ParseRewrapLine(line []byte) (envelopeText, ref string, err error) {
 	return it.Envelope, it.Ref, err
 }
 
-func parseRewrapLine(line []byte) (rewrapItem, error) {
-	var it rewrapItem
+func parseRewrapLine(line []byte) (api.RewrapItem, error) {
+	var it api.RewrapItem
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&it); err != nil {
-		return rewrapItem{}, badRequest("line is not a JSON object {\"envelope\",\"ref\"}: %v", err)
+		return api.RewrapItem{}, badRequest("line is not a JSON object {\"envelope\",\"ref\"}: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return rewrapItem{}, badRequest("trailing data after the JSON object")
+		return api.RewrapItem{}, badRequest("trailing data after the JSON object")
 	}
 	if it.Envelope == "" {
-		return rewrapItem{}, badRequest("envelope: required")
+		return api.RewrapItem{}, badRequest("envelope: required")
 	}
 	return it, nil
 }
@@ -134,7 +121,7 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 	size := s.rewrap.WindowSize()
 	type window struct {
 		lines   []streamJob
-		results chan []streamLine
+		results chan []api.RewrapLine
 	}
 	inFlight := make(chan *window, rewrapStreamWindows-1)
 	slots := make(chan struct{}, rewrapStreamWindows)
@@ -143,14 +130,6 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 		defer close(written)
 		for w := range inFlight {
 			for _, r := range <-w.results {
-				if r.Error != nil && r.rewrapResult != nil {
-					_ = enc.Encode(struct {
-						Line  int       `json:"line"`
-						Ref   string    `json:"ref,omitempty"`
-						Error *apiError `json:"error"`
-					}{r.Line, r.Ref, r.Error})
-					continue
-				}
 				_ = enc.Encode(r)
 			}
 			_ = rc.Flush()
@@ -161,7 +140,7 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 		if len(lines) == 0 {
 			return
 		}
-		w := &window{lines: lines, results: make(chan []streamLine, 1)}
+		w := &window{lines: lines, results: make(chan []api.RewrapLine, 1)}
 		lines = nil
 		slots <- struct{}{}
 		go func() {
@@ -170,7 +149,7 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 		}()
 		inFlight <- w
 	}
-	lineNo := 0
+	var lineNo int64
 	for sc.Scan() {
 		lineNo++
 		if len(strings.TrimSpace(sc.Text())) == 0 {
@@ -188,28 +167,28 @@ func (st *rewrapStream) stream(ctx context.Context, w http.ResponseWriter) {
 		ae := badRequest("reading line %d: %v", lineNo+1, err)
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			ae = errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body larger than %d bytes; send the rest in another request", mbe.Limit)
+			ae = errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes; send the rest in another request", mbe.Limit)
 		}
-		_ = enc.Encode(streamLine{Line: lineNo + 1, Error: ae})
+		_ = enc.Encode(api.RewrapLine{Line: lineNo + 1, Error: ae.wire()})
 	}
 }
 
 // streamJob is one non-blank input line of the streaming rewrap.
 type streamJob struct {
-	line int
+	line int64
 	raw  []byte
 }
 
 // rewrapWindow answers one window of input lines, in order.
-func (st *rewrapStream) rewrapWindow(ctx context.Context, lines []streamJob) []streamLine {
-	results := make([]streamLine, len(lines))
-	var items []rewrapItem
+func (st *rewrapStream) rewrapWindow(ctx context.Context, lines []streamJob) []api.RewrapLine {
+	results := make([]api.RewrapLine, len(lines))
+	var items []api.RewrapItem
 	var at []int
 	for k, j := range lines {
-		results[k] = streamLine{Line: j.line}
+		results[k] = api.RewrapLine{Line: j.line}
 		it, err := parseRewrapLine(j.raw)
 		if err != nil {
-			results[k].Error = classify(err)
+			results[k].Error = classify(err).wire()
 			continue
 		}
 		items = append(items, it)
@@ -221,13 +200,11 @@ func (st *rewrapStream) rewrapWindow(ctx context.Context, lines []streamJob) []s
 	for n, o := range st.s.rewrapItems(ctx, st.rq, items) {
 		k := at[n]
 		if o.Err == nil {
-			results[k].rewrapResult = o.Result
+			r := o.Result
+			results[k].Ref, results[k].Envelope, results[k].Changed, results[k].Moved = r.Ref, r.Envelope, &r.Changed, r.Moved
 			continue
 		}
-		results[k].Error = classify(o.Err)
-		if items[n].Ref != "" {
-			results[k].rewrapResult = &rewrapResult{Ref: items[n].Ref}
-		}
+		results[k].Ref, results[k].Error = items[n].Ref, classify(o.Err).wire()
 	}
 	return results
 }

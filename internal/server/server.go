@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
 	"custody/internal/config"
@@ -145,12 +146,12 @@ func New(d Deps) (*Server, error) {
 		if !paths[path] {
 			paths[path] = true
 			mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-				writeError(w, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s; see docs/api.md", r.Method, path))
+				writeError(w, errorf(http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "%s is not allowed on %s; see docs/api.md", r.Method, path))
 			})
 		}
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s; see docs/api.md", r.Method, r.URL.Path))
+		writeError(w, errorf(http.StatusNotFound, api.CodeNotFound, "no route %s %s; see docs/api.md", r.Method, r.URL.Path))
 	})
 	s.handler = s.withDeadlines(mux)
 	s.http = &http.Server{
@@ -237,7 +238,7 @@ func (s *Server) guard(rt route) http.Handler {
 		switch {
 		case err != nil:
 			ae := classify(err)
-			if ae.Code == CodeInternal {
+			if ae.Code == api.CodeInternal {
 				s.d.Log.Error("request failed", "route", rt.pattern, "err", err)
 			}
 			code = ae.Code
@@ -268,7 +269,7 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	err := s.authorize(ctx, rq, rt)
 	uid := rq.peer.key()
 	if !s.inFlight.acquire(uid) {
-		err = errorf(http.StatusTooManyRequests, CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.d.Limits.MaxInFlightPerCaller, rq.peer.UID)
+		err = errorf(http.StatusTooManyRequests, api.CodeRateLimited, "more than %d requests of uid %d in progress (limits.max_in_flight_per_caller); wait for some to finish", s.d.Limits.MaxInFlightPerCaller, rq.peer.UID)
 	} else {
 		defer s.inFlight.release(uid)
 		if s.refusals.exhausted(uid) {
@@ -311,7 +312,7 @@ type streamedResponse struct{}
 func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 	p, err := peerFrom(rq.Context())
 	if err != nil {
-		return errorf(http.StatusForbidden, CodeUnknownCaller, "%v", err)
+		return errorf(http.StatusForbidden, api.CodeUnknownCaller, "%v", err)
 	}
 	rq.peer = p
 	pr, err := rq.policy.Identify(policy.Caller{UID: p.UID, GID: p.GID, PID: p.PID})
@@ -324,7 +325,7 @@ func (s *Server) authorize(ctx context.Context, rq *request, rt route) error {
 
 // tooManyRefusals is the refusal of a caller whose refusal bucket is empty.
 func (s *Server) tooManyRefusals(rq *request) error {
-	return errorf(http.StatusTooManyRequests, CodeTooManyRefusals, "uid %d was refused more than %d times recently (limits.refusal_burst, refilled at limits.refusal_rate %d/s); fix the failing requests and slow down", rq.peer.UID, s.d.Limits.RefusalBurst, s.d.Limits.RefusalRate)
+	return errorf(http.StatusTooManyRequests, api.CodeTooManyRefusals, "uid %d was refused more than %d times recently (limits.refusal_burst, refilled at limits.refusal_rate %d/s); fix the failing requests and slow down", rq.peer.UID, s.d.Limits.RefusalBurst, s.d.Limits.RefusalRate)
 }
 
 // recordRefusal records err, a refusal at the door of route (its pattern,
@@ -389,14 +390,14 @@ func (s *Server) charge(rq *request, err error) {
 	if err == nil {
 		return
 	}
-	if ae := classify(err); ae.Status >= 400 && ae.Status < 500 && ae.Code != CodeTooManyRefusals {
+	if ae := classify(err); ae.Status >= 400 && ae.Status < 500 && ae.Code != api.CodeTooManyRefusals {
 		s.refusals.charge(rq.peer.key())
 	}
 }
 
 func (s *Server) logRefused(e auditlog.Entry, err error) error {
 	s.d.Log.Error("access log refused an entry; refusing the operation", "op", e.Operation, "err", err)
-	return errorf(http.StatusServiceUnavailable, CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
+	return errorf(http.StatusServiceUnavailable, api.CodeLogUnavailable, "the access log cannot record this decision; nothing was released")
 }
 
 // complete fills e in from the request and from err (nil = allowed) and
@@ -426,9 +427,7 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
-	writeJSON(w, e.Status, struct {
-		Error *apiError `json:"error"`
-	}{e})
+	writeJSON(w, e.Status, api.ErrorBody{Error: e.wire()})
 }
 
 // decodeJSON reads a strict JSON body into v: unknown fields, trailing data
@@ -439,12 +438,12 @@ func decodeJSON(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
+			return errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
 		}
-		return errorf(http.StatusBadRequest, CodeBadRequest, "request body: %v", err)
+		return errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: %v", err)
 	}
 	if dec.More() {
-		return errorf(http.StatusBadRequest, CodeBadRequest, "request body: trailing data after the JSON object")
+		return errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: trailing data after the JSON object")
 	}
 	return nil
 }

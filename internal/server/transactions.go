@@ -8,76 +8,22 @@ import (
 	"slices"
 	"sync"
 
+	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
 )
 
-// Algorithm names the suite of every envelope this daemon seals.
-const Algorithm = "AES-256-GCM+X25519"
-
-type encryptRequest struct {
-	TransactionID string          `json:"transaction_id"`
-	JobID         string          `json:"job_id"`
-	PublicData    json.RawMessage `json:"public_data"`
-	Confidential  json.RawMessage `json:"confidential"`
-	Participants  []string        `json:"participants"`
-}
-
-type recipient struct {
-	ID         string `json:"id"`
-	KeyVersion uint32 `json:"key_version"`
-}
-
-type encryptResponse struct {
-	TransactionID    string      `json:"transaction_id"`
-	Envelope         string      `json:"envelope"`
-	Algorithm        string      `json:"algorithm"`
-	Recipients       []recipient `json:"recipients"`
-	EscrowKeyVersion uint32      `json:"escrow_key_version"`
-}
-
-type decryptRequest struct {
-	Envelope string   `json:"envelope"`
-	As       string   `json:"as"`
-	Purpose  string   `json:"purpose"`
-	Fields   []string `json:"fields,omitempty"`
-	// TransactionID, when given, must be the envelope's: it catches an
-	// envelope stored under the wrong transaction.
-	TransactionID string `json:"transaction_id,omitempty"`
-}
-
-type decryptResponse struct {
-	TransactionID string                     `json:"transaction_id"`
-	JobID         string                     `json:"job_id"`
-	Confidential  map[string]json.RawMessage `json:"confidential"`
-}
-
-// batch wraps the items of a batch call; each result holds either a value
-// or an error, in the order of the items.
-type batchRequest[T any] struct {
-	Items []T `json:"items"`
-}
-
-type batchResult[T any] struct {
-	Result *T        `json:"result,omitempty"`
-	Error  *apiError `json:"error,omitempty"`
-}
-
-type batchResponse[T any] struct {
-	Results []batchResult[T] `json:"results"`
-}
-
 func badRequest(format string, args ...any) *apiError {
-	return errorf(http.StatusBadRequest, CodeBadRequest, format, args...)
+	return errorf(http.StatusBadRequest, api.CodeBadRequest, format, args...)
 }
 
 func invalidID(field string, err error) *apiError {
-	return errorf(http.StatusBadRequest, CodeInvalidID, "%s: %v", field, err)
+	return errorf(http.StatusBadRequest, api.CodeInvalidID, "%s: %v", field, err)
 }
 
 // encrypt: POST /v1/transactions/encrypt.
 func (s *Server) encrypt(ctx context.Context, rq *request) (any, error) {
-	var in encryptRequest
+	var in api.EncryptRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -91,7 +37,7 @@ func (s *Server) encryptBatch(ctx context.Context, rq *request) (any, error) {
 
 // decrypt: POST /v1/transactions/decrypt.
 func (s *Server) decrypt(ctx context.Context, rq *request) (any, error) {
-	var in decryptRequest
+	var in api.DecryptRequest
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return nil, err
 	}
@@ -105,8 +51,8 @@ func (s *Server) decryptBatch(ctx context.Context, rq *request) (any, error) {
 
 // decodeBatch decodes {"items":[…]}: at least one item, at most
 // limits.max_batch_items.
-func decodeBatch[In any](s *Server, rq *request) (batchRequest[In], error) {
-	var in batchRequest[In]
+func decodeBatch[In any](s *Server, rq *request) (api.Batch[In], error) {
+	var in api.Batch[In]
 	if err := decodeJSON(rq.Request, &in); err != nil {
 		return in, err
 	}
@@ -114,7 +60,7 @@ func decodeBatch[In any](s *Server, rq *request) (batchRequest[In], error) {
 		return in, badRequest("items: empty batch")
 	}
 	if len(in.Items) > s.d.Limits.MaxBatchItems {
-		return in, errorf(http.StatusRequestEntityTooLarge, CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.d.Limits.MaxBatchItems)
+		return in, errorf(http.StatusRequestEntityTooLarge, api.CodeBatchTooLarge, "items: %d items, at most %d per call (limits.max_batch_items)", len(in.Items), s.d.Limits.MaxBatchItems)
 	}
 	return in, nil
 }
@@ -134,7 +80,7 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 	if err != nil {
 		return nil, err
 	}
-	out := batchResponse[Out]{Results: make([]batchResult[Out], len(in.Items))}
+	out := api.BatchResults[Out]{Results: make([]api.BatchResult[Out], len(in.Items))}
 	uid := rq.peer.key()
 	workers := 1
 	for workers < min(s.d.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
@@ -157,12 +103,12 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 					if rerr := s.recordRefusal(ctx, rq, rq.route, rq.routeOp, err); rerr != nil {
 						err = rerr
 					}
-					out.Results[i].Error = classify(err)
+					out.Results[i].Error = classify(err).wire()
 					continue
 				}
 				res, err := one(ctx, rq, in.Items[i])
 				if err != nil {
-					out.Results[i].Error = classify(err)
+					out.Results[i].Error = classify(err).wire()
 				} else {
 					out.Results[i].Result = res
 				}
@@ -179,7 +125,7 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 
 // encryptOne seals one transaction for its participants and the escrow key,
 // records the decision, and returns the envelope.
-func (s *Server) encryptOne(ctx context.Context, rq *request, in encryptRequest) (*encryptResponse, error) {
+func (s *Server) encryptOne(ctx context.Context, rq *request, in api.EncryptRequest) (*api.Encrypted, error) {
 	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
 	res, err := s.seal(ctx, in, &entry)
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
@@ -188,7 +134,7 @@ func (s *Server) encryptOne(ctx context.Context, rq *request, in encryptRequest)
 	return res, err
 }
 
-func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.Entry) (*encryptResponse, error) {
+func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
 	if err := envelope.ValidateID(in.TransactionID); err != nil {
 		return nil, invalidID("transaction_id", err)
 	}
@@ -214,7 +160,7 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 	}
 	defer clear(plaintext)
 	recipients := make([]envelope.Recipient, 0, len(in.Participants))
-	out := &encryptResponse{TransactionID: in.TransactionID, Algorithm: Algorithm}
+	out := &api.Encrypted{TransactionID: in.TransactionID, Algorithm: api.Algorithm}
 	for i, id := range in.Participants {
 		if err := envelope.ValidateID(id); err != nil {
 			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
@@ -224,7 +170,7 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 			return nil, err
 		}
 		recipients = append(recipients, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
-		out.Recipients = append(out.Recipients, recipient{ID: id, KeyVersion: v.Number})
+		out.Recipients = append(out.Recipients, api.Recipient{ID: id, KeyVersion: v.Number})
 	}
 	escrow, err := s.d.Keys.Escrow()
 	if err != nil {
@@ -255,7 +201,7 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 // decryptOne opens one envelope as a participant for a purpose: parse and
 // verify in software, ask the policy, open on the device, filter the fields
 // the purpose may see, record, release.
-func (s *Server) decryptOne(ctx context.Context, rq *request, in decryptRequest) (*decryptResponse, error) {
+func (s *Server) decryptOne(ctx context.Context, rq *request, in api.DecryptRequest) (*api.Decrypted, error) {
 	entry := auditlog.Entry{Operation: "decrypt", Participant: in.As, Purpose: in.Purpose}
 	res, err := s.open(ctx, rq, in, &entry)
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
@@ -267,7 +213,7 @@ func (s *Server) decryptOne(ctx context.Context, rq *request, in decryptRequest)
 	return res, nil
 }
 
-func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry *auditlog.Entry) (*decryptResponse, error) {
+func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, entry *auditlog.Entry) (*api.Decrypted, error) {
 	if in.Envelope == "" {
 		return nil, badRequest("envelope: required")
 	}
@@ -287,7 +233,7 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 		return nil, err
 	}
 	if in.TransactionID != "" && in.TransactionID != h.TransactionID {
-		return nil, errorf(http.StatusBadRequest, CodeTransactionMismatch, "the envelope belongs to transaction %q, not %q", h.TransactionID, in.TransactionID)
+		return nil, errorf(http.StatusBadRequest, api.CodeTransactionMismatch, "the envelope belongs to transaction %q, not %q", h.TransactionID, in.TransactionID)
 	}
 	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.d.Now())
 	if err != nil {
@@ -314,7 +260,7 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	}
 	shown := disclosure.Filter(fields)
 	entry.Fields = sortedKeys(shown)
-	return &decryptResponse{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
+	return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
 }
 
 func sortedKeys(m map[string]json.RawMessage) []string {
