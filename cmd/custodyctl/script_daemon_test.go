@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"custody/hsm/hsmtest"
+	"custody/internal/orders/vaulttest"
 )
 
 // hsmSetupErr is why SoftHSM could not be set up; the daemon scripts skip
@@ -41,10 +43,15 @@ func init() {
 
 // TestScriptDaemon runs testdata/daemon/*.txtar, each against its own
 // custodyd (the real binary) on a fresh SoftHSM token, listening on a Unix
-// socket in the script's $WORK and named by $CUSTODY_SOCKET. The policy
-// gives the user running the tests the roles admin and application and
+// socket in the script's $WORK and named by $CUSTODY_SOCKET, and checking
+// court orders in the shared dev Vault (vaulttest.Shared) signed by
+// judge-1 and judge-2 (quorum 2; their keys in $WORK/judge-N.key, the
+// legal-intake token in $INTAKE, $VAULT_ADDR set). The policy gives the
+// user running the tests the roles admin, application and auditor and
 // lets it act as client-* and miner-* for settlement and dispute (the
-// first-run policy's shape). Update expected output as for TestScript.
+// first-run policy's shape, plus investigation for audits). The daemon's
+// access log is $WORK/.custodyd/log. Update expected output as for
+// TestScript.
 func TestScriptDaemon(t *testing.T) {
 	if hsmSetupErr != nil {
 		if os.Getenv("CUSTODY_REQUIRE_HSM") == "1" {
@@ -57,17 +64,34 @@ func TestScriptDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	custodyd := buildCustodyd(t)
+	vs := vaulttest.Shared(t)
 	testscript.Run(t, testscript.Params{
 		Dir:           "testdata/daemon",
 		UpdateScripts: *updateScripts,
-		Cmds:          map[string]func(*testscript.TestScript, bool, []string){"exits": exits},
+		Cmds:          map[string]func(*testscript.TestScript, bool, []string){"exits": exits, "grab": grab, "eventually": eventually},
 		Setup: func(e *testscript.Env) error {
 			tok := hsmtest.NewToken(t)
 			policy := fmt.Sprintf(`{"version":1,
- "purposes":[{"name":"settlement","fields":["amount","pricing"]},{"name":"dispute","fields":["*"]}],
- "principals":[{"name":"operator","users":[%q],"roles":["admin","application"],
+ "purposes":[{"name":"settlement","fields":["amount","pricing"]},{"name":"dispute","fields":["*"]},{"name":"investigation","fields":["*"]}],
+ "principals":[{"name":"operator","users":[%q],"roles":["admin","application","auditor"],
   "act_as":[{"participants":["client-*","miner-*"],"purposes":["settlement","dispute"]}]}]}`, me.Username)
+			var signers []map[string]string
+			for _, name := range []string{"judge-1", "judge-2"} {
+				var out, errb strings.Builder
+				if run([]string{"order", "keygen", "--out", filepath.Join(e.WorkDir, name+".key"), "--name", name}, nil, &out, &errb) != 0 {
+					return fmt.Errorf("order keygen: %s", errb.String())
+				}
+				var pin map[string]string
+				if err := json.Unmarshal([]byte(out.String()), &pin); err != nil {
+					return fmt.Errorf("order keygen printed %q: %v", out.String(), err)
+				}
+				signers = append(signers, pin)
+			}
+			e.Setenv("VAULT_ADDR", vs.Addr)
+			e.Setenv("INTAKE", vaulttest.TokenFile(t, vs.Token(t, "legal-intake")))
 			cfg, _ := json.Marshal(map[string]any{
+				"vault": map[string]any{"address": vs.Addr, "token_file": vaulttest.TokenFile(t, vs.Token(t, "custodyd")),
+					"signers": signers, "quorum": 2},
 				"pkcs11":      map[string]any{"module": tok.ModulePath, "token_label": tok.TokenLabel, "pin_file": tok.PINFile},
 				"socket":      map[string]any{"path": "custodyd.sock", "mode": "0600"},
 				"policy_file": "policy.json",
@@ -91,6 +115,44 @@ func TestScriptDaemon(t *testing.T) {
 			return startCustodyd(e, custodyd, config, socket)
 		},
 	})
+}
+
+// grab NAME REGEXP sets $NAME to the first group of REGEXP's first match
+// in the previous command's stdout, for the commands that follow (an order
+// body's SHA-256, which a signer must name).
+func grab(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: grab NAME REGEXP")
+	}
+	re, err := regexp.Compile(args[1])
+	if err != nil {
+		ts.Fatalf("grab: %v", err)
+	}
+	m := re.FindStringSubmatch(ts.ReadFile("stdout"))
+	if len(m) < 2 {
+		ts.Fatalf("grab: no match for %s in stdout", args[1])
+	}
+	ts.Setenv(args[0], m[1])
+}
+
+// eventually PROGRAM [ARGS…] runs PROGRAM like exec until it succeeds, for
+// up to 10 s: for what the daemon does on its own schedule (it signs a
+// checkpoint every second). Its last stdout and stderr are kept.
+func eventually(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 1 {
+		ts.Fatalf("usage: eventually PROGRAM [ARGS...]")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := ts.Exec(args[0], args[1:]...)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("%s did not succeed within 10s: %v", args[0], err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // buildCustodyd builds the daemon binary into a temporary directory.
