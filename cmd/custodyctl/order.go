@@ -19,6 +19,7 @@ import (
 
 	"custody/internal/durable"
 	"custody/internal/orders"
+	"custody/internal/safefile"
 )
 
 // The legal intake commands talk to Vault directly with the user's own
@@ -299,7 +300,7 @@ func orderSign(ctx context.Context, in *orders.Intake, id, keyFile, signer, revi
 	}
 	var local *orders.Order
 	if bodyFile != "" {
-		raw, err := readBounded(bodyFile, orders.MaxRecordBytes)
+		raw, err := safefile.Read(bodyFile, orders.MaxRecordBytes)
 		if err != nil {
 			return err
 		}
@@ -400,24 +401,6 @@ func printOrder(tw io.Writer, o *orders.Order, v int) {
 func displayText(s string) string {
 	q := strconv.QuoteToGraphic(s)
 	return q[1 : len(q)-1]
-}
-
-// readBounded reads at most limit bytes of path; a longer file is an
-// error.
-func readBounded(path string, limit int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 func isSHA256Hex(s string) bool {

@@ -7,11 +7,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"custody/internal/safefile"
 )
 
 // Intake is the legal intake role's side: it creates, signs, revokes, shows
@@ -197,18 +198,12 @@ func MarshalPrivateKey(key ed25519.PrivateKey, name string) ([]byte, error) {
 	return pem.EncodeToMemory(b), nil
 }
 
-// LoadPrivateKey reads a signer key file: mode 0400 or 0600, one PKCS #8
-// PEM block holding an Ed25519 key. It returns the key and the signer name
-// of its header ("" if none). The caller clears the key when done.
+// LoadPrivateKey reads a signer key file (safefile.ReadSecret: owned by
+// root or this process's user, mode 0400 or 0600), one PKCS #8 PEM block
+// holding an Ed25519 key. It returns the key and the signer name of its
+// header ("" if none). The caller clears the key when done.
 func LoadPrivateKey(path string) (ed25519.PrivateKey, string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, "", err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, "", fmt.Errorf("%s has mode %04o: a signer key file must be 0400 or 0600", path, fi.Mode().Perm())
-	}
-	raw, err := os.ReadFile(path)
+	raw, err := safefile.ReadSecret(path, 16<<10)
 	if err != nil {
 		return nil, "", err
 	}

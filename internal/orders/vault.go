@@ -1,17 +1,19 @@
 package orders
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"custody/internal/safefile"
 )
 
 // Paths locates the three kinds of record in a KV version 2 mount.
@@ -222,31 +224,16 @@ func mentions(msgs []string, word string) bool {
 // missing, empty, or readable by others than its owner.
 var ErrCredentialFile = errors.New("vault credential file")
 
-// ReadSecretFile reads a credential file: it must be mode 0400 or 0600 (no
-// group or other bits) and hold one non-empty line. The caller clears the
-// returned bytes when done.
+// ReadSecretFile reads a credential file (safefile.ReadSecret: a regular
+// file owned by root or this process's user, no group or other bits, at
+// most 4 KiB) holding one non-empty line. The caller clears the returned
+// bytes when done.
 func ReadSecretFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	raw, err := safefile.ReadSecret(path, 4096)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCredentialFile, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCredentialFile, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s has mode %04o: want a regular file with mode 0400 or 0600", ErrCredentialFile, path, fi.Mode().Perm())
-	}
-	buf := make([]byte, 4096)
-	n, err := f.Read(buf)
-	if err != nil && n == 0 {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCredentialFile, path, err)
-	}
-	b := buf[:n]
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
+	b := bytes.TrimRight(raw, "\r\n ")
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: %s is empty", ErrCredentialFile, path)
 	}
