@@ -32,6 +32,9 @@ var ErrUnreachable = errors.New("cannot reach custodyd")
 // largest, limits.max_batch_items envelopes, fits many times over).
 const maxResponse = 512 << 20
 
+// maxIdleConns is how many idle connections a Client keeps for reuse.
+const maxIdleConns = 64
+
 // Client calls one daemon.
 type Client struct {
 	socket string
@@ -45,6 +48,10 @@ func New(socket string) *Client {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 		},
+		// Concurrent callers keep their connections (net/http's default
+		// keeps 2 idle, so a third caller would dial every request); the
+		// daemon bounds them per Unix user (limits.max_connections_per_caller).
+		MaxIdleConnsPerHost: maxIdleConns,
 	}}}
 }
 

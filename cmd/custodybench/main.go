@@ -1,0 +1,240 @@
+// Command custodybench drives custodyd (over its Unix socket, with
+// internal/client) and Vault's transit engine (over loopback HTTP) with the
+// same load and the same confidential object, in alternating rounds, and
+// prints each operation's throughput and latency side by side with the
+// ratio custody / Vault. `make bench-vs-vault` (scripts/bench-vs-vault.sh)
+// starts both on this machine and runs it; README "Performance" explains
+// how to read the table.
+//
+// A round runs C clients, each sending one request after another for
+// --duration; ops/s counts items (a batch call of 100 counts 100), p50 and
+// p99 are per call. Each row is the median of --rounds rounds, and the
+// rounds of custody and Vault alternate, so that both see the same
+// machine. Cold decrypts take every envelope (ciphertext) once from a
+// pool made before; warm ones cycle through a working set of 100.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "custodybench: error:", err)
+		os.Exit(1)
+	}
+}
+
+// target is one system under test: what each operation does with item i
+// of its pool (items are prepared by prepare).
+type target interface {
+	name() string
+	// prepare makes n distinct items for the cold operations and 100 for
+	// the warm ones.
+	prepare(ctx context.Context, n int, progress io.Writer) error
+	// do runs one call of op on item i and returns how many items it
+	// handled.
+	do(ctx context.Context, op string, i int) (int, error)
+}
+
+// ops are the rows, in order; batch ops handle batchSize items per call.
+var ops = []string{"decrypt-cold", "decrypt-warm", "encrypt", "batch-decrypt-cold", "batch-decrypt-warm", "batch-encrypt"}
+
+const (
+	batchSize = 100
+	warmSet   = 100
+)
+
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("custodybench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", "run/bench/custodyd.sock", "custodyd's socket")
+	vaultAddr := fs.String("vault-addr", "", "Vault's address, http://127.0.0.1:PORT (required)")
+	vaultToken := fs.String("vault-token-file", "", "`file` with a Vault token that may mount transit and an audit device (required)")
+	auditFile := fs.String("vault-audit-file", "", "enable Vault's file audit device writing to this `path` (same disk as custodyd's access log)")
+	duration := fs.Duration("duration", 5*time.Second, "length of one round")
+	rounds := fs.Int("rounds", 3, "rounds per row and system (the median is printed)")
+	clientList := fs.String("clients", "2,16", "comma-separated client counts")
+	opList := fs.String("ops", strings.Join(ops, ","), "comma-separated operations")
+	rawNs := fs.Float64("raw-chain-ns", 0, "ns/op of the raw on-device open chain measured in this run (hsm BenchmarkOpenX25519): adds the cold decrypt / raw chain rows")
+	pool := fs.Int("cold", 30000, "distinct envelopes made for the cold rows (a round that needs more reuses them, and says so)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *vaultAddr == "" || *vaultToken == "" {
+		return errors.New("--vault-addr and --vault-token-file are required (scripts/bench-vs-vault.sh sets them)")
+	}
+	var clients []int
+	for _, s := range strings.Split(*clientList, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fmt.Errorf("--clients: %q is not a client count", s)
+		}
+		clients = append(clients, n)
+	}
+	selected := strings.Split(*opList, ",")
+	for _, op := range selected {
+		if !slices.Contains(ops, op) {
+			return fmt.Errorf("--ops: unknown operation %q (known: %s)", op, strings.Join(ops, ", "))
+		}
+	}
+	tok, err := os.ReadFile(*vaultToken)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	maxClients := slices.Max(clients)
+	cu, err := newCustody(*socket)
+	if err != nil {
+		return err
+	}
+	va, err := newVault(ctx, *vaultAddr, strings.TrimSpace(string(tok)), *auditFile, maxClients)
+	if err != nil {
+		return err
+	}
+	targets := []target{cu, va}
+	for _, t := range targets {
+		fmt.Fprintf(stderr, "preparing %s: %d distinct envelopes…\n", t.name(), *pool)
+		if err := t.prepare(ctx, *pool, stderr); err != nil {
+			return fmt.Errorf("%s: %w", t.name(), err)
+		}
+	}
+	coldRate := map[int]float64{} // clients → custody cold decrypt ops/s
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "op\tclients\tcustody ops/s\tp50\tp99\tvault ops/s\tp50\tp99\tcustody/vault\t\n")
+	for _, op := range selected {
+		for _, c := range clients {
+			var res [2][]result
+			fmt.Fprintf(stderr, "measuring %s, %d clients: %d rounds of %s each, alternating\n", op, c, *rounds, *duration)
+			for r := 0; r < *rounds; r++ {
+				for k, t := range targets {
+					x, err := round(ctx, t, op, c, *duration, *pool)
+					if err != nil {
+						return fmt.Errorf("%s %s: %w", t.name(), op, err)
+					}
+					res[k] = append(res[k], x)
+				}
+			}
+			cm, vm := median(res[0]), median(res[1])
+			if op == "decrypt-cold" {
+				coldRate[c] = cm.rate
+			}
+			note := ""
+			if cm.reused || vm.reused {
+				note = " (cold pool reused: raise --cold)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%.0f\t%s\t%s\t%.2f\t%s\n", op, c, cm.rate, ms(cm.p50), ms(cm.p99), vm.rate, ms(vm.p50), ms(vm.p99), cm.rate/vm.rate, note)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if *rawNs > 0 && len(coldRate) > 0 {
+		raw := 1e9 / *rawNs
+		fmt.Fprintf(stdout, "\nraw on-device open chain: %.0f/s (hsm BenchmarkOpenX25519, this run)\n", raw)
+		for _, c := range clients {
+			if r, ok := coldRate[c]; ok {
+				fmt.Fprintf(stdout, "cold decrypt through the socket with the durable log, %d clients: %.0f/s = %.2f × the raw chain\n", c, r, r/raw)
+			}
+		}
+	}
+	return nil
+}
+
+// result is one round's figures.
+type result struct {
+	rate     float64 // items per second
+	p50, p99 time.Duration
+	reused   bool // a cold round went past the pool
+}
+
+// cursor hands out pool positions to a round's clients; cold operations
+// continue where the previous round stopped.
+var cursors sync.Map // target name + op → *atomic.Int64
+
+func round(ctx context.Context, t target, op string, clients int, d time.Duration, pool int) (result, error) {
+	cur, _ := cursors.LoadOrStore(t.name()+"/"+op, new(atomic.Int64))
+	next := cur.(*atomic.Int64)
+	step := int64(1)
+	if strings.HasPrefix(op, "batch-") {
+		step = batchSize
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		lat   []time.Duration
+		items atomic.Int64
+		first error
+	)
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				i := int(next.Add(step) - step)
+				t0 := time.Now()
+				n, err := t.do(ctx, op, i)
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+				mine = append(mine, time.Since(t0))
+				items.Add(int64(n))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return result{}, first
+	}
+	el := time.Since(start)
+	slices.Sort(lat)
+	r := result{rate: float64(items.Load()) / el.Seconds(), reused: strings.HasSuffix(op, "-cold") && next.Load() > int64(pool)}
+	if len(lat) > 0 {
+		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	}
+	return r, nil
+}
+
+// median is the round with the median rate (its latencies with it).
+func median(rs []result) result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b result) int {
+		switch {
+		case a.rate < b.rate:
+			return -1
+		case a.rate > b.rate:
+			return 1
+		}
+		return 0
+	})
+	m := s[len(s)/2]
+	for _, r := range rs {
+		m.reused = m.reused || r.reused
+	}
+	return m
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# make bench-vs-vault: custody against Vault transit on this machine, same
+# load, same payload (cmd/custodybench). Starts, in run/bench (made anew):
+#   - custodyd on the first-run configuration (policies/example.json, durable
+#     access log in run/bench/log) on a fresh SoftHSM token of its own;
+#   - the cached Vault dev server with transit and a file audit device writing
+#     to run/bench/vault-audit.log (the same disk as custodyd's log);
+# measures the raw on-device open chain (hsm's BenchmarkOpenX25519) first, then
+# runs custodybench, and stops both (exactly the processes it started).
+# BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3".
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/deps.sh softhsm
+scripts/vault.sh path >/dev/null || { echo "bench-vs-vault needs the Vault binary: run make deps first" >&2; exit 1; }
+make --no-print-directory build
+go build -o bin/custodybench ./cmd/custodybench
+
+dir=run/bench
+if [ -s "$dir/custodyd.pid" ]; then kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true; fi
+scripts/vault.sh stop "$dir/vault" 2>/dev/null || true
+rm -rf "$dir"
+mkdir -p "$dir/tokens" "$dir/vault"
+chmod 0700 "$dir" "$dir/tokens"
+sed "s#@TOKENDIR@#$root/$dir/tokens#" softhsm/softhsm2.conf.in > "$dir/softhsm2.conf"
+(umask 0377; head -c 18 /dev/urandom | base64 | tr -d '/+=\n' > "$dir/user.pin")
+cat > "$dir/custodyd.json" <<JSON
+{
+  "pkcs11": {"pin_file": "user.pin", "softhsm_conf": "softhsm2.conf"},
+  "socket": {"path": "custodyd.sock"},
+  "policy_file": "../../policies/example.json",
+  "access_log": {"dir": "log"},
+  "ceremony": {"auto_genesis": true}
+}
+JSON
+bin/custodyd token init --no-backups --config "$dir/custodyd.json" >/dev/null
+
+echo "== the raw on-device open chain (hsm BenchmarkOpenX25519, 2 goroutines)" >&2
+raw=$(go test -run '^$' -bench '^BenchmarkOpenX25519$' -benchtime "${RAW_BENCHTIME:-3s}" ./hsm/ | awk '/^BenchmarkOpenX25519/ {print $3}')
+[ -n "$raw" ] || { echo "the raw chain benchmark printed no figure" >&2; exit 1; }
+
+bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
+echo $! > "$dir/custodyd.pid"
+cleanup() {
+  kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true
+  scripts/vault.sh stop "$dir/vault" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do [ -S "$dir/custodyd.sock" ] && break; sleep 0.1; done
+[ -S "$dir/custodyd.sock" ] || { cat "$dir/custodyd.log" >&2; exit 1; }
+VAULT_SH_WATCH_PID=$$ scripts/vault.sh start "$dir/vault" >/dev/null
+
+# shellcheck disable=SC2086
+bin/custodybench --socket "$dir/custodyd.sock" --vault-addr "$(cat "$dir/vault/addr")" \
+  --vault-token-file "$dir/vault/root-token" --vault-audit-file "$root/$dir/vault-audit.log" \
+  --raw-chain-ns "$raw" ${BENCH_ARGS:-}
