@@ -5,7 +5,8 @@
 #    first run; no Vault package is reachable here): scripts/vault.sh build, cached outside
 #    the repository, so only the first run on a machine pays for it (~15 min on 2 cores);
 #  - with the argument "test": chromium from Debian's archive, which the tests use to
-#    render the access-log HTML report headless;
+#    render the access-log HTML report headless, and postgresql, whose binaries the
+#    store tests run as a private server (no service is started);
 #  - with the argument "softhsm": softhsm2 only (the first run builds Vault in the
 #    background, scripts/vault-dev.sh up).
 set -euo pipefail
@@ -16,6 +17,12 @@ packages=()
 if [ "${1:-}" = test ] && ! command -v chromium >/dev/null; then
   packages+=(chromium)
 fi
+# PostgreSQL for the store tests (internal/store/pgtest starts a private server; make run
+# does not need it). Debian's package would start a cluster of its own on install: the
+# policy-rc.d below keeps it from starting any service.
+if [ "${1:-}" = test ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  packages+=(postgresql)
+fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${packages[*]}; run as root or: sudo apt-get install ${packages[*]}" >&2
@@ -24,6 +31,10 @@ if [ ${#packages[@]} -gt 0 ]; then
   echo "installing ${packages[*]} from the Debian archive…" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 

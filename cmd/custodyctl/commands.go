@@ -74,11 +74,14 @@ in-scope, unexhausted order naming you (docs/orders.md).`,
 			}, {name: "keys retire", args: "ID VERSION", minArgs: 2, maxArgs: 2,
 				summary: "Destroy VERSION of ID on the token, for good (admin).",
 				details: `Retiring is irreversible: give --confirm-rewrapped and --count N, N being the
-envelope count your last custodyctl rewrap printed.`,
+envelope count your last custodyctl rewrap printed; or, when the envelopes live in
+PostgreSQL, --store DSN: the table is checked instead (refused while any row still
+has a stanza at VERSION or older; the count sent is the rows checked).`,
 				setup: func(fs *flag.FlagSet) func([]string) error {
 					confirm := fs.Bool("confirm-rewrapped", false, "confirm that every envelope was rewrapped off this version")
 					count := fs.Int64("count", -1, "the envelope count of the last rewrap run")
-					return func(pos []string) error { return c.keysRetire(pos, confirm, count) }
+					dsn := fs.String("store", "", "check the PostgreSQL store at `DSN` instead of trusting --count (docs/store.md)")
+					return func(pos []string) error { return c.keysRetire(pos, confirm, count, *dsn) }
 				},
 			}, {name: "keys prove", args: "ID", minArgs: 1, maxArgs: 1,
 				summary: "Check that the HSM holds ID's private key.",
@@ -91,18 +94,37 @@ published public key (participants show, or --public).`,
 				},
 			}}},
 		"rewrap": &command{name: "rewrap", maxArgs: 0,
-			summary: "Move envelopes (JSON lines) to the active key versions, resumable.",
-			details: `--in holds JSON lines {"envelope":"…","ref":"…"} ("ref" optional, echoed back).
+			summary: "Move envelopes to the active key versions: JSON-lines files, or PostgreSQL rows in place; resumable.",
+			details: `Files: --in holds JSON lines {"envelope":"…","ref":"…"} ("ref" optional, echoed back).
 --out gets one JSON line per input line, in order:
   {"line":N,"ref":…,"envelope":…,"changed":true|false,"moved":[…]}  or  {"line":N,"ref":…,"error":{…}}
 Progress is saved in the state file (default OUT.state) after every chunk; run the same
-command again after an interruption to resume without redoing finished lines.`,
+command again after an interruption to resume without redoing finished lines.
+
+In place: --postgres DSN rewraps every row of the store (docs/store.md) that has a stanza
+below the daemon's active versions, --batch rows per daemon call and SQL transaction,
+each row written only if the application did not change it meanwhile (else read again
+and retried). Rows the daemon refuses (tampered, key destroyed) are listed and skipped.
+The table is the resume state: after any interruption run it again. Progress: a bar
+on a terminal, JSON lines otherwise; --rate bounds rows/s to spare live traffic.`,
 			setup: func(fs *flag.FlagSet) func([]string) error {
-				in := fs.String("in", "", "input `file`: JSON lines (required)")
-				out := fs.String("out", "", "output `file`: JSON lines (required)")
+				in := fs.String("in", "", "input `file`: JSON lines")
+				out := fs.String("out", "", "output `file`: JSON lines")
 				statePath := fs.String("state", "", "resume state `file` (default OUT.state)")
 				chunk := fs.Int("chunk", 500, "lines per request")
-				return func([]string) error { return c.rewrap(in, out, statePath, chunk, stderr) }
+				dsn := fs.String("postgres", "", "rewrap the rows of the PostgreSQL store at `DSN` in place instead (no password in it: PGPASSFILE)")
+				batch := fs.Int("batch", 200, "with --postgres: rows per daemon call and SQL transaction")
+				rate := fs.Float64("rate", 0, "with --postgres: at most this many `rows/s` (0: no limit)")
+				return func([]string) error {
+					if *dsn != "" {
+						if *in != "" || *out != "" {
+							return usageError{msg: "rewrap: give --postgres, or --in and --out, not both", hint: "see custodyctl rewrap --help"}
+						}
+						return c.rewrapStore(*dsn, rewrapOpts{batch: *batch, rate: *rate}, stderr)
+					}
+					return c.rewrap(in, out, statePath, chunk, stderr)
+				}
 			}},
+		"store": c.storeGroup(stdin),
 	}
 }

@@ -84,16 +84,25 @@ func (c *cli) keysRotate(id string) error {
 	})
 }
 
-func (c *cli) keysRetire(pos []string, confirm *bool, count *int64) error {
+func (c *cli) keysRetire(pos []string, confirm *bool, count *int64, storeDSN string) error {
 	v, err := strconv.ParseUint(strings.TrimPrefix(pos[1], "v"), 10, 32)
 	if err != nil || v == 0 {
 		return usageError{msg: "VERSION must be a version number such as 1 or v1"}
 	}
-	if !*confirm || *count < 0 {
-		return usageError{msg: "retiring destroys the key version on the HSM for good: add --confirm-rewrapped and --count N (N: the envelope count your last `custodyctl rewrap` printed)"}
-	}
 	ctx, cancel := c.ctx()
 	defer cancel()
+	switch {
+	case storeDSN != "" && *count >= 0:
+		return usageError{msg: "give --store or --count, not both"}
+	case storeDSN != "":
+		n, err := c.retireChecked(ctx, storeDSN, pos[0], uint32(v))
+		if err != nil {
+			return err
+		}
+		*confirm, *count = true, n
+	case !*confirm || *count < 0:
+		return usageError{msg: "retiring destroys the key version on the HSM for good: add --confirm-rewrapped and --count N (N: the envelope count your last `custodyctl rewrap` printed), or --store DSN"}
+	}
 	k, err := c.d.Retire(ctx, pos[0], api.RetireRequest{Version: uint32(v), ConfirmRewrapped: true, RewrappedCount: count})
 	if err != nil {
 		return err
@@ -247,7 +256,7 @@ func (p *progress) update(done int64, final bool) {
 
 func (c *cli) rewrap(in, out, statePath *string, chunk *int, stderr io.Writer) error {
 	if *in == "" || *out == "" || *chunk < 1 {
-		return usageError{msg: "rewrap: --in and --out are required, and --chunk must be at least 1", hint: "see custodyctl rewrap --help"}
+		return usageError{msg: "rewrap: --in and --out (or --postgres) are required, and --chunk must be at least 1", hint: "see custodyctl rewrap --help"}
 	}
 	if *statePath == "" {
 		*statePath = *out + ".state"

@@ -39,7 +39,11 @@ Commands:
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
   keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys --help.
-  rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable.
+  rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable;
+  rewrap --postgres DSN           or every PostgreSQL row that needs it, in place (docs/store.md).
+  store init|put|get|find|status
+                                Confidential transactions in PostgreSQL: seal and insert, open a row,
+                                find rows by public columns, rows per key version; see custodyctl store help.
 
   log pin|verify|prove|check-proof|query|report
                                 Offline reviewer tools on a copied access-log directory

@@ -28,6 +28,7 @@ import (
 	"custody/internal/orders/vaulttest"
 	"custody/internal/policy"
 	"custody/internal/server"
+	"custody/internal/store/pgtest"
 )
 
 // Test users, created by TestMain (the suite runs as root) and removed after.
@@ -59,7 +60,10 @@ func testMain(m *testing.M) int {
 	stopVault := func() (func(), error) {
 		return vaulttest.Stop, nil // the dev Vault of the audit tests, if they started one
 	}
-	return hsmtest.Run(m, stopVault, createUsers, installBinaries)
+	stopPostgres := func() (func(), error) {
+		return pgtest.Stop, nil // the PostgreSQL of the store tests, if they started one
+	}
+	return hsmtest.Run(m, stopVault, stopPostgres, createUsers, installBinaries)
 }
 
 // createUsers creates the test's Unix users (shared with concurrent test
