@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"custody/internal/envelope"
 	"custody/internal/store"
 	"custody/internal/store/pgtest"
@@ -130,6 +132,21 @@ func TestStorePutGetFind(t *testing.T) {
 	out = f.ctl(t, 2, "", "store", "status", "--postgres", "postgres://u:secret@localhost/db")
 	if !strings.Contains(out, "passfile") || strings.Contains(out, "u:secret") {
 		t.Fatalf("DSN with a password:\n%s", out)
+	}
+	// Someone with write access to the table swaps another transaction's
+	// envelope into a row: store get names the row's id, and the daemon
+	// refuses to open it as that transaction.
+	conn, err := pgx.Connect(context.Background(), f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), `UPDATE confidential_transactions SET envelope = (SELECT envelope FROM confidential_transactions WHERE transaction_id = 'tx-other') WHERE transaction_id = 'tx-cli'`); err != nil {
+		t.Fatal(err)
+	}
+	out = f.ctl(t, 1, "", "store", "get", "tx-cli", "--postgres", f.dsn, "--as", "client-a", "--purpose", "dispute")
+	if !strings.Contains(out, "transaction_mismatch") || strings.Contains(out, "amount") {
+		t.Fatalf("store get of a swapped envelope:\n%s", out)
 	}
 	// A row whose envelope is another transaction's is refused by Put.
 	env, _ := base64.RawURLEncoding.DecodeString(f.h.seal("tx-real", "client-a"))
