@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-test bench-rewrap-100k bench-vs-vault build run demo test test-short fuzz bench vectors lint clean
+.PHONY: help deps deps-test bench-rewrap-100k bench-store-100k bench-vs-vault build run demo test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench: deps ## Benchmarks: socket vs raw open chain, encrypt vs software seal, l
 
 bench-rewrap-100k: deps ## The 100,000-envelope streaming rewrap: peak RSS of custodyctl and the daemon (many minutes)
 	CUSTODY_BENCH_100K=1 $(GO) test -run '^$$' -bench 'Rewrap100k' -benchtime 1x -timeout 60m ./internal/server/
+
+bench-store-100k: deps-test ## In-place rewrap of 100,000 PostgreSQL rows vs the streaming rewrap of the same envelopes, and decrypt p99 during it (many minutes)
+	CUSTODY_BENCH_STORE_ROWS=100000 $(GO) test -run '^$$' -bench 'StoreRewrapVsStream' -benchtime 1x -timeout 90m ./internal/server/
 
 bench-vs-vault: deps ## custody vs Vault transit on this machine, same load and payload (BENCH_ARGS for cmd/custodybench; README "Performance")
 	@scripts/bench-vs-vault.sh

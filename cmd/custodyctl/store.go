@@ -321,32 +321,79 @@ func (c *cli) rewrapStore(dsn string, o rewrapOpts, stderr io.Writer) error {
 // failedRow is a row the daemon would not rewrap.
 type failedRow struct{ id, code, message string }
 
+// page is one keyset page of due rows and the daemon's answers for them.
+type page struct {
+	rows []store.Row
+	res  []api.BatchResult[api.Rewrapped]
+	err  error
+}
+
+func rewrapItems(rows []store.Row) []api.RewrapItem {
+	items := make([]api.RewrapItem, len(rows))
+	for i, r := range rows {
+		items[i] = api.RewrapItem{Envelope: envelopeText(r.Envelope), Ref: r.TransactionID}
+	}
+	return items
+}
+
+// pages reads due rows a page at a time and has the daemon rewrap each,
+// one page ahead of the writer: page k+1 is on the device while page k is
+// written. It stops at the first error (sent as the last page) or when
+// ctx ends.
+func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, size int) <-chan page {
+	out := make(chan page, 1)
+	go func() {
+		defer close(out)
+		after := ""
+		for {
+			cctx, cancel := context.WithTimeout(ctx, c.timeout)
+			rows, err := s.Due(cctx, active, after, size)
+			var res []api.BatchResult[api.Rewrapped]
+			if err != nil {
+				err = fmt.Errorf("reading rows to rewrap: %w", err)
+			} else if len(rows) > 0 {
+				after = rows[len(rows)-1].TransactionID
+				if res, err = c.d.Rewrap(cctx, rewrapItems(rows)); err != nil {
+					err = fmt.Errorf("rows after %q: %w", rows[0].TransactionID, err)
+				}
+			}
+			cancel()
+			if err == nil && len(rows) == 0 {
+				return
+			}
+			select {
+			case out <- page{rows, res, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
 func (c *cli) rewrapRows(ctx context.Context, s *store.Store, active store.Active, total int64, o rewrapOpts, stderr io.Writer) error {
 	errf, _ := stderr.(*os.File)
 	pb := &progress{w: stderr, on: errf != nil && isTerminal(errf), total: total, start: time.Now()}
 	jp := jsonProgress{w: stderr, on: !pb.on, start: time.Now()}
 	var done, rewrapped, retried int64
 	var failed []failedRow
-	after := ""
 	resumeHint := "rows done so far are committed; run the same command again to continue"
-	for {
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	for p := range c.pages(pctx, s, active, o.batch) {
+		if p.err != nil {
+			return fmt.Errorf("%w (%s)", p.err, resumeHint)
+		}
 		cctx, cancel := context.WithTimeout(ctx, c.timeout)
-		rows, err := s.Due(cctx, active, after, o.batch)
-		if err != nil {
-			cancel()
-			return fmt.Errorf("reading rows to rewrap: %w (%s)", err, resumeHint)
-		}
-		if len(rows) == 0 {
-			cancel()
-			break
-		}
-		after = rows[len(rows)-1].TransactionID
-		n, r, f, err := c.rewrapBatch(cctx, s, rows)
+		n, r, f, err := c.writePage(cctx, s, p.rows, p.res)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("rows after %q: %w (%s)", rows[0].TransactionID, err, resumeHint)
+			return fmt.Errorf("rows after %q: %w (%s)", p.rows[0].TransactionID, err, resumeHint)
 		}
-		done += int64(len(rows))
+		done += int64(len(p.rows))
 		rewrapped += n
 		retried += r
 		failed = append(failed, f...)
@@ -386,20 +433,13 @@ func (c *cli) rewrapRows(ctx context.Context, s *store.Store, active store.Activ
 // again and retried within a run.
 const maxRetries = 5
 
-// rewrapBatch rewraps rows and writes them back; it returns how many were
-// rewrapped, how many of those needed a retry, and the failures. An error
-// is the database's or the daemon's as a whole: nothing of the failed
-// transaction was written.
-func (c *cli) rewrapBatch(ctx context.Context, s *store.Store, rows []store.Row) (n, retried int64, failed []failedRow, err error) {
-	for attempt := 0; len(rows) > 0; attempt++ {
-		items := make([]api.RewrapItem, len(rows))
-		for i, r := range rows {
-			items[i] = api.RewrapItem{Envelope: envelopeText(r.Envelope), Ref: r.TransactionID}
-		}
-		res, err := c.d.Rewrap(ctx, items)
-		if err != nil {
-			return n, retried, failed, err
-		}
+// writePage writes a page's rewrapped envelopes back and retries the rows
+// the application changed meanwhile (read again, rewrapped again); it
+// returns how many rows were rewrapped, how many of those needed a retry,
+// and the failures. An error is the database's or the daemon's as a
+// whole: nothing of the failed SQL transaction was written.
+func (c *cli) writePage(ctx context.Context, s *store.Store, rows []store.Row, res []api.BatchResult[api.Rewrapped]) (n, retried int64, failed []failedRow, err error) {
+	for attempt := 0; ; attempt++ {
 		var repl []store.Replacement
 		for i, x := range res {
 			switch {
@@ -421,7 +461,7 @@ func (c *cli) rewrapBatch(ctx context.Context, s *store.Store, rows []store.Row)
 		if attempt > 0 {
 			retried += int64(len(repl) - len(conflicts))
 		}
-		rows = rows[:0]
+		rows = rows[:0:0]
 		for _, id := range conflicts {
 			if attempt+1 >= maxRetries {
 				failed = append(failed, failedRow{id, "conflict", fmt.Sprintf("changed by the application during each of %d attempts; run again", maxRetries)})
@@ -436,8 +476,13 @@ func (c *cli) rewrapBatch(ctx context.Context, s *store.Store, rows []store.Row)
 			}
 			rows = append(rows, r)
 		}
+		if len(rows) == 0 {
+			return n, retried, failed, nil
+		}
+		if res, err = c.d.Rewrap(ctx, rewrapItems(rows)); err != nil {
+			return n, retried, failed, err
+		}
 	}
-	return n, retried, failed, nil
 }
 
 // jsonProgress writes a JSON line of progress at most once a second, for

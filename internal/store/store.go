@@ -338,25 +338,40 @@ func (s *Store) Replace(ctx context.Context, rs []Replacement) (conflicts []stri
 		}
 		ps[i] = parsed{r, f}
 	}
+	// One statement per row, all rows in one round trip (a pgx batch) and
+	// one SQL transaction: the row is updated only at the version read, and
+	// its stanza rows follow only if it was (a rewrap keeps the participant
+	// list, so an upsert replaces every stanza row).
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		conflicts = nil
+		var b pgx.Batch
 		for _, p := range ps {
-			tag, err := tx.Exec(ctx, `UPDATE confidential_transactions
-				SET envelope = $3, envelope_version = $4, escrow_key_version = $5, row_version = row_version + 1, updated_at = now()
-				WHERE transaction_id = $1 AND row_version = $2`,
-				p.r.TransactionID, p.r.RowVersion, p.r.Envelope, int16(p.f.version), int64(p.f.escrow))
+			names, versions := make([]string, 0, len(p.f.stanzas)), make([]int64, 0, len(p.f.stanzas))
+			for n, v := range p.f.stanzas {
+				names, versions = append(names, n), append(versions, int64(v))
+			}
+			b.Queue(`WITH u AS (
+					UPDATE confidential_transactions
+					SET envelope = $3, envelope_version = $4, escrow_key_version = $5, row_version = row_version + 1, updated_at = now()
+					WHERE transaction_id = $1 AND row_version = $2 RETURNING transaction_id)
+				INSERT INTO confidential_transaction_stanzas (transaction_id, participant, key_version)
+				SELECT u.transaction_id, x.p, x.v FROM u, unnest($6::text[], $7::bigint[]) AS x(p, v)
+				ON CONFLICT (transaction_id, participant) DO UPDATE SET key_version = EXCLUDED.key_version
+				RETURNING 1`,
+				p.r.TransactionID, p.r.RowVersion, p.r.Envelope, int16(p.f.version), int64(p.f.escrow), names, versions)
+		}
+		br := tx.SendBatch(ctx, &b)
+		for _, p := range ps {
+			tag, err := br.Exec()
 			if err != nil {
+				br.Close()
 				return err
 			}
-			if tag.RowsAffected() == 0 {
+			if tag.RowsAffected() == 0 { // not updated: changed since it was read
 				conflicts = append(conflicts, p.r.TransactionID)
-				continue
-			}
-			if err := writeFacts(ctx, tx, p.r.TransactionID, p.f); err != nil {
-				return err
 			}
 		}
-		return nil
+		return br.Close()
 	})
 	if err != nil {
 		return nil, err

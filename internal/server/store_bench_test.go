@@ -1,0 +1,140 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"custody/internal/server"
+	"custody/internal/store"
+	"custody/internal/store/pgtest"
+)
+
+// BenchmarkStoreRewrapVsStream compares the in-place rewrap of N rows in
+// PostgreSQL (custodyctl rewrap --postgres, 500 rows per call and SQL
+// transaction) with the streaming JSON-lines rewrap of the same envelopes
+// (custodyctl rewrap --in/--out, 500 lines per request), in the same run,
+// with the durable access log; and the p50/p99 of one client decrypting
+// one request at a time on the idle daemon and during the in-place run.
+// N is CUSTODY_BENCH_STORE_ROWS (default 5,000; make bench-store-100k:
+// 100,000). Reported: rows/s of each, their ratio (goal ≥ 0.8), and the
+// decrypt latencies (goal: p99 during ≤ 2 × idle).
+func BenchmarkStoreRewrapVsStream(b *testing.B) {
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("CUSTODY_BENCH_STORE_ROWS")); err == nil && v > 0 {
+		n = v
+	}
+	pg := pgtest.Shared(b)
+	h := newHarnessWith(b, func(d *server.Deps) {
+		d.Recorder = durableLog(b, d)
+		d.Limits.MaxBatchItems = 1000
+	})
+	h.register("miner-1", "miner-2")
+	dir := b.TempDir()
+	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	h.sealMany(b, n, in)
+	dsn := pg.NewDatabase(b)
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Init(ctx); err != nil {
+		b.Fatal(err)
+	}
+	fillStore(b, db, in)
+	probe := h.seal("tx-probe", "miner-2")
+	if _, err := h.keys.Rotate(ctx, "miner-1", h.now); err != nil {
+		b.Fatal(err)
+	}
+	ctl := func(args ...string) time.Duration {
+		start := time.Now()
+		cmd := exec.Command(filepath.Join(binDir, "custodyctl"), append([]string{"--socket", h.socket}, args...)...)
+		if outb, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("custodyctl %v: %v\n%s", args, err, outb)
+		}
+		return time.Since(start)
+	}
+	for b.Loop() {
+		idle := decryptLatencies(b, h, probe, func() bool { return false }, 2*time.Second)
+		stream := ctl("rewrap", "--in", in, "--out", out, "--chunk", "500")
+		done := make(chan time.Duration)
+		go func() { done <- ctl("rewrap", "--postgres", dsn, "--batch", "500") }()
+		var inPlace time.Duration
+		during := decryptLatencies(b, h, probe, func() bool {
+			select {
+			case inPlace = <-done:
+				return true
+			default:
+				return false
+			}
+		}, time.Hour)
+		b.ReportMetric(float64(n)/stream.Seconds(), "stream-rows/s")
+		b.ReportMetric(float64(n)/inPlace.Seconds(), "inplace-rows/s")
+		b.ReportMetric(stream.Seconds()/inPlace.Seconds(), "inplace/stream")
+		b.ReportMetric(ms(pct(idle, 50)), "idle-p50-ms")
+		b.ReportMetric(ms(pct(idle, 99)), "idle-p99-ms")
+		b.ReportMetric(ms(pct(during, 50)), "during-p50-ms")
+		b.ReportMetric(ms(pct(during, 99)), "during-p99-ms")
+		b.ReportMetric(ms(pct(during, 99))/ms(pct(idle, 99)), "p99-during/idle")
+	}
+}
+
+// fillStore puts every envelope of a JSON-lines file into the store.
+func fillStore(b *testing.B, db *store.Store, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for i := 0; sc.Scan(); i++ {
+		var l struct{ Envelope string }
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			b.Fatal(err)
+		}
+		env, err := base64.RawURLEncoding.DecodeString(l.Envelope)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := db.Put(context.Background(), store.Row{TransactionID: "tx-" + strconv.Itoa(i), JobID: "job-1", Envelope: env}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// decryptLatencies decrypts env one request at a time until stop says so
+// or d passed, and returns each call's latency.
+func decryptLatencies(b *testing.B, h *harness, env string, stop func() bool, d time.Duration) []time.Duration {
+	var lat []time.Duration
+	for end := time.Now().Add(d); time.Now().Before(end) && !stop(); {
+		t0 := time.Now()
+		if st, body := h.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": "miner-2", "purpose": "settlement"}); st != 200 {
+			b.Fatalf("decrypt: %d %v", st, body)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return lat
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
