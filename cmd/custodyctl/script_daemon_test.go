@@ -66,7 +66,8 @@ func TestScriptDaemon(t *testing.T) {
 			policy := fmt.Sprintf(`{"version":1,
  "purposes":[{"name":"settlement","fields":["amount","pricing"]},{"name":"dispute","fields":["*"]}],
  "principals":[{"name":"operator","users":[%q],"roles":["admin","application"],
-  "act_as":[{"participants":["client-*","miner-*"],"purposes":["settlement","dispute"]}]}]}`, me.Username)
+  "act_as":[{"participants":["client-*","miner-*"],"purposes":["settlement","dispute"]}],
+  "seal_for":[{"participants":["client-*","miner-*"]}]}]}`, me.Username)
 			cfg, _ := json.Marshal(map[string]any{
 				"pkcs11":      map[string]any{"module": tok.ModulePath, "token_label": tok.TokenLabel, "pin_file": tok.PINFile},
 				"socket":      map[string]any{"path": "custodyd.sock", "mode": "0600"},

@@ -30,6 +30,7 @@ const (
 	CodePurposeDenied       = "purpose_denied"       // purpose unknown or not granted for that participant
 	CodeOutsideWindow       = "outside_window"       // the grant's time windows exclude now
 	CodeFieldDenied         = "field_denied"         // a requested field is not visible for the purpose
+	CodeSealDenied          = "seal_denied"          // no seal_for grant lets the principal seal for that participant (and transaction)
 	CodeUnknownParticipant  = "unknown_participant"  // no key registered for that id
 	CodeUnknownKeyVersion   = "unknown_key_version"  // the envelope names a key version the token lacks
 	CodeParticipantExists   = "participant_exists"   // registering an id twice
@@ -189,6 +190,7 @@ var errorMap = []mapping{
 	{policy.ErrPurpose, http.StatusForbidden, CodePurposeDenied, itself},
 	{policy.ErrOutsideWindow, http.StatusForbidden, CodeOutsideWindow, itself},
 	{policy.ErrFieldDenied, http.StatusForbidden, CodeFieldDenied, itself},
+	{policy.ErrSealDenied, http.StatusForbidden, CodeSealDenied, itself},
 	{policy.ErrDenied, http.StatusForbidden, CodePermissionDenied, itself},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, CodeKeyDestroyed, itself},

@@ -34,6 +34,7 @@ type encryptResponse struct {
 	Algorithm        string      `json:"algorithm"`
 	Recipients       []recipient `json:"recipients"`
 	EscrowKeyVersion uint32      `json:"escrow_key_version"`
+	SealedBy         string      `json:"sealed_by"` // the principal that sealed it, bound in the signed header (v2)
 }
 
 type decryptRequest struct {
@@ -181,14 +182,14 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 // records the decision, and returns the envelope.
 func (s *Server) encryptOne(ctx context.Context, rq *request, in encryptRequest) (*encryptResponse, error) {
 	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
-	res, err := s.seal(ctx, in, &entry)
+	res, err := s.seal(ctx, rq, in, &entry)
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 		return nil, rerr
 	}
 	return res, err
 }
 
-func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.Entry) (*encryptResponse, error) {
+func (s *Server) seal(ctx context.Context, rq *request, in encryptRequest, entry *auditlog.Entry) (*encryptResponse, error) {
 	if err := envelope.ValidateID(in.TransactionID); err != nil {
 		return nil, invalidID("transaction_id", err)
 	}
@@ -198,6 +199,17 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 	if len(in.Participants) == 0 {
 		return nil, badRequest("participants: at least one participant is required")
 	}
+	for i, id := range in.Participants {
+		if err := envelope.ValidateID(id); err != nil {
+			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
+		}
+	}
+	// Seal grants come before any key lookup: a refused seal learns
+	// nothing about which participants are registered.
+	if err := rq.policy.AuthorizeSeal(rq.principal, in.TransactionID, in.Participants); err != nil {
+		return nil, err
+	}
+	entry.SealedBy = rq.principal.Name
 	if len(in.PublicData) == 0 || string(in.PublicData) == "null" {
 		in.PublicData = json.RawMessage("{}")
 	}
@@ -214,11 +226,8 @@ func (s *Server) seal(ctx context.Context, in encryptRequest, entry *auditlog.En
 	}
 	defer clear(plaintext)
 	recipients := make([]envelope.Recipient, 0, len(in.Participants))
-	out := &encryptResponse{TransactionID: in.TransactionID, Algorithm: Algorithm}
-	for i, id := range in.Participants {
-		if err := envelope.ValidateID(id); err != nil {
-			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
-		}
+	out := &encryptResponse{TransactionID: in.TransactionID, Algorithm: Algorithm, SealedBy: rq.principal.Name}
+	for _, id := range in.Participants {
 		v, err := s.d.Keys.Active(id)
 		if err != nil {
 			return nil, err
