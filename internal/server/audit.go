@@ -43,6 +43,7 @@ type auditDecryptResponse struct {
 	JobID         string                     `json:"job_id"`
 	Confidential  map[string]json.RawMessage `json:"confidential"`
 	Order         auditOrder                 `json:"order"`
+	SealedBy      string                     `json:"sealed_by,omitempty"` // envelope v2: the principal that sealed it; absent for v1
 }
 
 // auditDecrypt: POST /v1/audit/decrypt.
@@ -81,6 +82,7 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in auditDecry
 	// purpose is the disclosure.
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	entry.Fields = []string{"*"}
+	entry.SealedBy = env.Header.SealedBy
 	if rerr := s.record(ctx, rq, entry, nil); rerr != nil {
 		return nil, rerr // the use is spent; nothing is opened
 	}
@@ -151,6 +153,13 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in auditDecryp
 // the escrow key version the stanza names, and returns every confidential
 // field.
 func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*auditDecryptResponse, error) {
+	if env.Header.Version == envelope.Version2 {
+		fields, err := s.openFields(ctx, env, i, label, public, env.Header.FieldNames)
+		if err != nil {
+			return nil, err
+		}
+		return &auditDecryptResponse{TransactionID: env.Header.TransactionID, JobID: env.Header.JobID, Confidential: fields, SealedBy: env.Header.SealedBy}, nil
+	}
 	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, label, public))
 	if err != nil {
 		return nil, err

@@ -128,7 +128,7 @@ const testPolicy = `{
        {"participants": ["client-*"], "purposes": ["night-audit"],
         "windows": [{"days": ["sun"], "start": "02:00", "end": "03:00", "time_zone": "UTC"}]}
      ],
-     "seal_for": [{"participants": ["client-*", "miner-*", "p-*"]}]},
+     "seal_for": [{"participants": ["*"]}]},
     {"name": "settlement-app", "users": ["custody-t-app"], "roles": ["application"],
      "act_as": [{"participants": ["miner-*"], "purposes": ["settlement"]}],
      "seal_for": [{"participants": ["miner-*"]}]}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -51,6 +52,7 @@ type decryptResponse struct {
 	TransactionID string                     `json:"transaction_id"`
 	JobID         string                     `json:"job_id"`
 	Confidential  map[string]json.RawMessage `json:"confidential"`
+	SealedBy      string                     `json:"sealed_by,omitempty"` // envelope v2: the principal that sealed it; absent for v1
 }
 
 // batch wraps the items of a batch call; each result holds either a value
@@ -220,11 +222,18 @@ func (s *Server) seal(ctx context.Context, rq *request, in encryptRequest, entry
 	if len(in.Confidential) == 0 {
 		return nil, badRequest("confidential: required (a JSON object of the fields to encrypt)")
 	}
-	plaintext, err := envelope.CanonicalJSON(in.Confidential)
+	fields, err := envelope.SplitFields(in.Confidential)
 	if err != nil {
+		if errors.Is(err, envelope.ErrTooLarge) {
+			return nil, err
+		}
 		return nil, badRequest("confidential: %v", err)
 	}
-	defer clear(plaintext)
+	defer func() {
+		for _, f := range fields {
+			clear(f.Value)
+		}
+	}()
 	recipients := make([]envelope.Recipient, 0, len(in.Participants))
 	out := &encryptResponse{TransactionID: in.TransactionID, Algorithm: Algorithm, SealedBy: rq.principal.Name}
 	for _, id := range in.Participants {
@@ -244,15 +253,16 @@ func (s *Server) seal(ctx context.Context, rq *request, in encryptRequest, entry
 		return nil, err
 	}
 	entry.KeyLabel = signer.Label()
-	env, err := envelope.Seal(ctx, envelope.SealInput{
+	env, err := envelope.SealV2(ctx, envelope.SealInput{
 		TransactionID: in.TransactionID,
 		JobID:         in.JobID,
 		PublicFields:  public,
-		Plaintext:     plaintext,
+		Fields:        fields,
+		SealedBy:      rq.principal.Name,
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
 		CreatedAt:     s.d.Now(),
-	}, signer)
+	}, signer, s.d.Token)
 	if err != nil {
 		return nil, err
 	}
@@ -310,6 +320,21 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	if err != nil {
 		return nil, err
 	}
+	if h.Version == envelope.Version2 {
+		// Only the fields the purpose may see are derived and decrypted;
+		// the others never reach the device.
+		entry.SealedBy = h.SealedBy
+		names := disclosure.Select(h.FieldNames)
+		if len(names) > 0 {
+			entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
+		}
+		shown, err := s.openFields(ctx, env, i, key.Label, key.Public, names)
+		if err != nil {
+			return nil, err
+		}
+		entry.Fields = sortedKeys(shown)
+		return &decryptResponse{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown, SealedBy: h.SealedBy}, nil
+	}
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
 	if err != nil {
@@ -324,6 +349,36 @@ func (s *Server) open(ctx context.Context, rq *request, in decryptRequest, entry
 	shown := disclosure.Filter(fields)
 	entry.Fields = sortedKeys(shown)
 	return &decryptResponse{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
+}
+
+// openFields derives and decrypts, on the device, the named fields of a
+// version-2 envelope through stanza i (names must be among its field
+// names) and returns them by name. No name: no device call, an empty map.
+func (s *Server) openFields(ctx context.Context, env *envelope.Envelope, stanza int, label string, public []byte, names []string) (map[string]json.RawMessage, error) {
+	shown := make(map[string]json.RawMessage, len(names))
+	if len(names) == 0 {
+		return shown, nil
+	}
+	idx := make([]int, len(names))
+	for k, n := range names {
+		idx[k] = env.FieldIndex(n)
+	}
+	req, err := env.OpenFieldsRequest(stanza, label, public, idx)
+	if err != nil {
+		return nil, err
+	}
+	pts, err := s.d.Token.OpenFields(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for k, pt := range pts {
+		if !json.Valid(pt) {
+			// Authenticated but not JSON: not sealed by this daemon's encrypt.
+			return nil, fmt.Errorf("%w: field %q is not a JSON value", envelope.ErrMalformed, names[k])
+		}
+		shown[names[k]] = pt
+	}
+	return shown, nil
 }
 
 func sortedKeys(m map[string]json.RawMessage) []string {
