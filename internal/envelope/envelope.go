@@ -1,6 +1,6 @@
-// Package envelope owns the custody envelope format, version 1: how one
-// transaction's confidential fields are encrypted, for whom, and how that is
-// bound to the transaction and signed. It encodes and strictly parses
+// Package envelope owns the custody envelope format, versions 1 and 2: how
+// one transaction's confidential fields are encrypted, for whom, and how
+// that is bound to the transaction and signed. It encodes and strictly parses
 // envelopes, seals them in software from public keys only, verifies their
 // header signature, and builds the device.OpenRequest and
 // device.RewrapRequest with which the device opens one or moves its DEK to
@@ -44,6 +44,22 @@
 // fields were edited does not open. The GCM tag catches a payload moved
 // from another transaction.
 //
+// # Version 2
+//
+// Version 2 (SealV2, v2.go) adds to the Binding the sealing principal
+// (SealedBy) and the field names, and replaces the single payload by one
+// AES-256-GCM ciphertext per top-level field of the confidential object,
+// each under the field key AES-256-ECB_DEK(FieldKeyContext(name)), derived
+// on the device, with its own nonce and FieldAAD(name); both bind the field
+// name and BindingHash. The signed message adds FieldsDigest, a digest of
+// every field ciphertext. Stanzas, the stanza KDF and the DEK wrap are
+// version 1's, so rewrap works on both versions unchanged and keeps every
+// field ciphertext byte-identical. OpenFieldsRequest names only the fields
+// to open: the device derives and decrypts nothing else. Sealing still draws
+// the DEK in software and wraps it from public keys only; the field keys
+// are derived by a FieldSealer (the HSM in the daemon; SoftwareFields, the
+// software twin, in vector generation and tests).
+//
 // # Text form
 //
 // Text is the binary form in unpadded base64url (RFC 4648 §5), for JSON
@@ -68,7 +84,7 @@
 // own internal copies that this package cannot clear).
 package envelope
 
-//go:generate go run ./internal/katgen -o testdata/vectors.json
+//go:generate go run ./internal/katgen -o testdata/vectors.json -o2 testdata/vectors-v2.json
 
 import (
 	"context"
