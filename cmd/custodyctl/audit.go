@@ -40,6 +40,7 @@ func (c *client) audit(args []string, stdin io.Reader, envFile, order, purpose *
 			Use     int    `json:"use"`
 			MaxUses int    `json:"max_uses"`
 		} `json:"order"`
+		SealedBy string `json:"sealed_by"`
 	}
 	raw, err := c.call("POST", path, body, &r)
 	if err != nil || c.json {
@@ -50,6 +51,9 @@ func (c *client) audit(args []string, stdin io.Reader, envFile, order, purpose *
 	}
 	fmt.Fprintf(c.out, "transaction %s (job %s), opened through the escrow stanza under order %s (version %d), use %d of %d\n",
 		r.TransactionID, r.JobID, r.Order.ID, r.Order.Version, r.Order.Use, r.Order.MaxUses)
+	if r.SealedBy != "" {
+		fmt.Fprintf(c.out, "sealed by %s\n", escapeText(r.SealedBy))
+	}
 	c.printFields(r.Confidential)
 	return nil
 }

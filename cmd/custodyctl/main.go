@@ -37,6 +37,8 @@ Commands:
                                   --envelope-file F  a file with the envelope text, or encrypt's JSON output
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
+  envelope inspect [FILE|-]     Show an envelope's header (version, transaction, sealed_by, recipients,
+                                field names and sizes, signature valid or not); no key use, no plaintext.
   keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys --help.
   rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable.
 
@@ -344,6 +346,7 @@ func (c *client) encrypt(args []string, stdin io.Reader) error {
 			KeyVersion uint32 `json:"key_version"`
 		} `json:"recipients"`
 		EscrowKeyVersion uint32 `json:"escrow_key_version"`
+		SealedBy         string `json:"sealed_by"`
 	}
 	raw, err := c.call("POST", path, body, &r)
 	if err != nil || c.json {
@@ -356,7 +359,7 @@ func (c *client) encrypt(args []string, stdin io.Reader) error {
 	for _, p := range r.Recipients {
 		who = append(who, fmt.Sprintf("%s (v%d)", p.ID, p.KeyVersion))
 	}
-	fmt.Fprintf(c.out, "sealed transaction %s for %s + escrow (v%d)\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, r.Envelope)
+	fmt.Fprintf(c.out, "sealed transaction %s for %s + escrow (v%d)\nsealed by: %s\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, escapeText(r.SealedBy), r.Envelope)
 	return nil
 }
 
@@ -395,6 +398,7 @@ func (c *client) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
 		TransactionID string                     `json:"transaction_id"`
 		JobID         string                     `json:"job_id"`
 		Confidential  map[string]json.RawMessage `json:"confidential"`
+		SealedBy      string                     `json:"sealed_by"`
 	}
 	raw, err := c.call("POST", path, body, &r)
 	if err != nil || c.json {
@@ -404,6 +408,9 @@ func (c *client) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
 		return err
 	}
 	fmt.Fprintf(c.out, "transaction %s (job %s)\n", r.TransactionID, r.JobID)
+	if r.SealedBy != "" {
+		fmt.Fprintf(c.out, "sealed by %s\n", escapeText(r.SealedBy))
+	}
 	c.printFields(r.Confidential)
 	return nil
 }
@@ -427,11 +434,5 @@ func envelopeFromFile(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var obj struct {
-		Envelope string `json:"envelope"`
-	}
-	if json.Unmarshal(data, &obj) == nil && obj.Envelope != "" {
-		return obj.Envelope, nil
-	}
-	return strings.TrimSpace(string(data)), nil
+	return envelopeFromBytes(data), nil
 }

@@ -29,6 +29,7 @@ const (
 	PermRewrap               Permission = "envelopes.rewrap"      // admin, application: move envelopes to active key versions
 	PermKeysProve            Permission = "keys.prove"            // every known principal: proof of possession
 	PermCeremony             Permission = "ceremony"              // officer (and listed in the officers file): escrow key ceremonies
+	PermEnvelopesInspect     Permission = "envelopes.inspect"     // every known principal: an envelope's header, no key use, no plaintext
 )
 
 // permRoles maps each permission to the roles that carry it; nil means every
@@ -45,6 +46,7 @@ var permRoles = map[Permission][]string{
 	PermRewrap:               {RoleAdmin, RoleApplication},
 	PermKeysProve:            nil,
 	PermCeremony:             {RoleOfficer},
+	PermEnvelopesInspect:     nil,
 }
 
 // Caller is a peer process as the kernel reports it (SO_PEERCRED).
