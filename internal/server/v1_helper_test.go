@@ -13,6 +13,12 @@ import (
 // v1 envelopes must keep opening, rewrapping and audit-decrypting.
 func (h *harness) sealV1(txid string, participants ...string) string {
 	h.t.Helper()
+	return h.sealV1With(txid, []byte(`{"amount":"1000","pricing":{"per_hour":2.5},"settlement_details":"IBAN DE00"}`), participants...)
+}
+
+// sealV1With is sealV1 with the given confidential plaintext (canonical JSON).
+func (h *harness) sealV1With(txid string, plaintext []byte, participants ...string) string {
+	h.t.Helper()
 	var rs []envelope.Recipient
 	for _, id := range participants {
 		v, err := h.keys.Active(id)
@@ -32,7 +38,7 @@ func (h *harness) sealV1(txid string, participants ...string) string {
 	env, err := envelope.Seal(context.Background(), envelope.SealInput{
 		TransactionID: txid, JobID: "job-" + txid,
 		PublicFields: []byte(`{"job_id":"job-` + txid + `","status":"completed"}`),
-		Plaintext:    []byte(`{"amount":"1000","pricing":{"per_hour":2.5},"settlement_details":"IBAN DE00"}`),
+		Plaintext:    plaintext,
 		Participants: rs,
 		Escrow:       envelope.Recipient{KeyVersion: esc.Number, Alg: esc.Alg, Public: esc.Public},
 		CreatedAt:    h.now,
