@@ -301,4 +301,8 @@ type SealInput struct {
 	// sealing principal, which must satisfy ValidateID.
 	Fields   []Field
 	SealedBy string
+	// Compress asks SealV2 to DEFLATE-compress field values of at least
+	// CompressThreshold bytes when that saves an eighth or more. Sealed
+	// sizes then depend on the values' content: see docs/envelope.md.
+	Compress bool
 }

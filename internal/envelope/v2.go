@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"bytes"
+	"compress/flate"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -28,7 +29,67 @@ const (
 	MaxFields = device.MaxFields
 	// MaxFieldName is the longest field name, in bytes.
 	MaxFieldName = 64
+	// CompressThreshold is the smallest field value SealV2 compresses when
+	// asked to (SealInput.Compress); a value is stored compressed only if
+	// that saves at least an eighth of it.
+	CompressThreshold = 1024
 )
+
+// Value encodings: the first byte of every sealed field value (inside the
+// GCM ciphertext, so authenticated and hidden), followed by the value.
+const (
+	// EncodingRaw: the canonical JSON value as it is.
+	EncodingRaw = 0x00
+	// EncodingDeflate: the canonical JSON value compressed with DEFLATE
+	// (RFC 1951, compress/flate).
+	EncodingDeflate = 0x01
+)
+
+// encodeValue returns the sealed form of a field value: EncodingRaw ‖ v,
+// or, when compress is set, v has at least CompressThreshold bytes and
+// DEFLATE saves at least an eighth, EncodingDeflate ‖ deflate(v).
+func encodeValue(v []byte, compress bool) []byte {
+	if compress && len(v) >= CompressThreshold {
+		var b bytes.Buffer
+		b.WriteByte(EncodingDeflate)
+		w, _ := flate.NewWriter(&b, flate.BestCompression) // the level is valid
+		w.Write(v)
+		w.Close()
+		if b.Len()-1 <= len(v)-len(v)/8 {
+			return b.Bytes()
+		}
+	}
+	return append([]byte{EncodingRaw}, v...)
+}
+
+// DecodeValue returns the field value held by the sealed form sealed (what
+// the device returns for a version-2 field): the bytes after an
+// EncodingRaw byte, or the DEFLATE stream after an EncodingDeflate byte
+// inflated, at most MaxPlaintext bytes. It returns ErrMalformed for an
+// empty input, an unknown encoding, a corrupt stream or one that inflates
+// beyond MaxPlaintext (the data is authenticated, so only a sealer that is
+// not this package's SealV2 could have produced it).
+func DecodeValue(sealed []byte) ([]byte, error) {
+	if len(sealed) == 0 {
+		return nil, fmt.Errorf("%w: empty field value", ErrMalformed)
+	}
+	switch sealed[0] {
+	case EncodingRaw:
+		return sealed[1:], nil
+	case EncodingDeflate:
+		r := flate.NewReader(bytes.NewReader(sealed[1:]))
+		defer r.Close()
+		v, err := io.ReadAll(io.LimitReader(r, MaxPlaintext+1))
+		if err != nil {
+			return nil, fmt.Errorf("%w: compressed field value: %v", ErrMalformed, err)
+		}
+		if len(v) > MaxPlaintext {
+			return nil, fmt.Errorf("%w: compressed field value inflates beyond %d bytes", ErrMalformed, MaxPlaintext)
+		}
+		return v, nil
+	}
+	return nil, fmt.Errorf("%w: unknown field value encoding %#x", ErrMalformed, sealed[0])
+}
 
 // Version-2 domain-separation labels, each followed by 0x00 wherever it is
 // hashed or authenticated, each used for exactly one purpose.
@@ -105,8 +166,10 @@ func SplitFields(confidential []byte) ([]Field, error) {
 // version 1). It then draws one random nonce per field and has dev — the
 // HSM in the daemon — derive each field key from the DEK as
 // AES-256-ECB_DEK(FieldKeyContext(name)) and encrypt the field's value with
-// AES-256-GCM under it with FieldAAD(name). The field keys exist only on
-// dev. The DEK, ephemeral keys, ECDH secrets and KEKs are cleared before
+// AES-256-GCM under it with FieldAAD(name). What is encrypted is the
+// value's sealed form: an encoding byte and the value, DEFLATE-compressed
+// when in.Compress is set and it is worth it (see CompressThreshold and
+// DecodeValue). The field keys exist only on dev. The DEK, ephemeral keys, ECDH secrets and KEKs are cleared before
 // SealV2 returns (best effort).
 //
 // Errors: Seal's, plus ErrInvalidInput for no fields, a duplicate or invalid
@@ -133,6 +196,12 @@ func SealV2(ctx context.Context, in SealInput, s Signer, dev FieldSealer) (*Enve
 	}
 	total := 0
 	names := make([]string, len(fields))
+	sealed := make([][]byte, len(fields))
+	defer func() {
+		for _, v := range sealed {
+			clear(v)
+		}
+	}()
 	for i, f := range fields {
 		if err := ValidFieldName(f.Name); err != nil {
 			return nil, err
@@ -145,6 +214,14 @@ func SealV2(ctx context.Context, in SealInput, s Signer, dev FieldSealer) (*Enve
 	}
 	if total > MaxPlaintext {
 		return nil, fmt.Errorf("%w: field values total %d bytes, limit %d", ErrTooLarge, total, MaxPlaintext)
+	}
+	total = 0
+	for i, f := range fields {
+		sealed[i] = encodeValue(f.Value, in.Compress)
+		total += len(sealed[i]) + TagSize
+	}
+	if total > device.MaxCiphertext {
+		return nil, fmt.Errorf("%w: sealed fields total %d bytes, limit %d", ErrTooLarge, total, device.MaxCiphertext)
 	}
 	in.Plaintext = nil
 	h, err := sealHeader(&in, s)
@@ -174,7 +251,7 @@ func SealV2(ctx context.Context, in SealInput, s Signer, dev FieldSealer) (*Enve
 	req := device.SealFieldsRequest{DEK: dek, Fields: make([]device.FieldSeal, len(fields))}
 	bh := e.BindingHash()
 	for i, f := range fields {
-		req.Fields[i] = device.FieldSeal{Context: fieldKeyContext(bh, f.Name), Nonce: e.Fields[i].Nonce, Plaintext: f.Value, AAD: fieldAAD(bh, f.Name)}
+		req.Fields[i] = device.FieldSeal{Context: fieldKeyContext(bh, f.Name), Nonce: e.Fields[i].Nonce, Plaintext: sealed[i], AAD: fieldAAD(bh, f.Name)}
 	}
 	cts, err := dev.SealFields(ctx, req)
 	if err != nil {
@@ -184,8 +261,8 @@ func SealV2(ctx context.Context, in SealInput, s Signer, dev FieldSealer) (*Enve
 		return nil, fmt.Errorf("envelope: field sealer returned %d ciphertexts for %d fields", len(cts), len(fields))
 	}
 	for i, ct := range cts {
-		if len(ct) != len(fields[i].Value)+TagSize {
-			return nil, fmt.Errorf("envelope: field sealer returned %d bytes for field %d of %d", len(ct), i, len(fields[i].Value))
+		if len(ct) != len(sealed[i])+TagSize {
+			return nil, fmt.Errorf("envelope: field sealer returned %d bytes for field %d of %d", len(ct), i, len(sealed[i]))
 		}
 		e.Fields[i].Ciphertext = ct
 	}
@@ -236,9 +313,9 @@ func sign(ctx context.Context, e *Envelope, s Signer) error {
 // validateFields checks the version-2 rules of Validate: a sealed-by id;
 // 1..MaxFields field names, each valid (ValidFieldName) and in strictly
 // increasing byte order (so unique); one field ciphertext per name, each
-// with a NonceSize-byte nonce and at least TagSize bytes; ciphertexts
-// totalling at most MaxPlaintext plus one tag per field; no version-1
-// payload.
+// with a NonceSize-byte nonce and at least 1+TagSize bytes (the encoding
+// byte and the tag); ciphertexts totalling at most device.MaxCiphertext
+// (what one OpenFields takes); no version-1 payload.
 func (e *Envelope) validateFields() error {
 	h := &e.Header
 	if err := ValidateID(h.SealedBy); err != nil {
@@ -266,13 +343,13 @@ func (e *Envelope) validateFields() error {
 		if len(f.Nonce) != NonceSize {
 			return fmt.Errorf("%w: field %d: nonce is %d bytes, want %d", ErrMalformed, i, len(f.Nonce), NonceSize)
 		}
-		if len(f.Ciphertext) < TagSize {
-			return fmt.Errorf("%w: field %d: ciphertext shorter than the GCM tag", ErrMalformed, i)
+		if len(f.Ciphertext) < TagSize+1 {
+			return fmt.Errorf("%w: field %d: ciphertext shorter than the encoding byte and the GCM tag", ErrMalformed, i)
 		}
-		total += len(f.Ciphertext) - TagSize
+		total += len(f.Ciphertext)
 	}
-	if total > MaxPlaintext {
-		return fmt.Errorf("%w: field ciphertexts hold %d bytes, limit %d", ErrTooLarge, total, MaxPlaintext)
+	if total > device.MaxCiphertext {
+		return fmt.Errorf("%w: field ciphertexts total %d bytes, limit %d", ErrTooLarge, total, device.MaxCiphertext)
 	}
 	if e.Nonce != nil || e.Ciphertext != nil {
 		return fmt.Errorf("%w: version 2 has no single payload", ErrMalformed)

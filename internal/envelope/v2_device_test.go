@@ -85,6 +85,11 @@ func TestV2OnDevice(t *testing.T) {
 		if err != nil {
 			t.Fatalf("stanza %d: %v", i, err)
 		}
+		for k := range pts {
+			if pts[k], err = envelope.DecodeValue(pts[k]); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if len(pts) != 2 || string(pts[0]) != `{"gpu_hour":"2.50"}` || string(pts[1]) != `"12.50"` {
 			t.Fatalf("stanza %d: %q", i, pts)
 		}

@@ -17,7 +17,8 @@ import (
 )
 
 // openFieldsSoftware opens the fields at indices of e through stanza i with
-// priv, doing in software what the device does with e.OpenFieldsRequest.
+// priv, doing in software what the device does with e.OpenFieldsRequest,
+// and decodes the values (envelope.DecodeValue) as the daemon does.
 func openFieldsSoftware(e *envelope.Envelope, i int, priv *ecdh.PrivateKey, indices ...int) ([][]byte, error) {
 	req, err := e.OpenFieldsRequest(i, "software", priv.PublicKey().Bytes(), indices)
 	if err != nil {
@@ -51,7 +52,11 @@ func openFieldsSoftware(e *envelope.Envelope, i int, priv *ecdh.PrivateKey, indi
 		if err != nil {
 			return nil, errOpen
 		}
-		out = append(out, pt)
+		v, err := envelope.DecodeValue(pt)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
 	}
 	return out, nil
 }

@@ -21,7 +21,7 @@ type inspectRecipient struct {
 
 type inspectField struct {
 	Name string `json:"name"`
-	Size int    `json:"size"` // bytes of the sealed value (ciphertext minus the GCM tag)
+	Size int    `json:"size"` // bytes of the sealed value: ciphertext minus the encoding byte and the GCM tag (compressed size if compressed)
 }
 
 // inspectResponse describes an envelope from its header alone.
@@ -74,7 +74,7 @@ func (s *Server) inspect(_ context.Context, rq *request) (any, error) {
 		out.Participants = append(out.Participants, inspectRecipient{ID: st.ParticipantID, KeyVersion: st.KeyVersion, Algorithm: st.Alg.String()})
 	}
 	for i, n := range h.FieldNames {
-		out.Fields = append(out.Fields, inspectField{Name: n, Size: len(env.Fields[i].Ciphertext) - envelope.TagSize})
+		out.Fields = append(out.Fields, inspectField{Name: n, Size: len(env.Fields[i].Ciphertext) - envelope.TagSize - 1})
 	}
 	if h.Version == envelope.Version1 {
 		out.PayloadSize = len(env.Ciphertext) - envelope.TagSize

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,10 @@ type encryptRequest struct {
 	PublicData    json.RawMessage `json:"public_data"`
 	Confidential  json.RawMessage `json:"confidential"`
 	Participants  []string        `json:"participants"`
+	// Compress asks for field values of at least envelope.CompressThreshold
+	// bytes to be DEFLATE-compressed before sealing (docs/envelope.md: the
+	// sealed size then depends on the content).
+	Compress bool `json:"compress,omitempty"`
 }
 
 type recipient struct {
@@ -259,6 +264,7 @@ func (s *Server) seal(ctx context.Context, rq *request, in encryptRequest, entry
 		PublicFields:  public,
 		Fields:        fields,
 		SealedBy:      rq.principal.Name,
+		Compress:      in.Compress,
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
 		CreatedAt:     s.d.Now(),
@@ -371,7 +377,17 @@ func (s *Server) openFields(ctx context.Context, env *envelope.Envelope, stanza 
 	if err != nil {
 		return nil, err
 	}
-	for k, pt := range pts {
+	defer func() {
+		for _, pt := range pts {
+			clear(pt)
+		}
+	}()
+	for k, sealed := range pts {
+		pt, err := envelope.DecodeValue(sealed)
+		if err != nil {
+			return nil, fmt.Errorf("field %q: %w", names[k], err)
+		}
+		pt = bytes.Clone(pt) // the answer outlives the device's buffer, cleared above
 		if !json.Valid(pt) {
 			// Authenticated but not JSON: not sealed by this daemon's encrypt.
 			return nil, fmt.Errorf("%w: field %q is not a JSON value", envelope.ErrMalformed, names[k])

@@ -49,7 +49,8 @@ type VectorV2 struct {
 // FieldV2 is one sealed field and its intermediate values.
 type FieldV2 struct {
 	Name       string `json:"name"`
-	Value      string `json:"value"` // canonical JSON
+	Value      string `json:"value"`            // canonical JSON
+	Sealed     string `json:"sealed_value_hex"` // what is encrypted: encoding byte (0x00 raw) ‖ value
 	Nonce      string `json:"nonce_hex"`
 	KeyContext string `json:"key_context_hex"`
 	FieldKey   string `json:"field_key_hex"` // AES-256-ECB_DEK(key context)
@@ -187,7 +188,8 @@ func generateV2(sp specV2) (VectorV2, error) {
 		db.Encrypt(fk[:16], kc[:16])
 		db.Encrypt(fk[16:], kc[16:])
 		v.Fields = append(v.Fields, FieldV2{
-			Name: f.Name, Value: string(f.Value), Nonce: hex.EncodeToString(e.Fields[i].Nonce),
+			Name: f.Name, Value: string(f.Value), Sealed: hex.EncodeToString(append([]byte{envelope.EncodingRaw}, f.Value...)),
+			Nonce:      hex.EncodeToString(e.Fields[i].Nonce),
 			KeyContext: hex.EncodeToString(kc[:]), FieldKey: hex.EncodeToString(fk),
 			AAD: hex.EncodeToString(e.FieldAAD(f.Name)), Ciphertext: hex.EncodeToString(e.Fields[i].Ciphertext),
 		})
