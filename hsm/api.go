@@ -67,6 +67,10 @@ type (
 	Rewrapped         = device.Rewrapped
 	RewrapResult      = device.RewrapResult
 	PossessionRequest = device.PossessionRequest
+	OpenFieldsRequest = device.OpenFieldsRequest
+	SealFieldsRequest = device.SealFieldsRequest
+	FieldOpen         = device.FieldOpen
+	FieldSeal         = device.FieldSeal
 	KeySpec           = device.KeySpec
 	KeyInfo           = device.KeyInfo
 	DataObject        = device.DataObject
@@ -78,6 +82,7 @@ const (
 	MaxRewrapTargets = device.MaxRewrapTargets
 	MaxRewrapBatch   = device.MaxRewrapBatch
 	MaxDataObject    = device.MaxDataObject
+	MaxFields        = device.MaxFields
 	BackupKEKSize    = device.BackupKEKSize
 )
 

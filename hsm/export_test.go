@@ -43,3 +43,13 @@ func DeriveRewrapKEKForTest(c *pkcs11.Ctx, h pkcs11.SessionHandle, z pkcs11.Obje
 
 // MaxBatchRecipients is how many wrap keys a RewrapBatch keeps at once.
 const MaxBatchRecipients = maxBatchRecipients
+
+// FieldsDEKTemplateForTest and DeriveFieldsKEKForTest expose the envelope
+// v2 open path's templates so a test can check that the token enforces them.
+func FieldsDEKTemplateForTest() []*pkcs11.Attribute { return deriveOnlyDEKTemplate() }
+
+func DeriveFieldsKEKForTest(c *pkcs11.Ctx, h pkcs11.SessionHandle, z pkcs11.ObjectHandle, context [32]byte) (pkcs11.ObjectHandle, error) {
+	param, cdata := keyDerivationStringData(context[:])
+	defer cdata.free()
+	return c.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, z, fieldsKEK())
+}

@@ -49,6 +49,12 @@ func (*Token) ListDataObjects(context.Context, string) ([]DataObject, error) {
 	return nil, ErrNeedsCgo
 }
 func (*Token) Open(context.Context, OpenRequest) ([]byte, error) { return nil, ErrNeedsCgo }
+func (*Token) OpenFields(context.Context, OpenFieldsRequest) ([][]byte, error) {
+	return nil, ErrNeedsCgo
+}
+func (*Token) SealFields(context.Context, SealFieldsRequest) ([][]byte, error) {
+	return nil, ErrNeedsCgo
+}
 func (*Token) Rewrap(context.Context, RewrapRequest) ([]Rewrapped, error) {
 	return nil, ErrNeedsCgo
 }

@@ -30,6 +30,7 @@ func (c *cli) audit(args []string, stdin io.Reader, envFile, order, purpose *str
 	return oneOrBatch(c, body, c.d.AuditDecrypt, c.d.AuditDecryptBatch, func(w io.Writer, r *api.AuditDecrypted) {
 		fmt.Fprintf(w, "transaction %s (job %s), opened through the escrow stanza under order %s (version %d), use %d of %d\n",
 			r.TransactionID, r.JobID, r.Order.ID, r.Order.Version, r.Order.Use, r.Order.MaxUses)
+		printSealedBy(w, r.SealedBy)
 		printFields(w, r.Confidential)
 	})
 }

@@ -63,6 +63,16 @@ in-scope, unexhausted order naming you (docs/orders.md).`,
 					purpose := fs.String("purpose", "", "the order's `purpose`")
 					return func(pos []string) error { return c.audit(pos, stdin, envFile, order, purpose) }
 				}}}},
+		"envelope": &group{name: "envelope",
+			summary: "Envelopes without opening them.",
+			subs: []*command{{name: "envelope inspect", args: "[FILE|-]", maxArgs: 1,
+				summary: "Show an envelope's header; no key use, no plaintext.",
+				details: `FILE (or stdin) holds the envelope text, or encrypt's JSON output. Shows the
+version, transaction and job id, created-at, sealed_by, participants with key
+versions, escrow key version, public data, field names and sizes, and whether
+the header signature verifies under the daemon's signing keys.`,
+				setup: noFlags(func(pos []string) error { return c.envelopeInspect(pos, stdin) }),
+			}}},
 		"keys": &group{name: "keys",
 			summary: "Key versions, rotation, retirement and proof of possession.",
 			subs: []*command{{name: "keys list", maxArgs: 0,

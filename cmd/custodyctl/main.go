@@ -38,6 +38,8 @@ Commands:
                                   --envelope-file F  a file with the envelope text, or encrypt's JSON output
                                   --as ID --purpose P [--fields a,b] [--transaction-id T]
 
+  envelope inspect [FILE|-]     Show an envelope's header (version, transaction, sealed_by, recipients,
+                                field names and sizes, signature valid or not); no key use, no plaintext.
   keys list|rotate|retire|prove  Key versions, rotation, retirement, proof of possession; see custodyctl keys --help.
   rewrap --in FILE --out FILE   Move envelopes (JSON lines) to the active key versions, resumable;
   rewrap --postgres DSN           or every PostgreSQL row that needs it, in place (docs/store.md).
@@ -319,7 +321,7 @@ func (c *cli) encrypt(args []string, stdin io.Reader) error {
 		for _, p := range r.Recipients {
 			who = append(who, fmt.Sprintf("%s (v%d)", p.ID, p.KeyVersion))
 		}
-		fmt.Fprintf(w, "sealed transaction %s for %s + escrow (v%d)\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, r.Envelope)
+		fmt.Fprintf(w, "sealed transaction %s for %s + escrow (v%d)\nsealed by: %s\nenvelope: %s\n", r.TransactionID, strings.Join(who, ", "), r.EscrowKeyVersion, escapeText(r.SealedBy), r.Envelope)
 	})
 }
 
@@ -347,6 +349,7 @@ func (c *cli) decrypt(args []string, stdin io.Reader, f decryptFlags) error {
 	}
 	return oneOrBatch(c, body, c.d.Decrypt, c.d.DecryptBatch, func(w io.Writer, r *api.Decrypted) {
 		fmt.Fprintf(w, "transaction %s (job %s)\n", r.TransactionID, r.JobID)
+		printSealedBy(w, r.SealedBy)
 		printFields(w, r.Confidential)
 	})
 }
@@ -370,13 +373,15 @@ func envelopeFromFile(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var obj struct {
-		Envelope string `json:"envelope"`
+	return envelopeFromBytes(data), nil
+}
+
+// printSealedBy prints who sealed an envelope (v2); a v1 envelope does
+// not say.
+func printSealedBy(w io.Writer, by string) {
+	if by != "" {
+		fmt.Fprintf(w, "sealed by %s\n", escapeText(by))
 	}
-	if json.Unmarshal(data, &obj) == nil && obj.Envelope != "" {
-		return obj.Envelope, nil
-	}
-	return strings.TrimSpace(string(data)), nil
 }
 
 // stamp is t as the daemon's JSON has it (RFC 3339), "" for none.

@@ -74,7 +74,8 @@ func TestScriptDaemon(t *testing.T) {
 			policy := fmt.Sprintf(`{"version":1,
  "purposes":[{"name":"settlement","fields":["amount","pricing"]},{"name":"dispute","fields":["*"]},{"name":"investigation","fields":["*"]}],
  "principals":[{"name":"operator","users":[%q],"roles":["admin","application","auditor"],
-  "act_as":[{"participants":["client-*","miner-*"],"purposes":["settlement","dispute"]}]}]}`, me.Username)
+  "act_as":[{"participants":["client-*","miner-*"],"purposes":["settlement","dispute"]}],
+  "seal_for":[{"participants":["client-*","miner-*"]}]}]}`, me.Username)
 			var signers []map[string]string
 			for _, name := range []string{"judge-1", "judge-2"} {
 				var out, errb strings.Builder

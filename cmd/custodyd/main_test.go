@@ -40,7 +40,8 @@ func buildBinaries() (cleanup func(), err error) {
 
 const rootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
  "principals":[{"name":"operator","users":["root"],"roles":["admin","application"],
-  "act_as":[{"participants":["p-*"],"purposes":["settlement"]}]}]}`
+  "act_as":[{"participants":["p-*"],"purposes":["settlement"]}],
+  "seal_for":[{"participants":["p-*"]}]}]}`
 
 const noRootPolicy = `{"version":1,"purposes":[{"name":"settlement","fields":["amount"]}],
  "principals":[{"name":"daemons","users":["daemon"],"roles":["application"]}]}`

@@ -45,6 +45,7 @@ const (
 	CodePurposeDenied       = "purpose_denied"       // purpose unknown or not granted for that participant
 	CodeOutsideWindow       = "outside_window"       // the grant's time windows exclude now
 	CodeFieldDenied         = "field_denied"         // a requested field is not visible for the purpose
+	CodeSealDenied          = "seal_denied"          // no seal_for grant lets the principal seal for that participant (and transaction)
 	CodeUnknownParticipant  = "unknown_participant"  // no key registered for that id
 	CodeUnknownKeyVersion   = "unknown_key_version"  // the envelope names a key version the token lacks
 	CodeParticipantExists   = "participant_exists"   // registering an id twice

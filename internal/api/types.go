@@ -99,6 +99,10 @@ type EncryptRequest struct {
 	PublicData    json.RawMessage `json:"public_data"`
 	Confidential  json.RawMessage `json:"confidential"`
 	Participants  []string        `json:"participants"`
+	// Compress asks for field values of at least envelope.CompressThreshold
+	// bytes to be DEFLATE-compressed before sealing (docs/envelope.md: the
+	// sealed size then depends on the content).
+	Compress bool `json:"compress,omitempty"`
 }
 
 // Recipient is a participant an envelope was sealed for, and its key version.
@@ -114,6 +118,7 @@ type Encrypted struct {
 	Algorithm        string      `json:"algorithm"`
 	Recipients       []Recipient `json:"recipients"`
 	EscrowKeyVersion uint32      `json:"escrow_key_version"`
+	SealedBy         string      `json:"sealed_by"` // the principal that sealed it, bound in the signed header (v2)
 }
 
 // DecryptRequest opens an envelope as a participant, for a purpose.
@@ -132,6 +137,7 @@ type Decrypted struct {
 	TransactionID string                     `json:"transaction_id"`
 	JobID         string                     `json:"job_id"`
 	Confidential  map[string]json.RawMessage `json:"confidential"`
+	SealedBy      string                     `json:"sealed_by,omitempty"` // envelope v2: the principal that sealed it; absent for v1
 }
 
 // Batch is the body of every batch call.
@@ -175,6 +181,7 @@ type AuditDecrypted struct {
 	JobID         string                     `json:"job_id"`
 	Confidential  map[string]json.RawMessage `json:"confidential"`
 	Order         Order                      `json:"order"`
+	SealedBy      string                     `json:"sealed_by,omitempty"` // envelope v2: the principal that sealed it; absent for v1
 }
 
 // --- rewrap: POST /v1/envelopes/rewrap (Batch[RewrapItem]) and /stream ---
@@ -215,6 +222,43 @@ type RewrapLine struct {
 	Changed  *bool   `json:"changed,omitempty"`
 	Moved    []Moved `json:"moved,omitempty"`
 	Error    *Error  `json:"error,omitempty"`
+}
+
+// --- inspect: POST /v1/envelopes/inspect ---
+
+// InspectRequest asks what an envelope's header says; no key is used.
+type InspectRequest struct {
+	Envelope string `json:"envelope"`
+}
+
+// InspectRecipient is a participant stanza of an inspected envelope.
+type InspectRecipient struct {
+	ID         string `json:"id"`
+	KeyVersion uint32 `json:"key_version"`
+	Algorithm  string `json:"algorithm"`
+}
+
+// InspectField is a v2 field's name and sealed size.
+type InspectField struct {
+	Name string `json:"name"`
+	Size int    `json:"size"` // bytes of the sealed value: ciphertext minus the encoding byte and the GCM tag (compressed size if compressed)
+}
+
+// Inspected describes an envelope from its header alone.
+type Inspected struct {
+	Version          int                `json:"version"`
+	TransactionID    string             `json:"transaction_id"`
+	JobID            string             `json:"job_id"`
+	CreatedAt        time.Time          `json:"created_at"`
+	SealedBy         string             `json:"sealed_by,omitempty"` // v2 only
+	SigningKeyID     string             `json:"signing_key_id"`
+	SignatureValid   bool               `json:"signature_valid"`
+	SignatureError   string             `json:"signature_error,omitempty"` // why not, when not
+	Participants     []InspectRecipient `json:"participants"`
+	EscrowKeyVersion uint32             `json:"escrow_key_version"`
+	PublicData       json.RawMessage    `json:"public_data"`
+	Fields           []InspectField     `json:"fields,omitempty"`       // v2: names and sizes
+	PayloadSize      int                `json:"payload_size,omitempty"` // v1: one payload, field names unknown
 }
 
 // --- keys: GET /v1/keys, POST /v1/keys/{id}/{rotate,retire,prove} ---

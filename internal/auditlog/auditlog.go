@@ -100,6 +100,7 @@ type Entry struct {
 	JobID         string    `json:"job_id,omitempty"`
 	Participant   string    `json:"participant,omitempty"`  // acting as, or registered
 	Participants  []string  `json:"participants,omitempty"` // recipients of an encrypt
+	SealedBy      string    `json:"sealed_by,omitempty"`    // the principal that sealed the envelope (envelope v2): encrypt, decrypt, audit decrypt, inspect
 	KeyLabel      string    `json:"key,omitempty"`
 	Purpose       string    `json:"purpose,omitempty"`
 	Fields        []string  `json:"fields,omitempty"` // names of the fields disclosed
@@ -143,6 +144,7 @@ func (r SlogRecorder) Record(ctx context.Context, e Entry) error {
 		slog.String("job_id", e.JobID),
 		slog.String("participant", e.Participant),
 		slog.Any("participants", e.Participants),
+		slog.String("sealed_by", e.SealedBy),
 		slog.String("key", e.KeyLabel),
 		slog.String("purpose", e.Purpose),
 		slog.Any("fields", e.Fields),

@@ -191,7 +191,7 @@ func Normalize(e Entry) Entry {
 // clippable lists the members Normalize may clip, in member order: the
 // only names Clipped may hold, in this order.
 var clippable = []string{"op", "caller.exe", "principal", "transaction_id", "job_id", "participant", "participants",
-	"key", "purpose", "fields", "end_user.ip", "end_user.user_agent", "end_user.request_id",
+	"sealed_by", "key", "purpose", "fields", "end_user.ip", "end_user.user_agent", "end_user.request_id",
 	"court_order", "document_hash", "code", "detail"}
 
 type stringMember struct {
@@ -204,7 +204,7 @@ func stringMembers(e *Entry) []stringMember {
 	return []stringMember{{"op", &e.Operation, MaxStringBytes}, {"caller.exe", &e.Caller.Executable, MaxExeBytes},
 		{"principal", &e.Principal, MaxStringBytes}, {"transaction_id", &e.TransactionID, MaxStringBytes},
 		{"job_id", &e.JobID, MaxStringBytes}, {"participant", &e.Participant, MaxStringBytes},
-		{"key", &e.KeyLabel, MaxStringBytes}, {"purpose", &e.Purpose, MaxStringBytes},
+		{"sealed_by", &e.SealedBy, MaxStringBytes}, {"key", &e.KeyLabel, MaxStringBytes}, {"purpose", &e.Purpose, MaxStringBytes},
 		{"end_user.ip", &e.EndUser.IP, MaxStringBytes}, {"end_user.user_agent", &e.EndUser.UserAgent, MaxStringBytes},
 		{"end_user.request_id", &e.EndUser.RequestID, MaxStringBytes}, {"court_order", &e.CourtOrder, MaxStringBytes},
 		{"document_hash", &e.DocumentHash, MaxStringBytes}, {"code", &e.Code, MaxStringBytes},

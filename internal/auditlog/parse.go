@@ -75,6 +75,7 @@ func parseCanonical(b []byte, keep bool) (int64, Entry, bool) {
 		p.optStr(`,"job_id":`, &e.JobID) &&
 		p.optStr(`,"participant":`, &e.Participant) &&
 		p.optList(`,"participants":[`, &e.Participants) &&
+		p.optStr(`,"sealed_by":`, &e.SealedBy) &&
 		p.optStr(`,"key":`, &e.KeyLabel) &&
 		p.optStr(`,"purpose":`, &e.Purpose) &&
 		p.optList(`,"fields":[`, &e.Fields) &&

@@ -196,6 +196,12 @@ func (c *Client) AuditDecryptBatch(ctx context.Context, items []api.AuditDecrypt
 	return batch[api.AuditDecryptRequest, api.AuditDecrypted](ctx, c, "/v1/audit/decrypt/batch", items)
 }
 
+// Inspect is POST /v1/envelopes/inspect: what an envelope's header says
+// and whether its signature verifies; no key is used.
+func (c *Client) Inspect(ctx context.Context, envelope string) (*api.Inspected, error) {
+	return call[api.Inspected](ctx, c, "POST", "/v1/envelopes/inspect", api.InspectRequest{Envelope: envelope})
+}
+
 // Keys is GET /v1/keys.
 func (c *Client) Keys(ctx context.Context) (*api.Keys, error) {
 	return call[api.Keys](ctx, c, "GET", "/v1/keys", nil)

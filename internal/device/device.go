@@ -106,7 +106,9 @@ func (u Usage) String() string {
 
 // Limits of one request, checked before anything reaches the device.
 const (
-	// MaxCiphertext bounds OpenRequest.Ciphertext (tag included): Open is
+	// MaxCiphertext bounds OpenRequest.Ciphertext (tag included), and the
+	// sum of the field ciphertexts of an OpenFieldsRequest (or of the
+	// plaintexts of a SealFieldsRequest): Open is
 	// for small payloads (keys, identifiers), one decrypt call.
 	MaxCiphertext = 1 << 20
 	// MaxRewrapTargets bounds RewrapRequest.Targets (an envelope has at
@@ -115,6 +117,9 @@ const (
 	// MaxRewrapBatch bounds the requests of one RewrapBatch, and with it
 	// how many new stanzas share one ephemeral key.
 	MaxRewrapBatch = 1024
+	// MaxFields bounds the fields of one OpenFieldsRequest or
+	// SealFieldsRequest (envelope v2 has at most that many fields).
+	MaxFields = 32
 	// MaxDataObject bounds DataObject.Value.
 	MaxDataObject = 4096
 	// BackupKEKSize is the only backup KEK length accepted: AES-256.

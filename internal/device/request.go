@@ -120,3 +120,48 @@ type DataObject struct {
 	Label string
 	Value []byte
 }
+
+// FieldOpen is one field of an envelope v2 to open: the device derives the
+// field key from the DEK as AES-256-ECB_DEK(Context)
+// (CKM_AES_ECB_ENCRYPT_DATA) and opens Ciphertext with AES-256-GCM under
+// it. The caller owns the context and AAD rules (package envelope).
+type FieldOpen struct {
+	Context    [32]byte // field-key derivation context
+	Nonce      []byte   // 12-byte GCM nonce
+	Ciphertext []byte   // GCM ciphertext followed by its 16-byte tag
+	AAD        []byte   // additional authenticated data
+}
+
+// OpenFieldsRequest names a wrapped DEK the device can open (as the first
+// half of an OpenRequest) and the fields to open with keys derived from it.
+// Only the listed fields are decrypted; the envelope's other fields never
+// reach the device. envelope.Envelope.OpenFieldsRequest builds it.
+type OpenFieldsRequest struct {
+	KeyLabel   string   // private key on the token
+	Alg        KeyAlg   // algorithm of that key and of PeerPublic
+	KDF        KDF      // how the KEK is derived
+	PeerPublic []byte   // the stanza's ephemeral public key
+	Context    [32]byte // the stanza's KDF context
+	WrappedDEK []byte   // the stanza's RFC 5649 wrap of the DEK (40 bytes)
+	Fields     []FieldOpen
+}
+
+// FieldSeal is one field value to encrypt under a key derived from the DEK
+// as in FieldOpen.
+type FieldSeal struct {
+	Context   [32]byte // field-key derivation context
+	Nonce     []byte   // 12-byte GCM nonce, fresh for this field
+	Plaintext []byte
+	AAD       []byte
+}
+
+// SealFieldsRequest asks the device to derive one key per field from DEK
+// and encrypt each field under its own key. DEK is the one secret a request
+// of this package carries: envelope sealing generates the DEK in software
+// (it needs only public keys), so the device receives it, imports it as a
+// derive-only session key and destroys it before answering. The caller
+// clears DEK after the call.
+type SealFieldsRequest struct {
+	DEK    []byte // 32 bytes
+	Fields []FieldSeal
+}

@@ -1,6 +1,6 @@
-// Package envelope owns the custody envelope format, version 1: how one
-// transaction's confidential fields are encrypted, for whom, and how that is
-// bound to the transaction and signed. It encodes and strictly parses
+// Package envelope owns the custody envelope format, versions 1 and 2: how
+// one transaction's confidential fields are encrypted, for whom, and how
+// that is bound to the transaction and signed. It encodes and strictly parses
 // envelopes, seals them in software from public keys only, verifies their
 // header signature, and builds the device.OpenRequest and
 // device.RewrapRequest with which the device opens one or moves its DEK to
@@ -44,6 +44,22 @@
 // fields were edited does not open. The GCM tag catches a payload moved
 // from another transaction.
 //
+// # Version 2
+//
+// Version 2 (SealV2, v2.go) adds to the Binding the sealing principal
+// (SealedBy) and the field names, and replaces the single payload by one
+// AES-256-GCM ciphertext per top-level field of the confidential object,
+// each under the field key AES-256-ECB_DEK(FieldKeyContext(name)), derived
+// on the device, with its own nonce and FieldAAD(name); both bind the field
+// name and BindingHash. The signed message adds FieldsDigest, a digest of
+// every field ciphertext. Stanzas, the stanza KDF and the DEK wrap are
+// version 1's, so rewrap works on both versions unchanged and keeps every
+// field ciphertext byte-identical. OpenFieldsRequest names only the fields
+// to open: the device derives and decrypts nothing else. Sealing still draws
+// the DEK in software and wraps it from public keys only; the field keys
+// are derived by a FieldSealer (the HSM in the daemon; SoftwareFields, the
+// software twin, in vector generation and tests).
+//
 // # Text form
 //
 // Text is the binary form in unpadded base64url (RFC 4648 §5), for JSON
@@ -68,7 +84,7 @@
 // own internal copies that this package cannot clear).
 package envelope
 
-//go:generate go run ./internal/katgen -o testdata/vectors.json
+//go:generate go run ./internal/katgen -o testdata/vectors.json -o2 testdata/vectors-v2.json
 
 import (
 	"context"
@@ -80,8 +96,15 @@ import (
 	"custody/internal/device"
 )
 
-// Version is the envelope format version this package writes and reads.
-const Version = 1
+// Format versions. Parse reads both; Seal writes Version1 (one payload under
+// the DEK), SealV2 writes Version2 (sealed_by, one ciphertext per top-level
+// field under a key derived on the device). The daemon seals new envelopes
+// in Version.
+const (
+	Version1 = 1
+	Version2 = 2
+	Version  = Version2
+)
 
 // Limits. Parse and Seal refuse anything larger with ErrTooLarge.
 const (
@@ -134,7 +157,8 @@ const (
 var (
 	// ErrMalformed: the bytes are not a valid version-1 envelope.
 	ErrMalformed = errors.New("envelope: malformed")
-	// ErrVersion: the magic is right but the format version is not Version.
+	// ErrVersion: the magic is right but the format version is neither
+	// Version1 nor Version2, or an operation needs the other version.
 	ErrVersion = errors.New("envelope: unsupported version")
 	// ErrTooLarge: the envelope, its plaintext, public fields or participant
 	// list exceeds a limit.
@@ -186,20 +210,53 @@ type Stanza struct {
 
 // Header is the signed part of an envelope.
 type Header struct {
+	Version              uint8 // Version1 or Version2
 	TransactionID, JobID string
 	PublicFields         []byte    // canonical JSON object (see CanonicalJSON)
 	CreatedAt            time.Time // millisecond precision, UTC, not before 1970
 	Participants         []string  // ordered recipient list
 	Stanzas              []Stanza  // one per participant, same order, then exactly one escrow stanza, last
 	SigningKeyID         string    // which daemon key signed the header
+	// SealedBy is the principal that asked for the seal (version 2; "" in
+	// version 1). It satisfies ValidateID.
+	SealedBy string
+	// FieldNames names the sealed top-level fields of the confidential
+	// object (version 2; nil in version 1): 1..MaxFields names that satisfy
+	// ValidFieldName, in strictly increasing byte order. Names are not
+	// secret; values are.
+	FieldNames []string
 }
 
 // Envelope is one transaction's sealed confidential data.
 type Envelope struct {
 	Header     Header
 	Signature  []byte // SignatureSize bytes, P-256 ECDSA r‖s over SHA-256(SignedMessage())
+	Nonce      []byte // version 1: NonceSize bytes; nil in version 2
+	Ciphertext []byte // version 1: GCM ciphertext ‖ tag; nil in version 2
+	// Fields are the field ciphertexts of a version-2 envelope, one per
+	// Header.FieldNames entry, same order; nil in version 1.
+	Fields []FieldCiphertext
+}
+
+// FieldCiphertext is one sealed field of a version-2 envelope.
+type FieldCiphertext struct {
 	Nonce      []byte // NonceSize bytes
 	Ciphertext []byte // GCM ciphertext ‖ tag
+}
+
+// Field is one top-level field of a confidential object to seal: its name
+// and its value as canonical JSON (see SplitFields).
+type Field struct {
+	Name  string
+	Value []byte
+}
+
+// FieldSealer encrypts the field values of a version-2 envelope under keys
+// derived from the DEK (see SealV2). In the daemon it is the HSM
+// (*hsm.Token), which derives the keys on the device; SoftwareFields
+// computes the same bytes in software for known-answer vectors and tests.
+type FieldSealer interface {
+	SealFields(ctx context.Context, req device.SealFieldsRequest) ([][]byte, error)
 }
 
 // Recipient is a public key that Seal wraps the DEK for.
@@ -233,8 +290,19 @@ type SealInput struct {
 	Participants         []Recipient // 1..MaxParticipants, unique ids, in the order to record
 	Escrow               Recipient   // the audit escrow key (P256, ID "")
 	CreatedAt            time.Time   // truncated to milliseconds; zero means time.Now()
-	// Rand supplies the DEK, the nonce and the ephemeral private keys, read
-	// in that order (see docs/envelope.md). nil means crypto/rand; set it
-	// only in known-answer generators.
+	// Rand supplies the DEK, the nonce (version 1) or one nonce per field
+	// in name order (version 2), and the ephemeral private keys, read in
+	// that order (see docs/envelope.md). nil means crypto/rand; set it only
+	// in known-answer generators.
 	Rand io.Reader
+
+	// Version 2 only (SealV2; Seal refuses them): the fields to seal, in
+	// any order (SealV2 sorts them by name), instead of Plaintext; and the
+	// sealing principal, which must satisfy ValidateID.
+	Fields   []Field
+	SealedBy string
+	// Compress asks SealV2 to DEFLATE-compress field values of at least
+	// CompressThreshold bytes when that saves an eighth or more. Sealed
+	// sizes then depend on the values' content: see docs/envelope.md.
+	Compress bool
 }

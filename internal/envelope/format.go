@@ -29,9 +29,22 @@ func (e *Envelope) Marshal() []byte {
 	b.AddBytes(magic[:])
 	e.Header.addHeader(&b)
 	b.AddBytes(e.Signature)
-	b.AddBytes(e.Nonce)
-	b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.Ciphertext) })
+	if e.Header.Version == Version2 {
+		addFields(&b, e.Fields)
+	} else {
+		b.AddBytes(e.Nonce)
+		b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.Ciphertext) })
+	}
 	return b.BytesOrPanic()
+}
+
+// addFields encodes version-2 field ciphertexts: per field, nonce ‖ u32
+// length ‖ ciphertext. The count is the header's.
+func addFields(b *cryptobyte.Builder, fields []FieldCiphertext) {
+	for _, f := range fields {
+		b.AddBytes(f.Nonce)
+		b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(f.Ciphertext) })
+	}
 }
 
 // Text returns the text form of e: Marshal in unpadded base64url.
@@ -39,8 +52,9 @@ func (e *Envelope) Text() string {
 	return base64.RawURLEncoding.EncodeToString(e.Marshal())
 }
 
-// AAD returns the additional authenticated data of the payload:
+// AAD returns the additional authenticated data of the version-1 payload:
 // LabelPayloadAAD ‖ 0x00 ‖ encoded Binding (see the package documentation).
+// (Version 2 has one AAD per field: FieldAAD.)
 func (e *Envelope) AAD() []byte {
 	var b cryptobyte.Builder
 	b.AddBytes([]byte(LabelPayloadAAD))
@@ -52,11 +66,23 @@ func (e *Envelope) AAD() []byte {
 // SignedMessage returns what the header signature covers:
 // LabelHeaderSignature ‖ 0x00 ‖ encoded Header (Binding, stanzas, signing key
 // id). The signature is over its SHA-256 digest.
+//
+// In version 2 the label is LabelHeaderSignatureV2 and the encoded Header
+// is followed by FieldsDigest(), so the signature covers every field
+// ciphertext too.
 func (e *Envelope) SignedMessage() []byte {
 	var b cryptobyte.Builder
-	b.AddBytes([]byte(LabelHeaderSignature))
+	if e.Header.Version == Version2 {
+		b.AddBytes([]byte(LabelHeaderSignatureV2))
+	} else {
+		b.AddBytes([]byte(LabelHeaderSignature))
+	}
 	b.AddUint8(0)
 	e.Header.addHeader(&b)
+	if e.Header.Version == Version2 {
+		d := e.FieldsDigest()
+		b.AddBytes(d[:])
+	}
 	return b.BytesOrPanic()
 }
 
@@ -69,7 +95,7 @@ func addBytes8(b *cryptobyte.Builder, p []byte) {
 }
 
 func (h *Header) addBinding(b *cryptobyte.Builder) {
-	b.AddUint8(Version)
+	b.AddUint8(h.Version)
 	addString8(b, h.TransactionID)
 	addString8(b, h.JobID)
 	ms := h.CreatedAt.UnixMilli()
@@ -84,6 +110,16 @@ func (h *Header) addBinding(b *cryptobyte.Builder) {
 	b.AddUint8(uint8(len(h.Participants)))
 	for _, p := range h.Participants {
 		addString8(b, p)
+	}
+	if h.Version == Version2 {
+		addString8(b, h.SealedBy)
+		if len(h.FieldNames) > math.MaxUint8 {
+			b.SetError(fmt.Errorf("%w: too many fields", ErrTooLarge))
+		}
+		b.AddUint8(uint8(len(h.FieldNames)))
+		for _, n := range h.FieldNames {
+			addString8(b, n)
+		}
 	}
 }
 
@@ -144,10 +180,10 @@ func Parse(b []byte) (*Envelope, error) {
 	if !s.ReadUint8(&v) {
 		return nil, fmt.Errorf("%w: truncated before version", ErrMalformed)
 	}
-	if v != Version {
-		return nil, fmt.Errorf("%w: version %d, this build reads %d", ErrVersion, v, Version)
+	if v != Version1 && v != Version2 {
+		return nil, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrVersion, v, Version1, Version2)
 	}
-	e := new(Envelope)
+	e := &Envelope{Header: Header{Version: v}}
 	if err := e.decode(&s); err != nil {
 		return nil, err
 	}
@@ -235,6 +271,23 @@ func (e *Envelope) decode(s *cryptobyte.String) error {
 			return err
 		}
 	}
+	if h.Version == Version2 {
+		if err := readString8(s, &h.SealedBy, "sealed-by"); err != nil {
+			return err
+		}
+		if !s.ReadUint8(&n) {
+			return truncated("field count")
+		}
+		if n > MaxFields {
+			return fmt.Errorf("%w: %d fields, limit %d", ErrTooLarge, n, MaxFields)
+		}
+		h.FieldNames = make([]string, n)
+		for i := range h.FieldNames {
+			if err := readString8(s, &h.FieldNames[i], "field name"); err != nil {
+				return err
+			}
+		}
+	}
 	if !s.ReadUint8(&n) {
 		return truncated("stanza count")
 	}
@@ -267,6 +320,21 @@ func (e *Envelope) decode(s *cryptobyte.String) error {
 		return err
 	}
 	var sig, nonce []byte
+	if h.Version == Version2 {
+		if !s.ReadBytes(&sig, SignatureSize) {
+			return truncated("signature")
+		}
+		e.Signature = bytes.Clone(sig)
+		e.Fields = make([]FieldCiphertext, len(h.FieldNames))
+		for i := range e.Fields {
+			var ct cryptobyte.String
+			if !s.ReadBytes(&nonce, NonceSize) || !readUint32Prefixed(s, &ct) {
+				return truncated(fmt.Sprintf("ciphertext of field %d", i))
+			}
+			e.Fields[i] = FieldCiphertext{Nonce: bytes.Clone(nonce), Ciphertext: bytes.Clone([]byte(ct))}
+		}
+		return nil
+	}
 	if !s.ReadBytes(&sig, SignatureSize) || !s.ReadBytes(&nonce, NonceSize) {
 		return truncated("signature and nonce")
 	}
@@ -288,8 +356,13 @@ func (e *Envelope) decode(s *cryptobyte.String) error {
 // P256); WrappedDEKSize-byte wrapped DEKs; a SignatureSize-byte signature, a
 // NonceSize-byte nonce, and a ciphertext of TagSize to MaxPlaintext+TagSize
 // bytes. Errors are ErrTooLarge for limits and ErrMalformed otherwise.
+//
+// Version 2 replaces the nonce and ciphertext rules by validateFields'.
 func (e *Envelope) Validate() error {
 	h := &e.Header
+	if h.Version != Version1 && h.Version != Version2 {
+		return fmt.Errorf("%w: version %d", ErrMalformed, h.Version)
+	}
 	for _, f := range []struct{ name, id string }{
 		{"transaction id", h.TransactionID}, {"job id", h.JobID}, {"signing key id", h.SigningKeyID},
 	} {
@@ -353,6 +426,12 @@ func (e *Envelope) Validate() error {
 	}
 	if len(e.Signature) != SignatureSize {
 		return fmt.Errorf("%w: signature is %d bytes, want %d", ErrMalformed, len(e.Signature), SignatureSize)
+	}
+	if h.Version == Version2 {
+		return e.validateFields()
+	}
+	if h.SealedBy != "" || h.FieldNames != nil || e.Fields != nil {
+		return fmt.Errorf("%w: version 1 has no sealed-by and no fields", ErrMalformed)
 	}
 	if len(e.Nonce) != NonceSize {
 		return fmt.Errorf("%w: nonce is %d bytes, want %d", ErrMalformed, len(e.Nonce), NonceSize)

@@ -48,6 +48,28 @@ func TestFuzzCorpus(t *testing.T) {
 			seed{"FuzzCanonicalJSON", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", v.PublicFields)},
 		)
 	}
+	raw2, err := os.ReadFile(vectorsV2File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file2 kat.FileV2
+	if err := json.Unmarshal(raw2, &file2); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range file2.Vectors {
+		e, err := envelope.ParseText(v.Envelope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := e.Marshal()
+		seeds = append(seeds,
+			seed{"FuzzParse", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", b)},
+			seed{"FuzzParseV2", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", b)},
+			seed{"FuzzParseV2", "truncated-" + v.Name, fmt.Sprintf("[]byte(%q)", b[:len(b)-20])},
+			seed{"FuzzParseText", "vector-" + v.Name, fmt.Sprintf("string(%q)", v.Envelope)},
+			seed{"FuzzSplitFields", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", v.Confidential)},
+		)
+	}
 	write := os.Getenv("ENVELOPE_WRITE_CORPUS") == "1"
 	for _, s := range seeds {
 		path := filepath.Join("testdata", "fuzz", s.dir, s.name)
@@ -154,6 +176,94 @@ func FuzzCanonicalJSON(f *testing.F) {
 		}
 		if !reflect.DeepEqual(x, y) {
 			t.Fatalf("meaning changed: %q -> %q", b, c)
+		}
+	})
+}
+
+// FuzzParseV2 checks the version-2 rules on whatever Parse accepts as a
+// version-2 envelope: field names valid, strictly increasing, one
+// ciphertext each; every field can be asked of the device; and the bytes
+// re-marshal identically.
+func FuzzParseV2(f *testing.F) {
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := envelope.Parse(b)
+		if err != nil {
+			if !isSentinel(err) {
+				t.Fatalf("error without a sentinel: %v", err)
+			}
+			return
+		}
+		if got := e.Marshal(); !bytes.Equal(got, b) {
+			t.Fatalf("Parse accepted bytes that do not re-marshal identically")
+		}
+		h := &e.Header
+		if h.Version != envelope.Version2 {
+			if h.SealedBy != "" || h.FieldNames != nil || e.Fields != nil {
+				t.Fatal("version 1 with version-2 members")
+			}
+			if _, err := e.OpenFieldsRequest(0, "k", make([]byte, 32), []int{0}); !errors.Is(err, envelope.ErrVersion) {
+				t.Fatalf("OpenFieldsRequest on v1: %v", err)
+			}
+			return
+		}
+		if envelope.ValidateID(h.SealedBy) != nil || len(h.FieldNames) == 0 || len(h.FieldNames) > envelope.MaxFields || len(e.Fields) != len(h.FieldNames) || e.Nonce != nil {
+			t.Fatalf("v2 header accepted against the rules: %+v", h)
+		}
+		idx := make([]int, len(h.FieldNames))
+		for i, n := range h.FieldNames {
+			if envelope.ValidFieldName(n) != nil || (i > 0 && n <= h.FieldNames[i-1]) || e.FieldIndex(n) != i {
+				t.Fatalf("field name %d %q accepted against the rules", i, n)
+			}
+			idx[i] = i
+		}
+		req, err := e.OpenFieldsRequest(e.EscrowStanza(), "k", make([]byte, 65), idx)
+		if err != nil || len(req.Fields) != len(idx) {
+			t.Fatalf("OpenFieldsRequest: %v", err)
+		}
+	})
+}
+
+// FuzzSplitFields: whatever SplitFields accepts is 1..MaxFields valid,
+// sorted, unique names whose values are canonical JSON, and rebuilding the
+// object from them gives CanonicalJSON of the input.
+func FuzzSplitFields(f *testing.F) {
+	f.Add([]byte(`{"a":1}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"a":1,"a":2}`))
+	f.Add([]byte("{\"\xff\":1}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fs, err := envelope.SplitFields(b)
+		if err != nil {
+			if !errors.Is(err, envelope.ErrInvalidInput) && !errors.Is(err, envelope.ErrTooLarge) {
+				t.Fatalf("error without a sentinel: %v", err)
+			}
+			return
+		}
+		if len(fs) == 0 || len(fs) > envelope.MaxFields {
+			t.Fatalf("%d fields", len(fs))
+		}
+		var rebuilt bytes.Buffer
+		rebuilt.WriteByte('{')
+		for i, fl := range fs {
+			if envelope.ValidFieldName(fl.Name) != nil || (i > 0 && fl.Name <= fs[i-1].Name) {
+				t.Fatalf("field %q", fl.Name)
+			}
+			if i > 0 {
+				rebuilt.WriteByte(',')
+			}
+			name, _ := json.Marshal(fl.Name)
+			rebuilt.Write(name)
+			rebuilt.WriteByte(':')
+			rebuilt.Write(fl.Value)
+		}
+		rebuilt.WriteByte('}')
+		c, err := envelope.CanonicalJSON(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, err := envelope.CanonicalJSON(rebuilt.Bytes()); err != nil || !bytes.Equal(again, c) {
+			t.Fatalf("fields do not rebuild the object: %s vs %s (%v)", rebuilt.Bytes(), c, err)
 		}
 	})
 }

@@ -14,8 +14,10 @@ import (
 // ReplaceStanzas returns a copy of e in which the stanzas at the indices of
 // repl are replaced by the given ones and the header is signed again by s
 // (whose key id becomes the header's SigningKeyID). Nonce and ciphertext
-// are byte-for-byte e's: the payload AAD covers the binding only, not the
-// stanzas (docs/envelope.md), so the payload stays valid. e is not modified.
+// (version 1) or every field's nonce and ciphertext (version 2) are
+// byte-for-byte e's: the payload AAD, and in version 2 the field keys and
+// AADs, cover the binding only, not the stanzas (docs/envelope.md), so the
+// payload stays valid; the version stays e's. e is not modified.
 //
 // Each replacement must be for the same recipient as the stanza it
 // replaces: same kind and participant id (a rewrap moves a stanza to
@@ -30,7 +32,7 @@ func ReplaceStanzas(ctx context.Context, e *Envelope, repl map[int]Stanza, s Sig
 	if s == nil {
 		return nil, fmt.Errorf("%w: no signer", ErrInvalidInput)
 	}
-	out := &Envelope{Header: e.Header, Nonce: bytes.Clone(e.Nonce), Ciphertext: e.Ciphertext}
+	out := &Envelope{Header: e.Header, Nonce: bytes.Clone(e.Nonce), Ciphertext: e.Ciphertext, Fields: slices.Clone(e.Fields)}
 	out.Header.Stanzas = slices.Clone(e.Header.Stanzas)
 	out.Header.SigningKeyID = s.KeyID()
 	for _, i := range slices.Sorted(maps.Keys(repl)) {

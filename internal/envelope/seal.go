@@ -17,8 +17,8 @@ import (
 	"custody/internal/keywrap"
 )
 
-// Seal encrypts in.Plaintext for in.Participants and in.Escrow and has s sign
-// the header. It uses public keys only and runs in software: a random DEK and
+// Seal encrypts in.Plaintext as a version-1 envelope for in.Participants
+// and in.Escrow and has s sign the header (SealV2 writes version 2). It uses public keys only and runs in software: a random DEK and
 // nonce; per recipient, in order (participants, then escrow), an ephemeral
 // key of the recipient's algorithm, Z = ECDH(ephemeral, recipient), KEK =
 // AES-256-ECB_Z(KDFContext(...)), and the DEK wrapped under KEK with RFC
@@ -33,6 +33,9 @@ import (
 // above MaxPlaintext, MaxParticipants or MaxPublicFields; the signer's error
 // or ctx.Err() as returned (wrapped).
 func Seal(ctx context.Context, in SealInput, s Signer) (*Envelope, error) {
+	if in.Fields != nil || in.SealedBy != "" {
+		return nil, fmt.Errorf("%w: fields and sealed-by are version 2 (SealV2)", ErrInvalidInput)
+	}
 	h, err := sealHeader(&in, s)
 	if err != nil {
 		return nil, err
@@ -93,7 +96,7 @@ func Seal(ctx context.Context, in SealInput, s Signer) (*Envelope, error) {
 }
 
 // sealHeader validates everything in in except randomness and returns the
-// header without stanzas.
+// version-1 header without stanzas (SealV2 adds its version-2 members).
 func sealHeader(in *SealInput, s Signer) (*Header, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: no signer", ErrInvalidInput)
@@ -158,6 +161,7 @@ func sealHeader(in *SealInput, s Signer) (*Header, error) {
 		return nil, fmt.Errorf("%w: created-at before 1970", ErrInvalidInput)
 	}
 	return &Header{
+		Version:       Version1,
 		TransactionID: in.TransactionID,
 		JobID:         in.JobID,
 		PublicFields:  pf,

@@ -221,6 +221,22 @@ func (t *Token) Open(ctx context.Context, req hsm.OpenRequest) ([]byte, error) {
 	return pt, err
 }
 
+// OpenFields is hsm.Token.OpenFields, timed as op "open_fields".
+func (t *Token) OpenFields(ctx context.Context, req hsm.OpenFieldsRequest) ([][]byte, error) {
+	start := time.Now()
+	pts, err := t.Token.OpenFields(ctx, req)
+	t.observe("open_fields", start, err)
+	return pts, err
+}
+
+// SealFields is hsm.Token.SealFields, timed as op "seal_fields".
+func (t *Token) SealFields(ctx context.Context, req hsm.SealFieldsRequest) ([][]byte, error) {
+	start := time.Now()
+	cts, err := t.Token.SealFields(ctx, req)
+	t.observe("seal_fields", start, err)
+	return cts, err
+}
+
 // Sign is hsm.Token.Sign, timed as op "sign".
 func (t *Token) Sign(ctx context.Context, label string, digest []byte) ([]byte, error) {
 	start := time.Now()

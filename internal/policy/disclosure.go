@@ -32,6 +32,19 @@ func (d Disclosure) Filter(fields map[string]json.RawMessage) map[string]json.Ra
 	return out
 }
 
+// Select returns the names of present that the disclosure releases, in the
+// order of present: the fields of an envelope v2 (whose names are in its
+// header) to decrypt. The others are not decrypted at all.
+func (d Disclosure) Select(present []string) []string {
+	out := make([]string, 0, len(present))
+	for _, k := range present {
+		if d.all || slices.Contains(d.fields, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Fields returns the released field names, sorted, for the access log:
 // ["*"] when the disclosure releases every field, empty for the zero value.
 // The caller owns the slice.

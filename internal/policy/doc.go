@@ -33,6 +33,10 @@
 //     and every requested field is visible to the purpose (ErrFieldDenied).
 //     Every one of these errors also satisfies errors.Is(err, ErrDenied). The
 //     result is a Disclosure: the fields the response may carry.
+//   - AuthorizeSeal checks that the principal has role application and that
+//     each participant of an encrypt is matched by one of its seal_for
+//     grants whose transaction patterns (if any) match the transaction id
+//     (ErrSealDenied, also an ErrDenied). act_as grants do not allow sealing.
 //
 // # Name resolution
 //

@@ -29,6 +29,9 @@ var (
 	ErrOutsideWindow = fmt.Errorf("%w: outside the allowed time window", ErrDenied)
 	// ErrFieldDenied: a requested field is not visible to the purpose.
 	ErrFieldDenied = fmt.Errorf("%w: field not visible for this purpose", ErrDenied)
+	// ErrSealDenied: no seal_for grant lets the principal seal for that
+	// participant (under that transaction id).
+	ErrSealDenied = fmt.Errorf("%w: not allowed to seal for this participant", ErrDenied)
 )
 
 // FieldError is one problem in a policy file. Path names the offending JSON

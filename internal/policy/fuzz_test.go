@@ -32,6 +32,7 @@ func parseSeeds(t testing.TB) [][]byte {
 		doc(stdPurposes, `{"name": "a", "groups": ["adm"], "roles": ["application"]}, {"name": "b", "groups": ["daemon"], "roles": ["admin"]}`),
 		doc(`{"name": "x", "fields": ["a", "*"]}`, `{"name": "a", "users": ["cpol-nosuchuser"], "roles": ["admn"]}`),
 		`{"version": 1, "version": 1}`,
+		doc(stdPurposes, `{"name": "sealer", "users": ["daemon"], "roles": ["application"], "seal_for": [{"participants": ["miner-*", "client-1"], "transactions": ["tx-*", "t1"]}, {"participants": ["*"], "transactions": []}]}`),
 		`{"version": 1, "principals": [{"name": "a", "users": ["root"], "roles": ["admin"], "act_as": [{"participants": ["c"], "purposes": ["p"], "windows": [{"start": "9:00", "end": "25:00", "time_zone": "Local"}]}]}]}`,
 	}
 	out := make([][]byte, len(seeds))

@@ -264,7 +264,7 @@ func (c *checker) principals(root *node, p *Policy) {
 	firstAt := make(map[string]string)
 	for i, e := range elems {
 		path := joinIndex("principals", i)
-		if !c.object(e, path, "name", "comment", "users", "groups", "roles", "act_as") {
+		if !c.object(e, path, "name", "comment", "users", "groups", "roles", "act_as", "seal_for") {
 			continue
 		}
 		c.str(e, path, "comment", false)
@@ -320,6 +320,15 @@ func (c *checker) principals(root *node, p *Policy) {
 				pr.grants = append(pr.grants, gr)
 			}
 		}
+		if e.field("seal_for") != nil && !slices.Contains(roles, RoleApplication) {
+			c.errf(joinKey(path, "seal_for"), "seal grants need role %q, which this principal lacks", RoleApplication)
+		}
+		seals, _ := c.array(e, path, "seal_for", false)
+		for k, g := range seals {
+			if sg, ok := c.sealGrant(g, joinIndex(joinKey(path, "seal_for"), k)); ok {
+				pr.seals = append(pr.seals, sg)
+			}
+		}
 		if ok {
 			p.principals = append(p.principals, pr)
 			p.byName[name] = pr
@@ -359,6 +368,59 @@ func (c *checker) grant(e *node, path string, p *Policy) (grant, bool) {
 		}
 	}
 	return g, c.n == n
+}
+
+// sealGrant parses one seal_for entry: {"participants": [patterns],
+// "transactions": [patterns], "comment"}. "transactions" is optional (absent:
+// every transaction id); when present it must not be empty.
+func (c *checker) sealGrant(e *node, path string) (sealGrant, bool) {
+	var g sealGrant
+	if !c.object(e, path, "participants", "transactions", "comment") {
+		return g, false
+	}
+	c.str(e, path, "comment", false)
+	n := c.n
+	parts, ppaths := c.strs(e, path, "participants", true)
+	for j, s := range parts {
+		pat, err := parsePattern(s)
+		if err != nil {
+			c.errf(ppaths[j], "%v", err)
+			continue
+		}
+		g.participants = append(g.participants, pat)
+	}
+	if e.field("transactions") != nil {
+		txs, tpaths := c.strs(e, path, "transactions", true) // an empty list is refused
+		for j, s := range txs {
+			pat, err := parseTxPattern(s)
+			if err != nil {
+				c.errf(tpaths[j], "%v", err)
+				continue
+			}
+			g.transactions = append(g.transactions, pat)
+		}
+	}
+	return g, c.n == n
+}
+
+// txRe and txPrefixRe are the syntax of a transaction id (the envelope's id
+// rule) and of the part of a transaction pattern before its trailing '*'.
+var (
+	txRe       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	txPrefixRe = regexp.MustCompile(`^([A-Za-z0-9][A-Za-z0-9._:-]{0,126})?$`)
+)
+
+func parseTxPattern(s string) (pattern, error) {
+	if prefix, ok := strings.CutSuffix(s, "*"); ok {
+		if !txPrefixRe.MatchString(prefix) {
+			return pattern{}, fmt.Errorf("invalid transaction pattern %q (an id, or an id prefix followed by one trailing '*')", s)
+		}
+		return pattern{prefix: prefix, wildcard: true}, nil
+	}
+	if !txRe.MatchString(s) {
+		return pattern{}, fmt.Errorf("invalid transaction id %q (1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit; or a prefix followed by '*')", s)
+	}
+	return pattern{prefix: s}, nil
 }
 
 func parsePattern(s string) (pattern, error) {

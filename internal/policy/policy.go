@@ -29,6 +29,7 @@ const (
 	PermRewrap               Permission = "envelopes.rewrap"      // admin, application: move envelopes to active key versions
 	PermKeysProve            Permission = "keys.prove"            // every known principal: proof of possession
 	PermCeremony             Permission = "ceremony"              // officer (and listed in the officers file): escrow key ceremonies
+	PermEnvelopesInspect     Permission = "envelopes.inspect"     // every known principal: an envelope's header, no key use, no plaintext
 )
 
 // permRoles maps each permission to the roles that carry it; nil means every
@@ -45,6 +46,7 @@ var permRoles = map[Permission][]string{
 	PermRewrap:               {RoleAdmin, RoleApplication},
 	PermKeysProve:            nil,
 	PermCeremony:             {RoleOfficer},
+	PermEnvelopesInspect:     nil,
 }
 
 // Caller is a peer process as the kernel reports it (SO_PEERCRED).
@@ -95,6 +97,21 @@ type principal struct {
 	roles    map[string]bool
 	roleList []string // sorted
 	grants   []grant
+	seals    []sealGrant
+}
+
+// sealGrant lets a principal seal envelopes for the matching participants,
+// under the matching transaction ids (any, when transactions is empty).
+type sealGrant struct {
+	participants []pattern
+	transactions []pattern
+}
+
+func (g *sealGrant) match(participant, txid string) bool {
+	if !slices.ContainsFunc(g.participants, func(pt pattern) bool { return pt.match(participant) }) {
+		return false
+	}
+	return len(g.transactions) == 0 || slices.ContainsFunc(g.transactions, func(pt pattern) bool { return pt.match(txid) })
 }
 
 // grant lets a principal act as the matching participants for the listed
@@ -297,6 +314,30 @@ func (p *Policy) AuthorizeDecrypt(pr Principal, participant, purposeName string,
 	}
 	slices.Sort(fields)
 	return Disclosure{fields: slices.Compact(fields)}, nil
+}
+
+// AuthorizeSeal decides whether the principal may seal an envelope of
+// transaction txid for every one of participants. Each participant must be
+// matched by one of the principal's seal_for grants whose transaction
+// patterns (if it has any) match txid; nothing else allows a seal (deny by
+// default: act_as grants do not). It returns nil, ErrDenied when the
+// principal is not in this policy or lacks role application, or
+// ErrSealDenied naming the first participant no grant covers.
+func (p *Policy) AuthorizeSeal(pr Principal, txid string, participants []string) error {
+	rec, err := p.lookup(pr)
+	if err != nil {
+		return err
+	}
+	if !rec.roles[RoleApplication] {
+		return fmt.Errorf("%w: principal %q lacks permission %s, which needs role %s",
+			ErrDenied, rec.name, PermEncrypt, RoleApplication)
+	}
+	for _, id := range participants {
+		if !slices.ContainsFunc(rec.seals, func(g sealGrant) bool { return g.match(id, txid) }) {
+			return fmt.Errorf("%w: principal %q may not seal for participant %q under transaction %q", ErrSealDenied, rec.name, id, txid)
+		}
+	}
+	return nil
 }
 
 // Summary describes the policy in one line, for logs and `policy check`:

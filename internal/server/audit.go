@@ -61,6 +61,7 @@ func (s *Server) auditDecryptOne(ctx context.Context, rq *request, in api.AuditD
 	// purpose is the disclosure.
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	entry.Fields = []string{"*"}
+	entry.SealedBy = env.Header.SealedBy
 	if rerr := s.record(ctx, rq, entry, nil); rerr != nil {
 		return nil, rerr // the use is spent; nothing is opened
 	}
@@ -131,6 +132,13 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in api.AuditDe
 // the escrow key version the stanza names, and returns every confidential
 // field.
 func (s *Server) escrowOpen(ctx context.Context, env *envelope.Envelope, i int, label string, public []byte) (*api.AuditDecrypted, error) {
+	if env.Header.Version == envelope.Version2 {
+		fields, err := s.openFields(ctx, env, i, label, public, env.Header.FieldNames)
+		if err != nil {
+			return nil, err
+		}
+		return &api.AuditDecrypted{TransactionID: env.Header.TransactionID, JobID: env.Header.JobID, Confidential: fields, SealedBy: env.Header.SealedBy}, nil
+	}
 	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, label, public))
 	if err != nil {
 		return nil, err

@@ -44,6 +44,14 @@ func (c *countingToken) Open(ctx context.Context, req hsm.OpenRequest) ([]byte, 
 	return c.Token.Open(ctx, req)
 }
 
+// OpenFields is counted like Open (envelope v2 opens go through it).
+func (c *countingToken) OpenFields(ctx context.Context, req hsm.OpenFieldsRequest) ([][]byte, error) {
+	c.mu.Lock()
+	c.opens[req.KeyLabel]++
+	c.mu.Unlock()
+	return c.Token.OpenFields(ctx, req)
+}
+
 func (c *countingToken) count(label string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -80,9 +80,14 @@ func BenchmarkDecryptSocketVsRaw(b *testing.B) {
 	}
 	i, _ := env.ParticipantStanza("miner-1")
 	key, _ := h.keys.ParticipantVersion("miner-1", 1)
-	req := env.OpenRequest(i, key.Label, key.Public)
+	// Raw: the on-device part of that decrypt (envelope v2: the two fields
+	// settlement may see).
+	req, err := env.OpenFieldsRequest(i, key.Label, key.Public, []int{env.FieldIndex("amount"), env.FieldIndex("pricing")})
+	if err != nil {
+		b.Fatal(err)
+	}
 	raw := func() error {
-		_, err := h.token.Open(context.Background(), req)
+		_, err := h.token.OpenFields(context.Background(), req)
 		return err
 	}
 	decrypt := func(body string) error {

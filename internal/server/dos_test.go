@@ -376,6 +376,16 @@ func (c *peakToken) Open(ctx context.Context, req hsm.OpenRequest) ([]byte, erro
 	return c.Token.Open(ctx, req)
 }
 
+// OpenFields is counted like Open (envelope v2 decrypts go through it).
+func (c *peakToken) OpenFields(ctx context.Context, req hsm.OpenFieldsRequest) ([][]byte, error) {
+	c.mu.Lock()
+	c.cur++
+	c.high = max(c.high, c.cur)
+	c.mu.Unlock()
+	defer func() { c.mu.Lock(); c.cur--; c.mu.Unlock() }()
+	return c.Token.OpenFields(ctx, req)
+}
+
 func (c *peakToken) reset() { c.mu.Lock(); c.high = c.cur; c.mu.Unlock() }
 func (c *peakToken) peak() int {
 	c.mu.Lock()

@@ -103,6 +103,7 @@ var errorMap = []mapping{
 	{policy.ErrPurpose, http.StatusForbidden, api.CodePurposeDenied, itself},
 	{policy.ErrOutsideWindow, http.StatusForbidden, api.CodeOutsideWindow, itself},
 	{policy.ErrFieldDenied, http.StatusForbidden, api.CodeFieldDenied, itself},
+	{policy.ErrSealDenied, http.StatusForbidden, api.CodeSealDenied, itself},
 	{policy.ErrDenied, http.StatusForbidden, api.CodePermissionDenied, itself},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, api.CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, api.CodeKeyDestroyed, itself},

@@ -131,9 +131,11 @@ const testPolicy = `{
        {"participants": ["client-*", "miner-*"], "purposes": ["settlement", "dispute"]},
        {"participants": ["client-*"], "purposes": ["night-audit"],
         "windows": [{"days": ["sun"], "start": "02:00", "end": "03:00", "time_zone": "UTC"}]}
-     ]},
+     ],
+     "seal_for": [{"participants": ["*"]}]},
     {"name": "settlement-app", "users": ["custody-t-app"], "roles": ["application"],
-     "act_as": [{"participants": ["miner-*"], "purposes": ["settlement"]}]}
+     "act_as": [{"participants": ["miner-*"], "purposes": ["settlement"]}],
+     "seal_for": [{"participants": ["miner-*"]}]}
   ]
 }`
 

@@ -33,6 +33,13 @@ func (g *gatedToken) Open(ctx context.Context, req hsm.OpenRequest) ([]byte, err
 	return g.Token.Open(ctx, req)
 }
 
+// OpenFields is held like Open (envelope v2 decrypts go through it).
+func (g *gatedToken) OpenFields(ctx context.Context, req hsm.OpenFieldsRequest) ([][]byte, error) {
+	g.entered <- struct{}{}
+	<-g.gate
+	return g.Token.OpenFields(ctx, req)
+}
+
 // TestPerCallerLimit: a greedy caller with its requests all in flight is
 // refused with rate_limited, while another Unix user is served.
 func TestPerCallerLimit(t *testing.T) {

@@ -30,6 +30,12 @@ func (s *switchable) tok() server.Token {
 func (s *switchable) Open(ctx context.Context, r hsm.OpenRequest) ([]byte, error) {
 	return s.tok().Open(ctx, r)
 }
+func (s *switchable) OpenFields(ctx context.Context, r hsm.OpenFieldsRequest) ([][]byte, error) {
+	return s.tok().OpenFields(ctx, r)
+}
+func (s *switchable) SealFields(ctx context.Context, r hsm.SealFieldsRequest) ([][]byte, error) {
+	return s.tok().SealFields(ctx, r)
+}
 func (s *switchable) Ping(ctx context.Context) error { return s.tok().Ping(ctx) }
 func (s *switchable) Info() hsm.TokenInfo            { return s.raw.Info() }
 func (s *switchable) Capabilities() hsm.Capabilities { return s.raw.Capabilities() }

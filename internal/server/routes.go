@@ -33,6 +33,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/audit/decrypt/batch", policy.PermAuditDecrypt, "audit-decrypt", s.auditDecryptBatch},
 		{"POST /v1/envelopes/rewrap", policy.PermRewrap, "rewrap", s.rewrapEnvelopes},
 		{"POST /v1/envelopes/rewrap/stream", policy.PermRewrap, "rewrap", s.rewrapEnvelopesStream},
+		{"POST /v1/envelopes/inspect", policy.PermEnvelopesInspect, "inspect", s.inspect},
 		{"GET /v1/keys", policy.PermKeysAdmin, "keys", s.listKeys},
 		{"POST /v1/keys/{id}/rotate", policy.PermKeysAdmin, "key.rotate", s.rotateKey},
 		{"POST /v1/keys/{id}/retire", policy.PermKeysAdmin, "key.retire", s.retireKey},

@@ -57,6 +57,10 @@ import (
 // Token is what the server needs from the HSM.
 type Token interface {
 	Open(ctx context.Context, req hsm.OpenRequest) ([]byte, error)
+	// OpenFields and SealFields are the envelope v2 field operations: keys
+	// derived from the DEK on the device (hsm.Token).
+	OpenFields(ctx context.Context, req hsm.OpenFieldsRequest) ([][]byte, error)
+	SealFields(ctx context.Context, req hsm.SealFieldsRequest) ([][]byte, error)
 	Ping(ctx context.Context) error
 	Info() hsm.TokenInfo
 	Capabilities() hsm.Capabilities

@@ -217,13 +217,14 @@ func TestPolicyDenials(t *testing.T) {
 func TestTamperedEnvelopes(t *testing.T) {
 	h := newHarness(t)
 	h.register("client-1", "miner-1", "miner-2")
-	text := h.seal("tx-a", "client-1", "miner-1")
+	// Envelope v1 (the tampering of v2 fields is in v2_test.go).
+	text := h.sealV1("tx-a", "client-1", "miner-1")
 	orig, err := envelope.ParseText(text)
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw := orig.Marshal()
-	other, _ := envelope.ParseText(h.seal("tx-b", "client-1", "miner-1"))
+	other, _ := envelope.ParseText(h.sealV1("tx-b", "client-1", "miner-1"))
 
 	flipAt := func(needle []byte, off int) string {
 		i := bytes.Index(raw, needle)
@@ -303,7 +304,7 @@ func TestTamperedEnvelopes(t *testing.T) {
 // magic (docs/envelope.md).
 func flipVersion(raw []byte) string {
 	b := bytes.Clone(raw)
-	if b[12] != envelope.Version {
+	if b[12] != envelope.Version1 && b[12] != envelope.Version2 {
 		panic("the version byte moved: update flipVersion")
 	}
 	b[12] = 0x7f

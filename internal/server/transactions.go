@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -127,14 +129,14 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 // records the decision, and returns the envelope.
 func (s *Server) encryptOne(ctx context.Context, rq *request, in api.EncryptRequest) (*api.Encrypted, error) {
 	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
-	res, err := s.seal(ctx, in, &entry)
+	res, err := s.seal(ctx, rq, in, &entry)
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 		return nil, rerr
 	}
 	return res, err
 }
 
-func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
+func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
 	if err := envelope.ValidateID(in.TransactionID); err != nil {
 		return nil, invalidID("transaction_id", err)
 	}
@@ -144,6 +146,17 @@ func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlo
 	if len(in.Participants) == 0 {
 		return nil, badRequest("participants: at least one participant is required")
 	}
+	for i, id := range in.Participants {
+		if err := envelope.ValidateID(id); err != nil {
+			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
+		}
+	}
+	// Seal grants come before any key lookup: a refused seal learns
+	// nothing about which participants are registered.
+	if err := rq.policy.AuthorizeSeal(rq.principal, in.TransactionID, in.Participants); err != nil {
+		return nil, err
+	}
+	entry.SealedBy = rq.principal.Name
 	if len(in.PublicData) == 0 || string(in.PublicData) == "null" {
 		in.PublicData = json.RawMessage("{}")
 	}
@@ -154,17 +167,21 @@ func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlo
 	if len(in.Confidential) == 0 {
 		return nil, badRequest("confidential: required (a JSON object of the fields to encrypt)")
 	}
-	plaintext, err := envelope.CanonicalJSON(in.Confidential)
+	fields, err := envelope.SplitFields(in.Confidential)
 	if err != nil {
+		if errors.Is(err, envelope.ErrTooLarge) {
+			return nil, err
+		}
 		return nil, badRequest("confidential: %v", err)
 	}
-	defer clear(plaintext)
-	recipients := make([]envelope.Recipient, 0, len(in.Participants))
-	out := &api.Encrypted{TransactionID: in.TransactionID, Algorithm: api.Algorithm}
-	for i, id := range in.Participants {
-		if err := envelope.ValidateID(id); err != nil {
-			return nil, invalidID(fmt.Sprintf("participants[%d]", i), err)
+	defer func() {
+		for _, f := range fields {
+			clear(f.Value)
 		}
+	}()
+	recipients := make([]envelope.Recipient, 0, len(in.Participants))
+	out := &api.Encrypted{TransactionID: in.TransactionID, Algorithm: api.Algorithm, SealedBy: rq.principal.Name}
+	for _, id := range in.Participants {
 		v, err := s.d.Keys.Active(id)
 		if err != nil {
 			return nil, err
@@ -181,15 +198,17 @@ func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlo
 		return nil, err
 	}
 	entry.KeyLabel = signer.Label()
-	env, err := envelope.Seal(ctx, envelope.SealInput{
+	env, err := envelope.SealV2(ctx, envelope.SealInput{
 		TransactionID: in.TransactionID,
 		JobID:         in.JobID,
 		PublicFields:  public,
-		Plaintext:     plaintext,
+		Fields:        fields,
+		SealedBy:      rq.principal.Name,
+		Compress:      in.Compress,
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
 		CreatedAt:     s.d.Now(),
-	}, signer)
+	}, signer, s.d.Token)
 	if err != nil {
 		return nil, err
 	}
@@ -247,6 +266,21 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	if err != nil {
 		return nil, err
 	}
+	if h.Version == envelope.Version2 {
+		// Only the fields the purpose may see are derived and decrypted;
+		// the others never reach the device.
+		entry.SealedBy = h.SealedBy
+		names := disclosure.Select(h.FieldNames)
+		if len(names) > 0 {
+			entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
+		}
+		shown, err := s.openFields(ctx, env, i, key.Label, key.Public, names)
+		if err != nil {
+			return nil, err
+		}
+		entry.Fields = sortedKeys(shown)
+		return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown, SealedBy: h.SealedBy}, nil
+	}
 	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
 	if err != nil {
@@ -261,6 +295,46 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	shown := disclosure.Filter(fields)
 	entry.Fields = sortedKeys(shown)
 	return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
+}
+
+// openFields derives and decrypts, on the device, the named fields of a
+// version-2 envelope through stanza i (names must be among its field
+// names) and returns them by name. No name: no device call, an empty map.
+func (s *Server) openFields(ctx context.Context, env *envelope.Envelope, stanza int, label string, public []byte, names []string) (map[string]json.RawMessage, error) {
+	shown := make(map[string]json.RawMessage, len(names))
+	if len(names) == 0 {
+		return shown, nil
+	}
+	idx := make([]int, len(names))
+	for k, n := range names {
+		idx[k] = env.FieldIndex(n)
+	}
+	req, err := env.OpenFieldsRequest(stanza, label, public, idx)
+	if err != nil {
+		return nil, err
+	}
+	pts, err := s.d.Token.OpenFields(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, pt := range pts {
+			clear(pt)
+		}
+	}()
+	for k, sealed := range pts {
+		pt, err := envelope.DecodeValue(sealed)
+		if err != nil {
+			return nil, fmt.Errorf("field %q: %w", names[k], err)
+		}
+		pt = bytes.Clone(pt) // the answer outlives the device's buffer, cleared above
+		if !json.Valid(pt) {
+			// Authenticated but not JSON: not sealed by this daemon's encrypt.
+			return nil, fmt.Errorf("%w: field %q is not a JSON value", envelope.ErrMalformed, names[k])
+		}
+		shown[names[k]] = pt
+	}
+	return shown, nil
 }
 
 func sortedKeys(m map[string]json.RawMessage) []string {

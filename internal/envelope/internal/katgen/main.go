@@ -1,8 +1,9 @@
 // Command katgen writes the envelope known-answer vectors. Run it through
 // `go generate ./internal/envelope` (or `go run ./internal/katgen -o
-// testdata/vectors.json` from internal/envelope). The output is
-// deterministic; TestVectorsFileUpToDate fails when the committed file
-// differs from what this writes.
+// testdata/vectors.json -o2 testdata/vectors-v2.json` from
+// internal/envelope). The output is deterministic; TestVectorsFileUpToDate
+// and TestVectorsV2FileUpToDate fail when a committed file differs from
+// what this writes.
 package main
 
 import (
@@ -14,13 +15,21 @@ import (
 )
 
 func main() {
-	out := flag.String("o", "testdata/vectors.json", "output file")
+	out := flag.String("o", "testdata/vectors.json", "output file (envelope v1)")
+	out2 := flag.String("o2", "testdata/vectors-v2.json", "output file (envelope v2)")
 	flag.Parse()
 	b, err := kat.Generate()
 	if err != nil {
 		log.Fatal(err)
 	}
+	b2, err := kat.GenerateV2()
+	if err != nil {
+		log.Fatal(err)
+	}
 	if err := os.WriteFile(*out, b, 0o644); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(*out2, b2, 0o644); err != nil {
 		log.Fatal(err)
 	}
 }
