@@ -29,6 +29,7 @@ Commands:
   health                        Token, capabilities, daemon keys, policy, and who you are.
   participants register ID      Create participant ID's X25519 key pair on the HSM (admin role).
   participants show ID          List ID's key versions and public keys.
+  participants status ID        Show or change ID's compliance status (compliance role); see its --help.
   encrypt [FILE|-]              Seal a transaction. FILE (or stdin) holds the request:
                                   {"transaction_id","job_id","public_data":{},"confidential":{},"participants":[]}
                                 or {"items":[…]} for a batch.
@@ -203,6 +204,9 @@ func (c *cli) health() error {
 		fmt.Fprintf(w, "signing key:  %s\n", h.SigningKey)
 		fmt.Fprintf(w, "policy:       %s\n", h.Policy)
 		fmt.Fprintf(w, "you are:      %s\n", h.Principal)
+		if h.ParticipantStatus != "" {
+			fmt.Fprintf(w, "participant status: %s\n", h.ParticipantStatus)
+		}
 	})
 	if err == nil && h.Status != "ok" {
 		err = fmt.Errorf("daemon is not healthy: %s", h.Status)

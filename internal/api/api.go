@@ -89,6 +89,14 @@ const (
 	CodeVaultTimeout       = "vault_timeout"              // Vault slower than vault.timeout
 	CodeVaultError         = "vault_error"                // Vault answered with another error
 
+	// Participant status (docs/compliance.md).
+	CodeParticipantSuspended = "participant_suspended" // the participant is suspended: not sealed for, cannot decrypt
+	CodeKYCRequired          = "kyc_required"          // the policy needs KYC (or KYB) verified and unexpired for this
+	CodeSanctionsHit         = "sanctions_hit"         // the policy needs a clear sanctions screening; the record has a hit or none
+	CodeApprovalExpired      = "approval_expired"      // the policy needs a regulatory approval; missing, expired or another jurisdiction
+	CodeStatusUnavailable    = "status_unavailable"    // status unreadable in Vault and the cached copy older than max_stale (or status is off)
+	CodeStatusConflict       = "status_conflict"       // the status changed since the version the change names; read it again
+
 	// Key lifecycle (docs/keys.md).
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
 	CodeKeyActive         = "key_active"         // the active version cannot be retired; rotate first

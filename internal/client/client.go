@@ -164,6 +164,18 @@ func (c *Client) Participant(ctx context.Context, id string) (*api.Participant, 
 	return call[api.Participant](ctx, c, "GET", "/v1/participants/"+url.PathEscape(id), nil)
 }
 
+// ParticipantStatus is GET /v1/participants/{id}/status: the compliance
+// status as Vault holds it (version 0: none).
+func (c *Client) ParticipantStatus(ctx context.Context, id string) (*api.ParticipantStatus, error) {
+	return call[api.ParticipantStatus](ctx, c, "GET", "/v1/participants/"+url.PathEscape(id)+"/status", nil)
+}
+
+// SetParticipantStatus is PUT /v1/participants/{id}/status: replace the
+// whole record if in.Version is current (else status_conflict).
+func (c *Client) SetParticipantStatus(ctx context.Context, id string, in api.StatusChange) (*api.StatusSet, error) {
+	return call[api.StatusSet](ctx, c, "PUT", "/v1/participants/"+url.PathEscape(id)+"/status", in)
+}
+
 // Encrypt is POST /v1/transactions/encrypt.
 func (c *Client) Encrypt(ctx context.Context, in api.EncryptRequest) (*api.Encrypted, error) {
 	return call[api.Encrypted](ctx, c, "POST", "/v1/transactions/encrypt", in)

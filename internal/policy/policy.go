@@ -73,6 +73,7 @@ type Policy struct {
 	byMember   map[uint32][]*principal // uid → principals whose groups list it in /etc/group
 	nUsers     int
 	nGroups    int
+	status     *statusRules // the participant_status section (status.go); nil: none
 }
 
 type purpose struct {

@@ -10,6 +10,7 @@ import (
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
+	"custody/internal/compliance"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/orders"
@@ -53,6 +54,7 @@ var refusalCodes = map[string]bool{
 	api.CodeRateLimited:        true, // the caller's own limits (per uid)
 	api.CodeTooManyConnections: true,
 	api.CodeTooManyRefusals:    true,
+	api.CodeStatusUnavailable:  true, // participant status unknown: fail closed
 }
 
 // apiError is an error with its HTTP status and stable code (an api.Code…
@@ -104,6 +106,12 @@ var errorMap = []mapping{
 	{policy.ErrOutsideWindow, http.StatusForbidden, api.CodeOutsideWindow, itself},
 	{policy.ErrFieldDenied, http.StatusForbidden, api.CodeFieldDenied, itself},
 	{policy.ErrDenied, http.StatusForbidden, api.CodePermissionDenied, itself},
+	{compliance.ErrSuspended, http.StatusForbidden, api.CodeParticipantSuspended, itself},
+	{compliance.ErrSanctions, http.StatusForbidden, api.CodeSanctionsHit, itself},
+	{compliance.ErrKYC, http.StatusForbidden, api.CodeKYCRequired, itself},
+	{compliance.ErrApproval, http.StatusForbidden, api.CodeApprovalExpired, itself},
+	{compliance.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStatusUnavailable, says("the participant's compliance status cannot be read from Vault and this daemon's copy is older than participant_status.max_stale (or the record in Vault is deleted or malformed); refused until it can be read")},
+	{compliance.ErrConflict, http.StatusConflict, api.CodeStatusConflict, itself},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, api.CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, api.CodeKeyDestroyed, itself},
 	{keys.ErrActiveVersion, http.StatusConflict, api.CodeKeyActive, itself},

@@ -86,6 +86,10 @@ type Deps struct {
 	// Ceremonies runs the escrow key ceremonies (routes in ceremony.go); nil =
 	// the ceremony routes answer ceremony_unavailable.
 	Ceremonies *ceremony.Service
+	// Status is participants' compliance status (status.go); nil = status
+	// checks are off (health says so) and the status routes answer
+	// status_unavailable.
+	Status StatusStore
 }
 
 // Observer is told about every request: its route pattern, "ok" or the

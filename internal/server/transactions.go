@@ -127,14 +127,14 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 // records the decision, and returns the envelope.
 func (s *Server) encryptOne(ctx context.Context, rq *request, in api.EncryptRequest) (*api.Encrypted, error) {
 	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
-	res, err := s.seal(ctx, in, &entry)
+	res, err := s.seal(ctx, rq, in, &entry)
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 		return nil, rerr
 	}
 	return res, err
 }
 
-func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
+func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
 	if err := envelope.ValidateID(in.TransactionID); err != nil {
 		return nil, invalidID("transaction_id", err)
 	}
@@ -167,6 +167,9 @@ func (s *Server) seal(ctx context.Context, in api.EncryptRequest, entry *auditlo
 		}
 		v, err := s.d.Keys.Active(id)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.checkStatus(ctx, id, rq.policy.SealStatus()); err != nil { // status.go
 			return nil, err
 		}
 		recipients = append(recipients, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
@@ -237,6 +240,9 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	}
 	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.d.Now())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.checkStatus(ctx, in.As, rq.policy.DecryptStatus(in.Purpose)); err != nil { // status.go
 		return nil, err
 	}
 	i, err := env.ParticipantStanza(in.As)

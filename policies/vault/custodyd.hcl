@@ -23,3 +23,12 @@ path "secret/data/custody/revocations/*" {
 path "secret/data/custody/uses/*" {
   capabilities = ["read", "create", "update"]
 }
+
+# Participant status (internal/compliance, docs/compliance.md): read, create
+# the first record (cas=0), replace it with check-and-set. Every change
+# goes through custodyd, which records it in its access log; custodyd holds
+# no delete, destroy or metadata capability, so the history of versions
+# stays in Vault. Change the path when participant_status.path changes it.
+path "secret/data/custody/participants/*" {
+  capabilities = ["read", "create", "update"]
+}
