@@ -149,6 +149,9 @@ func NewStore(kv KV, cfg Config, opt Options) (*Store, error) {
 	return s, nil
 }
 
+// Config is the Store's configuration, defaults filled in.
+func (s *Store) Config() Config { return s.cfg }
+
 // Describe is the Store's configuration in one line, for health.
 func (s *Store) Describe() string {
 	return fmt.Sprintf("on: Vault %s, cache_ttl %s, max_stale %s", s.cfg.Path, s.cfg.CacheTTL, s.cfg.MaxStale)

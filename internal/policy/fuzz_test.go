@@ -26,6 +26,7 @@ func parseSeeds(t testing.TB) [][]byte {
 		string(example),
 		decryptPolicy,
 		policyV1,
+		withStatus(`{"seal": {"sanctions": "clear"}, "decrypt": {"kyc": "verified"}, "purposes": [{"purpose": "settlement", "kyb": "verified", "regulatory_approval": ["CH"]}]}`), // status_test.go
 		doc(stdPurposes, `{"name": "apps", "users": ["daemon"], "groups": ["adm", "nogroup"], "roles": ["application", "reviewer"], "act_as": [
 			{"participants": ["*"], "purposes": ["dispute"], "windows": [{"days": ["fri"], "start": "22:00", "end": "02:00", "time_zone": "America/New_York", "comment": "night"}]},
 			{"participants": ["client-1", "miner-"+"*"], "purposes": ["settlement"], "windows": [{"start": "00:00", "end": "24:00"}]}]}`),
