@@ -26,7 +26,6 @@ func parseSeeds(t testing.TB) [][]byte {
 		string(example),
 		decryptPolicy,
 		policyV1,
-		withStatus(`{"seal": {"sanctions": "clear"}, "decrypt": {"kyc": "verified"}, "purposes": [{"purpose": "settlement", "kyb": "verified", "regulatory_approval": ["CH"]}]}`), // status_test.go
 		doc(stdPurposes, `{"name": "apps", "users": ["daemon"], "groups": ["adm", "nogroup"], "roles": ["application", "reviewer"], "act_as": [
 			{"participants": ["*"], "purposes": ["dispute"], "windows": [{"days": ["fri"], "start": "22:00", "end": "02:00", "time_zone": "America/New_York", "comment": "night"}]},
 			{"participants": ["client-1", "miner-"+"*"], "purposes": ["settlement"], "windows": [{"start": "00:00", "end": "24:00"}]}]}`),
@@ -34,6 +33,7 @@ func parseSeeds(t testing.TB) [][]byte {
 		doc(`{"name": "x", "fields": ["a", "*"]}`, `{"name": "a", "users": ["cpol-nosuchuser"], "roles": ["admn"]}`),
 		`{"version": 1, "version": 1}`,
 		`{"version": 1, "principals": [{"name": "a", "users": ["root"], "roles": ["admin"], "act_as": [{"participants": ["c"], "purposes": ["p"], "windows": [{"start": "9:00", "end": "25:00", "time_zone": "Local"}]}]}]}`,
+		withStatus(`{"seal": {"sanctions": "clear"}, "decrypt": {"kyc": "verified"}, "purposes": [{"purpose": "settlement", "kyb": "verified", "regulatory_approval": ["CH"]}]}`), // status_test.go
 	}
 	out := make([][]byte, len(seeds))
 	for i, s := range seeds {
