@@ -56,7 +56,10 @@ func TestCheck(t *testing.T) {
 		{"kyc past expiry", func(r *compliance.Record) *compliance.Record { r.KYC.Expires = at("2026-11-25"); return r }, all, compliance.ErrKYC},
 		{"kyb expired", func(r *compliance.Record) *compliance.Record { r.KYB.State = compliance.Expired; return r }, all, compliance.ErrKYC},
 		{"kyb not asked", func(r *compliance.Record) *compliance.Record { r.KYB = nil; return r }, compliance.Requirement{KYC: true}, nil},
-		{"approval expired", func(r *compliance.Record) *compliance.Record { r.RegulatoryApproval.Expires = *at("2026-01-01"); return r }, all, compliance.ErrApproval},
+		{"approval expired", func(r *compliance.Record) *compliance.Record {
+			r.RegulatoryApproval.Expires = *at("2026-01-01")
+			return r
+		}, all, compliance.ErrApproval},
 		{"approval elsewhere", func(r *compliance.Record) *compliance.Record { r.RegulatoryApproval.Jurisdiction = "US-NY"; return r }, all, compliance.ErrApproval},
 		{"approval any", func(r *compliance.Record) *compliance.Record { r.RegulatoryApproval.Jurisdiction = "US-NY"; return r }, compliance.Requirement{Approval: []string{"*"}}, nil},
 	} {

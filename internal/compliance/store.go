@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,22 +78,18 @@ func validPath(p string) bool {
 	if p == "" {
 		return false
 	}
-	seg := 0
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c == '/':
-			if seg == 0 || i == len(p)-1 {
-				return false
-			}
-			seg = 0
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
-			seg++
-		default:
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "" || seg == "." || seg == ".." {
 			return false
 		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+				return false
+			}
+		}
 	}
-	return p != "." && p != ".."
+	return true
 }
 
 // KV is the Vault KV version 2 store the Store uses (orders.KV in the
