@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 }
 
 // newStore is a Store on vs with the daemon's own Vault policy (custodyd).
-func newStore(t *testing.T, vs *vaulttest.Server, ttl, stale time.Duration) *compliance.Store {
+func newStore(t testing.TB, vs *vaulttest.Server, ttl, stale time.Duration) *compliance.Store {
 	t.Helper()
 	pub, _, _ := ed25519.GenerateKey(nil)
 	cfg := orders.Config{Address: vs.Addr, TokenFile: vaulttest.TokenFile(t, vs.Token(t, "custodyd")), Timeout: duration.Duration(500 * time.Millisecond),
@@ -175,4 +175,43 @@ func newStoreLike(t *testing.T, vs *vaulttest.Server, like *compliance.Store) *c
 		t.Fatal(err)
 	}
 	return st
+}
+
+// BenchmarkStatusCached is what a status check adds to a decrypt when the
+// copy is fresh (the common case): Store.Status from the cache plus Check,
+// from 2 goroutines.
+func BenchmarkStatusCached(b *testing.B) {
+	vs := vaulttest.Shared(b)
+	pub, _, _ := ed25519.GenerateKey(nil)
+	cfg := orders.Config{Address: vs.Addr, TokenFile: vaulttest.TokenFile(b, vs.Token(b, "custodyd")), Timeout: duration.Duration(time.Second),
+		Signers: []orders.Signer{{Name: "judge-a", PublicKey: base64.StdEncoding.EncodeToString(pub)}}, Quorum: 1}
+	c, err := orders.NewChecker(context.Background(), cfg, orders.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	st, err := compliance.NewStore(c.KV(), compliance.Config{CacheTTL: duration.Duration(time.Hour), MaxStale: duration.Duration(2 * time.Hour)}, compliance.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	id := "miner-" + vaulttest.Random(4)
+	if _, err := st.Put(ctx, id, doc(*good()), 0); err != nil {
+		b.Fatal(err)
+	}
+	req := compliance.Requirement{KYC: true, SanctionsClear: true, Approval: []string{"CH"}}
+	b.SetParallelism(1)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r, err := st.Status(ctx, id)
+			if err == nil {
+				err = compliance.Check(id, r, req, now)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

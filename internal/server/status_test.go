@@ -67,6 +67,13 @@ type statusHarness struct {
 
 func newStatusHarness(t *testing.T, vs *vaulttest.Server, ttl, stale time.Duration) *statusHarness {
 	t.Helper()
+	return newStatusHarnessDeps(t, vs, ttl, stale, nil)
+}
+
+// newStatusHarnessDeps is newStatusHarness that also copies the server's
+// Deps into deps when not nil (the benchmark builds a second server).
+func newStatusHarnessDeps(t testing.TB, vs *vaulttest.Server, ttl, stale time.Duration, deps *server.Deps) *statusHarness {
+	t.Helper()
 	sh := &statusHarness{vault: vs, miner: "miner-" + vaulttest.Random(4), exe: filepath.Join(binDir, "server.test")}
 	sh.ocfg = orders.Config{Address: vs.Addr, Timeout: duration.Duration(500 * time.Millisecond), Quorum: 1}
 	pub, k, _ := ed25519.GenerateKey(nil)
@@ -94,6 +101,9 @@ func newStatusHarness(t *testing.T, vs *vaulttest.Server, ttl, stale time.Durati
 	sh.harness = newHarnessWith(t, func(d *server.Deps) {
 		sh.tok = &countingToken{Token: d.Token, opens: map[string]int{}}
 		d.Token, d.Policy, d.Orders, d.Status = sh.tok, store, checker, sh.store
+		if deps != nil {
+			*deps = *d // the device collaborators are filled in by the caller
+		}
 	})
 	sh.register(sh.miner)
 	return sh
