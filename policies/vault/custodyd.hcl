@@ -32,3 +32,10 @@ path "secret/data/custody/uses/*" {
 path "secret/data/custody/participants/*" {
   capabilities = ["read", "create", "update"]
 }
+
+# Second-factor state (internal/mfa): the last accepted TOTP step, failures
+# and lock of each principal, shared by the fleet (replay and lockout hold
+# on every daemon). Read, create, update with check-and-set; no delete.
+path "secret/data/custody/mfa/*" {
+  capabilities = ["read", "create", "update"]
+}
