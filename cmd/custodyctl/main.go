@@ -30,6 +30,7 @@ Commands:
   participants register ID      Create participant ID's X25519 key pair on the HSM (admin role).
   participants show ID          List ID's key versions and public keys.
   participants status ID        Show or change ID's compliance status (compliance role); see its --help.
+  mfa enroll|revoke PRINCIPAL   A principal's second factor (TOTP) on the HSM (admin role); see custodyctl mfa --help.
   encrypt [FILE|-]              Seal a transaction. FILE (or stdin) holds the request:
                                   {"transaction_id","job_id","public_data":{},"confidential":{},"participants":[]}
                                 or {"items":[…]} for a batch.
@@ -62,6 +63,8 @@ Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
   --json          print the daemon's answer as JSON (its wire form, docs/api.md)
   --timeout D     give up after D (default 60s)
+  --totp          prompt on the terminal for your second factor's code (requests the policy makes need one)
+  --totp-stdin    read that code from the first line of stdin instead (never give it as an argument)
 
 Exit status: 0 on success; 1 when the daemon answered an error, printed as
 "custodyctl: CODE: message" (e.g. purpose_denied; codes: docs/api.md), or
@@ -81,6 +84,7 @@ type cli struct {
 	timeout time.Duration
 	out     io.Writer
 	d       *client.Client // set once the flags are parsed
+	totp    string         // the second factor's code (--totp, --totp-stdin), sent with every request
 }
 
 // usageError is a mistake in the command line or its input, found before
@@ -101,6 +105,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.socket, "socket", defSocket, "daemon socket")
 	fs.BoolVar(&c.json, "json", false, "print the daemon's answer as JSON")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "request timeout")
+	totpTTY := fs.Bool("totp", false, "prompt on the terminal for your second factor's code")
+	totpStdin := fs.Bool("totp-stdin", false, "read your second factor's code from the first line of stdin")
 	var err error
 	if err = fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -108,6 +114,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 0
 		}
 		return report(stderr, usageError{msg: flagError(err), hint: "see custodyctl --help"})
+	}
+	if *totpTTY || *totpStdin {
+		if stdin, err = c.readTOTP(*totpTTY, stdin, stderr); err != nil { // mfa.go
+			return report(stderr, err)
+		}
 	}
 	c.d = client.New(c.socket)
 	rest := fs.Args()
@@ -125,6 +136,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
 	case "ceremony":
 		err = c.ceremonyGroup(stdin).execute(rest[1:], stdout)
+	case "mfa":
+		err = c.mfaGroup().execute(rest[1:], stdout) // mfa.go
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -162,7 +175,11 @@ func report(stderr io.Writer, err error) int {
 
 // ctx bounds one command's daemon calls by --timeout.
 func (c *cli) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), c.timeout)
+	ctx := context.Background()
+	if c.totp != "" {
+		ctx = client.WithTOTP(ctx, c.totp)
+	}
+	return context.WithTimeout(ctx, c.timeout)
 }
 
 // printJSON prints v, the daemon's answer, as indented JSON: the wire form

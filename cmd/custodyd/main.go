@@ -31,6 +31,7 @@ import (
 	"custody/internal/durable"
 	"custody/internal/keys"
 	"custody/internal/metrics"
+	"custody/internal/mfa"
 	"custody/internal/orders"
 	"custody/internal/policy"
 	"custody/internal/server"
@@ -204,6 +205,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	// Vault and fails closed, and the checker authenticates as soon as it can.
 	var checker server.OrderChecker
 	var status server.StatusStore // nil: participant status is not checked
+	var second server.MFA         // nil: requests that need a second factor are refused
 	if cfg.Vault != nil {
 		c, err := orders.StartChecker(ctx, *cfg.Vault, orders.Options{Log: log})
 		if err != nil {
@@ -213,6 +215,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 		defer c.Close()
 		checker = meters.MeterOrders(c)
 		log.Info("court orders checked against Vault", "address", cfg.Vault.Address, "quorum", cfg.Vault.Quorum, "signers", len(cfg.Vault.Signers))
+		// Second factors: seeds on the token, replay and lockout state in Vault.
+		second = &mfa.Service{Keys: token, Issuer: "custody", Verifier: mfa.Verifier{Device: token, KV: c.KV(), Path: "custody/mfa",
+			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
 		if sc, on := cfg.StatusConfig(); on {
 			st, err := compliance.NewStore(c.KV(), sc, compliance.Options{Log: log})
 			if err != nil {
@@ -243,6 +249,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		AccessLog:  alog,
 		Orders:     checker,
 		Status:     status,
+		MFA:        second,
 		Ceremonies: ceremonies,
 		Log:        log,
 		Limits:     cfg.Limits,

@@ -128,6 +128,19 @@ type StatusSet struct {
 	PreviousVersion int    `json:"previous_version"`
 }
 
+// --- second factor: POST /v1/mfa/principals, DELETE /v1/mfa/principals/{principal} ---
+
+// MFAEnroll asks for a new TOTP factor for a principal of the policy.
+type MFAEnroll struct {
+	Principal string `json:"principal"`
+}
+
+// MFAEnrolled carries the otpauth:// URI with the seed, shown once.
+type MFAEnrolled struct {
+	Principal string `json:"principal"`
+	URI       string `json:"uri"`
+}
+
 // --- transactions: POST /v1/transactions/{encrypt,decrypt}[/batch] ---
 
 // EncryptRequest seals a confidential transaction.

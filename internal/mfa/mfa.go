@@ -234,3 +234,40 @@ func (v *Verifier) match(ctx context.Context, principal, code string, now time.T
 	}
 	return 0, ErrInvalid
 }
+
+// Keys is the device's side of enrollment (*hsm.Token).
+type Keys interface {
+	Device
+	ImportHMACKey(ctx context.Context, label string, secret []byte) error
+	DestroyHMACKey(ctx context.Context, label string) error
+}
+
+// Service enrolls, revokes and verifies principals' factors.
+type Service struct {
+	Verifier
+	Keys   Keys
+	Issuer string // shown by authenticator apps, e.g. "custody"
+}
+
+// Enroll generates a seed for principal, imports it into the token as its
+// non-extractable HMAC key, and returns the otpauth:// URI that carries it,
+// to be shown once. The seed exists in this process's memory only between
+// its generation and the import (cleared after; the URI string, which Go
+// cannot clear, lives until the answer is written and collected). A
+// principal already enrolled is the device's ErrExists: revoke first.
+func (s *Service) Enroll(ctx context.Context, principal string) (string, error) {
+	seed, err := NewSeed()
+	if err != nil {
+		return "", err
+	}
+	defer clear(seed)
+	if err := s.Keys.ImportHMACKey(ctx, KeyLabel(principal), seed); err != nil {
+		return "", err
+	}
+	return URI(s.Issuer, principal, seed), nil
+}
+
+// Revoke destroys principal's seed key; its codes stop working at once.
+func (s *Service) Revoke(ctx context.Context, principal string) error {
+	return s.Keys.DestroyHMACKey(ctx, KeyLabel(principal))
+}

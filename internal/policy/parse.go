@@ -187,7 +187,7 @@ func (r resolver) parse(data []byte) (*Policy, error) {
 		return nil, err
 	}
 	c := &checker{}
-	if !c.object(root, "", "version", "comment", "purposes", "principals", "participant_status") {
+	if !c.object(root, "", "version", "comment", "purposes", "principals", "participant_status", "second_factor") {
 		return nil, c.err()
 	}
 	if v := root.field("version"); v == nil {
@@ -206,6 +206,7 @@ func (r resolver) parse(data []byte) (*Policy, error) {
 	}
 	c.purposes(root, p)
 	c.participantStatus(root, p) // status.go
+	c.secondFactor(root, p)      // mfa.go
 	c.principals(root, p)
 	if c.n > 0 {
 		return nil, c.err()

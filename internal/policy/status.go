@@ -12,11 +12,13 @@ import (
 const (
 	PermStatusRead  Permission = "participants.status.read"  // compliance, admin: a participant's compliance status
 	PermStatusWrite Permission = "participants.status.write" // compliance: set it (docs/compliance.md)
+	PermMFAAdmin    Permission = "mfa.admin"                 // admin: enroll and revoke principals' second factors
 )
 
 func init() {
 	permRoles[PermStatusRead] = []string{RoleCompliance, RoleAdmin}
 	permRoles[PermStatusWrite] = []string{RoleCompliance}
+	permRoles[PermMFAAdmin] = []string{RoleAdmin}
 }
 
 // statusRules is the policy's "participant_status" section: what a

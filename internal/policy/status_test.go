@@ -62,3 +62,30 @@ func TestParticipantStatusErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestSecondFactorSection(t *testing.T) {
+	t.Parallel()
+	js := `{"version": 1, "purposes": [` + stdPurposes + `], "second_factor": {"audit_decrypt": true, "decrypt_purposes": ["dispute"]},
+	  "principals": [{"name": "a", "users": ["root"], "roles": ["admin"]}]}`
+	p := mustParse(t, js)
+	if !p.FactorForAudit() || !p.FactorForDecrypt("dispute") || p.FactorForDecrypt("settlement") {
+		t.Fatalf("audit %v dispute %v settlement %v", p.FactorForAudit(), p.FactorForDecrypt("dispute"), p.FactorForDecrypt("settlement"))
+	}
+	if err := p.Authorize(Principal{Name: "a"}, PermMFAAdmin); err != nil {
+		t.Fatal(err)
+	}
+	none := mustParse(t, doc(stdPurposes, `{"name": "a", "users": ["root"], "roles": ["admin"]}`))
+	if none.FactorForAudit() || none.FactorForDecrypt("dispute") {
+		t.Fatal("no section asks for a factor")
+	}
+	for sec, want := range map[string]string{
+		`{"audit_decrypt": "yes"}`:         "must be a boolean",
+		`{"decrypt_purposes": ["nosuch"]}`: `unknown purpose "nosuch"`,
+		`{"routes": []}`:                   "unknown field",
+	} {
+		_, err := Parse([]byte(strings.Replace(js, `{"audit_decrypt": true, "decrypt_purposes": ["dispute"]}`, sec, 1)))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", sec, err, want)
+		}
+	}
+}

@@ -23,6 +23,8 @@ func (s *Server) routes() []route {
 		{"GET /v1/participants/{id}", policy.PermParticipantsRead, "participant", s.showParticipant},
 		{"GET /v1/participants/{id}/status", policy.PermStatusRead, "participant.status", s.showStatus},
 		{"PUT /v1/participants/{id}/status", policy.PermStatusWrite, "participant.status.set", s.setStatus},
+		{"POST /v1/mfa/principals", policy.PermMFAAdmin, "mfa.enroll", s.mfaEnroll},
+		{"DELETE /v1/mfa/principals/{principal}", policy.PermMFAAdmin, "mfa.revoke", s.mfaRevoke},
 		{"POST /v1/transactions/encrypt", policy.PermEncrypt, "encrypt", s.encrypt},
 		{"POST /v1/transactions/encrypt/batch", policy.PermEncrypt, "encrypt", s.encryptBatch},
 		{"POST /v1/transactions/decrypt", policy.PermDecrypt, "decrypt", s.decrypt},

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"custody/hsm"
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/compliance"
 	"custody/internal/config/duration"
+	"custody/internal/mfa"
 	"custody/internal/orders"
 	"custody/internal/orders/vaulttest"
 	"custody/internal/policy"
@@ -74,6 +77,13 @@ func newStatusHarness(t *testing.T, vs *vaulttest.Server, ttl, stale time.Durati
 // Deps into deps when not nil (the benchmark builds a second server).
 func newStatusHarnessDeps(t testing.TB, vs *vaulttest.Server, ttl, stale time.Duration, deps *server.Deps) *statusHarness {
 	t.Helper()
+	return newStatusHarnessPolicy(t, vs, ttl, stale, statusPolicy, deps)
+}
+
+// newStatusHarnessPolicy is newStatusHarnessDeps with another policy, and
+// a second-factor service on the harness's token and Vault (mfa_test.go).
+func newStatusHarnessPolicy(t testing.TB, vs *vaulttest.Server, ttl, stale time.Duration, policyText string, deps *server.Deps) *statusHarness {
+	t.Helper()
 	sh := &statusHarness{vault: vs, miner: "miner-" + vaulttest.Random(4), exe: filepath.Join(binDir, "server.test")}
 	sh.ocfg = orders.Config{Address: vs.Addr, Timeout: duration.Duration(500 * time.Millisecond), Quorum: 1}
 	pub, k, _ := ed25519.GenerateKey(nil)
@@ -91,7 +101,7 @@ func newStatusHarnessDeps(t testing.TB, vs *vaulttest.Server, ttl, stale time.Du
 	}
 	sh.intake = orders.NewIntake(vs.Client(t, vs.Token(t, "legal-intake")), orders.DefaultPaths)
 	policyPath := filepath.Join(t.TempDir(), "status-policy.json")
-	if err := os.WriteFile(policyPath, []byte(statusPolicy), 0o644); err != nil {
+	if err := os.WriteFile(policyPath, []byte(policyText), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	store, err := policy.NewStore(policyPath)
@@ -100,6 +110,10 @@ func newStatusHarnessDeps(t testing.TB, vs *vaulttest.Server, ttl, stale time.Du
 	}
 	sh.harness = newHarnessWith(t, func(d *server.Deps) {
 		sh.tok = &countingToken{Token: d.Token, opens: map[string]int{}}
+		raw := d.Token.(*hsm.Token)
+		d.MFA = &mfa.Service{Keys: raw, Issuer: "custody", Verifier: mfa.Verifier{Device: raw, KV: checker.KV(), Path: "custody/mfa",
+			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
 		d.Token, d.Policy, d.Orders, d.Status = sh.tok, store, checker, sh.store
 		if deps != nil {
 			*deps = *d // the device collaborators are filled in by the caller

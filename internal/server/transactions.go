@@ -245,6 +245,11 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	if err := s.checkStatus(ctx, in.As, rq.policy.DecryptStatus(in.Purpose)); err != nil { // status.go
 		return nil, err
 	}
+	if rq.policy.FactorForDecrypt(in.Purpose) {
+		if err := s.requireFactor(ctx, rq); err != nil { // mfa.go
+			return nil, err
+		}
+	}
 	i, err := env.ParticipantStanza(in.As)
 	if err != nil {
 		return nil, err
