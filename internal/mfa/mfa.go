@@ -12,13 +12,13 @@
 // a code used on one daemon is refused on the others, and a lockout holds
 // fleet-wide. Vault not answering refuses (fail closed).
 //
-// STATUS (issue 15): this package, the device HMAC (hsm.Token.ImportHMACKey,
-// HMACSHA1) and their tests are built. NOT built yet: the server routes
-// (enrollment by an admin or self-enrollment confirmed by one, revoke, list),
-// the policy's per-principal and per-route requirement, the error codes
-// mfa_required / mfa_invalid / mfa_locked on the wire, and custodyctl mfa
-// enroll with its otpauth:// URI and terminal QR code. Nothing in the API
-// asks for a second factor yet.
+// Service adds enrollment (a fresh seed imported into the token, shown once
+// as an otpauth:// URI) and revocation. The server asks for a code where the
+// policy's second_factor section says (internal/server/mfa.go).
+//
+// STATUS (issue 15): NOT built yet: the terminal QR code of custodyctl mfa
+// enroll, self-enrollment confirmed by an admin, listing who is enrolled,
+// and a factor for ceremony approvals (docs/compliance.md, "Not done").
 package mfa
 
 import (
