@@ -50,27 +50,27 @@ func BenchmarkDecryptStatusOnOff(b *testing.B) {
 	}
 	go off.Serve(ln)
 	b.Cleanup(func() { off.Shutdown(context.Background()) })
-	offClient := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", offSock)
-	}}}
-	offCall := func() error {
-		resp, err := offClient.Post("http://custody/v1/transactions/decrypt", "application/json", strings.NewReader(body))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("off: %d %s", resp.StatusCode, raw)
-		}
-		return nil
+	// The same client code for both servers: only the daemon differs.
+	clientFor := func(sock string) *http.Client {
+		return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
 	}
-	onCall := func() error {
-		if st, out := sh.callRaw("POST", "/v1/transactions/decrypt", body); st != 200 {
-			return fmt.Errorf("on: %d %s", st, out)
+	post := func(c *http.Client) func() error {
+		return func() error {
+			resp, err := c.Post("http://custody/v1/transactions/decrypt", "application/json", strings.NewReader(body))
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("decrypt: %d %s", resp.StatusCode, raw)
+			}
+			return nil
 		}
-		return nil
 	}
+	offCall, onCall := post(clientFor(offSock)), post(clientFor(sh.socket))
 	if err := offCall(); err != nil {
 		b.Fatal(err)
 	}
