@@ -90,3 +90,12 @@ func (*Token) WrapForBackup(context.Context, string, []byte, []byte) ([]byte, er
 func (*Token) RestoreFromBackup(context.Context, string, []byte, []byte, []byte) (KeyInfo, error) {
 	return KeyInfo{}, ErrNeedsCgo
 }
+
+func (*Token) ImportHMACKey(context.Context, string, []byte) error { return ErrNeedsCgo }
+func (*Token) HMACSHA1(context.Context, string, []byte) ([]byte, error) {
+	return nil, ErrNeedsCgo
+}
+func (*Token) DestroyHMACKey(context.Context, string) error { return ErrNeedsCgo }
+func (*Token) HMACKeyExtractable(context.Context, string) (bool, bool, bool, error) {
+	return false, false, false, ErrNeedsCgo
+}

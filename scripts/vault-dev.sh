@@ -60,6 +60,7 @@ config() {
   "policy_file": "../policies/example.json",
   "access_log": {"dir": "log"},
   "ceremony": {"auto_genesis": true},
+  "participant_status": {"enabled": false},
   "vault": {
     "address": "http://127.0.0.1:$port",
     "token_file": "vault/custodyd.token",

@@ -30,7 +30,7 @@ func (c *cli) daemonCommands(stdin io.Reader, stderr io.Writer) map[string]execu
 			}, {name: "participants show", args: "ID", minArgs: 1, maxArgs: 1,
 				summary: "List ID's key versions and public keys.",
 				setup:   noFlags(func(pos []string) error { return c.participantShow(pos[0]) }),
-			}}},
+			}, c.statusCommand(stdin)}}, // status.go
 		"encrypt": &command{name: "encrypt", args: "[FILE|-]", maxArgs: 1,
 			summary: "Seal a transaction; FILE (or stdin) holds the request.",
 			details: `The request is {"transaction_id","job_id","public_data":{},"confidential":{},"participants":[]},

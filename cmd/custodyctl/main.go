@@ -29,6 +29,8 @@ Commands:
   health                        Token, capabilities, daemon keys, policy, and who you are.
   participants register ID      Create participant ID's X25519 key pair on the HSM (admin role).
   participants show ID          List ID's key versions and public keys.
+  participants status ID        Show or change ID's compliance status (compliance role); see its --help.
+  mfa enroll|revoke PRINCIPAL   A principal's second factor (TOTP) on the HSM (admin role); see custodyctl mfa --help.
   encrypt [FILE|-]              Seal a transaction. FILE (or stdin) holds the request:
                                   {"transaction_id","job_id","public_data":{},"confidential":{},"participants":[]}
                                 or {"items":[…]} for a batch.
@@ -67,6 +69,8 @@ Global flags:
   --socket PATH   daemon socket (default $CUSTODY_SOCKET, else run/custodyd.sock)
   --json          print the daemon's answer as JSON (its wire form, docs/api.md)
   --timeout D     give up after D (default 60s)
+  --totp          prompt on the terminal for your second factor's code (requests the policy makes need one)
+  --totp-stdin    read that code from the first line of stdin instead (never give it as an argument)
 
 Exit status: 0 on success; 1 when the daemon answered an error, printed as
 "custodyctl: CODE: message" (e.g. purpose_denied; codes: docs/api.md), or
@@ -86,6 +90,7 @@ type cli struct {
 	timeout time.Duration
 	out     io.Writer
 	d       *client.Client // set once the flags are parsed
+	totp    string         // the second factor's code (--totp, --totp-stdin), sent with every request
 }
 
 // usageError is a mistake in the command line or its input, found before
@@ -106,6 +111,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.socket, "socket", defSocket, "daemon socket")
 	fs.BoolVar(&c.json, "json", false, "print the daemon's answer as JSON")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "request timeout")
+	totpTTY := fs.Bool("totp", false, "prompt on the terminal for your second factor's code")
+	totpStdin := fs.Bool("totp-stdin", false, "read your second factor's code from the first line of stdin")
 	var err error
 	if err = fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -113,6 +120,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 0
 		}
 		return report(stderr, usageError{msg: flagError(err), hint: "see custodyctl --help"})
+	}
+	if *totpTTY || *totpStdin {
+		if stdin, err = c.readTOTP(*totpTTY, stdin, stderr); err != nil { // mfa.go
+			return report(stderr, err)
+		}
 	}
 	c.d = client.New(c.socket)
 	rest := fs.Args()
@@ -130,6 +142,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runOrder(rest[1:], stdin, stdout, c.json, c.timeout)
 	case "ceremony":
 		err = c.ceremonyGroup(stdin).execute(rest[1:], stdout)
+	case "mfa":
+		err = c.mfaGroup().execute(rest[1:], stdout) // mfa.go
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -167,7 +181,11 @@ func report(stderr io.Writer, err error) int {
 
 // ctx bounds one command's daemon calls by --timeout.
 func (c *cli) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), c.timeout)
+	ctx := context.Background()
+	if c.totp != "" {
+		ctx = client.WithTOTP(ctx, c.totp)
+	}
+	return context.WithTimeout(ctx, c.timeout)
 }
 
 // printJSON prints v, the daemon's answer, as indented JSON: the wire form
@@ -209,6 +227,9 @@ func (c *cli) health() error {
 		fmt.Fprintf(w, "signing key:  %s\n", h.SigningKey)
 		fmt.Fprintf(w, "policy:       %s\n", h.Policy)
 		fmt.Fprintf(w, "you are:      %s\n", h.Principal)
+		if h.ParticipantStatus != "" {
+			fmt.Fprintf(w, "participant status: %s\n", h.ParticipantStatus)
+		}
 	})
 	if err == nil && h.Status != "ok" {
 		err = fmt.Errorf("daemon is not healthy: %s", h.Status)

@@ -26,10 +26,12 @@ import (
 	"custody/hsm"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
+	"custody/internal/compliance"
 	"custody/internal/config"
 	"custody/internal/durable"
 	"custody/internal/keys"
 	"custody/internal/metrics"
+	"custody/internal/mfa"
 	"custody/internal/orders"
 	"custody/internal/policy"
 	"custody/internal/server"
@@ -202,6 +204,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	// builds its dev Vault in the background): every audit decrypt checks
 	// Vault and fails closed, and the checker authenticates as soon as it can.
 	var checker server.OrderChecker
+	var status server.StatusStore // nil: participant status is not checked
+	var second server.MFA         // nil: requests that need a second factor are refused
 	if cfg.Vault != nil {
 		c, err := orders.StartChecker(ctx, *cfg.Vault, orders.Options{Log: log})
 		if err != nil {
@@ -211,8 +215,22 @@ func cmdRun(args []string, stderr io.Writer) error {
 		defer c.Close()
 		checker = meters.MeterOrders(c)
 		log.Info("court orders checked against Vault", "address", cfg.Vault.Address, "quorum", cfg.Vault.Quorum, "signers", len(cfg.Vault.Signers))
+		// Second factors: seeds on the token, replay and lockout state in Vault.
+		second = &mfa.Service{Keys: token, Issuer: "custody", Verifier: mfa.Verifier{Device: token, KV: c.KV(), Path: "custody/mfa",
+			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
+		if sc, on := cfg.StatusConfig(); on {
+			st, err := compliance.NewStore(c.KV(), sc, compliance.Options{Log: log})
+			if err != nil {
+				return err
+			}
+			status = st
+			log.Info("participant status checked against Vault", "path", sc.Path, "cache_ttl", sc.CacheTTL.String(), "max_stale", sc.MaxStale.String())
+		} else {
+			log.Warn("participant_status.enabled is false: participant status is not checked")
+		}
 	} else {
-		log.Warn("no vault section in the configuration: audit decrypts are refused")
+		log.Warn("no vault section in the configuration: audit decrypts are refused and participant status is not checked")
 	}
 
 	ceremonies, err := loadCeremonies(cfg, token, registry, log)
@@ -230,6 +248,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Recorder:   alog,
 		AccessLog:  alog,
 		Orders:     checker,
+		Status:     status,
+		MFA:        second,
 		Ceremonies: ceremonies,
 		Log:        log,
 		Limits:     cfg.Limits,

@@ -31,6 +31,10 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
+// HeaderTOTP carries the caller's current TOTP code (6 digits) on a
+// request that the policy makes need a second factor.
+const HeaderTOTP = "Custody-TOTP"
+
 // Error codes are the stable part of every error response
 // ({"error":{"code":…,"message":…}}); clients branch on them. docs/api.md
 // lists them. Never rename one; add new ones.
@@ -89,6 +93,20 @@ const (
 	CodeVaultDenied        = "vault_denied"               // Vault refused the daemon's token (policy, revoked, expired)
 	CodeVaultTimeout       = "vault_timeout"              // Vault slower than vault.timeout
 	CodeVaultError         = "vault_error"                // Vault answered with another error
+
+	// Participant status (docs/compliance.md).
+	CodeParticipantSuspended = "participant_suspended" // the participant is suspended: not sealed for, cannot decrypt
+	CodeKYCRequired          = "kyc_required"          // the policy needs KYC (or KYB) verified and unexpired for this
+	CodeSanctionsHit         = "sanctions_hit"         // the policy needs a clear sanctions screening; the record has a hit or none
+	CodeApprovalExpired      = "approval_expired"      // the policy needs a regulatory approval; missing, expired or another jurisdiction
+	CodeStatusUnavailable    = "status_unavailable"    // status unreadable in Vault and the cached copy older than max_stale (or status is off)
+	CodeStatusConflict       = "status_conflict"       // the status changed since the version the change names; read it again
+
+	// Second factor (docs/compliance.md, "Second factor").
+	CodeMFARequired    = "mfa_required"    // the policy needs a TOTP code here: none sent, or the principal is not enrolled
+	CodeMFAInvalid     = "mfa_invalid"     // wrong code, or a code already used (replay)
+	CodeMFALocked      = "mfa_locked"      // too many wrong codes: the principal's factor is locked for a while
+	CodeMFAUnavailable = "mfa_unavailable" // the factor's shared state cannot be read or written in Vault (or MFA is not configured)
 
 	// Key lifecycle (docs/keys.md).
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)

@@ -24,6 +24,9 @@ type Health struct {
 	Policy       string       `json:"policy"`
 	Principal    string       `json:"you"`
 	AccessLog    *LogStatus   `json:"access_log,omitempty"`
+	// ParticipantStatus says whether participant status is checked
+	// ("on: …", or "off: …" and why).
+	ParticipantStatus string `json:"participant_status,omitempty"`
 }
 
 // Token describes the HSM token and the daemon's session pool (hsm.TokenInfo).
@@ -88,6 +91,54 @@ type Participant struct {
 	ID       string       `json:"id"`
 	Active   uint32       `json:"active_version"`
 	Versions []KeyVersion `json:"versions"`
+}
+
+// --- participant status: GET and PUT /v1/participants/{id}/status (docs/compliance.md) ---
+
+// ParticipantStatus is a participant's compliance status as Vault holds
+// it. Version 0 means no record (Status is absent); Invalid says why the
+// current version is refused (deleted in Vault, or malformed: every check
+// for the participant fails closed until a new version is written).
+type ParticipantStatus struct {
+	ID      string          `json:"id"`
+	Version int             `json:"version"`
+	Status  json.RawMessage `json:"status,omitempty"` // a compliance.Record (docs/compliance.md)
+	Updated *time.Time      `json:"updated,omitempty"`
+	By      string          `json:"by,omitempty"` // the principal that set it
+	Reason  string          `json:"reason,omitempty"`
+	// Reference is the compliance team's case or document reference.
+	Reference string `json:"reference,omitempty"`
+	Invalid   string `json:"invalid,omitempty"`
+}
+
+// StatusChange replaces a participant's whole status record if its
+// current version is Version (0: it has none yet), so that two reviewers
+// cannot overwrite each other unseen.
+type StatusChange struct {
+	Version   int             `json:"version"`
+	Status    json.RawMessage `json:"status"` // a compliance.Record
+	Reason    string          `json:"reason"`
+	Reference string          `json:"reference"`
+}
+
+// StatusSet is the answer to a StatusChange.
+type StatusSet struct {
+	ID              string `json:"id"`
+	Version         int    `json:"version"`
+	PreviousVersion int    `json:"previous_version"`
+}
+
+// --- second factor: POST /v1/mfa/principals, DELETE /v1/mfa/principals/{principal} ---
+
+// MFAEnroll asks for a new TOTP factor for a principal of the policy.
+type MFAEnroll struct {
+	Principal string `json:"principal"`
+}
+
+// MFAEnrolled carries the otpauth:// URI with the seed, shown once.
+type MFAEnrolled struct {
+	Principal string `json:"principal"`
+	URI       string `json:"uri"`
 }
 
 // --- transactions: POST /v1/transactions/{encrypt,decrypt}[/batch] ---

@@ -107,6 +107,9 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 	if body != nil {
 		req.Header.Set("Content-Type", contentType)
 	}
+	if code, ok := ctx.Value(totpKey{}).(string); ok {
+		req.Header.Set(api.HeaderTOTP, code)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -162,6 +165,38 @@ func (c *Client) Register(ctx context.Context, id string) (*api.Registered, erro
 // Participant is GET /v1/participants/{id}.
 func (c *Client) Participant(ctx context.Context, id string) (*api.Participant, error) {
 	return call[api.Participant](ctx, c, "GET", "/v1/participants/"+url.PathEscape(id), nil)
+}
+
+// ParticipantStatus is GET /v1/participants/{id}/status: the compliance
+// status as Vault holds it (version 0: none).
+func (c *Client) ParticipantStatus(ctx context.Context, id string) (*api.ParticipantStatus, error) {
+	return call[api.ParticipantStatus](ctx, c, "GET", "/v1/participants/"+url.PathEscape(id)+"/status", nil)
+}
+
+// SetParticipantStatus is PUT /v1/participants/{id}/status: replace the
+// whole record if in.Version is current (else status_conflict).
+func (c *Client) SetParticipantStatus(ctx context.Context, id string, in api.StatusChange) (*api.StatusSet, error) {
+	return call[api.StatusSet](ctx, c, "PUT", "/v1/participants/"+url.PathEscape(id)+"/status", in)
+}
+
+type totpKey struct{}
+
+// WithTOTP returns ctx carrying the caller's current TOTP code: every call
+// made with it sends the code (api.HeaderTOTP), for the requests the
+// daemon's policy makes need a second factor. The code is used once.
+func WithTOTP(ctx context.Context, code string) context.Context {
+	return context.WithValue(ctx, totpKey{}, code)
+}
+
+// MFAEnroll is POST /v1/mfa/principals (admin): a new factor for principal;
+// the answer's URI carries the seed, shown once.
+func (c *Client) MFAEnroll(ctx context.Context, principal string) (*api.MFAEnrolled, error) {
+	return call[api.MFAEnrolled](ctx, c, "POST", "/v1/mfa/principals", api.MFAEnroll{Principal: principal})
+}
+
+// MFARevoke is DELETE /v1/mfa/principals/{principal} (admin).
+func (c *Client) MFARevoke(ctx context.Context, principal string) error {
+	return c.do(ctx, "DELETE", "/v1/mfa/principals/"+url.PathEscape(principal), nil, &struct{}{})
 }
 
 // Encrypt is POST /v1/transactions/encrypt.

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"custody/internal/auditlog"
+	"custody/internal/compliance"
 	"custody/internal/config/duration"
 	"custody/internal/orders"
 	"custody/internal/safefile"
@@ -51,6 +52,10 @@ type Config struct {
 	// Vault holds the court orders that gate audit decrypts (docs/orders.md).
 	// Without it, audit decrypts are refused with vault_unavailable.
 	Vault *orders.Config `json:"vault,omitempty"`
+	// ParticipantStatus tunes the participant status checks
+	// (docs/compliance.md), which are on whenever Vault is configured;
+	// without a vault section they are off and this section is refused.
+	ParticipantStatus *compliance.Config `json:"participant_status,omitempty"`
 	// Keys says when keys are due for rotation.
 	Keys Keys `json:"keys"`
 	// Ceremony configures the escrow key ceremonies (docs/ceremonies.md).
@@ -321,6 +326,19 @@ func (c *Config) resolve(dir string, set Config) {
 	}
 }
 
+// StatusConfig is the participant_status section with its defaults, and
+// whether status checks are on (a vault section, and not disabled).
+func (c Config) StatusConfig() (compliance.Config, bool) {
+	var sc compliance.Config
+	if c.ParticipantStatus != nil {
+		sc = *c.ParticipantStatus
+	}
+	if err := sc.Validate(); err != nil {
+		return sc, false
+	}
+	return sc, c.Vault != nil && sc.On()
+}
+
 // SocketMode returns Socket.Mode as file permission bits.
 func (c Config) SocketMode() os.FileMode {
 	m, _ := strconv.ParseUint(c.Socket.Mode, 8, 32)
@@ -370,6 +388,14 @@ func (c Config) Validate() error {
 	}
 	if c.Vault != nil {
 		if err := c.Vault.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.ParticipantStatus != nil {
+		if c.Vault == nil {
+			return errors.New("participant_status: needs a vault section (the records live in Vault); without one, status checks are off")
+		}
+		if err := c.ParticipantStatus.Validate(); err != nil {
 			return err
 		}
 	}

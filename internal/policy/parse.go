@@ -32,9 +32,10 @@ const (
 	RoleAuditor     = "auditor"
 	RoleOfficer     = "officer"
 	RoleReviewer    = "reviewer"
+	RoleCompliance  = "compliance" // sets participants' compliance status (docs/compliance.md)
 )
 
-var knownRoles = []string{RoleAdmin, RoleApplication, RoleAuditor, RoleOfficer, RoleReviewer}
+var knownRoles = []string{RoleAdmin, RoleApplication, RoleAuditor, RoleOfficer, RoleReviewer, RoleCompliance}
 
 var (
 	// identRe is the syntax of principal and purpose names.
@@ -186,7 +187,7 @@ func (r resolver) parse(data []byte) (*Policy, error) {
 		return nil, err
 	}
 	c := &checker{}
-	if !c.object(root, "", "version", "comment", "purposes", "principals") {
+	if !c.object(root, "", "version", "comment", "purposes", "principals", "participant_status", "second_factor") {
 		return nil, c.err()
 	}
 	if v := root.field("version"); v == nil {
@@ -204,6 +205,8 @@ func (r resolver) parse(data []byte) (*Policy, error) {
 		byName:   make(map[string]*principal),
 	}
 	c.purposes(root, p)
+	c.participantStatus(root, p) // status.go
+	c.secondFactor(root, p)      // mfa.go
 	c.principals(root, p)
 	if c.n > 0 {
 		return nil, c.err()

@@ -75,6 +75,8 @@ type Policy struct {
 	byMember   map[uint32][]*principal // uid → principals whose groups list it in /etc/group
 	nUsers     int
 	nGroups    int
+	status     *statusRules  // the participant_status section (status.go); nil: none
+	factor     *secondFactor // the second_factor section (mfa.go); nil: none
 }
 
 type purpose struct {

@@ -118,6 +118,11 @@ func (s *Server) auditAuthorize(ctx context.Context, rq *request, in api.AuditDe
 	if err != nil {
 		return nil, none, orders.Grant{}, err
 	}
+	if rq.policy.FactorForAudit() { // before a use of the order is spent (mfa.go)
+		if err := s.requireFactor(ctx, rq); err != nil {
+			return nil, none, orders.Grant{}, err
+		}
+	}
 	grant, err := s.d.Orders.Authorize(ctx, rq.principal.Name, in.Authorization, in.Purpose, h.TransactionID, h.JobID, h.CreatedAt)
 	if err != nil {
 		if errors.Is(err, orders.ErrVault) {

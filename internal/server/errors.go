@@ -10,8 +10,10 @@ import (
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/ceremony"
+	"custody/internal/compliance"
 	"custody/internal/envelope"
 	"custody/internal/keys"
+	"custody/internal/mfa"
 	"custody/internal/orders"
 	"custody/internal/policy"
 	"custody/internal/rewrap"
@@ -53,6 +55,8 @@ var refusalCodes = map[string]bool{
 	api.CodeRateLimited:        true, // the caller's own limits (per uid)
 	api.CodeTooManyConnections: true,
 	api.CodeTooManyRefusals:    true,
+	api.CodeStatusUnavailable:  true, // participant status unknown: fail closed
+	api.CodeMFAUnavailable:     true, // second factor state unknown: fail closed
 }
 
 // apiError is an error with its HTTP status and stable code (an api.Code…
@@ -105,6 +109,16 @@ var errorMap = []mapping{
 	{policy.ErrFieldDenied, http.StatusForbidden, api.CodeFieldDenied, itself},
 	{policy.ErrSealDenied, http.StatusForbidden, api.CodeSealDenied, itself},
 	{policy.ErrDenied, http.StatusForbidden, api.CodePermissionDenied, itself},
+	{compliance.ErrSuspended, http.StatusForbidden, api.CodeParticipantSuspended, itself},
+	{compliance.ErrSanctions, http.StatusForbidden, api.CodeSanctionsHit, itself},
+	{compliance.ErrKYC, http.StatusForbidden, api.CodeKYCRequired, itself},
+	{compliance.ErrApproval, http.StatusForbidden, api.CodeApprovalExpired, itself},
+	{compliance.ErrUnavailable, http.StatusServiceUnavailable, api.CodeStatusUnavailable, says("the participant's compliance status cannot be read from Vault and this daemon's copy is older than participant_status.max_stale (or the record in Vault is deleted or malformed); refused until it can be read")},
+	{compliance.ErrConflict, http.StatusConflict, api.CodeStatusConflict, itself},
+	{mfa.ErrInvalid, http.StatusForbidden, api.CodeMFAInvalid, itself},
+	{mfa.ErrLocked, http.StatusForbidden, api.CodeMFALocked, itself},
+	{mfa.ErrNotEnrolled, http.StatusForbidden, api.CodeMFARequired, says("this request needs a second factor and your principal has none enrolled: an admin enrolls you with `custodyctl mfa enroll PRINCIPAL`")},
+	{mfa.ErrUnavailable, http.StatusServiceUnavailable, api.CodeMFAUnavailable, says("the second factor's shared state cannot be read or written in Vault; refused until it can")},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, api.CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, api.CodeKeyDestroyed, itself},
 	{keys.ErrActiveVersion, http.StatusConflict, api.CodeKeyActive, itself},

@@ -70,7 +70,7 @@ func testMain(m *testing.M) int {
 // runs: see shareTestUsers) and fills users.
 func createUsers() (cleanup func(), err error) {
 	// The officers of ceremony_test.go are real Unix users too.
-	names := append([]string{appUser, otherUser}, officerUsers...)
+	names := append([]string{appUser, otherUser, complianceUser}, officerUsers...) // complianceUser: status_test.go
 	release, err := shareTestUsers()
 	if err != nil {
 		return nil, err

@@ -22,6 +22,10 @@ func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 		Principal:    rq.principal.Name,
 		Profile:      caps.String(),
 	}
+	out.ParticipantStatus = statusOff
+	if s.d.Status != nil {
+		out.ParticipantStatus = s.d.Status.Describe()
+	}
 	if err := s.d.Token.Ping(ctx); err != nil {
 		out.Status = classify(err).Code
 		if !errors.Is(err, hsm.ErrUnavailable) {

@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,6 +91,13 @@ type Deps struct {
 	// Ceremonies runs the escrow key ceremonies (routes in ceremony.go); nil =
 	// the ceremony routes answer ceremony_unavailable.
 	Ceremonies *ceremony.Service
+	// Status is participants' compliance status (status.go); nil = status
+	// checks are off (health says so) and the status routes answer
+	// status_unavailable.
+	Status StatusStore
+	// MFA is the second factor (mfa.go); nil = requests the policy makes
+	// need one are refused (mfa_unavailable).
+	MFA MFA
 }
 
 // Observer is told about every request: its route pattern, "ok" or the
@@ -223,6 +231,9 @@ type request struct {
 	recorded  atomic.Bool // some decision of this request was recorded (record)
 	route     string      // the route's pattern
 	routeOp   string      // the route's operation name in the access log
+	// factorOnce/factorErr: the request's second factor, verified once (mfa.go).
+	factorOnce sync.Once
+	factorErr  error
 }
 
 // handler does the route's work and returns the response body or an error.

@@ -186,6 +186,9 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 		if err != nil {
 			return nil, err
 		}
+		if err := s.checkStatus(ctx, id, rq.policy.SealStatus()); err != nil { // status.go
+			return nil, err
+		}
 		recipients = append(recipients, envelope.Recipient{ID: id, KeyVersion: v.Number, Alg: v.Alg, Public: v.Public})
 		out.Recipients = append(out.Recipients, api.Recipient{ID: id, KeyVersion: v.Number})
 	}
@@ -257,6 +260,14 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	disclosure, err := rq.policy.AuthorizeDecrypt(rq.principal, in.As, in.Purpose, in.Fields, s.d.Now())
 	if err != nil {
 		return nil, err
+	}
+	if err := s.checkStatus(ctx, in.As, rq.policy.DecryptStatus(in.Purpose)); err != nil { // status.go
+		return nil, err
+	}
+	if rq.policy.FactorForDecrypt(in.Purpose) {
+		if err := s.requireFactor(ctx, rq); err != nil { // mfa.go
+			return nil, err
+		}
 	}
 	i, err := env.ParticipantStanza(in.As)
 	if err != nil {

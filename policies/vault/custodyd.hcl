@@ -23,3 +23,19 @@ path "secret/data/custody/revocations/*" {
 path "secret/data/custody/uses/*" {
   capabilities = ["read", "create", "update"]
 }
+
+# Participant status (internal/compliance, docs/compliance.md): read, create
+# the first record (cas=0), replace it with check-and-set. Every change
+# goes through custodyd, which records it in its access log; custodyd holds
+# no delete, destroy or metadata capability, so the history of versions
+# stays in Vault. Change the path when participant_status.path changes it.
+path "secret/data/custody/participants/*" {
+  capabilities = ["read", "create", "update"]
+}
+
+# Second-factor state (internal/mfa): the last accepted TOTP step, failures
+# and lock of each principal, shared by the fleet (replay and lockout hold
+# on every daemon). Read, create, update with check-and-set; no delete.
+path "secret/data/custody/mfa/*" {
+  capabilities = ["read", "create", "update"]
+}
