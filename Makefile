@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-test bench-rewrap-100k build run demo test test-short fuzz bench vectors lint clean
+.PHONY: help deps deps-test bench-rewrap-100k build run demo fleet fleet-down test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,6 +17,15 @@ build: ## Build bin/custodyd and bin/custodyctl
 
 run: ## First run: install, build, init the SoftHSM token, serve on run/custodyd.sock at once (dev Vault builds in the background)
 	@scripts/first-run.sh
+
+FLEET_DIR ?= run/fleet
+
+fleet: build ## A local fleet in FLEET_DIR (run/fleet): 3-node raft Vault, 3 custodyd on one SoftHSM token (docs/fleet.md)
+	@scripts/deps.sh softhsm
+	@scripts/fleet.sh up $(FLEET_DIR) 3
+
+fleet-down: ## Stop the processes make fleet started (keeps FLEET_DIR)
+	@scripts/fleet.sh down $(FLEET_DIR)
 
 demo: build ## Register, encrypt and decrypt against a running daemon (after make run)
 	@scripts/demo.sh
