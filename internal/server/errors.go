@@ -78,6 +78,7 @@ const (
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
 	CodeKeyActive         = "key_active"         // the active version cannot be retired; rotate first
 	CodeRetireUnconfirmed = "retire_unconfirmed" // retire without confirm_rewrapped and rewrapped_count
+	CodeRotationBusy      = "rotation_busy"      // another daemon of the fleet is rotating that key; retry
 
 	// Escrow key ceremonies (ceremony.go, docs/ceremonies.md).
 	CodeCeremonyUnavailable = "ceremony_unavailable" // no ceremony section (officers file) in the configuration
@@ -193,6 +194,7 @@ var errorMap = []mapping{
 	{keys.ErrUnknownParticipant, http.StatusNotFound, CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, CodeKeyDestroyed, itself},
 	{keys.ErrActiveVersion, http.StatusConflict, CodeKeyActive, itself},
+	{keys.ErrRotationBusy, http.StatusConflict, CodeRotationBusy, says("another daemon of the fleet is rotating this key right now; retry in a few seconds")},
 	{keys.ErrUnknownVersion, http.StatusNotFound, CodeUnknownKeyVersion, itself},
 	{keys.ErrExists, http.StatusConflict, CodeParticipantExists, itself},
 	{envelope.ErrVersion, http.StatusBadRequest, CodeUnsupportedVersion, itself},

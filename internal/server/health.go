@@ -19,6 +19,9 @@ type healthResponse struct {
 	Policy       string           `json:"policy"`
 	Principal    string           `json:"you"`
 	AccessLog    *auditlog.Status `json:"access_log,omitempty"`
+	// TokenRescans counts the registry's rereads of the token since start
+	// (periodic, and after lookup misses; bounded: docs/fleet.md).
+	TokenRescans uint64 `json:"token_rescans"`
 }
 
 // health: GET /v1/health reports the token, its probed capabilities, the
@@ -32,6 +35,7 @@ func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 		Capabilities: s.d.Token.Capabilities(),
 		Policy:       rq.policy.Summary(),
 		Principal:    rq.principal.Name,
+		TokenRescans: s.d.Keys.Rescans(),
 	}
 	out.Profile = out.Capabilities.String()
 	if err := s.d.Token.Ping(ctx); err != nil {
