@@ -160,6 +160,10 @@ vault_up() { # DIR
     unset out
   fi
   for k in $(seq 1 $NODES); do unseal_node "$k" "$dir"; done
+  # The setup is applied once (again when a policy file changed).
+  if [ -e "$dir/vault/applied" ] && [ -z "$(find "$root/policies/vault" -newer "$dir/vault/applied" -name '*.hcl')" ]; then
+    return 0
+  fi
   # Wait for an active node, then apply the setup through it.
   local i active=""
   for i in $(seq 1 150); do
@@ -169,10 +173,14 @@ vault_up() { # DIR
   done
   [ -n "$active" ] || die "no active Vault node; see $dir/vault/node-*/vault.log"
   for i in $(seq 1 50); do
-    custody_vault_apply "$vault" "$(cat "$dir/vault/node-$active/addr")" "$dir/vault/root-token" "$dir/vault" 2>/dev/null && return 0
+    if custody_vault_apply "$vault" "$(cat "$dir/vault/node-$active/addr")" "$dir/vault/root-token" "$dir/vault" 2>/dev/null; then
+      touch "$dir/vault/applied"
+      return 0
+    fi
     sleep 0.2
   done
   custody_vault_apply "$vault" "$(cat "$dir/vault/node-$active/addr")" "$dir/vault/root-token" "$dir/vault"
+  touch "$dir/vault/applied"
 }
 
 # leader DIR: the number of the active node, or nothing.
@@ -267,7 +275,7 @@ up() {
   wait_daemon 1 "$dir"
   for i in $(seq 2 "$n"); do start_daemon "$i" "$dir"; done
   for i in $(seq 2 "$n"); do wait_daemon "$i" "$dir"; done
-  echo "fleet up in $dir: $n custodyd (custodyd-<i>.sock), Vault leader node $(leader "$dir")" >&2
+  echo "fleet up in $dir: $n custodyd (custodyd-<i>.sock); fleet.sh status $1 names the Vault leader" >&2
 }
 
 down() {
