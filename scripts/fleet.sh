@@ -57,17 +57,25 @@ alive() {
   [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null || true)")" = "$2" ]
 }
 
-# stop PIDFILE NAME: TERM the process the pid file names (only if it is
-# NAME), KILL after 10 s, remove the pid file.
+# stop NAME PIDFILE...: TERM every process a pid file names (only if it is
+# NAME), KILL those still there after 10 s, remove the pid files.
 stop() {
-  if alive "$1" "$2"; then
-    local pid i
-    pid=$(cat "$1")
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$1"
+  local name=$1 f pids=() i p left
+  shift
+  for f in "$@"; do
+    if alive "$f" "$name"; then
+      pids+=("$(cat "$f")")
+      kill -TERM "$(cat "$f")" 2>/dev/null || true
+    fi
+  done
+  for i in $(seq 1 100); do
+    left=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left=1; done
+    [ $left = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true; done
+  rm -f "$@"
 }
 
 vstatus() { # ADDR -> JSON of vault status, or nothing
@@ -120,19 +128,26 @@ start_node() { # K DIR
   die "Vault node $1 did not answer; see $d/vault.log"
 }
 
-unseal_node() { # K DIR
-  local d=$2/vault/node-$1 addr st deadline=$((SECONDS + 60))
-  addr=$(cat "$d/addr")
+# unseal_all DIR: unseal every node (all at once: a joining node needs the
+# leader unsealed, the others need not wait for each other).
+unseal_all() {
+  local dir=$1 k addr st pending deadline=$((SECONDS + 90))
   while [ $SECONDS -lt $deadline ]; do
-    st=$(vstatus "$addr")
-    if [ "$(field "$st" initialized)" = true ] && [ "$(field "$st" sealed)" = false ]; then return 0; fi
-    if [ "$(field "$st" sealed)" = true ]; then
-      # key=@FILE: the key is read from its file, never put in argv.
-      VAULT_ADDR="$addr" "$vault" write sys/unseal key=@"$2/vault/unseal-key" >/dev/null 2>&1 || true
-    fi
-    sleep 0.5
+    pending=0
+    for k in $(seq 1 $NODES); do
+      addr=$(cat "$dir/vault/node-$k/addr")
+      st=$(vstatus "$addr")
+      if [ "$(field "$st" initialized)" = true ] && [ "$(field "$st" sealed)" = false ]; then continue; fi
+      pending=1
+      if [ "$(field "$st" sealed)" = true ]; then
+        # key=@FILE: the key is read from its file, never put in argv.
+        VAULT_ADDR="$addr" "$vault" write sys/unseal key=@"$dir/vault/unseal-key" >/dev/null 2>&1 || true
+      fi
+    done
+    [ $pending = 0 ] && return 0
+    sleep 0.3
   done
-  die "Vault node $1 is still sealed or not joined; see $d/vault.log"
+  die "a Vault node is still sealed or not joined; see $dir/vault/node-*/vault.log"
 }
 
 vault_up() { # DIR
@@ -159,7 +174,7 @@ vault_up() { # DIR
      python3 -c 'import json,sys; sys.stdout.write(json.loads(sys.stdin.read())["root_token"])' <<<"$out" > "$dir/vault/root-token")
     unset out
   fi
-  for k in $(seq 1 $NODES); do unseal_node "$k" "$dir"; done
+  unseal_all "$dir"
   # The setup is applied once (again when a policy file changed).
   if [ -e "$dir/vault/applied" ] && [ -z "$(find "$root/policies/vault" -newer "$dir/vault/applied" -name '*.hcl')" ]; then
     return 0
@@ -282,8 +297,12 @@ down() {
   local dir i k
   [ -n "${1:-}" ] && [ -d "$1" ] || die "usage: fleet.sh down DIR"
   dir=$(abs "$1")
-  for i in "$dir"/custodyd-*/pid; do [ -e "$i" ] && stop "$i" custodyd; done
-  for k in $(seq 1 $NODES); do stop "$dir/vault/node-$k/pid" vault; done
+  local files=()
+  for i in "$dir"/custodyd-*/pid; do [ -e "$i" ] && files+=("$i"); done
+  [ ${#files[@]} = 0 ] || stop custodyd "${files[@]}"
+  files=()
+  for k in $(seq 1 $NODES); do [ -e "$dir/vault/node-$k/pid" ] && files+=("$dir/vault/node-$k/pid"); done
+  [ ${#files[@]} = 0 ] || stop vault "${files[@]}"
   echo "fleet in $dir stopped" >&2
 }
 

@@ -57,6 +57,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "internal/fleet: no Vault binary (%s): run make deps\n", out)
 		return 1
 	}
+	began := time.Now()
 	var err error
 	if binDir, err = os.MkdirTemp("", "fleet-bin-"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -82,7 +83,9 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	fl = &fleet{dir: filepath.Join(dir, "fleet"), policy: filepath.Join(dir, "policy.json")}
+	built := time.Now()
 	out, err := fl.sh("up", strconv.Itoa(daemons))
+	fmt.Fprintf(os.Stderr, "internal/fleet: binaries built in %v, fleet up in %v\n", built.Sub(began).Round(time.Millisecond), time.Since(built).Round(time.Millisecond))
 	defer fl.sh("down")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleet.sh up: %v\n%s", err, out)
