@@ -1,8 +1,11 @@
 package fleet_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/keys"
 	"custody/internal/testutil"
 )
 
@@ -111,6 +115,31 @@ func TestFleetBench(t *testing.T) {
 	}
 	slices.Sort(partTimes)
 	t.Logf("| (participant decrypt, no Vault) | %v | %v |", p(partTimes, 0.5).Round(10*time.Microsecond), p(partTimes, 0.99).Round(10*time.Microsecond))
+
+	// What a reread of the token costs (the registry's Refresh, as a
+	// daemon does it after a miss and every keys.refresh_interval), as the
+	// token grows.
+	tok := fl.openToken(t)
+	reg, err := keys.Load(context.Background(), tok, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("| participants on the token | one token reread (Refresh) |")
+	for _, add := range []int{0, 200, 400} {
+		for range add {
+			if _, err := reg.Register(context.Background(), "p-fill-"+random(), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		const n = 5
+		for range n {
+			if err := reg.Refresh(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("| %d | %v |", len(reg.List(time.Now()))-1, (time.Since(start) / n).Round(10*time.Microsecond))
+	}
 }
 
 func auditTimes(t *testing.T, c *client, env, order string, n int) []time.Duration {
