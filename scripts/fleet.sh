@@ -30,6 +30,8 @@
 #   FLEET_CONFIG_EXTRA    a JSON object merged into every daemon's configuration
 #                         (top-level keys replace; e.g. {"keys":{"rotation_check":"1s"}})
 #   FLEET_VAULT_NODE      point every daemon at this node (1-3) instead
+#   FLEET_WATCH_PID       stop each process this up starts when process P exits
+#                         (a test binary that crashed or hit its timeout)
 #
 # The root token and the unseal key are for this local fleet only; they are
 # written to 0600 files and never printed or passed in argv.
@@ -78,6 +80,13 @@ stop() {
   rm -f "$@"
 }
 
+# watch PID: with FLEET_WATCH_PID set, TERM PID once that process is gone.
+watch() {
+  [ -n "${FLEET_WATCH_PID:-}" ] || return 0
+  (setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null' \
+    _ "$FLEET_WATCH_PID" "$1" </dev/null >/dev/null 2>&1 &)
+}
+
 vstatus() { # ADDR -> JSON of vault status, or nothing
   VAULT_ADDR="$1" "$vault" status -format=json 2>/dev/null || true
 }
@@ -119,6 +128,7 @@ start_node() { # K DIR
   alive "$d/pid" vault && return 0
   (umask 077; exec setsid "$vault" server -config="$d/config.hcl" >>"$d/vault.log" 2>&1 </dev/null) &
   echo $! > "$d/pid"
+  watch $!
   local i
   for i in $(seq 1 100); do
     [ -n "$(vstatus "$(cat "$d/addr")")" ] && return 0
@@ -257,6 +267,7 @@ start_daemon() { # I DIR
   alive "$d/pid" custodyd && return 0
   (exec setsid "$bindir/custodyd" run --config "$d/custodyd.json" >>"$d/custodyd.log" 2>&1 </dev/null) &
   echo $! > "$d/pid"
+  watch $!
 }
 
 wait_daemon() { # I DIR

@@ -168,7 +168,9 @@ func startDevDaemon(t *testing.T) *devDaemon {
 	dir := filepath.Join(fl.dir, "bench-dev")
 	os.MkdirAll(dir, 0o700)
 	vdir := filepath.Join(dir, "vault")
-	out, err := exec.Command(filepath.Join(repo, "scripts/vault.sh"), "start", vdir).CombinedOutput()
+	start := exec.Command(filepath.Join(repo, "scripts/vault.sh"), "start", vdir)
+	start.Env = append(os.Environ(), fmt.Sprintf("VAULT_SH_WATCH_PID=%d", os.Getpid()))
+	out, err := start.CombinedOutput()
 	if err != nil {
 		t.Fatalf("vault.sh start: %v\n%s", err, out)
 	}
@@ -190,6 +192,7 @@ func startDevDaemon(t *testing.T) *devDaemon {
 	cmd := exec.Command(filepath.Join(binDir, "custodyd"), "run", "--config", filepath.Join(dir, "custodyd.json"))
 	logf, _ := os.Create(filepath.Join(dir, "custodyd.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // gone with the test binary
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,6 +108,9 @@ type fleet struct {
 func (f *fleet) sh(cmd string, args ...string) (string, error) {
 	c := exec.Command(filepath.Join(repo, "scripts/fleet.sh"), append([]string{cmd, f.dir}, args...)...)
 	c.Env = append(os.Environ(), "CUSTODY_BIN="+binDir, "FLEET_POLICY="+f.policy,
+		// Should this binary die without its deferred down (a timeout),
+		// the fleet's processes stop by themselves.
+		fmt.Sprintf("FLEET_WATCH_PID=%d", os.Getpid()),
 		// Rotation passes every second, token rereads every second: the
 		// fleet's coordination is exercised within a test's time.
 		`FLEET_CONFIG_EXTRA={"keys":{"rotation_check":"1s","refresh_interval":"1s"},"limits":{"max_in_flight_per_caller":256}}`)
@@ -1085,5 +1089,63 @@ func TestSimultaneousRotatesNeverDuplicate(t *testing.T) {
 		if code != "ok" && code != "rotation_busy" {
 			t.Errorf("a rotation answered %q", code)
 		}
+	}
+}
+
+// TestLogVerifyFleet: a reviewer pins each daemon's log key (from copies
+// taken outside the directories) and verifies the three logs in one
+// command; a copy of one log with an altered entry makes the command fail
+// and name that directory, while the others still verify.
+func TestLogVerifyFleet(t *testing.T) {
+	cfg := t.TempDir()
+	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg)
+	run := func(args ...string) (string, error) {
+		c := exec.Command(filepath.Join(binDir, "custodyctl"), args...)
+		c.Env = env
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	copies := t.TempDir()
+	var dirs []string
+	for i := 1; i <= daemons; i++ {
+		pub, err := os.ReadFile(filepath.Join(fl.logDir(i), "log.pub"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := filepath.Join(t.TempDir(), "log.pub")
+		os.WriteFile(key, pub, 0o644)
+		out, _ := run("log", "pin", key)
+		m := regexp.MustCompile(`sha256 ([0-9a-f]{64})`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("log pin printed no fingerprint: %s", out)
+		}
+		if out, err := run("log", "pin", key, "--fingerprint", m[1]); err != nil {
+			t.Fatalf("log pin: %v\n%s", err, out)
+		}
+		// A copy of the running log (the reviewer's own).
+		dst := filepath.Join(copies, fmt.Sprintf("custodyd-%d", i))
+		if out, err := exec.Command("cp", "-a", fl.logDir(i), dst).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v\n%s", err, out)
+		}
+		dirs = append(dirs, dst)
+	}
+	if out, err := run(append([]string{"log", "verify", "--allow-unsigned-tail"}, dirs...)...); err != nil || !strings.Contains(out, "OK: all 3 logs verify") {
+		t.Fatalf("log verify of the fleet: %v\n%s", err, out)
+	}
+	// Alter one entry of daemon 2's copy.
+	entries := filepath.Join(dirs[1], "entries")
+	b, err := os.ReadFile(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(`"outcome":"allowed"`))
+	if i < 0 {
+		t.Fatal("no allowed entry to alter")
+	}
+	copy(b[i:], `"outcome":"refused"`)
+	os.WriteFile(entries, b, 0o640)
+	out, err := run(append([]string{"log", "verify", "--allow-unsigned-tail"}, dirs...)...)
+	if err == nil || !strings.Contains(out, "1 of 3 logs failed") || !strings.Contains(out, "custodyd-2") || strings.Count(out, "OK: all") != 2 {
+		t.Fatalf("log verify with one altered log: %v\n%s", err, out)
 	}
 }
