@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-test bench-rewrap-100k bench-store-100k bench-vs-vault build run demo test test-short fuzz bench vectors lint clean
+.PHONY: help deps deps-test soak bench-fleet bench-rewrap-100k bench-store-100k bench-vs-vault build run demo fleet fleet-down test test-short fuzz bench vectors lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,6 +17,15 @@ build: ## Build bin/custodyd and bin/custodyctl
 
 run: ## First run: install, build, init the SoftHSM token, serve on run/custodyd.sock at once (dev Vault builds in the background)
 	@scripts/first-run.sh
+
+FLEET_DIR ?= run/fleet
+
+fleet: build ## A local fleet in FLEET_DIR (run/fleet): 3-node raft Vault, 3 custodyd on one SoftHSM token (docs/fleet.md)
+	@scripts/deps.sh softhsm
+	@scripts/fleet.sh up $(FLEET_DIR) 3
+
+fleet-down: ## Stop the processes make fleet started (keeps FLEET_DIR)
+	@scripts/fleet.sh down $(FLEET_DIR)
 
 demo: build ## Register, encrypt and decrypt against a running daemon (after make run)
 	@scripts/demo.sh
@@ -50,6 +59,14 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 
 bench: deps ## Benchmarks: socket vs raw open chain, encrypt vs software seal, leak and RSS check
 	$(GO) test -run '^$$' -bench . -benchtime $${BENCHTIME:-2s} ./hsm/ ./internal/server/ ./internal/auditlog/
+
+bench-fleet: deps ## Fleet figures of docs/fleet.md: throughput of 1-3 daemons on one token, audit-decrypt p50/p99 cluster vs dev Vault
+	CUSTODY_FLEET_BENCH=1 $(GO) test -count=1 -run 'TestFleetBench' -v ./internal/fleet/ | grep -E '^\s+bench_test|^(ok|FAIL|---)'
+
+SOAK ?= 5m
+
+soak: deps ## Mixed traffic on a 3-daemon fleet for SOAK (5m) while daemons, Vault nodes and the token fail; then the checks (internal/fleet TestSoak)
+	CUSTODY_SOAK=$(SOAK) $(GO) test -count=1 -run 'TestSoak' -v -timeout 60m ./internal/fleet/ | grep -E '^\s+soak_test|^\s{2,}[a-z-]+ [a-z_]+: [0-9]+|^(ok|FAIL|---)'
 
 bench-rewrap-100k: deps ## The 100,000-envelope streaming rewrap: peak RSS of custodyctl and the daemon (many minutes)
 	CUSTODY_BENCH_100K=1 $(GO) test -run '^$$' -bench 'Rewrap100k' -benchtime 1x -timeout 60m ./internal/server/

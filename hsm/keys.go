@@ -331,36 +331,57 @@ func (t *Token) FindKey(ctx context.Context, label string) (KeyInfo, error) {
 
 // ListKeys returns the key pairs (private and public object both present,
 // X25519 or P-256) whose label starts with labelPrefix, sorted by label.
-// Other objects on the token are skipped.
+// Other objects on the token are skipped. It costs two object searches
+// whatever the token holds (all private keys, all public keys, matched by
+// label here), not a search per key: on SoftHSM's file store every search
+// walks every object, so a search per key made a listing quadratic (50 s
+// for ~400 objects with other processes on the token: docs/fleet.md).
 func (t *Token) ListKeys(ctx context.Context, labelPrefix string) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
 		out = out[:0]
-		objs, err := t.findObjects(h, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		}, 0)
+		byLabel := func(class uint) (map[string][]pkcs11.ObjectHandle, error) {
+			objs, err := t.findObjects(h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			}, 0)
+			if err != nil {
+				return nil, err
+			}
+			m := map[string][]pkcs11.ObjectHandle{}
+			for _, o := range objs {
+				a, err := t.mod.ctx.GetAttributeValue(h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+				if err != nil {
+					return nil, fmt.Errorf("C_GetAttributeValue: %w", err)
+				}
+				if label := string(a[0].Value); strings.HasPrefix(label, labelPrefix) {
+					m[label] = append(m[label], o)
+				}
+			}
+			return m, nil
+		}
+		privs, err := byLabel(pkcs11.CKO_PRIVATE_KEY)
 		if err != nil {
 			return err
 		}
-		for _, o := range objs {
-			a, err := t.mod.ctx.GetAttributeValue(h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
-			if err != nil {
-				return fmt.Errorf("C_GetAttributeValue: %w", err)
-			}
-			label := string(a[0].Value)
-			if !strings.HasPrefix(label, labelPrefix) {
-				continue
-			}
-			priv, pub, err := t.findPair(h, label)
-			if err != nil {
+		pubs, err := byLabel(pkcs11.CKO_PUBLIC_KEY)
+		if err != nil {
+			return err
+		}
+		for label, ps := range privs {
+			pub := pubs[label]
+			if len(pub) == 0 {
 				continue // no public half: not one of ours
 			}
-			info, err := t.keyInfo(h, priv, pub)
-			if err != nil {
-				continue
+			for _, priv := range ps {
+				// Two objects with one label (two processes created it at
+				// the same instant) are both listed, as before.
+				info, err := t.keyInfo(h, priv, pub[0])
+				if err != nil {
+					continue
+				}
+				out = append(out, info)
 			}
-			out = append(out, info)
 		}
 		return nil
 	})

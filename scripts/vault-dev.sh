@@ -15,7 +15,8 @@
 #     - while the Vault binary is built (about 15 minutes on a fresh machine,
 #       cached afterwards), run/vault/status says how far it is;
 #     - starts the dev server on run/vault/port unless it is already running;
-#     - writes the least-privilege policies of policies/vault/;
+#     - writes the least-privilege policies of policies/vault/ (the setup
+#       shared with the fleet: scripts/vault-setup.sh);
 #     - a periodic token for custodyd (policy custodyd) in run/vault/custodyd.token
 #       and one for the legal intake role (policy legal-intake) in
 #       run/vault/intake.token (0400); the daemon picks its token up by itself.
@@ -25,6 +26,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/vault-setup.sh
+. scripts/vault-setup.sh
 dir=run/vault
 mkdir -p "$dir" run/orders
 chmod 0700 "$dir" run/orders
@@ -34,15 +37,8 @@ running() { [ -s "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }
 status() { printf '%s\n' "$*" > "$dir/status.tmp" && mv -f "$dir/status.tmp" "$dir/status"; }
 
 config() {
-  local signers=() n key pubfile
-  for n in 1 2 3; do
-    key="run/orders/judge-$n.key"
-    pubfile="run/orders/judge-$n.pub.json"
-    if [ ! -s "$key" ]; then
-      bin/custodyctl order keygen --out "$key" --name "judge-$n" > "$pubfile"
-    fi
-    signers+=("$(cat "$pubfile")")
-  done
+  local signers_json
+  signers_json=$(custody_order_signers bin/custodyctl run/orders)
   if ! running; then
     # A new dev server gets new tokens: the old ones must not be tried.
     rm -f "$dir/custodyd.token" "$dir/intake.token" "$dir/addr"
@@ -50,9 +46,8 @@ config() {
       || shuf -i 20000-60000 -n 1 > "$dir/port"
     scripts/vault.sh path >/dev/null 2>&1 || status "the dev Vault is not built yet: the first run builds it in the background (about 15 min on a fresh machine; progress in run/vault/setup.log)"
   fi
-  local port signers_json
+  local port
   port=$(cat "$dir/port")
-  signers_json=$(IFS=,; echo "${signers[*]}")
   cat > run/custodyd.json <<JSON
 {
   "pkcs11": {"pin_file": "../softhsm/user.pin", "softhsm_conf": "../softhsm/softhsm2.conf"},
@@ -99,22 +94,9 @@ up() {
     rm -f "$dir/custodyd.token" "$dir/intake.token"
     VAULT_SH_PORT=$(cat "$dir/port") scripts/vault.sh start "$dir" >/dev/null
   fi
-  local vault
-  vault=$(scripts/vault.sh path)
-  export VAULT_ADDR VAULT_TOKEN
-  VAULT_ADDR=$(cat "$dir/addr")
-  VAULT_TOKEN=$(cat "$dir/root-token")
-  "$vault" policy write custodyd policies/vault/custodyd.hcl >/dev/null
-  "$vault" policy write legal-intake policies/vault/legal-intake.hcl >/dev/null
-  local who file
-  for who in intake:legal-intake custodyd:custodyd; do
-    file="$dir/${who%%:*}.token"
-    if [ ! -s "$file" ]; then
-      (umask 0377; "$vault" token create -policy="${who#*:}" -period=24h -field=token > "$file.tmp" && mv -f "$file.tmp" "$file")
-    fi
-  done
+  custody_vault_apply "$(scripts/vault.sh path)" "$(cat "$dir/addr")" "$dir/root-token" "$dir"
   rm -f "$dir/status" # up: no note to add to refusals
-  echo "dev Vault at $VAULT_ADDR" >&2
+  echo "dev Vault at $(cat "$dir/addr")" >&2
 }
 
 case "${1:-}" in

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -43,11 +44,14 @@ RFC 3339 ("2026-11-25T00:00:00Z") or dates ("2026-11-25", UTC).`,
 fingerprint the operators published (genesis prints the custody/log/v1 key's
 sha256 and words). Without --fingerprint it shows the key's fingerprint.`,
 			setup: with(logPin),
-		}, {name: "log verify", args: "DIR", minArgs: 1, maxArgs: 1,
+		}, {name: "log verify", args: "DIR...", minArgs: 1, maxArgs: 64,
 			summary: "Verify the log: Merkle tree, signed checkpoints, every entry.",
 			details: `Recompute the Merkle tree, check every signed checkpoint, parse every entry
 strictly; with --since, check the log still contains a checkpoint you saved.
-Exit 1 and the index where the log stops being trustworthy on any tampering.`,
+Exit 1 and the index where the log stops being trustworthy on any tampering.
+Several DIRs (a fleet's logs, docs/fleet.md): each is verified with the key
+pinned for its own log name (--key and --since take one DIR only); --json
+prints a list; exit 1 if any fails.`,
 			setup: with(logVerify),
 		}, {name: "log prove", args: "DIR N", minArgs: 2, maxArgs: 2,
 			summary: "Print an inclusion proof of entry N (JSON).",
@@ -85,52 +89,99 @@ func logVerify(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	allow := fs.Bool("allow-unsigned-tail", false, "accept entries after the latest checkpoint (a copy of a running log)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	return func(pos []string) error {
-		v, err := reviewerKey("log verify", *key, pos[0])
-		if err != nil {
-			return err
+		if len(pos) == 1 {
+			return verifyOne(stdout, pos[0], *key, *since, *allow, *asJSON)
 		}
-		opts := auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: *allow}
-		if *since != "" {
-			if opts.Since, err = os.ReadFile(*since); err != nil {
-				return err
+		if *key != "" || *since != "" {
+			return usageError{msg: "log verify: --key and --since take one DIR; pin each log's key (custodyctl log pin) to verify several"}
+		}
+		var failed []string
+		var results []json.RawMessage
+		for _, dir := range pos {
+			var buf bytes.Buffer
+			if !*asJSON {
+				fmt.Fprintf(stdout, "== %s\n", escapeText(dir))
 			}
-		}
-		start := time.Now()
-		res, err := auditlog.Verify(pos[0], opts)
-		if err != nil {
-			return err
-		}
-		if dk := dirKeyMismatch(pos[0], v); dk != "" {
-			// The daemon never writes another key than its signer's (Open
-			// checks it): the directory was altered.
-			res.OK = false
-			res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+			w := io.Writer(stdout)
+			if *asJSON {
+				w = &buf
+			}
+			if err := verifyOne(w, dir, "", "", *allow, *asJSON); err != nil {
+				failed = append(failed, dir)
+				if !*asJSON {
+					fmt.Fprintf(stdout, "error: %s\n", escapeText(err.Error()))
+				}
+				if buf.Len() == 0 {
+					b, _ := json.Marshal(map[string]string{"dir": dir, "error": err.Error()})
+					buf.Write(escapeJSON(b))
+				}
+			}
+			if *asJSON {
+				results = append(results, json.RawMessage(bytes.TrimSpace(buf.Bytes())))
+			}
 		}
 		if *asJSON {
-			if err := writeJSON(stdout, res); err != nil {
+			if err := writeJSON(stdout, results); err != nil {
 				return err
 			}
-		} else {
-			fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
-			fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
-			for _, p := range res.Problems {
-				fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
-			}
-			switch {
-			case res.OK:
-				fmt.Fprintf(stdout, "OK: all %d entries are covered by a signed checkpoint and unaltered (%s)\n", res.Entries, time.Since(start).Round(time.Millisecond))
-			case res.TrustedUpTo == res.Entries:
-				fmt.Fprintf(stdout, "FAILED: the directory was altered (entries 0..%d verified)\n", res.TrustedUpTo-1)
-			default:
-				fmt.Fprintf(stdout, "FAILED: the log stops being trustworthy at entry %d (entries 0..%d verified)\n", res.TrustedUpTo, res.TrustedUpTo-1)
-			}
 		}
-		if !res.OK {
-			return fmt.Errorf("verification failed at entry %d", res.TrustedUpTo)
+		if len(failed) > 0 {
+			return fmt.Errorf("%d of %d logs failed: %s", len(failed), len(pos), joinEscaped(failed))
+		}
+		if !*asJSON {
+			fmt.Fprintf(stdout, "OK: all %d logs verify\n", len(pos))
 		}
 		return nil
 	}
 
+}
+
+// verifyOne is log verify of one directory.
+func verifyOne(stdout io.Writer, dir, key, since string, allow, asJSON bool) error {
+	v, err := reviewerKey("log verify", key, dir)
+	if err != nil {
+		return err
+	}
+	opts := auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: allow}
+	if since != "" {
+		if opts.Since, err = os.ReadFile(since); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	res, err := auditlog.Verify(dir, opts)
+	if err != nil {
+		return err
+	}
+	if dk := dirKeyMismatch(dir, v); dk != "" {
+		// The daemon never writes another key than its signer's (Open
+		// checks it): the directory was altered.
+		res.OK = false
+		res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+	}
+	if asJSON {
+		if err := writeJSON(stdout, res); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "key:          %s (%s)\n", escapeText(v.Name()), escapeText(v.source))
+		fmt.Fprintf(stdout, "entries:      %d\ncheckpoints:  %d (latest signs %d entries)\nroot:         %s\n", res.Entries, res.Checkpoints, res.LatestSize, res.Root)
+		for _, p := range res.Problems {
+			fmt.Fprintf(stdout, "PROBLEM at entry %d (%s): %s\n", p.Index, p.Kind, escapeText(p.Detail))
+		}
+		switch {
+		case res.OK:
+			fmt.Fprintf(stdout, "OK: all %d entries are covered by a signed checkpoint and unaltered (%s)\n", res.Entries, time.Since(start).Round(time.Millisecond))
+		case res.TrustedUpTo == res.Entries:
+			fmt.Fprintf(stdout, "FAILED: the directory was altered (entries 0..%d verified)\n", res.TrustedUpTo-1)
+		default:
+			fmt.Fprintf(stdout, "FAILED: the log stops being trustworthy at entry %d (entries 0..%d verified)\n", res.TrustedUpTo, res.TrustedUpTo-1)
+		}
+	}
+	if !res.OK {
+		return fmt.Errorf("verification failed at entry %d", res.TrustedUpTo)
+	}
+	return nil
 }
 
 // dirKeyMismatch describes how dir's log.pub differs from the key v the

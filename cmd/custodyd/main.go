@@ -214,6 +214,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 		go c.Run(ctx)
 		defer c.Close()
 		checker = meters.MeterOrders(c)
+		// Rotations take a lease in Vault first, so that a fleet sharing
+		// the token makes each new key version once (docs/fleet.md).
+		registry.SetCoordinator(c)
 		log.Info("court orders checked against Vault", "address", cfg.Vault.Address, "quorum", cfg.Vault.Quorum, "signers", len(cfg.Vault.Signers))
 		// Second factors: seeds on the token, replay and lockout state in Vault.
 		second = &mfa.Service{Keys: token, Issuer: "custody", Verifier: mfa.Verifier{Device: token, KV: c.KV(), Path: "custody/mfa",
@@ -283,6 +286,12 @@ func cmdRun(args []string, stderr io.Writer) error {
 	// The due-rotation pass lives beside the keys; its decisions are
 	// recorded through the server's one recording path.
 	go keys.NewScheduler(registry, nil, log, srv.RecordDaemon).Run(ctx, cfg.Keys.RotationCheck.Std())
+	// Other daemons on the same token (a fleet) create and retire keys too.
+	refresh := cfg.Keys.RefreshInterval.Std()
+	if refresh == 0 {
+		refresh = 10 * time.Second
+	}
+	go registry.Watch(ctx, refresh)
 	if cfg.Metrics.Listen != "" {
 		mln, err := listenMetrics(cfg.Metrics.Listen)
 		if err != nil {

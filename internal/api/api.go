@@ -112,6 +112,7 @@ const (
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)
 	CodeKeyActive         = "key_active"         // the active version cannot be retired; rotate first
 	CodeRetireUnconfirmed = "retire_unconfirmed" // retire without confirm_rewrapped and rewrapped_count
+	CodeRotationBusy      = "rotation_busy"      // another daemon of the fleet is rotating that key; retry
 
 	// Escrow key ceremonies (docs/ceremonies.md).
 	CodeCeremonyUnavailable = "ceremony_unavailable" // no ceremony section (officers file) in the configuration

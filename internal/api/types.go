@@ -24,6 +24,9 @@ type Health struct {
 	Policy       string       `json:"policy"`
 	Principal    string       `json:"you"`
 	AccessLog    *LogStatus   `json:"access_log,omitempty"`
+	// TokenRescans counts the registry's rereads of the token since start
+	// (periodic, and after lookup misses; bounded: docs/fleet.md).
+	TokenRescans uint64 `json:"token_rescans"`
 	// ParticipantStatus says whether participant status is checked
 	// ("on: …", or "off: …" and why).
 	ParticipantStatus string `json:"participant_status,omitempty"`

@@ -96,6 +96,11 @@ type Keys struct {
 	RotateAfter duration.Duration `json:"rotate_after"`
 	// RotationCheck is how often the daemon looks for keys due ("1h").
 	RotationCheck duration.Duration `json:"rotation_check"`
+	// RefreshInterval is how often the daemon rereads the token for key
+	// versions other daemons sharing it created or retired (a fleet:
+	// docs/fleet.md); "10s" when left out. A lookup that misses rereads it
+	// at once anyway (bounded).
+	RefreshInterval duration.Duration `json:"refresh_interval,omitempty"`
 }
 
 // Ceremony configures the escrow key ceremonies. Without an officers file
@@ -379,6 +384,9 @@ func (c Config) Validate() error {
 	}
 	if c.Keys.RotationCheck.Std() < time.Second {
 		return fmt.Errorf("keys.rotation_check: %q is not a duration of at least 1s (e.g. \"1h\")", c.Keys.RotationCheck)
+	}
+	if r := c.Keys.RefreshInterval.Std(); r != 0 && r < 100*time.Millisecond {
+		return fmt.Errorf("keys.refresh_interval: %q is not a duration of at least 100ms (e.g. \"10s\")", c.Keys.RefreshInterval)
 	}
 	if err := c.AccessLog.Validate(); err != nil {
 		return err

@@ -13,8 +13,10 @@
 // which the envelope id rule does not allow).
 //
 // Load lists those objects once at start; later registrations update the
-// in-memory view under a lock, so lookups on the request path never touch
-// the token. The highest version of a key is its active one. Creation
+// in-memory view under a lock, so lookups on the request path do not touch
+// the token, except that a lookup that misses rereads it, bounded, and Watch
+// rereads it periodically: several daemons may share the token (fleet.go).
+// The highest version of a key is its active one. Creation
 // goes through hsm, which never overwrites an existing object; registering
 // an id twice is ErrExists.
 //
@@ -97,8 +99,15 @@ type Registry struct {
 
 	rotateAfter time.Duration // see SetRotateAfter
 
-	create  sync.Mutex  // serializes key creation
+	create  sync.Mutex  // serializes key creation and rescans (taken before scanMu)
 	genesis atomic.Bool // the genesis marker was seen on the token (genesis.go)
+
+	// Rescans of the token (fleet.go).
+	scanMu       sync.Mutex
+	lastScan     time.Time     // when the last rescan started
+	missInterval time.Duration // least time between rescans lookup misses trigger
+	rescans      atomic.Uint64
+	coord        Coordinator // guarded by mu; nil: no fleet coordination
 
 	mu           sync.RWMutex
 	participants map[string][]Version // ascending by Number
@@ -114,7 +123,7 @@ func Load(ctx context.Context, dev Device, log *slog.Logger) (*Registry, error) 
 		return nil, fmt.Errorf("keys: listing the token: %w", err)
 	}
 	r := &Registry{dev: dev, log: log, participants: map[string][]Version{}, signingPub: map[string]*ecdsa.PublicKey{},
-		rotateAfter: DefaultRotateAfter}
+		rotateAfter: DefaultRotateAfter, missInterval: DefaultMissInterval, lastScan: time.Now()}
 	for _, info := range infos {
 		if err := r.add(info); err != nil {
 			log.Warn("ignoring token object with an unexpected label", "label", info.Label, "err", err)
@@ -262,7 +271,17 @@ func (r *Registry) Register(ctx context.Context, id string, now time.Time) (Vers
 }
 
 // Participant returns every version of a participant's key, oldest first.
+// An id this view does not know rereads the token once (bounded: fleet.go),
+// for a participant another daemon registered.
 func (r *Registry) Participant(id string) ([]Version, error) {
+	vs, err := r.participant(id)
+	if errors.Is(err, ErrUnknownParticipant) && r.refreshAfterMiss(time.Now()) {
+		vs, err = r.participant(id)
+	}
+	return vs, err
+}
+
+func (r *Registry) participant(id string) ([]Version, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	vs, ok := r.participants[id]
@@ -270,6 +289,21 @@ func (r *Registry) Participant(id string) ([]Version, error) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
 	}
 	return append([]Version(nil), vs...), nil
+}
+
+// again runs lookup, and once more after a bounded reread of the token if
+// it answered one of the miss errors.
+func again[T any](r *Registry, lookup func() (T, error), miss ...error) (T, error) {
+	v, err := lookup()
+	for _, m := range miss {
+		if errors.Is(err, m) {
+			if r.refreshAfterMiss(time.Now()) {
+				return lookup()
+			}
+			break
+		}
+	}
+	return v, err
 }
 
 // Active returns the version new envelopes are sealed to.
@@ -281,30 +315,38 @@ func (r *Registry) Active(id string) (Version, error) {
 	return vs[len(vs)-1], nil
 }
 
-// ParticipantVersion returns version n of a participant's key.
+// ParticipantVersion returns version n of a participant's key. A version
+// this view does not know rereads the token once (bounded).
 func (r *Registry) ParticipantVersion(id string, n uint32) (Version, error) {
-	vs, err := r.Participant(id)
-	if err != nil {
-		return Version{}, err
-	}
-	return find(vs, n, id)
+	return again(r, func() (Version, error) {
+		vs, err := r.participant(id)
+		if err != nil {
+			return Version{}, err
+		}
+		return find(vs, n, id)
+	}, ErrUnknownParticipant, ErrUnknownVersion)
 }
 
 // Escrow returns the active escrow key version.
 func (r *Registry) Escrow() (Version, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	if len(r.escrow) == 0 {
-		return Version{}, ErrNoDaemonKeys
-	}
-	return r.escrow[len(r.escrow)-1], nil
+	return again(r, func() (Version, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		if len(r.escrow) == 0 {
+			return Version{}, ErrNoDaemonKeys
+		}
+		return r.escrow[len(r.escrow)-1], nil
+	}, ErrNoDaemonKeys)
 }
 
-// EscrowVersion returns version n of the escrow key.
+// EscrowVersion returns version n of the escrow key. A version this view
+// does not know (made by another daemon's ceremony) rereads the token once.
 func (r *Registry) EscrowVersion(n uint32) (Version, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return find(r.escrow, n, "escrow")
+	return again(r, func() (Version, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		return find(r.escrow, n, "escrow")
+	}, ErrUnknownVersion)
 }
 
 func find(vs []Version, n uint32, what string) (Version, error) {
@@ -321,27 +363,32 @@ func find(vs []Version, n uint32, what string) (Version, error) {
 
 // Signer returns the active signing key as an envelope.Signer.
 func (r *Registry) Signer() (*Signer, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	if len(r.signing) == 0 {
-		return nil, ErrNoDaemonKeys
-	}
-	v := r.signing[len(r.signing)-1]
-	return &Signer{dev: r.dev, label: v.Label, id: signingKeyID(v.Number)}, nil
+	return again(r, func() (*Signer, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		if len(r.signing) == 0 {
+			return nil, ErrNoDaemonKeys
+		}
+		v := r.signing[len(r.signing)-1]
+		return &Signer{dev: r.dev, label: v.Label, id: signingKeyID(v.Number)}, nil
+	}, ErrNoDaemonKeys)
 }
 
 func signingKeyID(n uint32) string { return "signing:v" + strconv.FormatUint(uint64(n), 10) }
 
 // SigningKey returns the public key of a signing key by its id (an
-// envelope's signing key id); it has the shape of envelope.KeyLookup.
+// envelope's signing key id); it has the shape of envelope.KeyLookup. An
+// id this view does not know rereads the token once (bounded).
 func (r *Registry) SigningKey(id string) (*ecdsa.PublicKey, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	pub, ok := r.signingPub[id]
-	if !ok {
-		return nil, fmt.Errorf("%w: signing key %q", ErrUnknownVersion, id)
-	}
-	return pub, nil
+	return again(r, func() (*ecdsa.PublicKey, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		pub, ok := r.signingPub[id]
+		if !ok {
+			return nil, fmt.Errorf("%w: signing key %q", ErrUnknownVersion, id)
+		}
+		return pub, nil
+	}, ErrUnknownVersion)
 }
 
 // Signer signs envelope headers inside the HSM.

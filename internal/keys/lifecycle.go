@@ -194,15 +194,18 @@ func (r *Registry) List(now time.Time) []KeyStatus {
 	return out
 }
 
-// Status returns the KeyStatus of one participant.
+// Status returns the KeyStatus of one participant (an id this view does
+// not know rereads the token once, bounded).
 func (r *Registry) Status(id string, now time.Time) (KeyStatus, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	vs, ok := r.participants[id]
-	if !ok {
-		return KeyStatus{}, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
-	}
-	return r.status("participant", id, vs, now), nil
+	return again(r, func() (KeyStatus, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		vs, ok := r.participants[id]
+		if !ok {
+			return KeyStatus{}, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
+		}
+		return r.status("participant", id, vs, now), nil
+	}, ErrUnknownParticipant)
 }
 
 // Due returns the participants whose active version is due for rotation at now.
@@ -220,26 +223,74 @@ func (r *Registry) Due(now time.Time) []string {
 // where n is the highest version ever created (destroyed ones included: a
 // number is never reused), and makes it active: new envelopes are sealed to
 // it, older versions become decrypt-only. Its rotate-after date is now plus
-// the rotation period.
+// the rotation period. With a coordinator (a fleet) it first takes the
+// key's rotation lease (ErrRotationBusy if another daemon holds it) and
+// rereads the token under it, so n is the fleet's highest version.
 func (r *Registry) Rotate(ctx context.Context, id string, now time.Time) (Version, error) {
+	v, _, err := r.rotate(ctx, id, now, false)
+	return v, err
+}
+
+// RotateIfDue is Rotate for the rotation pass: under the lease and after
+// the reread it rotates only if the active version is still due at now
+// (another daemon may have rotated it a moment ago). rotated is false, with
+// a nil error, when it was not due any more.
+func (r *Registry) RotateIfDue(ctx context.Context, id string, now time.Time) (v Version, rotated bool, err error) {
+	return r.rotate(ctx, id, now, true)
+}
+
+func (r *Registry) rotate(ctx context.Context, id string, now time.Time, ifDue bool) (Version, bool, error) {
+	if _, err := r.Participant(id); err != nil {
+		return Version{}, false, err // no lease for an id nobody registered
+	}
+	release, err := r.claimRotation(ctx, "participant/"+id)
+	if err != nil {
+		return Version{}, false, err
+	}
+	defer release(context.WithoutCancel(ctx))
 	r.create.Lock()
 	defer r.create.Unlock()
+	if r.coordinated() {
+		if err := r.refreshUnderCreate(ctx); err != nil {
+			return Version{}, false, fmt.Errorf("keys: rereading the token before rotating %s: %w", id, err)
+		}
+	}
 	r.mu.RLock()
 	vs, ok := r.participants[id]
+	var due bool
+	if ok {
+		due = r.status("participant", id, vs, now).Due
+	}
 	r.mu.RUnlock()
 	if !ok {
-		return Version{}, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
+		return Version{}, false, fmt.Errorf("%w: %s", ErrUnknownParticipant, id)
+	}
+	if ifDue && !due {
+		return Version{}, false, nil
 	}
 	n := vs[len(vs)-1].Number + 1
-	return r.createVersion(ctx, device.KeySpec{Label: ParticipantLabel(id, n), Alg: device.X25519, Usage: device.UsageDerive}, now)
+	v, err := r.createVersion(ctx, device.KeySpec{Label: ParticipantLabel(id, n), Alg: device.X25519, Usage: device.UsageDerive}, now)
+	return v, err == nil, err
 }
 
 // RotateEscrow creates the next escrow key version (P-256, backup-capable,
 // as EnsureDaemonKeys does) and makes it active. Rewrap then moves escrow
-// stanzas to it. (The escrow rotation ceremony will call this.)
+// stanzas to it. (The escrow rotation ceremony calls this.) With a
+// coordinator it takes the escrow's rotation lease and rereads the token
+// first, as Rotate does.
 func (r *Registry) RotateEscrow(ctx context.Context, now time.Time) (Version, error) {
+	release, err := r.claimRotation(ctx, "escrow")
+	if err != nil {
+		return Version{}, err
+	}
+	defer release(context.WithoutCancel(ctx))
 	r.create.Lock()
 	defer r.create.Unlock()
+	if r.coordinated() {
+		if err := r.refreshUnderCreate(ctx); err != nil {
+			return Version{}, fmt.Errorf("keys: rereading the token before rotating the escrow key: %w", err)
+		}
+	}
 	r.mu.RLock()
 	if len(r.escrow) == 0 {
 		r.mu.RUnlock()

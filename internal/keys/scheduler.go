@@ -37,12 +37,18 @@ func NewScheduler(r *Registry, now func() time.Time, log *slog.Logger, record Da
 // records it (operation "key.rotate", detail "due for rotation", the new
 // version's label and number). It returns how many keys were rotated and
 // the first error; one failure does not stop the others. If the access log
-// refuses an entry, the pass stops.
+// refuses an entry, the pass stops. In a fleet (a coordinator set) a key
+// another daemon is rotating (ErrRotationBusy) or has just rotated is
+// skipped without an entry: that daemon records it.
 func (s *Scheduler) RotateDue(ctx context.Context) (int, error) {
 	n := 0
 	var first error
 	for _, id := range s.keys.Due(s.now()) {
-		v, err := s.keys.Rotate(ctx, id, s.now())
+		v, rotated, err := s.keys.RotateIfDue(ctx, id, s.now())
+		if errors.Is(err, ErrRotationBusy) || (err == nil && !rotated) {
+			s.log.Debug("due key rotated by another daemon", "participant", id)
+			continue
+		}
 		e := auditlog.Entry{Operation: "key.rotate", Participant: id, Detail: "due for rotation"}
 		if err != nil {
 			s.log.Error("due rotation failed", "participant", id, "err", err)

@@ -121,6 +121,7 @@ var errorMap = []mapping{
 	{mfa.ErrUnavailable, http.StatusServiceUnavailable, api.CodeMFAUnavailable, says("the second factor's shared state cannot be read or written in Vault; refused until it can")},
 	{keys.ErrUnknownParticipant, http.StatusNotFound, api.CodeUnknownParticipant, itself},
 	{keys.ErrDestroyed, http.StatusGone, api.CodeKeyDestroyed, itself},
+	{keys.ErrRotationBusy, http.StatusConflict, api.CodeRotationBusy, says("another daemon of the fleet is rotating this key right now; retry in a few seconds")},
 	{keys.ErrActiveVersion, http.StatusConflict, api.CodeKeyActive, itself},
 	{keys.ErrUnknownVersion, http.StatusNotFound, api.CodeUnknownKeyVersion, itself},
 	{keys.ErrExists, http.StatusConflict, api.CodeParticipantExists, itself},

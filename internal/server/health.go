@@ -21,6 +21,7 @@ func (s *Server) health(ctx context.Context, rq *request) (any, error) {
 		Policy:       rq.policy.Summary(),
 		Principal:    rq.principal.Name,
 		Profile:      caps.String(),
+		TokenRescans: s.d.Keys.Rescans(),
 	}
 	out.ParticipantStatus = statusOff
 	if s.d.Status != nil {

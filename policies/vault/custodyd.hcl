@@ -39,3 +39,10 @@ path "secret/data/custody/participants/*" {
 path "secret/data/custody/mfa/*" {
   capabilities = ["read", "create", "update"]
 }
+
+# Fleet leases (internal/orders/lease.go): one entry per coordinated action
+# (a participant key's scheduled or manual rotation), taken and handed over
+# with check-and-set so that only one daemon of a fleet performs it.
+path "secret/data/custody/leases/*" {
+  capabilities = ["read", "create", "update"]
+}

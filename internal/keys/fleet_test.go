@@ -1,0 +1,117 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"custody/hsm"
+	"custody/hsm/hsmtest"
+)
+
+// TestMissRereadsTheTokenBounded: two registries over one token (two
+// daemons of a fleet). What one registers, the other finds on its next
+// lookup; a flood of lookups for unknown ids rereads the token at most
+// once per miss interval, shared by every lookup that missed meanwhile.
+func TestMissRereadsTheTokenBounded(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	a, err := Load(ctx, tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(ctx, tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetMissInterval(100 * time.Millisecond)
+	if _, err := a.Register(ctx, "p-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Active("p-1"); err != nil || v.Number != 1 {
+		t.Fatalf("b after a registered: %v %v", v, err)
+	}
+	if _, err := a.Rotate(ctx, "p-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.ParticipantVersion("p-1", 2); err != nil || v.Number != 2 {
+		t.Fatalf("b, version 2 made by a: %v %v", v, err)
+	}
+
+	before := b.Rescans()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	lookups := 0
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Since(start) < 500*time.Millisecond; i++ {
+				if _, err := b.Participant("p-unknown"); !errors.Is(err, ErrUnknownParticipant) {
+					t.Errorf("unknown id: %v", err)
+					return
+				}
+				mu.Lock()
+				lookups++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	rescans := b.Rescans() - before
+	limit := uint64(time.Since(start)/(100*time.Millisecond)) + 2
+	t.Logf("%d lookups of an unknown id, %d rescans (limit %d)", lookups, rescans, limit)
+	if rescans > limit {
+		t.Errorf("%d rescans for %d misses in %v: not bounded", rescans, lookups, time.Since(start))
+	}
+	if lookups < 16 {
+		t.Errorf("only %d lookups", lookups)
+	}
+}
+
+// heldCoordinator grants no lease.
+type heldCoordinator struct{}
+
+func (heldCoordinator) Claim(context.Context, string, time.Duration) (func(context.Context), error) {
+	return nil, ErrLeaseHeld
+}
+
+// TestRotationNeedsTheLease: with a coordinator that says another daemon
+// holds the lease, nothing is created (ErrRotationBusy), and the scheduled
+// pass skips the key without counting it.
+func TestRotationNeedsTheLease(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	r, err := Load(ctx, tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register(ctx, "p-1", time.Now().Add(-100*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	r.SetCoordinator(heldCoordinator{})
+	if _, err := r.Rotate(ctx, "p-1", time.Now()); !errors.Is(err, ErrRotationBusy) {
+		t.Fatalf("rotate with the lease held elsewhere: %v", err)
+	}
+	n, err := NewScheduler(r, nil, log, nil).RotateDue(ctx)
+	if n != 0 || err != nil {
+		t.Fatalf("pass with the lease held elsewhere: %d %v", n, err)
+	}
+	if v, _ := r.Active("p-1"); v.Number != 1 {
+		t.Fatalf("active version %d", v.Number)
+	}
+}
