@@ -43,6 +43,19 @@ func openStore(ctx context.Context, dsn string) (*store.Store, error) {
 	return s, err
 }
 
+// withStore opens the store named by dsn, runs f within --timeout, and
+// closes the store.
+func (c *cli) withStore(dsn string, f func(context.Context, *store.Store) error) error {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	s, err := openStore(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return f(ctx, s)
+}
+
 // storeGroup is custodyctl store.
 func (c *cli) storeGroup(stdin io.Reader) *group {
 	return &group{name: "store",
@@ -97,18 +110,13 @@ versions (custodyctl keys list; role admin). Nothing is decrypted.`,
 }
 
 func (c *cli) storeInit(dsn string) error {
-	ctx, cancel := c.ctx()
-	defer cancel()
-	s, err := openStore(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if err := s.Init(ctx); err != nil {
-		return err
-	}
-	fmt.Fprintln(c.out, "schema ready: tables confidential_transactions and confidential_transaction_stanzas")
-	return nil
+	return c.withStore(dsn, func(ctx context.Context, s *store.Store) error {
+		if err := s.Init(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.out, "schema ready: tables confidential_transactions and confidential_transaction_stanzas")
+		return nil
+	})
 }
 
 func (c *cli) storePut(dsn, status string, args []string, stdin io.Reader) error {
@@ -120,26 +128,21 @@ func (c *cli) storePut(dsn, status string, args []string, stdin io.Reader) error
 	if err := strictJSON(body, &in); err != nil {
 		return err
 	}
-	ctx, cancel := c.ctx()
-	defer cancel()
-	s, err := openStore(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	r, err := c.d.Encrypt(ctx, in)
-	if err != nil {
-		return err
-	}
-	env, err := envelopeBinary(r.Envelope)
-	if err != nil {
-		return fmt.Errorf("the daemon's envelope: %w", err)
-	}
-	if err := s.Put(ctx, store.Row{TransactionID: in.TransactionID, JobID: in.JobID, Status: status, PublicData: in.PublicData, Envelope: env}); err != nil {
-		return err
-	}
-	return c.answer(r, func(w io.Writer) {
-		fmt.Fprintf(w, "stored transaction %s (%d-byte envelope; %d participants + escrow v%d)\n", r.TransactionID, len(env), len(r.Recipients), r.EscrowKeyVersion)
+	return c.withStore(dsn, func(ctx context.Context, s *store.Store) error {
+		r, err := c.d.Encrypt(ctx, in)
+		if err != nil {
+			return err
+		}
+		env, err := envelopeBinary(r.Envelope)
+		if err != nil {
+			return fmt.Errorf("the daemon's envelope: %w", err)
+		}
+		if err := s.Put(ctx, store.Row{TransactionID: in.TransactionID, JobID: in.JobID, Status: status, PublicData: in.PublicData, Envelope: env}); err != nil {
+			return err
+		}
+		return c.answer(r, func(w io.Writer) {
+			fmt.Fprintf(w, "stored transaction %s (%d-byte envelope; %d participants + escrow v%d)\n", r.TransactionID, len(env), len(r.Recipients), r.EscrowKeyVersion)
+		})
 	})
 }
 
@@ -147,55 +150,46 @@ func (c *cli) storeGet(dsn, txid, as, purpose string) error {
 	if as == "" || purpose == "" {
 		return usageError{msg: "store get needs --as and --purpose", hint: "see custodyctl store get --help"}
 	}
-	ctx, cancel := c.ctx()
-	defer cancel()
-	s, err := openStore(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	row, err := s.Get(ctx, txid)
-	if err != nil {
-		return err
-	}
-	r, err := c.d.Decrypt(ctx, api.DecryptRequest{Envelope: envelopeText(row.Envelope), As: as, Purpose: purpose, TransactionID: txid})
-	if err != nil {
-		return err
-	}
-	return c.answer(r, func(w io.Writer) {
-		fmt.Fprintf(w, "transaction %s (job %s), status %q, stored %s\n  public: %s\n", row.TransactionID, row.JobID, row.Status, row.CreatedAt.UTC().Format(time.RFC3339), row.PublicData)
-		printFields(w, r.Confidential)
+	return c.withStore(dsn, func(ctx context.Context, s *store.Store) error {
+		row, err := s.Get(ctx, txid)
+		if err != nil {
+			return err
+		}
+		r, err := c.d.Decrypt(ctx, api.DecryptRequest{Envelope: envelopeText(row.Envelope), As: as, Purpose: purpose, TransactionID: txid})
+		if err != nil {
+			return err
+		}
+		return c.answer(r, func(w io.Writer) {
+			fmt.Fprintf(w, "transaction %s (job %s), status %q, stored %s\n  public: %s\n", row.TransactionID, row.JobID, row.Status, row.CreatedAt.UTC().Format(time.RFC3339), row.PublicData)
+			printSealedBy(w, r.SealedBy)
+			printFields(w, r.Confidential)
+		})
 	})
 }
 
 func (c *cli) storeFind(dsn string, f store.Filter) error {
-	ctx, cancel := c.ctx()
-	defer cancel()
-	s, err := openStore(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	rows, err := s.Find(ctx, f)
-	if err != nil {
-		return err
-	}
-	type found struct {
-		TransactionID string          `json:"transaction_id"`
-		JobID         string          `json:"job_id"`
-		Status        string          `json:"status"`
-		PublicData    json.RawMessage `json:"public_data"`
-		CreatedAt     time.Time       `json:"created_at"`
-	}
-	out := make([]found, len(rows))
-	for i, r := range rows {
-		out[i] = found{r.TransactionID, r.JobID, r.Status, r.PublicData, r.CreatedAt}
-	}
-	return c.answer(out, func(w io.Writer) {
-		for _, r := range out {
-			fmt.Fprintf(w, "%s  job %s  status %q  %s  %s\n", r.TransactionID, r.JobID, r.Status, r.CreatedAt.UTC().Format(time.RFC3339), r.PublicData)
+	return c.withStore(dsn, func(ctx context.Context, s *store.Store) error {
+		rows, err := s.Find(ctx, f)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(w, "%d rows\n", len(out))
+		type found struct {
+			TransactionID string          `json:"transaction_id"`
+			JobID         string          `json:"job_id"`
+			Status        string          `json:"status"`
+			PublicData    json.RawMessage `json:"public_data"`
+			CreatedAt     time.Time       `json:"created_at"`
+		}
+		out := make([]found, len(rows))
+		for i, r := range rows {
+			out[i] = found{r.TransactionID, r.JobID, r.Status, r.PublicData, r.CreatedAt}
+		}
+		return c.answer(out, func(w io.Writer) {
+			for _, r := range out {
+				fmt.Fprintf(w, "%s  job %s  status %q  %s  %s\n", r.TransactionID, r.JobID, r.Status, r.CreatedAt.UTC().Format(time.RFC3339), r.PublicData)
+			}
+			fmt.Fprintf(w, "%d rows\n", len(out))
+		})
 	})
 }
 
@@ -217,66 +211,61 @@ func (c *cli) activeVersions(ctx context.Context) (store.Active, error) {
 }
 
 func (c *cli) storeStatus(dsn string) error {
-	ctx, cancel := c.ctx()
-	defer cancel()
-	s, err := openStore(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	counts, err := s.Counts(ctx)
-	if err != nil {
-		return err
-	}
-	a, aerr := c.activeVersions(ctx)
-	var backlog int64 = -1
-	if aerr == nil {
-		if backlog, err = s.Backlog(ctx, a); err != nil {
+	return c.withStore(dsn, func(ctx context.Context, s *store.Store) error {
+		counts, err := s.Counts(ctx)
+		if err != nil {
 			return err
 		}
-	}
-	type line struct {
-		Participant string `json:"participant,omitempty"`
-		Escrow      bool   `json:"escrow,omitempty"`
-		KeyVersion  uint32 `json:"key_version"`
-		Rows        int64  `json:"rows"`
-		Active      bool   `json:"active"`
-	}
-	var lines []line
-	for _, n := range counts {
-		l := line{Participant: n.Participant, Escrow: n.Escrow, KeyVersion: n.KeyVersion, Rows: n.Rows}
+		a, aerr := c.activeVersions(ctx)
+		var backlog int64 = -1
 		if aerr == nil {
-			if n.Escrow {
-				l.Active = n.KeyVersion == a.Escrow
-			} else {
-				l.Active = n.KeyVersion == a.Participants[n.Participant]
+			if backlog, err = s.Backlog(ctx, a); err != nil {
+				return err
 			}
 		}
-		lines = append(lines, l)
-	}
-	out := struct {
-		Versions []line `json:"versions"`
-		Backlog  *int64 `json:"rows_needing_rewrap,omitempty"`
-	}{Versions: lines}
-	if backlog >= 0 {
-		out.Backlog = &backlog
-	}
-	return c.answer(out, func(w io.Writer) {
-		for _, l := range lines {
-			who, state := l.Participant, ""
-			if l.Escrow {
-				who = "(escrow)"
-			}
-			if aerr == nil && !l.Active {
-				state = "  older than active: needs rewrap"
-			}
-			fmt.Fprintf(w, "%-24s v%-4d %8d rows%s\n", who, l.KeyVersion, l.Rows, state)
+		type line struct {
+			Participant string `json:"participant,omitempty"`
+			Escrow      bool   `json:"escrow,omitempty"`
+			KeyVersion  uint32 `json:"key_version"`
+			Rows        int64  `json:"rows"`
+			Active      bool   `json:"active"`
 		}
-		if aerr != nil {
-			fmt.Fprintf(w, "rewrap backlog unknown: the daemon's active versions: %v\n", aerr)
-			return
+		var lines []line
+		for _, n := range counts {
+			l := line{Participant: n.Participant, Escrow: n.Escrow, KeyVersion: n.KeyVersion, Rows: n.Rows}
+			if aerr == nil {
+				if n.Escrow {
+					l.Active = n.KeyVersion == a.Escrow
+				} else {
+					l.Active = n.KeyVersion == a.Participants[n.Participant]
+				}
+			}
+			lines = append(lines, l)
 		}
-		fmt.Fprintf(w, "rows needing rewrap: %d\n", backlog)
+		out := struct {
+			Versions []line `json:"versions"`
+			Backlog  *int64 `json:"rows_needing_rewrap,omitempty"`
+		}{Versions: lines}
+		if backlog >= 0 {
+			out.Backlog = &backlog
+		}
+		return c.answer(out, func(w io.Writer) {
+			for _, l := range lines {
+				who, state := l.Participant, ""
+				if l.Escrow {
+					who = "(escrow)"
+				}
+				if aerr == nil && !l.Active {
+					state = "  older than active: needs rewrap"
+				}
+				fmt.Fprintf(w, "%-24s v%-4d %8d rows%s\n", who, l.KeyVersion, l.Rows, state)
+			}
+			if aerr != nil {
+				fmt.Fprintf(w, "rewrap backlog unknown: the daemon's active versions: %v\n", aerr)
+				return
+			}
+			fmt.Fprintf(w, "rows needing rewrap: %d\n", backlog)
+		})
 	})
 }
 
