@@ -42,7 +42,7 @@ const daemons = 3
 // and is the auditor of the court orders (principal "operator").
 const testPolicy = `{"version":1,
  "purposes":[{"name":"settlement","fields":["amount"]},{"name":"investigation","fields":["*"]}],
- "principals":[{"name":"operator","users":["root"],"roles":["admin","application","auditor","reviewer"],
+ "principals":[{"name":"operator","users":["root"],"roles":["admin","application","auditor","reviewer","compliance"],
   "act_as":[{"participants":["p-*"],"purposes":["settlement"]}],
   "seal_for":[{"participants":["p-*"]}]}]}`
 
