@@ -288,23 +288,22 @@ func (c *cli) rewrapStore(dsn string, o rewrapOpts, stderr io.Writer) error {
 		return usageError{msg: "--batch must be 1 to 1000", hint: "see custodyctl rewrap --help"}
 	}
 	ctx := context.Background()
-	s, err := openStore(ctx, dsn)
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	s, err := openStore(cctx, dsn)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	call := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, c.timeout) }
-	cctx, cancel := call()
 	active, err := c.activeVersions(cctx)
-	if err == nil {
-		var total int64
-		if total, err = s.Backlog(cctx, active); err == nil {
-			cancel()
-			return c.rewrapRows(ctx, s, active, total, o, stderr)
-		}
+	if err != nil {
+		return err
 	}
-	cancel()
-	return err
+	total, err := s.Backlog(cctx, active)
+	if err != nil {
+		return err
+	}
+	return c.rewrapRows(ctx, s, active, total, o, stderr)
 }
 
 // failedRow is a row the daemon would not rewrap.

@@ -333,3 +333,33 @@ func (f *storeFixture) rows(t *testing.T) []store.Row {
 	}
 	return rs
 }
+
+// TestStoreReplaceAtVersionRead: the write a rewrap makes lands only at the
+// row_version it read. After an application's update it is refused (the
+// id comes back as a conflict), the row keeps the application's change;
+// at the current version it lands.
+func TestStoreReplaceAtVersionRead(t *testing.T) {
+	f := newStoreFixture(t, pgtest.Shared(t), 1)
+	ctx := context.Background()
+	read, err := f.db.Get(ctx, "tx-0000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.db.SetStatus(ctx, "tx-0000", "disputed"); err != nil {
+		t.Fatal(err)
+	}
+	conflicts, err := f.db.Replace(ctx, []store.Replacement{{TransactionID: "tx-0000", RowVersion: read.RowVersion, Envelope: read.Envelope}})
+	if err != nil || len(conflicts) != 1 || conflicts[0] != "tx-0000" {
+		t.Fatalf("replace at a stale version: conflicts %v, %v", conflicts, err)
+	}
+	now, _ := f.db.Get(ctx, "tx-0000")
+	if now.Status != "disputed" || now.RowVersion != read.RowVersion+1 {
+		t.Fatalf("after the refused write: status %q, row_version %d (read at %d)", now.Status, now.RowVersion, read.RowVersion)
+	}
+	if conflicts, err := f.db.Replace(ctx, []store.Replacement{{TransactionID: "tx-0000", RowVersion: now.RowVersion, Envelope: now.Envelope}}); err != nil || len(conflicts) != 0 {
+		t.Fatalf("replace at the current version: conflicts %v, %v", conflicts, err)
+	}
+	if after, _ := f.db.Get(ctx, "tx-0000"); after.RowVersion != now.RowVersion+1 || after.Status != "disputed" {
+		t.Fatalf("after the write: row_version %d, status %q", after.RowVersion, after.Status)
+	}
+}

@@ -1,6 +1,7 @@
 // Package testutil holds what the tests of several packages share and that
 // is not about the device (hsm/hsmtest is): waiting for a condition instead
-// of sleeping for a guess.
+// of sleeping for a guess (Poll), and a server shared by a test binary
+// (Shared).
 //
 // A test that needs "until X" (a log line, a socket, a state, enough
 // requests in a phase) polls X with Poll, and then fails with its own

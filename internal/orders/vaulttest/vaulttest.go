@@ -19,11 +19,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"custody/internal/testutil"
 )
 
 // Server is one running dev server.
@@ -34,29 +35,17 @@ type Server struct {
 	UnsealKey string
 }
 
-var (
-	once      sync.Once
-	shared    *Server
-	sharedErr error
-)
+var shared testutil.Shared[*Server]
 
 // Shared returns the test binary's dev server, starting it on first use.
 // It fails tb with instructions when the Vault binary is not built.
 func Shared(tb testing.TB) *Server {
 	tb.Helper()
-	once.Do(func() { shared, sharedErr = start() })
-	if sharedErr != nil {
-		tb.Fatal(sharedErr)
-	}
-	return shared
+	return shared.Get(tb, start)
 }
 
 // Stop stops the shared server if one was started. Call it from TestMain.
-func Stop() {
-	if shared != nil {
-		shared.Stop()
-	}
-}
+func Stop() { shared.Stop() }
 
 // Private starts a dev server for tb alone, stopped at tb's cleanup.
 func Private(tb testing.TB) *Server {

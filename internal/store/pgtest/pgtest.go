@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"custody/internal/testutil"
 )
 
 // Server is one running PostgreSQL.
@@ -34,28 +36,16 @@ type Server struct {
 	mu       sync.Mutex
 }
 
-var (
-	once      sync.Once
-	shared    *Server
-	sharedErr error
-)
+var shared testutil.Shared[*Server]
 
 // Shared returns the test binary's server, starting it on first use.
 func Shared(tb testing.TB) *Server {
 	tb.Helper()
-	once.Do(func() { shared, sharedErr = start() })
-	if sharedErr != nil {
-		tb.Fatal(sharedErr)
-	}
-	return shared
+	return shared.Get(tb, start)
 }
 
 // Stop stops the shared server if one was started. Call it from TestMain.
-func Stop() {
-	if shared != nil {
-		shared.Stop()
-	}
-}
+func Stop() { shared.Stop() }
 
 // Private starts a server for tb alone (one a test may stop), stopped at
 // tb's cleanup.
