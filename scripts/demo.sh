@@ -56,9 +56,11 @@ if [ -s run/vault/addr ] && [ -s run/vault/intake.token ]; then
   echo "$review"
   sum=$(echo "$review" | sed -n 's/^body sha256 *\([0-9a-f]\{64\}\)$/\1/p')
   # The daemon picks its Vault token up within a few seconds of it appearing.
-  for _ in $(seq 1 30); do
-    if ! $ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation 2>&1 | grep -q vault_unavailable; then break; fi
-    sleep 1
+  # (custodyctl's output is captured, not piped to grep: under pipefail its
+  # refusal would end the wait at once.) It retries with backoff up to 30 s.
+  for _ in $(seq 1 60); do
+    out=$($ctl audit decrypt --envelope-file run/demo-sealed.json --order "$order" --purpose investigation 2>&1 || true)
+    case "$out" in *vault_unavailable*) sleep 1 ;; *) break ;; esac
   done
   echo "== one signature of the 2 required (signing the reviewed body $sum): the audit decrypt is refused"
   bin/custodyctl order sign "$order" $intake --key run/orders/judge-1.key --sha256 "$sum" >/dev/null
