@@ -108,11 +108,41 @@ type Config struct {
 	// 0 means DefaultSoftHSMRecycle on SoftHSM and never elsewhere; a
 	// negative value means never.
 	RecycleAfter int
+	// DEKCache bounds the DEK handle cache of OpenFields; the zero value
+	// turns it off.
+	DEKCache DEKCacheConfig
+}
+
+// DEKCacheConfig bounds the DEK handle cache (doc.go, "DEK handle cache").
+// Entries == 0 turns it off; otherwise MaxAge must be positive and Recheck
+// not negative.
+type DEKCacheConfig struct {
+	Entries int           // stanzas kept at most, least recently used evicted first
+	MaxAge  time.Duration // an entry is destroyed this long after its unwrap
+	// Recheck is how long a hit may rely on the last check that its private
+	// key still exists on the token; 0 checks on every hit. A key destroyed
+	// through this Token evicts its entries at once; one destroyed by
+	// another process (another daemon of a fleet) is noticed by the first
+	// hit after Recheck, which then refuses as a cold open does.
+	Recheck time.Duration
 }
 
 // DefaultSoftHSMRecycle is RecycleAfter's default on SoftHSM: about 3,300
 // opens, bounding the retained memory near 5 MiB.
 const DefaultSoftHSMRecycle = 10000
+
+// DEKCacheStats is a snapshot of the DEK handle cache (Token.DEKCacheStats).
+type DEKCacheStats struct {
+	Enabled         bool
+	Entries         int // live entries now
+	Capacity        int // Config.DEKCache.Entries
+	Hits, Misses    uint64
+	EvictedCapacity uint64 // the least recently used, to make room
+	EvictedAge      uint64 // older than MaxAge
+	EvictedKey      uint64 // their private key was destroyed (key retirement)
+	EvictedRebuild  uint64 // the session pool was rebuilt
+	EvictedShutdown uint64 // the token was closed
+}
 
 // TokenInfo describes the open token for logs and health checks.
 type TokenInfo struct {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -32,13 +33,23 @@ func (t *Token) OpenFields(ctx context.Context, req OpenFieldsRequest) ([][]byte
 		return nil, fmt.Errorf("hsm: open fields %q: %w", req.KeyLabel, err)
 	}
 	var out [][]byte
-	err := t.withDeriveKey(ctx, req.KeyLabel, req.Alg, func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error {
-		var err error
-		out, err = t.openFields(h, key, req)
-		return err
+	var created uint64
+	err := t.pool.withSessionOf(ctx, func(s session) error {
+		return t.withKey(s.h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
+			var err error
+			if t.deks == nil {
+				out, err = t.openFields(s.h, key, req)
+				created += uint64(3 + len(req.Fields))
+				return err
+			}
+			var n uint64
+			out, n, err = t.openFieldsCached(s, key, req)
+			created += n
+			return err
+		})
 	})
 	if !errors.Is(err, ErrUnavailable) {
-		t.pool.noteSessionObjects(ctx, uint64(3+len(req.Fields)))
+		t.pool.noteSessionObjects(ctx, created)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open fields %q: %w", req.KeyLabel, err)
@@ -238,25 +249,114 @@ func (t *Token) fieldOp(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, context
 		return nil, err
 	}
 	defer func() { _ = c.DestroyObject(h, fk) }()
+	if usage != pkcs11.CKA_ENCRYPT {
+		return gcmDecrypt(c, h, fk, nonce, aad, in)
+	}
 	gcm := pkcs11.NewGCMParams(nonce, aad, 8*gcmTagSize)
 	defer gcm.Free()
-	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gcm)}
-	if usage == pkcs11.CKA_ENCRYPT {
-		if err := c.EncryptInit(h, mech, fk); err != nil {
-			return nil, fmt.Errorf("C_EncryptInit (AES_GCM): %w", err)
-		}
-		ct, err := c.Encrypt(h, in)
-		if err != nil {
-			return nil, fmt.Errorf("encrypt (AES_GCM): %w", err)
-		}
-		return ct, nil
+	if err := c.EncryptInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gcm)}, fk); err != nil {
+		return nil, fmt.Errorf("C_EncryptInit (AES_GCM): %w", err)
 	}
-	if err := c.DecryptInit(h, mech, fk); err != nil {
+	ct, err := c.Encrypt(h, in)
+	if err != nil {
+		return nil, fmt.Errorf("encrypt (AES_GCM): %w", err)
+	}
+	return ct, nil
+}
+
+// gcmDecrypt opens ct (ciphertext‖tag) with AES-256-GCM under key k.
+func gcmDecrypt(c *pkcs11.Ctx, h pkcs11.SessionHandle, k pkcs11.ObjectHandle, nonce, aad, ct []byte) ([]byte, error) {
+	gcm := pkcs11.NewGCMParams(nonce, aad, 8*gcmTagSize)
+	defer gcm.Free()
+	if err := c.DecryptInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gcm)}, k); err != nil {
 		return nil, fmt.Errorf("C_DecryptInit (AES_GCM): %w", err)
 	}
-	pt, err := c.Decrypt(h, in)
+	pt, err := c.Decrypt(h, ct)
 	if err != nil {
 		return nil, integrity("decrypt (AES_GCM)", err)
 	}
 	return pt, nil
+}
+
+// openFieldsCached is openFields through the DEK handle cache, on session s
+// (its generation decides which entries it may use). A hit checks that the
+// private key still exists on the token (a cold open would fail without
+// it: destroyed by another process, say) unless a check or a cold open
+// found it within DEKCacheConfig.Recheck, and then derives only the field
+// keys not cached yet; a miss runs the cold chain and caches its DEK and
+// field keys once every field opened. It returns the plaintexts and how
+// many session objects it created.
+func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFieldsRequest) ([][]byte, uint64, error) {
+	c := t.mod.ctx
+	key := dekCacheKey(&req)
+	defer t.deks.reap(c, s.h, s.gen)
+	now := time.Now()
+	if e := t.deks.acquire(key, s.gen, now); e != nil {
+		defer t.deks.release(e)
+		if t.deks.needsCheck(req.KeyLabel, now) {
+			if _, err := c.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)}); err != nil {
+				// Gone (withKey looks it up once more and fails as a
+				// cold open would) or lost.
+				return nil, 0, err
+			}
+			t.deks.checkedAt(req.KeyLabel, now)
+		}
+		return t.openCachedFields(s.h, e, req)
+	}
+	objs := sessionObjects{c: c, h: s.h}
+	defer objs.destroy()
+	kek, err := t.deriveKEK(s.h, &objs, priv, req.PeerPublic, req.Context, fieldsKEK())
+	if err != nil {
+		return nil, objs.created, err
+	}
+	dek, err := c.UnwrapKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, deriveOnlyDEKTemplate())
+	if err != nil {
+		return nil, objs.created, integrity("unwrap DEK (AES_KEY_WRAP_PAD)", err)
+	}
+	objs.add(dek)
+	e := &dekEntry{key: key, label: req.KeyLabel, gen: s.gen, created: time.Now(), dek: dek}
+	out, n, err := t.openCachedFields(s.h, e, req)
+	if err != nil {
+		e.destroy(c, s.h) // the DEK and the field keys derived so far
+		objs.keep(dek)
+		return nil, objs.created + n, err
+	}
+	objs.keep(dek)
+	t.deks.checkedAt(req.KeyLabel, now) // the ECDH derive just used the key
+	if !t.deks.insert(e) {
+		e.destroy(c, s.h) // another borrower cached this stanza first
+	}
+	return out, objs.created + n, nil
+}
+
+// openCachedFields opens req's fields with e's DEK, deriving (and adding
+// to e) the field keys e does not hold yet. It returns the plaintexts and
+// how many keys it derived; on error no plaintext.
+func (t *Token) openCachedFields(h pkcs11.SessionHandle, e *dekEntry, req OpenFieldsRequest) ([][]byte, uint64, error) {
+	c := t.mod.ctx
+	var derived uint64
+	out := make([][]byte, len(req.Fields))
+	fail := func(i int, err error) ([][]byte, uint64, error) {
+		for _, p := range out[:i] {
+			clear(p)
+		}
+		return nil, derived, fmt.Errorf("field %d: %w", i, err)
+	}
+	for i, f := range req.Fields {
+		fk := e.fieldKey(f.Context)
+		if fk == 0 {
+			k, err := t.deriveFieldKey(h, e.dek, f.Context, pkcs11.CKA_DECRYPT)
+			if err != nil {
+				return fail(i, err)
+			}
+			derived++
+			fk = e.addFieldKey(c, h, f.Context, k)
+		}
+		pt, err := gcmDecrypt(c, h, fk, f.Nonce, f.AAD, f.Ciphertext)
+		if err != nil {
+			return fail(i, err)
+		}
+		out[i] = pt
+	}
+	return out, derived, nil
 }

@@ -17,7 +17,7 @@ import (
 // fieldsRequest turns a sealed v1 test payload into a v2 open of two fields
 // under keys derived in software from the same DEK (what the device must
 // derive with CKM_AES_ECB_ENCRYPT_DATA).
-func fieldsRequest(t *testing.T, s sealed, values ...string) hsm.OpenFieldsRequest {
+func fieldsRequest(t testing.TB, s sealed, values ...string) hsm.OpenFieldsRequest {
 	t.Helper()
 	req := hsm.OpenFieldsRequest{KeyLabel: s.req.KeyLabel, Alg: s.req.Alg, KDF: s.req.KDF, PeerPublic: s.req.PeerPublic,
 		Context: s.req.Context, WrappedDEK: s.req.WrappedDEK}

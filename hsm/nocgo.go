@@ -31,6 +31,7 @@ func InitToken(context.Context, string, string, []byte, string) error { return E
 func (*Token) Close() error                    { return ErrNeedsCgo }
 func (*Token) Capabilities() Capabilities      { return Capabilities{} }
 func (*Token) Info() TokenInfo                 { return TokenInfo{} }
+func (*Token) DEKCacheStats() DEKCacheStats    { return DEKCacheStats{} }
 func (*Token) TokenID() (label, serial string) { return "", "" }
 func (*Token) Ping(context.Context) error      { return ErrNeedsCgo }
 func (*Token) SessionObjectCount(context.Context) (int, error) {

@@ -467,6 +467,12 @@ func (p *pool) close() error {
 // login or token was lost, the pool is rebuilt and fn runs once more on a
 // fresh session. A second loss, or a failed rebuild, is ErrUnavailable.
 func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) error) error {
+	return p.withSessionOf(ctx, func(s session) error { return fn(s.h) })
+}
+
+// withSessionOf is withSession for callers that need to know the session's
+// generation (the DEK cache: objects live only as long as their session).
+func (p *pool) withSessionOf(ctx context.Context, fn func(s session) error) error {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -475,7 +481,7 @@ func (p *pool) withSession(ctx context.Context, fn func(h pkcs11.SessionHandle) 
 		if err != nil {
 			return err
 		}
-		err = p.diagnose(s.h, fn(s.h))
+		err = p.diagnose(s.h, fn(s))
 		lost := isLost(err)
 		p.release(s, !lost)
 		if !lost {
@@ -504,6 +510,13 @@ func (p *pool) diagnose(h pkcs11.SessionHandle, err error) error {
 		err = fmt.Errorf("%w (token gone during the call: %w)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT), err)
 	}
 	return err
+}
+
+// generation returns the current session generation.
+func (p *pool) generation() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gen
 }
 
 func (p *pool) stats() (n, inUse int, rebuilds, recycles uint64) {

@@ -69,7 +69,8 @@ func (t *Token) prove(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req Poss
 }
 
 // DestroyKeyPair destroys every token object labelled label (the private
-// and the public key) and forgets the cached handle. It is irreversible:
+// and the public key), forgets the cached handle and destroys the cached
+// DEKs unwrapped under it. It is irreversible:
 // whatever was wrapped only for that key can no longer be opened. A label
 // with no object is ErrNotFound. Other objects are untouched.
 func (t *Token) DestroyKeyPair(ctx context.Context, label string) error {
@@ -79,7 +80,14 @@ func (t *Token) DestroyKeyPair(ctx context.Context, label string) error {
 	t.createMu.Lock()
 	defer t.createMu.Unlock()
 	n := 0
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+	err := t.pool.withSessionOf(ctx, func(s session) error {
+		h := s.h
+		if t.deks != nil {
+			// DEKs unwrapped under the key go first: a hit must never open
+			// what the key's absence makes a cold open refuse.
+			t.deks.evictWhere(evictKey, func(e *dekEntry) bool { return e.label == label })
+			t.deks.reap(t.mod.ctx, h, s.gen)
+		}
 		objs, err := t.findObjects(h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),

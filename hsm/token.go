@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -28,6 +29,9 @@ type Token struct {
 
 	cacheMu sync.Mutex
 	cache   map[string]cachedKey // private-key handles by label; cleared on rebuild
+
+	deks        *dekCache     // nil when Config.DEKCache is off
+	stopJanitor chan struct{} // closed by Close when deks is on
 
 	closeOnce sync.Once
 	closeErr  error
@@ -48,6 +52,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
 	}
 	if cfg.Sessions < 0 {
 		return nil, fmt.Errorf("%w: Sessions must not be negative", ErrInvalidRequest)
+	}
+	if c := cfg.DEKCache; c.Entries < 0 || (c.Entries > 0 && (c.MaxAge <= 0 || c.Recheck < 0)) {
+		return nil, fmt.Errorf("%w: DEKCache needs Entries >= 0 and, when on, a positive MaxAge and a Recheck >= 0", ErrInvalidRequest)
 	}
 	pin, err := readPINFile(cfg.PINFile)
 	if err != nil {
@@ -96,7 +103,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
 	}
 	t.pool = newPool(mod, cfg.TokenLabel, n, pin)
 	t.pool.log = log
-	t.pool.onRebuild = t.clearCache
+	t.pool.onRebuild = t.rebuilt
 	switch {
 	case cfg.RecycleAfter > 0:
 		t.pool.recycleAfter = uint64(cfg.RecycleAfter)
@@ -114,13 +121,27 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
 		return nil, fmt.Errorf("hsm: capability probe: %w", err)
 	}
 	t.caps = caps
+	if cfg.DEKCache.Entries > 0 {
+		t.deks = newDEKCache(cfg.DEKCache)
+		t.stopJanitor = make(chan struct{})
+		go t.janitor(t.stopJanitor)
+	}
 	log.Info("hsm: token open",
 		"token", ti.Label, "serial", ti.SerialNumber, "manufacturer", ti.ManufacturerID,
 		"model", ti.Model, "sessions", n, "capabilities", caps.String())
 	return t, nil
 }
 
-// Close logs out, closes the sessions, clears the PIN from memory and
+// rebuilt runs after every pool rebuild, holding the pool's lock: the
+// sessions that held cached handles are gone.
+func (t *Token) rebuilt() {
+	t.clearCache()
+	if t.deks != nil {
+		t.deks.evictWhere(evictRebuild, func(*dekEntry) bool { return true })
+	}
+}
+
+// Close destroys the cached DEKs, logs out, closes the sessions, clears the PIN from memory and
 // releases the module (C_Finalize when this was its last user in the
 // process and this package initialized it). Calls after the first return
 // the first result; every other method then fails with ErrUnavailable.
@@ -128,6 +149,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
 // on the same token label in this process too.
 func (t *Token) Close() error {
 	t.closeOnce.Do(func() {
+		if t.deks != nil {
+			close(t.stopJanitor)
+			t.deks.evictWhere(evictShutdown, func(*dekEntry) bool { return true })
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = t.pool.withSessionOf(ctx, func(s session) error {
+				t.deks.reap(t.mod.ctx, s.h, s.gen)
+				return nil
+			})
+			cancel()
+		}
 		err := t.pool.close()
 		t.clearCache()
 		if rerr := t.mod.release(); rerr != nil && err == nil {
