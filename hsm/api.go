@@ -136,6 +136,7 @@ type DEKCacheStats struct {
 	Enabled         bool
 	Entries         int // live entries now
 	Capacity        int // Config.DEKCache.Entries
+	Objects         int // session objects the cache holds (DEKs and field keys; evicted ones not yet destroyed too)
 	Hits, Misses    uint64
 	EvictedCapacity uint64 // the least recently used, to make room
 	EvictedAge      uint64 // older than MaxAge

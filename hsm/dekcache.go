@@ -233,6 +233,17 @@ func (c *dekCache) snapshot() DEKCacheStats {
 	s := c.stats
 	s.Entries = c.lru.Len()
 	s.Capacity = c.cfg.Entries
+	count := func(e *dekEntry) {
+		e.fmu.Lock()
+		s.Objects += 1 + len(e.fields)
+		e.fmu.Unlock()
+	}
+	for el := c.lru.Front(); el != nil; el = el.Next() {
+		count(el.Value.(*dekEntry))
+	}
+	for _, e := range c.grave {
+		count(e)
+	}
 	return s
 }
 

@@ -105,6 +105,44 @@
 // package initialized the module. Token.Close logs out, which also logs out
 // any other Token on the same token label in this process.
 //
+// # DEK handle cache
+//
+// With Config.DEKCache on, OpenFields (envelope v2) keeps what a cold open
+// made on the device instead of destroying it: the DEK, as the derive-only,
+// sensitive, non-extractable session object the unwrap template forces,
+// and the decrypt-only field keys derived from it. An entry is named by a
+// SHA-256 of everything the cold chain feeds the device before the field
+// keys (key label, algorithm, KDF, peer public key, KDF context, wrapped
+// DEK), so a hit is exactly the DEK a cold open of that stanza would
+// unwrap; the field ciphertexts are still authenticated by GCM on every
+// open. A hit skips the ECDH derive, the KEK derive and the unwrap (and
+// the field-key derives already done): BenchmarkOpenFields4Cached against
+// BenchmarkOpenFields4. The host holds only object handles and hashes.
+//
+// Bounds: at most Entries stanzas (least recently used evicted), each
+// destroyed MaxAge after its unwrap (a janitor runs every MaxAge/4, at
+// most 5 s apart); entries of a key are destroyed in DestroyKeyPair before
+// the key; a pool rebuild drops every entry (the objects went with their
+// sessions: nothing is destroyed by handle then, since handles may be
+// reused after a module recycle); Close destroys them all. A hit re-checks
+// that its private key still exists on the token (C_GetAttributeValue)
+// unless that was confirmed within Recheck: a key destroyed by another
+// process is noticed within Recheck, one destroyed through this Token at
+// once. Every authorization (policy, participant status, second factor,
+// court order) is the caller's and runs before OpenFields on a hit as on
+// a miss; the cache answers only "which DEK", never "may you".
+//
+// What it changes for an attacker: the DEK of a recently opened envelope
+// exists on the token for up to MaxAge instead of about a millisecond. It
+// is still a session object of this process's sessions, never extractable
+// and unable to encrypt, decrypt, wrap or unwrap; only the field keys can
+// decrypt, and only through this process's logged-in sessions, which is
+// what a holder of the user PIN can do with the private keys anyway. On
+// SoftHSM the token runs inside the daemon's process, so "on the token"
+// means in SoftHSM's memory, obfuscated by its per-token key, as every
+// session key of a cold open is for its lifetime; a network HSM keeps them
+// in the HSM. DEKCacheStats counts hits, misses and evictions by reason.
+//
 // # Memory
 //
 // SoftHSM 2.6.1 keeps every session object it ever created until

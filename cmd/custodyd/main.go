@@ -154,6 +154,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 		PINFile:      cfg.PKCS11.PINFile,
 		Sessions:     cfg.PKCS11.Sessions,
 		RecycleAfter: cfg.PKCS11.RecycleAfter,
+		DEKCache: hsm.DEKCacheConfig{Entries: cfg.PKCS11.DEKCache.Entries, MaxAge: cfg.PKCS11.DEKCache.MaxAge.Std(),
+			Recheck: cfg.PKCS11.DEKCache.Recheck.Std()},
 	}, log)
 	if err != nil {
 		return fmt.Errorf("opening the token: %w", err)

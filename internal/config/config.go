@@ -79,6 +79,22 @@ type PKCS11 struct {
 	// objects, to free what SoftHSM 2.6 keeps of destroyed ones (hsm doc,
 	// "Memory"). 0 = automatic (on for SoftHSM only), -1 = never.
 	RecycleAfter int `json:"recycle_after"`
+	// DEKCache keeps recently opened envelopes' DEKs (and field keys) on the
+	// token as session objects, so that opening one again skips the key
+	// chain (hsm doc, "DEK handle cache"). Every policy check runs on every
+	// open, hit or not.
+	DEKCache DEKCache `json:"dek_cache"`
+}
+
+// DEKCache bounds the DEK handle cache. Entries 0 turns it off.
+type DEKCache struct {
+	Entries int               `json:"entries"` // stanzas kept, least recently used evicted first
+	MaxAge  duration.Duration `json:"max_age"` // an entry is destroyed this long after its unwrap
+	// Recheck is how long a hit may rely on the last check that its private
+	// key is still on the token ("0s": check on every hit); it bounds how
+	// long a key destroyed by another daemon of a fleet can still open from
+	// this daemon's cache.
+	Recheck duration.Duration `json:"recheck"`
 }
 
 // Socket is where the API listens.
@@ -225,6 +241,7 @@ func Default() Config {
 			TokenLabel:  "custody",
 			PINFile:     "softhsm/user.pin",
 			SoftHSMConf: "softhsm/softhsm2.conf",
+			DEKCache:    DEKCache{Entries: 4096, MaxAge: duration.Duration(time.Minute), Recheck: duration.Duration(time.Second)},
 		},
 		Socket:          Socket{Path: "run/custodyd.sock", Mode: "0660"},
 		PolicyFile:      "policies/example.json",
@@ -363,6 +380,12 @@ func (c Config) Validate() error {
 		return errors.New("pkcs11.sessions: must be 0 (auto) to 256")
 	case c.PKCS11.RecycleAfter < -1:
 		return errors.New("pkcs11.recycle_after: must be -1 (never), 0 (automatic) or a count")
+	case c.PKCS11.DEKCache.Entries < 0 || c.PKCS11.DEKCache.Entries > 1<<20:
+		return errors.New("pkcs11.dek_cache.entries: must be 0 (off) to 1048576")
+	case c.PKCS11.DEKCache.Entries > 0 && (c.PKCS11.DEKCache.MaxAge.Std() < time.Second || c.PKCS11.DEKCache.MaxAge.Std() > time.Hour):
+		return fmt.Errorf("pkcs11.dek_cache.max_age: %q is not a duration from 1s to 1h (e.g. \"60s\")", c.PKCS11.DEKCache.MaxAge)
+	case c.PKCS11.DEKCache.Entries > 0 && (c.PKCS11.DEKCache.Recheck.Std() < 0 || c.PKCS11.DEKCache.Recheck.Std() > c.PKCS11.DEKCache.MaxAge.Std()):
+		return fmt.Errorf("pkcs11.dek_cache.recheck: %q is not a duration from 0s to max_age (e.g. \"1s\")", c.PKCS11.DEKCache.Recheck)
 	case c.Socket.Path == "":
 		return errors.New("socket.path: required")
 	case len(c.Socket.Path) > 100:

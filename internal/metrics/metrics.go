@@ -96,16 +96,38 @@ func result(err error) string {
 type TokenSource interface {
 	Info() hsm.TokenInfo
 	Ping(ctx context.Context) error
+	DEKCacheStats() hsm.DEKCacheStats
 }
 
 // WatchToken registers gauges read from t at scrape time: pool size,
-// sessions in use, rebuilds, module recycles, and whether the token answers
-// a ping (within one second) right now.
+// sessions in use, rebuilds, module recycles, the DEK handle cache's
+// entries, hits, misses and evictions by reason, and whether the token
+// answers a ping (within one second) right now.
 func (m *Metrics) WatchToken(t TokenSource) {
 	info := func(f func(hsm.TokenInfo) float64) func() float64 {
 		return func() float64 { return f(t.Info()) }
 	}
+	cache := func(f func(hsm.DEKCacheStats) uint64) func() float64 {
+		return func() float64 { return float64(f(t.DEKCacheStats())) }
+	}
+	for reason, f := range map[string]func(hsm.DEKCacheStats) uint64{
+		"capacity": func(s hsm.DEKCacheStats) uint64 { return s.EvictedCapacity },
+		"age":      func(s hsm.DEKCacheStats) uint64 { return s.EvictedAge },
+		"key":      func(s hsm.DEKCacheStats) uint64 { return s.EvictedKey },
+		"rebuild":  func(s hsm.DEKCacheStats) uint64 { return s.EvictedRebuild },
+		"shutdown": func(s hsm.DEKCacheStats) uint64 { return s.EvictedShutdown },
+	} {
+		m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_dek_cache_evictions_total",
+			Help:        "Cached DEKs destroyed, by reason: capacity (least recently used), age (max_age), key (its key destroyed), rebuild (session pool rebuilt), shutdown.",
+			ConstLabels: prometheus.Labels{"reason": reason}}, cache(f)))
+	}
 	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_dek_cache_entries", Help: "Envelope stanzas whose DEK is cached on the token now (0 when the cache is off)."},
+			cache(func(s hsm.DEKCacheStats) uint64 { return uint64(s.Entries) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_dek_cache_hits_total", Help: "Envelope v2 opens that used a cached DEK (no ECDH, KEK derive or unwrap)."},
+			cache(func(s hsm.DEKCacheStats) uint64 { return s.Hits })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_dek_cache_misses_total", Help: "Envelope v2 opens that ran the whole key chain on the token."},
+			cache(func(s hsm.DEKCacheStats) uint64 { return s.Misses })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions", Help: "Size of the HSM session pool."},
 			info(func(i hsm.TokenInfo) float64 { return float64(i.Sessions) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions_in_use", Help: "HSM sessions borrowed right now."},

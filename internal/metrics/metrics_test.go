@@ -224,3 +224,35 @@ func TestVaultCheckMetrics(t *testing.T) {
 		}
 	}
 }
+
+// cacheSource is a TokenSource with fixed DEK cache counters.
+type cacheSource struct{ s hsm.DEKCacheStats }
+
+func (cacheSource) Info() hsm.TokenInfo                { return hsm.TokenInfo{} }
+func (cacheSource) Ping(context.Context) error         { return nil }
+func (c cacheSource) DEKCacheStats() hsm.DEKCacheStats { return c.s }
+
+func TestDEKCacheMetrics(t *testing.T) {
+	m := metrics.New()
+	m.WatchToken(cacheSource{hsm.DEKCacheStats{Enabled: true, Entries: 7, Hits: 11, Misses: 3,
+		EvictedCapacity: 1, EvictedAge: 2, EvictedKey: 4, EvictedRebuild: 5, EvictedShutdown: 6}})
+	fams := scrape(t, m)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"custody_hsm_dek_cache_entries", nil, 7},
+		{"custody_hsm_dek_cache_hits_total", nil, 11},
+		{"custody_hsm_dek_cache_misses_total", nil, 3},
+		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "capacity"}, 1},
+		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "age"}, 2},
+		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "key"}, 4},
+		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "rebuild"}, 5},
+		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "shutdown"}, 6},
+	} {
+		if got := value(t, fams, tc.name, tc.labels); got != tc.want {
+			t.Errorf("%s %v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+}

@@ -232,6 +232,8 @@ func newHarnessDeps(t testing.TB, adjust func(*server.Deps)) (*harness, server.D
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
 	h.cfg = hsmtest.NewToken(t)
+	dc := config.Default().PKCS11.DEKCache // the daemon's default: the cache is on
+	h.cfg.DEKCache = hsm.DEKCacheConfig{Entries: dc.Entries, MaxAge: dc.MaxAge.Std(), Recheck: dc.Recheck.Std()}
 	h.token, err = hsm.Open(ctx, h.cfg, log)
 	if err != nil {
 		t.Fatal(err)
