@@ -144,9 +144,16 @@ type recorder struct {
 	mu      sync.Mutex
 	entries []auditlog.Entry
 	fail    bool
+	hold    chan struct{} // when set, Record of a decrypt entry waits for it to close
 }
 
 func (r *recorder) Record(_ context.Context, e auditlog.Entry) error {
+	r.mu.Lock()
+	hold := r.hold
+	r.mu.Unlock()
+	if hold != nil && e.Operation == "decrypt" {
+		<-hold
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {

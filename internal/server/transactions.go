@@ -13,6 +13,8 @@ import (
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
+	"custody/internal/keys"
+	"custody/internal/policy"
 )
 
 func badRequest(format string, args ...any) *apiError {
@@ -221,11 +223,23 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 }
 
 // decryptOne opens one envelope as a participant for a purpose: parse and
-// verify in software, ask the policy, open on the device, filter the fields
-// the purpose may see, record, release.
+// verify in software, ask the policy (and the status and factor checks),
+// open on the device, record, release. For an envelope v2 the entry is
+// known before the device is asked (the fields the purpose may see are
+// named in the signed header), so it is written while the device opens
+// (releaseAfterLog); a v1 envelope's fields are known only after the open,
+// and its entry is written after it.
 func (s *Server) decryptOne(ctx context.Context, rq *request, in api.DecryptRequest) (*api.Decrypted, error) {
 	entry := auditlog.Entry{Operation: "decrypt", Participant: in.As, Purpose: in.Purpose}
-	res, err := s.open(ctx, rq, in, &entry)
+	plan, err := s.authorizeOpen(ctx, rq, in, &entry)
+	if err == nil && plan.env.Header.Version == envelope.Version2 {
+		entry.Fields = slices.Sorted(slices.Values(plan.names))
+		return s.releaseAfterLog(ctx, rq, entry, func() (*api.Decrypted, error) { return s.openV2(ctx, plan) })
+	}
+	var res *api.Decrypted
+	if err == nil {
+		res, err = s.openV1(ctx, plan, &entry)
+	}
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
 		return nil, rerr
 	}
@@ -235,7 +249,53 @@ func (s *Server) decryptOne(ctx context.Context, rq *request, in api.DecryptRequ
 	return res, nil
 }
 
-func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, entry *auditlog.Entry) (*api.Decrypted, error) {
+// releaseAfterLog runs open (the device work of an authorized decrypt)
+// while entry, with outcome allowed, is made durable, and releases the
+// result only once both are done: no plaintext leaves before its entry is
+// durable, but the fdatasync overlaps the device instead of following it.
+// If the log fails the result is dropped (log_unavailable). If the device
+// fails after the allowed entry was written, a second entry records the
+// failure with its code and says that the allowed entry before it was not
+// released (docs/auditlog.md, "An allowed decrypt").
+func (s *Server) releaseAfterLog(ctx context.Context, rq *request, entry auditlog.Entry, open func() (*api.Decrypted, error)) (*api.Decrypted, error) {
+	logged := make(chan error, 1)
+	go func() { logged <- s.record(ctx, rq, entry, nil) }()
+	res, err := open()
+	lerr := <-logged
+	if err != nil {
+		if lerr == nil {
+			entry.Detail = "not released: the device failed after this request's allowed entry was written"
+		}
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	if lerr != nil {
+		for _, v := range res.Confidential {
+			clear(v)
+		}
+		return nil, lerr
+	}
+	return res, nil
+}
+
+// openPlan is an authorized decrypt: the verified envelope, the caller's
+// stanza and key, what the purpose may see.
+type openPlan struct {
+	env        *envelope.Envelope
+	stanza     int
+	key        keys.Version
+	disclosure policy.Disclosure
+	names      []string // v2: the fields the purpose may see, in header order
+}
+
+// authorizeOpen runs every check of a participant decrypt, in order: the
+// request, the envelope's form and signature, the transaction, the policy,
+// the participant's status, the second factor, the stanza and its key
+// version. It fills entry with what is known and returns what the device
+// must open; nothing has touched a key.
+func (s *Server) authorizeOpen(ctx context.Context, rq *request, in api.DecryptRequest, entry *auditlog.Entry) (*openPlan, error) {
 	if in.Envelope == "" {
 		return nil, badRequest("envelope: required")
 	}
@@ -277,23 +337,35 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 	if err != nil {
 		return nil, err
 	}
+	plan := &openPlan{env: env, stanza: i, key: key, disclosure: disclosure}
 	if h.Version == envelope.Version2 {
-		// Only the fields the purpose may see are derived and decrypted;
-		// the others never reach the device.
 		entry.SealedBy = h.SealedBy
-		names := disclosure.Select(h.FieldNames)
-		if len(names) > 0 {
+		plan.names = disclosure.Select(h.FieldNames)
+		if len(plan.names) > 0 {
 			entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 		}
-		shown, err := s.openFields(ctx, env, i, key.Label, key.Public, names)
-		if err != nil {
-			return nil, err
-		}
-		entry.Fields = sortedKeys(shown)
-		return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown, SealedBy: h.SealedBy}, nil
+	} else {
+		entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
 	}
-	entry.KeyLabel, entry.KeyVersion = key.Label, int(key.Number)
-	plaintext, err := s.d.Token.Open(ctx, env.OpenRequest(i, key.Label, key.Public))
+	return plan, nil
+}
+
+// openV2 derives and decrypts on the device only the fields the purpose
+// may see; the others never reach the device.
+func (s *Server) openV2(ctx context.Context, p *openPlan) (*api.Decrypted, error) {
+	h := &p.env.Header
+	shown, err := s.openFields(ctx, p.env, p.stanza, p.key.Label, p.key.Public, p.names)
+	if err != nil {
+		return nil, err
+	}
+	return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown, SealedBy: h.SealedBy}, nil
+}
+
+// openV1 decrypts a version-1 envelope's whole payload on the device and
+// filters the fields the purpose may see; it records their names in entry.
+func (s *Server) openV1(ctx context.Context, p *openPlan, entry *auditlog.Entry) (*api.Decrypted, error) {
+	h := &p.env.Header
+	plaintext, err := s.d.Token.Open(ctx, p.env.OpenRequest(p.stanza, p.key.Label, p.key.Public))
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +375,7 @@ func (s *Server) open(ctx context.Context, rq *request, in api.DecryptRequest, e
 		// Authenticated but not a JSON object: not sealed by this daemon's encrypt.
 		return nil, fmt.Errorf("%w: payload is not a JSON object", envelope.ErrMalformed)
 	}
-	shown := disclosure.Filter(fields)
+	shown := p.disclosure.Filter(fields)
 	entry.Fields = sortedKeys(shown)
 	return &api.Decrypted{TransactionID: h.TransactionID, JobID: h.JobID, Confidential: shown}, nil
 }

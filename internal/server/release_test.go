@@ -1,0 +1,94 @@
+package server_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"custody/hsm"
+	"custody/internal/api"
+	"custody/internal/auditlog"
+	"custody/internal/server"
+)
+
+// failingFieldsToken fails every OpenFields after counting it: the device
+// going away after the decrypt was authorized and its entry written.
+type failingFieldsToken struct {
+	server.Token
+	calls atomic.Int32
+}
+
+func (f *failingFieldsToken) OpenFields(context.Context, hsm.OpenFieldsRequest) ([][]byte, error) {
+	f.calls.Add(1)
+	return nil, hsm.ErrUnavailable
+}
+
+// TestDecryptReleasesOnlyAfterItsEntry: the entry of an envelope v2 decrypt
+// is written while the device opens, and the plaintext waits for it. With
+// the log holding the entry the answer does not come even though the
+// device finished; when the log then fails, the plaintext is dropped
+// (log_unavailable).
+func TestDecryptReleasesOnlyAfterItsEntry(t *testing.T) {
+	h := newHarness(t)
+	h.register("client-1", "miner-1")
+	env := h.seal("tx-r", "client-1", "miner-1")
+	hold := make(chan struct{})
+	h.rec.mu.Lock()
+	h.rec.hold = hold
+	h.rec.mu.Unlock()
+	type answer struct {
+		st   int
+		body map[string]any
+	}
+	done := make(chan answer, 1)
+	go func() {
+		st, body := h.decryptAs(env, "miner-1")
+		done <- answer{st, body}
+	}()
+	// The device work is done once the DEK is cached.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.token.DEKCacheStats().Entries == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the device never opened the envelope")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case a := <-done:
+		t.Fatalf("answered before its entry was kept: %d %v", a.st, a.body)
+	case <-time.After(200 * time.Millisecond):
+	}
+	h.rec.setFail(true)
+	close(hold)
+	a := <-done
+	if a.st != 503 || errCode(a.body) != api.CodeLogUnavailable || a.body["confidential"] != nil {
+		t.Fatalf("log failed while the device opened: %d %v, want log_unavailable and no plaintext", a.st, a.body)
+	}
+}
+
+// TestDecryptDeviceFailsAfterEntry: the allowed entry was written, the
+// device then failed; a second entry records the failure and says the
+// allowed one was not released.
+func TestDecryptDeviceFailsAfterEntry(t *testing.T) {
+	tok := &failingFieldsToken{}
+	var h *harness
+	h = newHarnessWith(t, func(d *server.Deps) { tok.Token = d.Token; d.Token = tok })
+	h.register("client-1", "miner-1")
+	env := h.seal("tx-f", "client-1", "miner-1")
+	st, body := h.decryptAs(env, "miner-1")
+	if errCode(body) != api.CodeHSMUnavailable || body["confidential"] != nil || tok.calls.Load() != 1 {
+		t.Fatalf("device failure: %d %v (device calls %d)", st, body, tok.calls.Load())
+	}
+	h.rec.mu.Lock()
+	entries := append([]auditlog.Entry(nil), h.rec.entries[len(h.rec.entries)-2:]...)
+	h.rec.mu.Unlock()
+	allowed, failed := entries[0], entries[1]
+	if allowed.Operation != "decrypt" || allowed.Outcome != auditlog.Allowed || allowed.TransactionID != "tx-f" || len(allowed.Fields) != 2 {
+		t.Fatalf("first entry: %+v, want the allowed decrypt written while the device opened", allowed)
+	}
+	if failed.Operation != "decrypt" || failed.Outcome != auditlog.Failed || failed.Code != api.CodeHSMUnavailable || !strings.Contains(failed.Detail, "not released") {
+		t.Fatalf("second entry: %+v, want the failure saying the allowed entry was not released", failed)
+	}
+}
