@@ -35,9 +35,11 @@ cat > "$dir/custodyd.json" <<JSON
 JSON
 bin/custodyd token init --no-backups --config "$dir/custodyd.json" >/dev/null
 
-echo "== the raw on-device open chain (hsm BenchmarkOpenX25519, 2 goroutines)" >&2
-raw=$(go test -run '^$' -bench '^BenchmarkOpenX25519$' -benchtime "${RAW_BENCHTIME:-3s}" ./hsm/ | awk '/^BenchmarkOpenX25519/ {print $3}')
-[ -n "$raw" ] || { echo "the raw chain benchmark printed no figure" >&2; exit 1; }
+echo "== the raw on-device open chains (hsm BenchmarkOpenFields4 and BenchmarkOpenX25519, 2 goroutines)" >&2
+rawout=$(go test -run '^$' -bench '^BenchmarkOpen(Fields4|X25519)$' -benchtime "${RAW_BENCHTIME:-3s}" ./hsm/)
+raw=$(awk '/^BenchmarkOpenFields4-/ {print $3}' <<<"$rawout")
+rawv1=$(awk '/^BenchmarkOpenX25519-/ {print $3}' <<<"$rawout")
+[ -n "$raw" ] && [ -n "$rawv1" ] || { echo "the raw chain benchmarks printed no figure: $rawout" >&2; exit 1; }
 
 bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
 echo $! > "$dir/custodyd.pid"
@@ -53,4 +55,4 @@ VAULT_SH_WATCH_PID=$$ scripts/vault.sh start "$dir/vault" >/dev/null
 # shellcheck disable=SC2086
 bin/custodybench --socket "$dir/custodyd.sock" --vault-addr "$(cat "$dir/vault/addr")" \
   --vault-token-file "$dir/vault/root-token" --vault-audit-file "$root/$dir/vault-audit.log" \
-  --raw-chain-ns "$raw" ${BENCH_ARGS:-}
+  --raw-chain-ns "$raw" --raw-v1-chain-ns "$rawv1" ${BENCH_ARGS:-}

@@ -20,7 +20,7 @@ import (
 
 // TestKill9DuringDecrypts kills custodyd with SIGKILL while eight clients
 // decrypt distinct envelopes v2, whose entries are written while the device
-// opens (releaseAfterLog). Every plaintext a client received must have its
+// opens (startDecrypt). Every plaintext a client received must have its
 // allowed decrypt entry in the log the dead daemon left: a crash between
 // the entry and the release can leave an entry without a release, never a
 // release without an entry.

@@ -37,7 +37,7 @@ func (s *Server) auditDecrypt(ctx context.Context, rq *request) (any, error) {
 // auditDecryptBatch: POST /v1/audit/decrypt/batch {"items":[…]}. Each item
 // is checked against its order on its own and consumes its own use.
 func (s *Server) auditDecryptBatch(ctx context.Context, rq *request) (any, error) {
-	return runBatch(ctx, s, rq, s.auditDecryptOne)
+	return runBatch(ctx, s, rq, settled(s.auditDecryptOne))
 }
 
 // auditDecryptOne opens one envelope through its escrow stanza under a

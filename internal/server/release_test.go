@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -90,5 +91,37 @@ func TestDecryptDeviceFailsAfterEntry(t *testing.T) {
 	}
 	if failed.Operation != "decrypt" || failed.Outcome != auditlog.Failed || failed.Code != api.CodeHSMUnavailable || !strings.Contains(failed.Detail, "not released") {
 		t.Fatalf("second entry: %+v, want the failure saying the allowed entry was not released", failed)
+	}
+}
+
+// TestDecryptBatchReleasesAfterEveryEntry: a batch's items hand their
+// entries to the log while the device works and the batch answers only once
+// all of them are kept; when the log fails, no item carries plaintext.
+func TestDecryptBatchReleasesAfterEveryEntry(t *testing.T) {
+	h := newHarness(t)
+	h.register("client-1", "miner-1")
+	var items []map[string]any
+	for i := range 5 {
+		items = append(items, map[string]any{"envelope": h.seal(fmt.Sprintf("tx-b%d", i), "client-1", "miner-1"), "as": "miner-1", "purpose": "settlement"})
+	}
+	st, body := h.call("POST", "/v1/transactions/decrypt/batch", map[string]any{"items": items})
+	if st != 200 {
+		t.Fatalf("batch: %d %v", st, body)
+	}
+	for i, r := range body["results"].([]any) {
+		if r.(map[string]any)["result"] == nil {
+			t.Fatalf("item %d: %v", i, r)
+		}
+	}
+	h.rec.setFail(true)
+	st, body = h.call("POST", "/v1/transactions/decrypt/batch", map[string]any{"items": items})
+	if st != 200 {
+		t.Fatalf("batch with the log failing: %d %v", st, body)
+	}
+	for i, r := range body["results"].([]any) {
+		m := r.(map[string]any)
+		if e, _ := m["error"].(map[string]any); m["result"] != nil || e["code"] != api.CodeLogUnavailable {
+			t.Fatalf("item %d with the log failing: %v, want log_unavailable and no result", i, m)
+		}
 	}
 }

@@ -36,7 +36,7 @@ func (s *Server) encrypt(ctx context.Context, rq *request) (any, error) {
 
 // encryptBatch: POST /v1/transactions/encrypt/batch {"items":[…]}.
 func (s *Server) encryptBatch(ctx context.Context, rq *request) (any, error) {
-	return runBatch(ctx, s, rq, s.encryptOne)
+	return runBatch(ctx, s, rq, settled(s.encryptOne))
 }
 
 // decrypt: POST /v1/transactions/decrypt.
@@ -50,7 +50,7 @@ func (s *Server) decrypt(ctx context.Context, rq *request) (any, error) {
 
 // decryptBatch: POST /v1/transactions/decrypt/batch {"items":[…]}.
 func (s *Server) decryptBatch(ctx context.Context, rq *request) (any, error) {
-	return runBatch(ctx, s, rq, s.decryptOne)
+	return runBatch(ctx, s, rq, s.startDecrypt)
 }
 
 // decodeBatch decodes {"items":[…]}: at least one item, at most
@@ -79,12 +79,13 @@ func decodeBatch[In any](s *Server, rq *request) (api.Batch[In], error) {
 // requests in progress. An item started while the caller's refusal bucket
 // is empty is refused with too_many_refusals (recorded through the
 // coalescer) without being run.
-func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func(context.Context, *request, In) (*Out, error)) (any, error) {
+func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, start func(context.Context, *request, In) func() (*Out, error)) (any, error) {
 	in, err := decodeBatch[In](s, rq)
 	if err != nil {
 		return nil, err
 	}
 	out := api.BatchResults[Out]{Results: make([]api.BatchResult[Out], len(in.Items))}
+	finish := make([]func() (*Out, error), len(in.Items))
 	uid := rq.peer.key()
 	workers := 1
 	for workers < min(s.d.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
@@ -107,15 +108,10 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 					if rerr := s.recordRefusal(ctx, rq, rq.route, rq.routeOp, err); rerr != nil {
 						err = rerr
 					}
-					out.Results[i].Error = classify(err).wire()
+					finish[i] = func() (*Out, error) { return nil, err }
 					continue
 				}
-				res, err := one(ctx, rq, in.Items[i])
-				if err != nil {
-					out.Results[i].Error = classify(err).wire()
-				} else {
-					out.Results[i].Result = res
-				}
+				finish[i] = start(ctx, rq, in.Items[i])
 			}
 		}()
 	}
@@ -124,7 +120,25 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, one func
 	}
 	close(next)
 	wg.Wait()
+	// Every item's device work is done; now wait for the entries still
+	// being made durable (startDecrypt) before anything is released.
+	for i, f := range finish {
+		res, err := f()
+		if err != nil {
+			out.Results[i].Error = classify(err).wire()
+		} else {
+			out.Results[i].Result = res
+		}
+	}
 	return out, nil
+}
+
+// settled adapts an operation that finishes in one step to runBatch.
+func settled[In, Out any](one func(context.Context, *request, In) (*Out, error)) func(context.Context, *request, In) func() (*Out, error) {
+	return func(ctx context.Context, rq *request, in In) func() (*Out, error) {
+		res, err := one(ctx, rq, in)
+		return func() (*Out, error) { return res, err }
+	}
 }
 
 // encryptOne seals one transaction for its participants and the escrow key,
@@ -224,60 +238,61 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 
 // decryptOne opens one envelope as a participant for a purpose: parse and
 // verify in software, ask the policy (and the status and factor checks),
-// open on the device, record, release. For an envelope v2 the entry is
-// known before the device is asked (the fields the purpose may see are
-// named in the signed header), so it is written while the device opens
-// (releaseAfterLog); a v1 envelope's fields are known only after the open,
-// and its entry is written after it.
+// open on the device, record, release (startDecrypt, then its finish).
 func (s *Server) decryptOne(ctx context.Context, rq *request, in api.DecryptRequest) (*api.Decrypted, error) {
+	return s.startDecrypt(ctx, rq, in)()
+}
+
+// startDecrypt does a decrypt's work and returns the function that
+// releases its result. For an envelope v2 the whole entry is known before
+// the device is asked (the fields the purpose may see are named in the
+// signed header), so it is handed to the log as the device starts and
+// finish waits for it to be durable: the fdatasync overlaps the device
+// work, and in a batch every item's (finish runs after all items' device
+// work). A v1 envelope's fields are known only after the open: its entry is
+// written after it, before startDecrypt returns.
+//
+// finish releases the result only once its entry is durable. If the log
+// fails the result is dropped (log_unavailable). If the device failed
+// after the allowed entry was handed to the log, a second entry records
+// the failure with its code and says that the allowed entry was not
+// released (docs/auditlog.md, "An allowed decrypt").
+func (s *Server) startDecrypt(ctx context.Context, rq *request, in api.DecryptRequest) (finish func() (*api.Decrypted, error)) {
 	entry := auditlog.Entry{Operation: "decrypt", Participant: in.As, Purpose: in.Purpose}
 	plan, err := s.authorizeOpen(ctx, rq, in, &entry)
 	if err == nil && plan.env.Header.Version == envelope.Version2 {
 		entry.Fields = slices.Sorted(slices.Values(plan.names))
-		return s.releaseAfterLog(ctx, rq, entry, func() (*api.Decrypted, error) { return s.openV2(ctx, plan) })
+		logged := make(chan error, 1)
+		go func() { logged <- s.record(ctx, rq, entry, nil) }()
+		res, err := s.openV2(ctx, plan)
+		return func() (*api.Decrypted, error) {
+			lerr := <-logged
+			if err != nil {
+				if lerr == nil {
+					entry.Detail = "not released: the device failed after this request's allowed entry was written"
+				}
+				if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+					return nil, rerr
+				}
+				return nil, err
+			}
+			if lerr != nil {
+				for _, v := range res.Confidential {
+					clear(v)
+				}
+				return nil, lerr
+			}
+			return res, nil
+		}
 	}
 	var res *api.Decrypted
 	if err == nil {
 		res, err = s.openV1(ctx, plan, &entry)
 	}
 	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-		return nil, rerr
+		return func() (*api.Decrypted, error) { return nil, rerr }
 	}
-	if err != nil {
-		return nil, err
-	}
-	return res, nil
-}
-
-// releaseAfterLog runs open (the device work of an authorized decrypt)
-// while entry, with outcome allowed, is made durable, and releases the
-// result only once both are done: no plaintext leaves before its entry is
-// durable, but the fdatasync overlaps the device instead of following it.
-// If the log fails the result is dropped (log_unavailable). If the device
-// fails after the allowed entry was written, a second entry records the
-// failure with its code and says that the allowed entry before it was not
-// released (docs/auditlog.md, "An allowed decrypt").
-func (s *Server) releaseAfterLog(ctx context.Context, rq *request, entry auditlog.Entry, open func() (*api.Decrypted, error)) (*api.Decrypted, error) {
-	logged := make(chan error, 1)
-	go func() { logged <- s.record(ctx, rq, entry, nil) }()
-	res, err := open()
-	lerr := <-logged
-	if err != nil {
-		if lerr == nil {
-			entry.Detail = "not released: the device failed after this request's allowed entry was written"
-		}
-		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-			return nil, rerr
-		}
-		return nil, err
-	}
-	if lerr != nil {
-		for _, v := range res.Confidential {
-			clear(v)
-		}
-		return nil, lerr
-	}
-	return res, nil
+	return func() (*api.Decrypted, error) { return res, err }
 }
 
 // openPlan is an authorized decrypt: the verified envelope, the caller's
