@@ -74,8 +74,7 @@ func TestDecryptReleasesOnlyAfterItsEntry(t *testing.T) {
 // allowed one was not released.
 func TestDecryptDeviceFailsAfterEntry(t *testing.T) {
 	tok := &failingFieldsToken{}
-	var h *harness
-	h = newHarnessWith(t, func(d *server.Deps) { tok.Token = d.Token; d.Token = tok })
+	h := newHarnessWith(t, func(d *server.Deps) { tok.Token = d.Token; d.Token = tok })
 	h.register("client-1", "miner-1")
 	env := h.seal("tx-f", "client-1", "miner-1")
 	st, body := h.decryptAs(env, "miner-1")
