@@ -143,6 +143,9 @@ func TestDEKCacheKeyDestroyed(t *testing.T) {
 	if _, err := tok.OpenFields(ctx, req2); !errors.Is(err, hsm.ErrNotFound) {
 		t.Fatalf("hit after another Token destroyed the key: %v, want ErrNotFound", err)
 	}
+	if s := tok.DEKCacheStats(); s.Entries != 0 || s.EvictedKey != 2 {
+		t.Fatalf("after the key was found gone: %+v, want its entry evicted", s)
+	}
 }
 
 // TestDEKCacheRecheck: with Recheck, a key destroyed by another process is

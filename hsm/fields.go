@@ -51,6 +51,10 @@ func (t *Token) OpenFields(ctx context.Context, req OpenFieldsRequest) ([][]byte
 	if !errors.Is(err, ErrUnavailable) {
 		t.pool.noteSessionObjects(ctx, created)
 	}
+	if errors.Is(err, ErrNotFound) && t.deks != nil {
+		// The key is gone (destroyed by another process): so are its DEKs.
+		t.deks.evictWhere(evictKey, func(e *dekEntry) bool { return e.label == req.KeyLabel })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open fields %q: %w", req.KeyLabel, err)
 	}
