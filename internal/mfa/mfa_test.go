@@ -228,3 +228,45 @@ func TestVerifyFailsClosed(t *testing.T) {
 		t.Fatalf("Vault sealed: %v", err)
 	}
 }
+
+// TestRelabelOnDevice: a relabelable key moves to another label and keeps
+// computing the same MAC; a key imported by ImportHMACKey cannot be moved;
+// listing shows labels only.
+func TestRelabelOnDevice(t *testing.T) {
+	tok := openToken(t)
+	ctx := context.Background()
+	if err := tok.ImportRelabelableHMACKey(ctx, "custody/mfa-pending/a/x1", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := mfa.Code(ctx, tok, "custody/mfa-pending/a/x1", 1, 8)
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa-pending/a/x1", "custody/mfa/a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := mfa.Code(ctx, tok, "custody/mfa/a", 1, 8)
+	if err != nil || got != want {
+		t.Fatalf("after relabel: %q %v, want %s", got, err, want)
+	}
+	if _, err := tok.HMACSHA1(ctx, "custody/mfa-pending/a/x1", []byte("x")); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("old label: %v", err)
+	}
+	sens, extr, readable, err := tok.HMACKeyExtractable(ctx, "custody/mfa/a")
+	if err != nil || !sens || extr || readable {
+		t.Fatalf("relabelled key: sensitive %v extractable %v readable %v (%v)", sens, extr, readable, err)
+	}
+	if err := tok.ImportHMACKey(ctx, "custody/mfa/b", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa/b", "custody/mfa/c"); err == nil {
+		t.Fatal("a non-modifiable key was relabelled")
+	}
+	if err := tok.ImportRelabelableHMACKey(ctx, "custody/mfa-pending/b/x2", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa-pending/b/x2", "custody/mfa/b"); !errors.Is(err, hsm.ErrExists) {
+		t.Fatalf("relabel onto a used label: %v", err)
+	}
+	labels, err := tok.HMACKeyLabels(ctx, "custody/mfa")
+	if err != nil || strings.Join(labels, " ") != "custody/mfa-pending/b/x2 custody/mfa/a custody/mfa/b" {
+		t.Fatalf("labels %q %v", labels, err)
+	}
+}

@@ -114,7 +114,8 @@ func newStatusHarnessPolicy(t testing.TB, vs *vaulttest.Server, ttl, stale time.
 		raw := d.Token.(*hsm.Token)
 		d.MFA = &mfa.Service{Keys: raw, Issuer: "custody", Verifier: mfa.Verifier{Device: raw, KV: checker.KV(), Path: "custody/mfa",
 			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
-			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) },
+			IsExists:   func(err error) bool { return errors.Is(err, hsm.ErrExists) }}}
 		d.Token, d.Policy, d.Orders, d.Status = sh.tok, store, checker, sh.store
 		if deps != nil {
 			*deps = *d // the device collaborators are filled in by the caller
