@@ -13,7 +13,7 @@
 // fleet-wide. Vault not answering refuses (fail closed).
 //
 // Service adds enrollment (a fresh seed imported into the token, shown once
-// as an otpauth:// URI) and revocation. The server asks for a code where the
+// as an otpauth:// URI), confirmation, listing and revocation. The server asks for a code where the
 // policy's second_factor section says (internal/server/mfa.go).
 //
 // Enrollment has two ways. An admin enrolls a principal (Enroll): the
