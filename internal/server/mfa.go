@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"net/http"
 	"regexp"
+	"sync"
 	"time"
 
 	"custody/internal/api"
@@ -66,7 +68,57 @@ func (s *Server) checkFactor(ctx context.Context, rq *request) error {
 	if s.d.MFA == nil {
 		return errorf(http.StatusServiceUnavailable, api.CodeMFAUnavailable, "the policy asks for a second factor but the daemon has no vault section to keep its state: refused")
 	}
-	return s.d.MFA.Verify(ctx, rq.principal.Name, code, s.d.Now())
+	now := s.d.Now()
+	cf, _ := rq.Context().Value(connFactorKey{}).(*connFactor)
+	if cf.holds(rq.principal.Name, code, now) {
+		return nil
+	}
+	if err := s.d.MFA.Verify(ctx, rq.principal.Name, code, now); err != nil {
+		return err
+	}
+	cf.accepted(rq.principal.Name, code, now)
+	return nil
+}
+
+// connFactor is one connection's record of the code last accepted on it,
+// so that the several requests of one command (custodyctl ceremony
+// approve reads the request, then approves it) pass with the one code the
+// user typed: a code is accepted once, then holds on that connection
+// alone, for the same principal and the same code, for connFactorTTL.
+// Every other connection must present a fresh code (a replay there is
+// mfa_invalid). Within those seconds, a lock set by later wrong codes
+// elsewhere does not stop that connection. Safe for concurrent use; nil
+// (a request served without the socket) holds nothing.
+type connFactor struct {
+	mu        sync.Mutex
+	principal string
+	code      string
+	until     time.Time
+}
+
+type connFactorKey struct{}
+
+// connFactorTTL bounds how long an accepted code holds on its connection:
+// about the code's own life (30 s steps, ±1 step of skew).
+const connFactorTTL = time.Minute
+
+func (c *connFactor) holds(principal, code string, now time.Time) bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.principal == principal && now.Before(c.until) &&
+		subtle.ConstantTimeCompare([]byte(c.code), []byte(code)) == 1
+}
+
+func (c *connFactor) accepted(principal, code string, now time.Time) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.principal, c.code, c.until = principal, code, now.Add(connFactorTTL)
+	c.mu.Unlock()
 }
 
 var principalRe = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)

@@ -374,14 +374,17 @@ func secret(t *testing.T, uri string) string {
 // recorded), with another officer's code while not enrolled
 // (mfa_required), with another officer's code once enrolled
 // (mfa_invalid), and the same code replayed on the next request
-// (mfa_invalid). With the codes the request is approved and executes.
+// (mfa_invalid). With the codes the request is approved and executes. An
+// officer whose every request needs a factor approves with one code
+// (custodyctl's two requests share its connection), and that code is a
+// replay on any other connection.
 func TestSecondFactorCeremonyApproval(t *testing.T) {
 	kits, officersFile := newOfficerKits(t)
 	var pr []string
 	for i := 1; i <= 6; i++ {
 		pr = append(pr, fmt.Sprintf(`{"name": "officer-%d", "users": ["custody-o%d"], "roles": ["officer"]}`, i, i))
 	}
-	pol := strings.Replace(auditPolicy, `"principals": [`, `"second_factor": {"operations": ["ceremony.approve"]},
+	pol := strings.Replace(auditPolicy, `"principals": [`, `"second_factor": {"operations": ["ceremony.approve"], "principals": [{"principal": "officer-4", "operations": ["*"]}]},
   "principals": [`+strings.Join(pr, ",\n")+",", 1)
 	vs := vaulttest.Shared(t)
 	ocfg := orders.Config{Address: vs.Addr, Timeout: duration.Duration(500 * time.Millisecond), Quorum: 1,
@@ -459,6 +462,24 @@ func TestSecondFactorCeremonyApproval(t *testing.T) {
 	}
 	if n := approvals(r.ID); n != 0 {
 		t.Fatalf("%d approvals after a replayed code", n)
+	}
+	// officer-4 needs a factor for everything ("*"): custodyctl ceremony
+	// approve reads the request, then approves it, two guarded requests on
+	// one connection with the one code typed. The same code on another
+	// connection (another custodyctl) is a replay.
+	uri4 := enroll("officer-4")
+	if exit, c := approve(o(4), "", r); exit != 1 || c != api.CodeMFARequired {
+		t.Fatalf("officer 4 without a code: exit %d %s", exit, c)
+	}
+	code4 := softTOTP(t, uri4, now)
+	if exit, c := approve(o(4), code4, r); exit != 0 {
+		t.Fatalf("officer 4 with its code (show, then approve): exit %d %s", exit, c)
+	}
+	if n := approvals(r.ID); n != 1 {
+		t.Fatalf("%d approvals, want 1", n)
+	}
+	if exit, _, errOut := a.ctlAs(o(4), code4+"\n", "--totp-stdin", "ceremony", "status"); exit != 1 || cliCode(errOut) != api.CodeMFAInvalid {
+		t.Fatalf("officer 4's code on another connection: exit %d %s", exit, errOut)
 	}
 }
 
