@@ -42,7 +42,7 @@ lint: ## gofmt, go vet, builds without cgo, and staticcheck (installed once from
 	@$(STATICCHECK) -version 2>/dev/null | grep -q '$(STATICCHECK_VERSION)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	$(STATICCHECK) ./...
 
-deps-test: ## deps, plus chromium for the report rendering test
+deps-test: ## deps, plus chromium for the report rendering test, postgresql for the store tests, zbar-tools for the QR code test
 	@scripts/deps.sh test
 
 test: deps-test lint ## The whole suite: vet, then every test with -race against SoftHSM (as root: creates test users)

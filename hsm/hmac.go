@@ -5,6 +5,8 @@ package hsm
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -20,6 +22,19 @@ const MaxHMACKey = 64
 // overwritten. The caller clears secret afterwards (the PKCS#11 binding
 // copies it into C memory it frees without clearing: hsm doc, "Memory").
 func (t *Token) ImportHMACKey(ctx context.Context, label string, secret []byte) error {
+	return t.importHMACKey(ctx, label, secret, false)
+}
+
+// ImportRelabelableHMACKey is ImportHMACKey but for CKA_MODIFIABLE, which
+// is true so that RelabelHMACKey can move the key to another label later
+// (a self-enrolled factor waiting for an admin's confirmation, package
+// mfa). Sensitive and non-extractable are one-way attributes: no change
+// the token accepts makes the value readable or the key wrappable.
+func (t *Token) ImportRelabelableHMACKey(ctx context.Context, label string, secret []byte) error {
+	return t.importHMACKey(ctx, label, secret, true)
+}
+
+func (t *Token) importHMACKey(ctx context.Context, label string, secret []byte, modifiable bool) error {
 	if label == "" || len(secret) < 16 || len(secret) > MaxHMACKey {
 		return fmt.Errorf("hsm: import HMAC key: %w: empty label, or a secret not of 16..%d bytes", ErrInvalidRequest, MaxHMACKey)
 	}
@@ -40,7 +55,7 @@ func (t *Token) ImportHMACKey(ctx context.Context, label string, secret []byte) 
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, modifiable),
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
 			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
@@ -116,6 +131,70 @@ func (t *Token) DestroyHMACKey(ctx context.Context, label string) error {
 		return fmt.Errorf("hsm: destroy HMAC key %q: %w", label, err)
 	}
 	return nil
+}
+
+// RelabelHMACKey gives the HMAC key labelled from the label to (the only
+// attribute it changes). No key labelled from is ErrNotFound; an object
+// already labelled to is ErrExists (nothing is changed); a key imported
+// by ImportHMACKey (not modifiable) is refused by the token.
+func (t *Token) RelabelHMACKey(ctx context.Context, from, to string) error {
+	if from == "" || to == "" {
+		return fmt.Errorf("hsm: relabel HMAC key: %w: empty label", ErrInvalidRequest)
+	}
+	t.createMu.Lock()
+	defer t.createMu.Unlock()
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		key, err := t.hmacKey(h, from)
+		if err != nil {
+			return err
+		}
+		objs, err := t.findObjects(h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, to)}, 1)
+		if err != nil {
+			return err
+		}
+		if len(objs) > 0 {
+			return fmt.Errorf("%w: label %q", ErrExists, to)
+		}
+		if err := t.mod.ctx.SetAttributeValue(h, key, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, to)}); err != nil {
+			return fmt.Errorf("C_SetAttributeValue (CKA_LABEL): %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("hsm: relabel HMAC key %q: %w", from, err)
+	}
+	return nil
+}
+
+// HMACKeyLabels lists the labels of the token's HMAC (generic secret)
+// keys that start with prefix, sorted. It reads labels only: never a value.
+func (t *Token) HMACKeyLabels(ctx context.Context, prefix string) ([]string, error) {
+	var out []string
+	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		objs, err := t.findObjects(h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		}, 0)
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			a, err := t.mod.ctx.GetAttributeValue(h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+			if err != nil {
+				return fmt.Errorf("C_GetAttributeValue (CKA_LABEL): %w", err)
+			}
+			if l := string(a[0].Value); strings.HasPrefix(l, prefix) {
+				out = append(out, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: list HMAC keys: %w", err)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // HMACKeyExtractable reports the key's CKA_SENSITIVE and CKA_EXTRACTABLE

@@ -96,7 +96,10 @@ func (*Token) ImportHMACKey(context.Context, string, []byte) error { return ErrN
 func (*Token) HMACSHA1(context.Context, string, []byte) ([]byte, error) {
 	return nil, ErrNeedsCgo
 }
-func (*Token) DestroyHMACKey(context.Context, string) error { return ErrNeedsCgo }
+func (*Token) DestroyHMACKey(context.Context, string) error                   { return ErrNeedsCgo }
+func (*Token) ImportRelabelableHMACKey(context.Context, string, []byte) error { return ErrNeedsCgo }
+func (*Token) RelabelHMACKey(context.Context, string, string) error           { return ErrNeedsCgo }
+func (*Token) HMACKeyLabels(context.Context, string) ([]string, error)        { return nil, ErrNeedsCgo }
 func (*Token) HMACKeyExtractable(context.Context, string) (bool, bool, bool, error) {
 	return false, false, false, ErrNeedsCgo
 }

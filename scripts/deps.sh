@@ -6,7 +6,8 @@
 #    the repository, so only the first run on a machine pays for it (~15 min on 2 cores);
 #  - with the argument "test": chromium from Debian's archive, which the tests use to
 #    render the access-log HTML report headless, and postgresql, whose binaries the
-#    store tests run as a private server (no service is started);
+#    store tests run as a private server (no service is started), and zbar-tools, whose
+#    zbarimg reads the enrollment QR code of custodyctl mfa enroll back in its test;
 #  - with the argument "softhsm": softhsm2 only (the first run builds Vault in the
 #    background, scripts/vault-dev.sh up).
 set -euo pipefail
@@ -22,6 +23,9 @@ fi
 # policy-rc.d below keeps it from starting any service.
 if [ "${1:-}" = test ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   packages+=(postgresql)
+fi
+if [ "${1:-}" = test ] && ! command -v zbarimg >/dev/null; then
+  packages+=(zbar-tools)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -223,7 +223,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 		// Second factors: seeds on the token, replay and lockout state in Vault.
 		second = &mfa.Service{Keys: token, Issuer: "custody", Verifier: mfa.Verifier{Device: token, KV: c.KV(), Path: "custody/mfa",
 			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
-			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) },
+			IsExists:   func(err error) bool { return errors.Is(err, hsm.ErrExists) }}}
 		if sc, on := cfg.StatusConfig(); on {
 			st, err := compliance.NewStore(c.KV(), sc, compliance.Options{Log: log})
 			if err != nil {

@@ -103,10 +103,13 @@ const (
 	CodeStatusConflict       = "status_conflict"       // the status changed since the version the change names; read it again
 
 	// Second factor (docs/compliance.md, "Second factor").
-	CodeMFARequired    = "mfa_required"    // the policy needs a TOTP code here: none sent, or the principal is not enrolled
-	CodeMFAInvalid     = "mfa_invalid"     // wrong code, or a code already used (replay)
-	CodeMFALocked      = "mfa_locked"      // too many wrong codes: the principal's factor is locked for a while
-	CodeMFAUnavailable = "mfa_unavailable" // the factor's shared state cannot be read or written in Vault (or MFA is not configured)
+	CodeMFARequired    = "mfa_required"     // the policy needs a TOTP code here: none sent, or the principal is not enrolled
+	CodeMFAInvalid     = "mfa_invalid"      // wrong code, or a code already used (replay)
+	CodeMFALocked      = "mfa_locked"       // too many wrong codes: the principal's factor is locked for a while
+	CodeMFAUnavailable = "mfa_unavailable"  // the factor's shared state cannot be read or written in Vault (or MFA is not configured)
+	CodeMFASelfConfirm = "mfa_self_confirm" // a principal tried to confirm its own enrollment: another admin must
+	CodeMFANotEnrolled = "mfa_not_enrolled" // nothing to revoke, or no pending enrollment with that id to confirm
+	CodeMFAEnrolled    = "mfa_enrolled"     // the principal already has a factor (active or pending): revoke it first
 
 	// Key lifecycle (docs/keys.md).
 	CodeKeyDestroyed      = "key_destroyed"      // the envelope needs a key version that was retired (destroyed)

@@ -131,17 +131,46 @@ type StatusSet struct {
 	PreviousVersion int    `json:"previous_version"`
 }
 
-// --- second factor: POST /v1/mfa/principals, DELETE /v1/mfa/principals/{principal} ---
+// --- second factor: /v1/mfa/principals[/{principal}[/confirm]], /v1/mfa/self ---
 
 // MFAEnroll asks for a new TOTP factor for a principal of the policy.
 type MFAEnroll struct {
 	Principal string `json:"principal"`
 }
 
-// MFAEnrolled carries the otpauth:// URI with the seed, shown once.
+// MFAEnrolled carries the otpauth:// URI with the seed, shown once. A
+// self-enrollment (POST /v1/mfa/self) is pending, with the id its
+// confirmation names.
 type MFAEnrolled struct {
-	Principal string `json:"principal"`
-	URI       string `json:"uri"`
+	Principal  string `json:"principal"`
+	URI        string `json:"uri"`
+	Enrollment string `json:"enrollment,omitempty"`
+	Pending    bool   `json:"pending,omitempty"`
+}
+
+// MFAConfirm names the pending enrollment an admin confirms.
+type MFAConfirm struct {
+	Enrollment string `json:"enrollment"`
+}
+
+// MFAConfirmed is the answer to an MFAConfirm.
+type MFAConfirmed struct {
+	Principal   string `json:"principal"`
+	Enrollment  string `json:"enrollment"`
+	ConfirmedBy string `json:"confirmed_by"`
+}
+
+// MFAList is GET /v1/mfa/principals: who has a factor. Never a seed.
+type MFAList struct {
+	Enrollments []MFAEnrollment `json:"enrollments"`
+}
+
+// MFAEnrollment is one principal's factor: State "active" or "pending"
+// (self-enrolled, not confirmed yet: Enrollment is its id).
+type MFAEnrollment struct {
+	Principal  string `json:"principal"`
+	State      string `json:"state"`
+	Enrollment string `json:"enrollment,omitempty"`
 }
 
 // --- transactions: POST /v1/transactions/{encrypt,decrypt}[/batch] ---

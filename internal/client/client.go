@@ -194,6 +194,24 @@ func (c *Client) MFAEnroll(ctx context.Context, principal string) (*api.MFAEnrol
 	return call[api.MFAEnrolled](ctx, c, "POST", "/v1/mfa/principals", api.MFAEnroll{Principal: principal})
 }
 
+// MFASelfEnroll is POST /v1/mfa/self: the caller's own factor, pending
+// until another admin confirms it; the answer's URI carries the seed,
+// shown once, and Enrollment is the id the admin confirms.
+func (c *Client) MFASelfEnroll(ctx context.Context) (*api.MFAEnrolled, error) {
+	return call[api.MFAEnrolled](ctx, c, "POST", "/v1/mfa/self", struct{}{})
+}
+
+// MFAConfirm is POST /v1/mfa/principals/{principal}/confirm (admin, not
+// principal itself): its pending enrollment id becomes its factor.
+func (c *Client) MFAConfirm(ctx context.Context, principal, id string) (*api.MFAConfirmed, error) {
+	return call[api.MFAConfirmed](ctx, c, "POST", "/v1/mfa/principals/"+url.PathEscape(principal)+"/confirm", api.MFAConfirm{Enrollment: id})
+}
+
+// MFAList is GET /v1/mfa/principals (admin): who is enrolled, never a seed.
+func (c *Client) MFAList(ctx context.Context) (*api.MFAList, error) {
+	return call[api.MFAList](ctx, c, "GET", "/v1/mfa/principals", nil)
+}
+
 // MFARevoke is DELETE /v1/mfa/principals/{principal} (admin).
 func (c *Client) MFARevoke(ctx context.Context, principal string) error {
 	return c.do(ctx, "DELETE", "/v1/mfa/principals/"+url.PathEscape(principal), nil, &struct{}{})

@@ -13,12 +13,17 @@
 // fleet-wide. Vault not answering refuses (fail closed).
 //
 // Service adds enrollment (a fresh seed imported into the token, shown once
-// as an otpauth:// URI) and revocation. The server asks for a code where the
+// as an otpauth:// URI), confirmation, listing and revocation. The server asks for a code where the
 // policy's second_factor section says (internal/server/mfa.go).
 //
-// STATUS (issue 15): NOT built yet: the terminal QR code of custodyctl mfa
-// enroll, self-enrollment confirmed by an admin, listing who is enrolled,
-// and a factor for ceremony approvals (docs/compliance.md, "Not done").
+// Enrollment has two ways. An admin enrolls a principal (Enroll): the
+// factor is usable at once. A principal enrolls itself (StartSelf): the seed
+// key is created under a pending label, custody/mfa-pending/PRINCIPAL/ID,
+// which Verify never looks at, and becomes the principal's factor only when
+// another principal with the admin role confirms that enrollment by its ID
+// (Confirm relabels the key on the device to custody/mfa/PRINCIPAL). The
+// token is thus the one record of who is enrolled and in which state (List
+// reads labels, never values); a fleet sharing a token partition shares it.
 package mfa
 
 import (
@@ -32,6 +37,8 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -42,6 +49,9 @@ const (
 	SeedBytes   = 20 // 160 bits, RFC 4226's recommendation for SHA-1
 	Skew        = 1  // steps accepted on each side of now
 	LabelPrefix = "custody/mfa/"
+	// PendingPrefix labels self-enrolled keys waiting for confirmation:
+	// PendingPrefix + principal + "/" + enrollment id.
+	PendingPrefix = "custody/mfa-pending/"
 )
 
 // Lockout defaults.
@@ -58,6 +68,14 @@ var (
 	ErrLocked      = errors.New("mfa: factor locked after too many wrong codes")
 	ErrNotEnrolled = errors.New("mfa: principal has no factor enrolled")
 	ErrUnavailable = errors.New("mfa: state unavailable (Vault)")
+	// ErrEnrolled: the principal already has a factor, active or pending
+	// (revoke it first).
+	ErrEnrolled = errors.New("mfa: principal already has a factor")
+	// ErrNoEnrollment: nothing to revoke, or no pending enrollment of that
+	// principal with that id to confirm.
+	ErrNoEnrollment = errors.New("mfa: no such enrollment")
+	// ErrSelfConfirm: a principal tried to confirm its own enrollment.
+	ErrSelfConfirm = errors.New("mfa: a principal cannot confirm its own enrollment")
 )
 
 // Device computes HMAC-SHA-1 with a key on the token (*hsm.Token).
@@ -140,6 +158,9 @@ type Verifier struct {
 	// NotFound recognizes the device's "no such key" (errors.Is(err,
 	// hsm.ErrNotFound) in the daemon): the principal is not enrolled.
 	NotFound func(error) bool
+	// IsExists recognizes the device's "label already used" (errors.Is(err,
+	// hsm.ErrExists) in the daemon); enrollment turns it into ErrEnrolled.
+	IsExists func(error) bool
 }
 
 // casAttempts bounds the check-and-set retries of one Verify.
@@ -235,39 +256,205 @@ func (v *Verifier) match(ctx context.Context, principal, code string, now time.T
 	return 0, ErrInvalid
 }
 
-// Keys is the device's side of enrollment (*hsm.Token).
+// Keys is the device's side of enrollment (*hsm.Token). ImportHMACKey
+// makes a key that can never be relabelled; ImportRelabelableHMACKey one
+// that RelabelHMACKey can move (both sensitive and non-extractable);
+// HMACKeyLabels lists labels by prefix. A used label is an error matching
+// the device's ErrExists, a missing one its ErrNotFound (Verifier.NotFound).
 type Keys interface {
 	Device
 	ImportHMACKey(ctx context.Context, label string, secret []byte) error
+	ImportRelabelableHMACKey(ctx context.Context, label string, secret []byte) error
+	RelabelHMACKey(ctx context.Context, from, to string) error
 	DestroyHMACKey(ctx context.Context, label string) error
+	HMACKeyLabels(ctx context.Context, prefix string) ([]string, error)
 }
 
-// Service enrolls, revokes and verifies principals' factors.
+// Service enrolls, confirms, lists, revokes and verifies principals'
+// factors. Its methods are safe for concurrent use as far as the device
+// is (an enrollment's check that none exists and its import are two
+// device calls: two enrollments of one principal racing on two daemons
+// can leave it with an active and a pending key; revoke removes both).
 type Service struct {
 	Verifier
 	Keys   Keys
 	Issuer string // shown by authenticator apps, e.g. "custody"
 }
 
-// Enroll generates a seed for principal, imports it into the token as its
-// non-extractable HMAC key, and returns the otpauth:// URI that carries it,
-// to be shown once. The seed exists in this process's memory only between
-// its generation and the import (cleared after; the URI string, which Go
-// cannot clear, lives until the answer is written and collected). A
-// principal already enrolled is the device's ErrExists: revoke first.
+// Enrollment is one principal's factor as List reports it: never a seed.
+type Enrollment struct {
+	Principal string
+	Pending   bool   // self-enrolled, waiting for an admin's confirmation
+	ID        string // the pending enrollment's id; "" when active
+}
+
+// Enroll (by an admin) generates a seed for principal, imports it into the
+// token as its non-extractable HMAC key, usable at once, and returns the
+// otpauth:// URI that carries it, to be shown once. The seed exists in
+// this process's memory only between its generation and the import
+// (cleared after; the URI string, which Go cannot clear, lives until the
+// answer is written and collected). A principal with a factor, active or
+// pending, is ErrEnrolled: revoke first.
 func (s *Service) Enroll(ctx context.Context, principal string) (string, error) {
+	if err := s.none(ctx, principal); err != nil {
+		return "", err
+	}
 	seed, err := NewSeed()
 	if err != nil {
 		return "", err
 	}
 	defer clear(seed)
 	if err := s.Keys.ImportHMACKey(ctx, KeyLabel(principal), seed); err != nil {
-		return "", err
+		return "", s.exists(principal, err)
 	}
 	return URI(s.Issuer, principal, seed), nil
 }
 
-// Revoke destroys principal's seed key; its codes stop working at once.
+// StartSelf is a principal's own enrollment: as Enroll, but the key is
+// pending (PendingPrefix) and satisfies no requirement until Confirm. It
+// returns the URI (shown once) and the enrollment's id, which the
+// principal gives the confirming admin out of band, so that the admin
+// confirms that enrollment and no other (one made by someone else with
+// the principal's Unix account has another id).
+func (s *Service) StartSelf(ctx context.Context, principal string) (uri, id string, err error) {
+	if err := s.none(ctx, principal); err != nil {
+		return "", "", err
+	}
+	id, err = newEnrollmentID()
+	if err != nil {
+		return "", "", err
+	}
+	seed, err := NewSeed()
+	if err != nil {
+		return "", "", err
+	}
+	defer clear(seed)
+	if err := s.Keys.ImportRelabelableHMACKey(ctx, pendingLabel(principal, id), seed); err != nil {
+		return "", "", s.exists(principal, err)
+	}
+	return URI(s.Issuer, principal, seed), id, nil
+}
+
+// Confirm makes principal's pending enrollment id its factor, as admin by
+// (the confirming principal): by == principal is ErrSelfConfirm; no such
+// pending enrollment is ErrNoEnrollment; an active factor already there is
+// ErrEnrolled.
+func (s *Service) Confirm(ctx context.Context, by, principal, id string) error {
+	if by == principal {
+		return fmt.Errorf("%w: %q", ErrSelfConfirm, principal)
+	}
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("%w: %q is not an enrollment id", ErrNoEnrollment, id)
+	}
+	err := s.Keys.RelabelHMACKey(ctx, pendingLabel(principal, id), KeyLabel(principal))
+	if err != nil && s.NotFound != nil && s.NotFound(err) {
+		return fmt.Errorf("%w: %q has no pending enrollment %s", ErrNoEnrollment, principal, id)
+	}
+	return s.exists(principal, err)
+}
+
+// List returns every enrollment on the token, active and pending, sorted
+// by principal (labels only; a label that is not a principal's is skipped).
+func (s *Service) List(ctx context.Context) ([]Enrollment, error) {
+	var out []Enrollment
+	active, err := s.Keys.HMACKeyLabels(ctx, LabelPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range active {
+		if p := strings.TrimPrefix(l, LabelPrefix); principalRe.MatchString(p) {
+			out = append(out, Enrollment{Principal: p})
+		}
+	}
+	pending, err := s.Keys.HMACKeyLabels(ctx, PendingPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range pending {
+		p, id, ok := strings.Cut(strings.TrimPrefix(l, PendingPrefix), "/")
+		if ok && principalRe.MatchString(p) && idRe.MatchString(id) {
+			out = append(out, Enrollment{Principal: p, Pending: true, ID: id})
+		}
+	}
+	slices.SortFunc(out, func(a, b Enrollment) int { return strings.Compare(a.Principal, b.Principal) })
+	return out, nil
+}
+
+// Revoke destroys principal's factor, active and pending: its codes stop
+// working at once. Nothing to destroy is ErrNoEnrollment. Its replay and
+// lockout state in Vault is kept: a new seed's codes are refused for the
+// steps already used (at most the current one) and a lock runs out.
 func (s *Service) Revoke(ctx context.Context, principal string) error {
-	return s.Keys.DestroyHMACKey(ctx, KeyLabel(principal))
+	labels, err := s.labels(ctx, principal)
+	if err != nil {
+		return err
+	}
+	if len(labels) == 0 {
+		return fmt.Errorf("%w: %q has no factor", ErrNoEnrollment, principal)
+	}
+	for _, l := range labels {
+		if err := s.Keys.DestroyHMACKey(ctx, l); err != nil && (s.NotFound == nil || !s.NotFound(err)) {
+			return err
+		}
+	}
+	return nil
+}
+
+// labels are principal's key labels on the token, active and pending.
+func (s *Service) labels(ctx context.Context, principal string) ([]string, error) {
+	var out []string
+	for _, prefix := range []string{KeyLabel(principal), PendingPrefix + principal + "/"} {
+		ls, err := s.Keys.HMACKeyLabels(ctx, prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range ls {
+			if l == KeyLabel(principal) || strings.HasPrefix(l, PendingPrefix) {
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
+}
+
+// none is ErrEnrolled when principal has a factor, active or pending.
+func (s *Service) none(ctx context.Context, principal string) error {
+	if !principalRe.MatchString(principal) {
+		return fmt.Errorf("mfa: %q is not a principal name", principal)
+	}
+	ls, err := s.labels(ctx, principal)
+	if err != nil {
+		return err
+	}
+	if len(ls) > 0 {
+		return fmt.Errorf("%w: %q (revoke it first: custodyctl mfa revoke %s)", ErrEnrolled, principal, principal)
+	}
+	return nil
+}
+
+// exists turns the device's "label in use" into ErrEnrolled.
+func (s *Service) exists(principal string, err error) error {
+	if err != nil && s.IsExists != nil && s.IsExists(err) {
+		return fmt.Errorf("%w: %q: %w", ErrEnrolled, principal, err)
+	}
+	return err
+}
+
+func pendingLabel(principal, id string) string { return PendingPrefix + principal + "/" + id }
+
+// principalRe is the policy's principal name syntax; idRe an enrollment id.
+var (
+	principalRe = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
+	idRe        = regexp.MustCompile(`^[A-Z2-7]{4}-[A-Z2-7]{4}$`)
+)
+
+// newEnrollmentID is 40 random bits in base32, XXXX-XXXX: read aloud
+// from the principal to the admin.
+func newEnrollmentID() (string, error) {
+	var b [5]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	e := base32.StdEncoding.EncodeToString(b[:])
+	return e[:4] + "-" + e[4:], nil
 }

@@ -228,3 +228,125 @@ func TestVerifyFailsClosed(t *testing.T) {
 		t.Fatalf("Vault sealed: %v", err)
 	}
 }
+
+// TestRelabelOnDevice: a relabelable key moves to another label and keeps
+// computing the same MAC; a key imported by ImportHMACKey cannot be moved;
+// listing shows labels only.
+func TestRelabelOnDevice(t *testing.T) {
+	tok := openToken(t)
+	ctx := context.Background()
+	if err := tok.ImportRelabelableHMACKey(ctx, "custody/mfa-pending/a/x1", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := mfa.Code(ctx, tok, "custody/mfa-pending/a/x1", 1, 8)
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa-pending/a/x1", "custody/mfa/a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := mfa.Code(ctx, tok, "custody/mfa/a", 1, 8)
+	if err != nil || got != want {
+		t.Fatalf("after relabel: %q %v, want %s", got, err, want)
+	}
+	if _, err := tok.HMACSHA1(ctx, "custody/mfa-pending/a/x1", []byte("x")); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("old label: %v", err)
+	}
+	sens, extr, readable, err := tok.HMACKeyExtractable(ctx, "custody/mfa/a")
+	if err != nil || !sens || extr || readable {
+		t.Fatalf("relabelled key: sensitive %v extractable %v readable %v (%v)", sens, extr, readable, err)
+	}
+	if err := tok.ImportHMACKey(ctx, "custody/mfa/b", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa/b", "custody/mfa/c"); err == nil {
+		t.Fatal("a non-modifiable key was relabelled")
+	}
+	if err := tok.ImportRelabelableHMACKey(ctx, "custody/mfa-pending/b/x2", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.RelabelHMACKey(ctx, "custody/mfa-pending/b/x2", "custody/mfa/b"); !errors.Is(err, hsm.ErrExists) {
+		t.Fatalf("relabel onto a used label: %v", err)
+	}
+	labels, err := tok.HMACKeyLabels(ctx, "custody/mfa")
+	if err != nil || strings.Join(labels, " ") != "custody/mfa-pending/b/x2 custody/mfa/a custody/mfa/b" {
+		t.Fatalf("labels %q %v", labels, err)
+	}
+}
+
+// TestServiceEnrollments: on SoftHSM, a self-enrollment is pending (its
+// codes are ErrNotEnrolled), cannot be confirmed by its principal
+// (ErrSelfConfirm) nor with another id (ErrNoEnrollment), nor replaced
+// (ErrEnrolled); confirmed by another, its seed verifies; List shows
+// labels only; revoke removes active and pending keys; re-enrolling makes
+// a new seed.
+func TestServiceEnrollments(t *testing.T) {
+	tok := openToken(t)
+	v := verifier(t, tok, vaulttest.Shared(t))
+	v.Path = "custody/mfa/" + vaulttest.Random(6)
+	v.IsExists = func(err error) bool { return errors.Is(err, hsm.ErrExists) }
+	s := &mfa.Service{Verifier: *v, Keys: tok, Issuer: "custody"}
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+
+	uri, id, err := s.StartSelf(ctx, "alice")
+	if err != nil || !strings.HasPrefix(uri, "otpauth://totp/custody:alice?") || len(id) != 9 {
+		t.Fatalf("StartSelf: %q %q %v", uri, id, err)
+	}
+	pendingCode, err := mfa.Code(ctx, tok, mfa.PendingPrefix+"alice/"+id, mfa.Step(now), 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(ctx, "alice", pendingCode, now); !errors.Is(err, mfa.ErrNotEnrolled) {
+		t.Fatalf("pending factor's code: %v, want ErrNotEnrolled", err)
+	}
+	if _, _, err := s.StartSelf(ctx, "alice"); !errors.Is(err, mfa.ErrEnrolled) {
+		t.Fatalf("second StartSelf: %v", err)
+	}
+	if _, err := s.Enroll(ctx, "alice"); !errors.Is(err, mfa.ErrEnrolled) {
+		t.Fatalf("Enroll over a pending one: %v", err)
+	}
+	if err := s.Confirm(ctx, "alice", "alice", id); !errors.Is(err, mfa.ErrSelfConfirm) {
+		t.Fatalf("self-confirm: %v", err)
+	}
+	for _, bad := range []string{"AAAA-AAAA", "", "../x", strings.ToLower(id)} {
+		if bad == id {
+			continue
+		}
+		if err := s.Confirm(ctx, "bob", "alice", bad); !errors.Is(err, mfa.ErrNoEnrollment) {
+			t.Fatalf("confirm id %q: %v", bad, err)
+		}
+	}
+	if l, err := s.List(ctx); err != nil || len(l) != 1 || l[0] != (mfa.Enrollment{Principal: "alice", Pending: true, ID: id}) {
+		t.Fatalf("List: %+v %v", l, err)
+	}
+	if err := s.Confirm(ctx, "bob", "alice", id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(ctx, "alice", pendingCode, now); err != nil {
+		t.Fatalf("the confirmed seed's code: %v", err)
+	}
+	if err := s.Confirm(ctx, "bob", "alice", id); !errors.Is(err, mfa.ErrNoEnrollment) {
+		t.Fatalf("confirm twice: %v", err)
+	}
+	if _, err := s.Enroll(ctx, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := s.List(ctx); len(l) != 2 || l[0] != (mfa.Enrollment{Principal: "alice"}) || l[1] != (mfa.Enrollment{Principal: "carol"}) {
+		t.Fatalf("List: %+v", l)
+	}
+	// A pending and an active key at once (two daemons racing): revoke removes both.
+	if err := tok.ImportRelabelableHMACKey(ctx, mfa.PendingPrefix+"alice/AAAA-BBBB", rfcSeed); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Revoke(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Revoke(ctx, "alice"); !errors.Is(err, mfa.ErrNoEnrollment) {
+		t.Fatalf("revoke twice: %v", err)
+	}
+	if l, _ := s.List(ctx); len(l) != 1 || l[0].Principal != "carol" {
+		t.Fatalf("List after revoke: %+v", l)
+	}
+	uri2, err := s.Enroll(ctx, "alice")
+	if err != nil || uri2 == uri {
+		t.Fatalf("re-enroll: %v (same URI: %v)", err, uri2 == uri)
+	}
+}

@@ -35,6 +35,7 @@ func parseSeeds(t testing.TB) [][]byte {
 		doc(stdPurposes, `{"name": "sealer", "users": ["daemon"], "roles": ["application"], "seal_for": [{"participants": ["miner-*", "client-1"], "transactions": ["tx-*", "t1"]}, {"participants": ["*"], "transactions": []}]}`),
 		`{"version": 1, "principals": [{"name": "a", "users": ["root"], "roles": ["admin"], "act_as": [{"participants": ["c"], "purposes": ["p"], "windows": [{"start": "9:00", "end": "25:00", "time_zone": "Local"}]}]}]}`,
 		withStatus(`{"seal": {"sanctions": "clear"}, "decrypt": {"kyc": "verified"}, "purposes": [{"purpose": "settlement", "kyb": "verified", "regulatory_approval": ["CH"]}]}`), // status_test.go
+		factorPolicy, // mfa_test.go
 	}
 	out := make([][]byte, len(seeds))
 	for i, s := range seeds {

@@ -206,8 +206,8 @@ func (r resolver) parse(data []byte) (*Policy, error) {
 	}
 	c.purposes(root, p)
 	c.participantStatus(root, p) // status.go
-	c.secondFactor(root, p)      // mfa.go
 	c.principals(root, p)
+	c.secondFactor(root, p) // mfa.go; after principals, which it names
 	if c.n > 0 {
 		return nil, c.err()
 	}

@@ -12,13 +12,15 @@ import (
 const (
 	PermStatusRead  Permission = "participants.status.read"  // compliance, admin: a participant's compliance status
 	PermStatusWrite Permission = "participants.status.write" // compliance: set it (docs/compliance.md)
-	PermMFAAdmin    Permission = "mfa.admin"                 // admin: enroll and revoke principals' second factors
+	PermMFAAdmin    Permission = "mfa.admin"                 // admin: enroll, confirm, list and revoke principals' second factors
+	PermMFASelf     Permission = "mfa.self"                  // every known principal: start its own enrollment (unusable until an admin confirms)
 )
 
 func init() {
 	permRoles[PermStatusRead] = []string{RoleCompliance, RoleAdmin}
 	permRoles[PermStatusWrite] = []string{RoleCompliance}
 	permRoles[PermMFAAdmin] = []string{RoleAdmin}
+	permRoles[PermMFASelf] = nil
 }
 
 // statusRules is the policy's "participant_status" section: what a

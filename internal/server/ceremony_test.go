@@ -128,6 +128,26 @@ func newCeremonyHarness(t *testing.T, kits []officerKit, officersFile string, tr
 // SO PIN shares and the record are of another PIN than the token's.
 func newCeremonyHarnessSO(t *testing.T, kits []officerKit, officersFile string, wrongSOPIN bool, trusted ...string) *ceremonyHarness {
 	t.Helper()
+	return newCeremonyHarnessOpts(t, kits, officersFile, ceremonyOpts{wrongSOPIN: wrongSOPIN, trusted: trusted})
+}
+
+// ceremonyOpts vary newCeremonyHarnessOpts: another policy than
+// ceremonyPolicy, and adjust changes the server's Deps (a second factor:
+// mfa_policy_test.go).
+type ceremonyOpts struct {
+	wrongSOPIN bool
+	trusted    []string
+	policy     string
+	adjust     func(*server.Deps)
+}
+
+func newCeremonyHarnessOpts(t *testing.T, kits []officerKit, officersFile string, opts ceremonyOpts) *ceremonyHarness {
+	t.Helper()
+	wrongSOPIN, trusted := opts.wrongSOPIN, opts.trusted
+	policyText := ceremonyPolicy
+	if opts.policy != "" {
+		policyText = opts.policy
+	}
 	dir, err := os.MkdirTemp("", "custody-cer-")
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +194,7 @@ func newCeremonyHarnessSO(t *testing.T, kits []officerKit, officersFile string, 
 		t.Fatal(err)
 	}
 	policyPath := filepath.Join(dir, "policy.json")
-	if err := os.WriteFile(policyPath, []byte(ceremonyPolicy), 0o644); err != nil {
+	if err := os.WriteFile(policyPath, []byte(policyText), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if h.store, err = policy.NewStore(policyPath); err != nil {
@@ -193,8 +213,12 @@ func newCeremonyHarnessSO(t *testing.T, kits []officerKit, officersFile string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.serve(server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
-		Limits: config.Default().Limits, Now: c.clock.now, Version: "test", Ceremonies: c.cer})
+	deps := server.Deps{Token: h.token, Keys: h.keys, Policy: h.store, Recorder: h.rec, Log: log,
+		Limits: config.Default().Limits, Now: c.clock.now, Version: "test", Ceremonies: c.cer}
+	if opts.adjust != nil {
+		opts.adjust(&deps)
+	}
+	h.serve(deps)
 	return c
 }
 

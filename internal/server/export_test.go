@@ -16,3 +16,12 @@ func ServeWithContext(s *Server, ln net.Listener, ctx context.Context) error {
 	s.http.BaseContext = func(net.Listener) context.Context { return ctx }
 	return s.Serve(ln)
 }
+
+// RouteOps are the access-log operation names of the route table.
+func RouteOps() []string {
+	var ops []string
+	for _, rt := range (&Server{}).routes() {
+		ops = append(ops, rt.op)
+	}
+	return ops
+}

@@ -70,7 +70,7 @@ func testMain(m *testing.M) int {
 // runs: see shareTestUsers) and fills users.
 func createUsers() (cleanup func(), err error) {
 	// The officers of ceremony_test.go are real Unix users too.
-	names := append([]string{appUser, otherUser, complianceUser}, officerUsers...) // complianceUser: status_test.go
+	names := append([]string{appUser, otherUser, complianceUser, mfaAdminUser, auditorUser}, officerUsers...) // complianceUser: status_test.go; mfaAdminUser, auditorUser: mfa_policy_test.go
 	release, err := shareTestUsers()
 	if err != nil {
 		return nil, err

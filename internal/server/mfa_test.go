@@ -20,6 +20,8 @@ import (
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/orders/vaulttest"
+	"custody/internal/policy"
+	"custody/internal/server"
 )
 
 // mfaPolicy is statusPolicy with a second factor for every audit decrypt.
@@ -145,6 +147,31 @@ func TestSecondFactorAuditDecrypt(t *testing.T) {
 	}
 	if c := audit(next); c != api.CodeMFARequired && c != api.CodeMFALocked {
 		t.Fatalf("after revoke: %q", c)
+	}
+}
+
+// TestFactorOperationsAreRoutes: the operations a policy may require a
+// second factor for are exactly the route table's, less health and
+// self-enrollment; a route added without its name there could not be
+// protected (and one removed would leave a name that protects nothing).
+func TestFactorOperationsAreRoutes(t *testing.T) {
+	routes := map[string]bool{}
+	for _, op := range server.RouteOps() {
+		if op != "health" && op != "mfa.self-enroll" {
+			routes[op] = true
+		}
+	}
+	known := map[string]bool{}
+	for _, op := range policy.FactorOperations {
+		known[op] = true
+		if !routes[op] {
+			t.Errorf("policy.FactorOperations has %q, which no route has", op)
+		}
+	}
+	for op := range routes {
+		if !known[op] {
+			t.Errorf("route operation %q is missing from policy.FactorOperations", op)
+		}
 	}
 }
 

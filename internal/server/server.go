@@ -297,6 +297,9 @@ func (s *Server) serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		return nil, err
 	}
+	if err := s.factorAtDoor(ctx, rq, rt); err != nil { // mfa.go
+		return nil, err
+	}
 	body, err := rt.handle(ctx, rq)
 	if st, ok := body.(streamer); ok && err == nil {
 		// A streaming route writes its own answer (rewrap.go), while the

@@ -157,9 +157,11 @@ type peer struct {
 	ok bool // false when the credentials could not be read: every request is refused
 }
 
-// connContext attaches the peer's credentials to the connection's context:
-// those connLimiter read at accept.
+// connContext attaches the peer's credentials to the connection's context
+// (those connLimiter read at accept), and the connection's record of an
+// accepted second factor (mfa.go).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = context.WithValue(ctx, connFactorKey{}, &connFactor{}) // mfa.go
 	if pc, ok := c.(*peerConn); ok {
 		return context.WithValue(ctx, peerKey{}, pc.peer)
 	}

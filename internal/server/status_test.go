@@ -112,9 +112,10 @@ func newStatusHarnessPolicy(t testing.TB, vs *vaulttest.Server, ttl, stale time.
 	sh.harness = newHarnessWith(t, func(d *server.Deps) {
 		sh.tok = &countingToken{Token: d.Token, opens: map[string]int{}}
 		raw := d.Token.(*hsm.Token)
-		d.MFA = &mfa.Service{Keys: raw, Issuer: "custody", Verifier: mfa.Verifier{Device: raw, KV: checker.KV(), Path: "custody/mfa",
+		d.MFA = &mfa.Service{Keys: raw, Issuer: "custody", Verifier: mfa.Verifier{Device: raw, KV: checker.KV(), Path: "custody/mfa/" + vaulttest.Random(6), // each harness its own replay and lockout state: the clock is fixed
 			IsConflict: func(err error) bool { return errors.Is(err, orders.ErrCASConflict) },
-			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) }}}
+			NotFound:   func(err error) bool { return errors.Is(err, hsm.ErrNotFound) },
+			IsExists:   func(err error) bool { return errors.Is(err, hsm.ErrExists) }}}
 		d.Token, d.Policy, d.Orders, d.Status = sh.tok, store, checker, sh.store
 		if deps != nil {
 			*deps = *d // the device collaborators are filled in by the caller
@@ -343,9 +344,15 @@ func TestParticipantStatusTransitions(t *testing.T) {
 // the one pinned signer.
 func (sh *statusHarness) order(txid string) *orders.Order {
 	sh.t.Helper()
+	return sh.orderFor(txid, "operator")
+}
+
+// orderFor is order naming another auditor principal.
+func (sh *statusHarness) orderFor(txid, auditor string) *orders.Order {
+	sh.t.Helper()
 	id := "order-" + vaulttest.Random(6)
 	wall := time.Now().UTC().Truncate(time.Second)
-	o := &orders.Order{Version: orders.FormatVersion, ID: id, Auditor: "operator", Scope: orders.Scope{Transactions: []string{txid}},
+	o := &orders.Order{Version: orders.FormatVersion, ID: id, Auditor: auditor, Scope: orders.Scope{Transactions: []string{txid}},
 		Purpose: "tax-investigation", DocumentSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(id))), Authority: "District Court Example",
 		NotBefore: wall.Add(-time.Hour), NotAfter: wall.Add(time.Hour), MaxUses: 5}
 	ctx := context.Background()

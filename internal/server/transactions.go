@@ -339,7 +339,7 @@ func (s *Server) authorizeOpen(ctx context.Context, rq *request, in api.DecryptR
 	if err := s.checkStatus(ctx, in.As, rq.policy.DecryptStatus(in.Purpose)); err != nil { // status.go
 		return nil, err
 	}
-	if rq.policy.FactorForDecrypt(in.Purpose) {
+	if rq.policy.NeedsFactor(rq.principal, "decrypt", in.Purpose) {
 		if err := s.requireFactor(ctx, rq); err != nil { // mfa.go
 			return nil, err
 		}
