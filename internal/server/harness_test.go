@@ -228,6 +228,20 @@ func newHandlerHarness(t testing.TB) *harness {
 // and the server's Deps, changed by adjust when not nil.
 func newHarnessDeps(t testing.TB, adjust func(*server.Deps)) (*harness, server.Deps) {
 	t.Helper()
+	return newHarnessDepsCache(t, adjust, true)
+}
+
+// newHarnessNoCache is newHarness with the DEK handle cache off: every open
+// runs the whole chain on the device.
+func newHarnessNoCache(t testing.TB) *harness {
+	t.Helper()
+	h, deps := newHarnessDepsCache(t, nil, false)
+	h.serve(deps)
+	return h
+}
+
+func newHarnessDepsCache(t testing.TB, adjust func(*server.Deps), cache bool) (*harness, server.Deps) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "custody-srv-")
 	if err != nil {
 		t.Fatal(err)
@@ -239,8 +253,10 @@ func newHarnessDeps(t testing.TB, adjust func(*server.Deps)) (*harness, server.D
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(testLogOutput(), nil))
 	h.cfg = hsmtest.NewToken(t)
-	dc := config.Default().PKCS11.DEKCache // the daemon's default: the cache is on
-	h.cfg.DEKCache = hsm.DEKCacheConfig{Entries: dc.Entries, MaxAge: dc.MaxAge.Std(), Recheck: dc.Recheck.Std()}
+	if cache {
+		dc := config.Default().PKCS11.DEKCache // the daemon's default: the cache is on
+		h.cfg.DEKCache = hsm.DEKCacheConfig{Entries: dc.Entries, MaxAge: dc.MaxAge.Std(), Recheck: dc.Recheck.Std()}
+	}
 	h.token, err = hsm.Open(ctx, h.cfg, log)
 	if err != nil {
 		t.Fatal(err)
