@@ -112,9 +112,10 @@ func (f *fleet) sh(cmd string, args ...string) (string, error) {
 		// Should this binary die without its deferred down (a timeout),
 		// the fleet's processes stop by themselves.
 		fmt.Sprintf("FLEET_WATCH_PID=%d", os.Getpid()),
-		// Rotation passes every second, token rereads every second: the
-		// fleet's coordination is exercised within a test's time.
-		`FLEET_CONFIG_EXTRA={"keys":{"rotation_check":"1s","refresh_interval":"1s"},"limits":{"max_in_flight_per_caller":256}}`)
+		// Rotation passes every second, token rereads every second, a
+		// participant status change reaches every daemon within a second:
+		// the fleet's coordination is exercised within a test's time.
+		`FLEET_CONFIG_EXTRA={"keys":{"rotation_check":"1s","refresh_interval":"1s"},"limits":{"max_in_flight_per_caller":256},"participant_status":{"cache_ttl":"1s"}}`)
 	out, err := c.CombinedOutput()
 	return string(out), err
 }

@@ -11,7 +11,7 @@ import (
 
 // TestParticipantStatusFleetWide: participant status is one record in the
 // Vault cluster for the whole fleet. A suspension set through daemon 1 is
-// enforced by daemons 2 and 3 within their cache's bound (cache_ttl, 10 s
+// enforced by daemons 2 and 3 within their cache's bound (cache_ttl, 1 s in the test fleet, 10 s
 // by default); a second reviewer writing through another daemon on the
 // same version is refused (check-and-set across daemons); lifting it on
 // daemon 3 is seen by daemon 1.
