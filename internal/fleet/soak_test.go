@@ -33,9 +33,9 @@ func TestSoak(t *testing.T) {
 	}
 	id := "p-soak-" + random()
 	fl.client(1).register(t, id)
-	s, st, code := fl.client(1).seal("tx-soak-"+id, id)
-	if st != 200 {
-		t.Fatalf("seal: %d %s", st, code)
+	s, code := fl.client(1).seal("tx-soak-"+id, id)
+	if code != "ok" {
+		t.Fatalf("seal: %s", code)
 	}
 	const maxUses = 1000000
 	order := fl.order(t, 2, maxUses, "tx-soak-"+id)
@@ -70,24 +70,19 @@ func TestSoak(t *testing.T) {
 				switch n % 10 {
 				case 0, 1, 2, 3:
 					tx := fmt.Sprintf("tx-soak-%d-%d", i, n)
-					_, st, code := c.seal(tx, id)
-					if st == 200 {
-						code = "ok"
+					_, code := c.seal(tx, id)
+					if code == "ok" {
 						mu.Lock()
 						acked[i] = append(acked[i], tx)
 						mu.Unlock()
 					}
 					count("encrypt", code)
 				case 4, 5, 6:
-					_, st, code := c.open(s.Envelope, id)
-					if st == 200 {
-						code = "ok"
-					}
+					_, code := c.open(s.Envelope, id)
 					count("decrypt", code)
 				case 7, 8:
-					st, code := c.audit(s.Envelope, order)
-					if st == 200 {
-						code = "ok"
+					code := c.audit(s.Envelope, order)
+					if code == "ok" {
 						mu.Lock()
 						auditOK++
 						mu.Unlock()
@@ -95,16 +90,10 @@ func TestSoak(t *testing.T) {
 					count("audit-decrypt", code)
 				case 9:
 					if n%100 == 9 {
-						st, code := c.call("POST", "/v1/keys/"+id+"/rotate", map[string]any{}, nil)
-						if st == 200 {
-							code = "ok"
-						}
+						code := c.rotate(id)
 						count("rotate", code)
 					} else {
-						st, code := c.call("POST", "/v1/participants", map[string]string{"id": fmt.Sprintf("p-soak-%d-%d-%s", i, n, random())}, nil)
-						if st == 200 {
-							code = "ok"
-						}
+						code := c.tryRegister(fmt.Sprintf("p-soak-%d-%d-%s", i, n, random()))
 						count("register", code)
 					}
 				}
@@ -148,7 +137,7 @@ func TestSoak(t *testing.T) {
 	}
 	// Let every daemon answer again before the checks.
 	for i := 1; i <= daemons; i++ {
-		testutil.Poll(60*time.Second, func() bool { st, _ := fl.client(i).call("GET", "/v1/health", nil, nil); return st == 200 })
+		testutil.Poll(60*time.Second, func() bool { _, code := fl.client(i).health(); return code == "ok" })
 	}
 	close(stop)
 	wg.Wait()
