@@ -39,12 +39,14 @@ var (
 
 const daemons = 3
 
-// testPolicy: root administers, seals and opens as any p-* for settlement,
-// and is the auditor of the court orders (principal "operator").
+// testPolicy: root administers, seals and opens as any p-* for settlement
+// and for dispute (which needs a second factor: TestMFAStateFleetWide), and
+// is the auditor of the court orders (principal "operator").
 const testPolicy = `{"version":1,
- "purposes":[{"name":"settlement","fields":["amount"]},{"name":"investigation","fields":["*"]}],
+ "purposes":[{"name":"settlement","fields":["amount"]},{"name":"dispute","fields":["amount"]},{"name":"investigation","fields":["*"]}],
+ "second_factor":{"decrypt_purposes":["dispute"]},
  "principals":[{"name":"operator","users":["root"],"roles":["admin","application","auditor","reviewer","compliance"],
-  "act_as":[{"participants":["p-*"],"purposes":["settlement"]}],
+  "act_as":[{"participants":["p-*"],"purposes":["settlement","dispute"]}],
   "seal_for":[{"participants":["p-*"]}]}]}`
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
