@@ -21,6 +21,8 @@
 #                        by its own token key custody/log/custodyd-<i>/v1 and
 #                        origin custodyd-<i>/access-log), custodyd.log, pid
 #   custodyd-<i>.sock    daemon i's socket
+#   fleet.json           the fleet manifest: each daemon's log directory and
+#                        log key (custodyctl log verify/query/report --fleet)
 #
 # Daemon i talks to Vault node ((i-1) mod 3)+1: a standby forwards to the
 # active node. Environment (for tests and benchmarks):
@@ -369,6 +371,22 @@ wait_daemon() { # I DIR
   die "custodyd-$1 did not answer on its socket; see $d/custodyd.log"
 }
 
+# manifest DIR N: DIR/fleet.json, the fleet manifest of custodyctl log
+# verify/query/report --fleet (docs/fleet.md): each daemon's log directory
+# (relative to DIR) and the key its log.pub holds now, as seen by whoever
+# runs up. A reviewer keeps a copy made when the keys were checked.
+manifest() {
+  local dir=$1 n=$2 i key sep="" out='{"version": 1, "logs": ['
+  for i in $(seq 1 "$n"); do
+    key=$(cat "$dir/custodyd-$i/log/log.pub")
+    [[ $key =~ ^[A-Za-z0-9/+=._-]+$ ]] || die "custodyd-$i/log/log.pub is not a verifier key"
+    out+="$sep"$'\n'"  {\"name\": \"custodyd-$i\", \"dir\": \"custodyd-$i/log\", \"key\": \"$key\"}"
+    sep=,
+  done
+  printf '%s\n]}\n' "$out" > "$dir/fleet.json.tmp"
+  mv -f "$dir/fleet.json.tmp" "$dir/fleet.json"
+}
+
 up() {
   local dir n i
   [ -n "${1:-}" ] || die "usage: fleet.sh up DIR [N]"
@@ -390,6 +408,7 @@ up() {
   wait_daemon 1 "$dir"
   for i in $(seq 2 "$n"); do start_daemon "$i" "$dir"; done
   for i in $(seq 2 "$n"); do wait_daemon "$i" "$dir"; done
+  manifest "$dir" "$n"
   echo "fleet up in $dir: $n custodyd (custodyd-<i>.sock); fleet.sh status $1 names the Vault leader" >&2
 }
 

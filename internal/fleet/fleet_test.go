@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -191,6 +192,49 @@ func (f *fleet) nodeAddr(t *testing.T, k int) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// vaultDo calls the fleet's Vault API (method, path after /v1/) with the
+// root token, through the first node that answers (a standby forwards to
+// the active node), and decodes a JSON answer into out (if not nil). It
+// returns the HTTP status.
+func (f *fleet) vaultDo(t *testing.T, method, path string, out any) int {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(f.dir, "vault/root-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	for k := 1; k <= 3; k++ {
+		ctx, cancel := callCtx()
+		req, _ := http.NewRequestWithContext(ctx, method, f.nodeAddr(t, k)+"/v1/"+path, nil)
+		req.Header.Set("X-Vault-Token", strings.TrimSpace(string(tok)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			last = err
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if out != nil && resp.StatusCode == http.StatusOK {
+			if err := json.Unmarshal(b, out); err != nil {
+				t.Fatalf("Vault %s %s: %v", method, path, err)
+			}
+		}
+		return resp.StatusCode
+	}
+	t.Fatalf("Vault %s %s: no node answers: %v", method, path, last)
+	return 0
+}
+
+// vaultGet is vaultDo GET that must answer 200.
+func (f *fleet) vaultGet(t *testing.T, path string, out any) {
+	t.Helper()
+	if st := f.vaultDo(t, "GET", path, out); st != http.StatusOK {
+		t.Fatalf("Vault GET %s: status %d", path, st)
+	}
 }
 
 // daemon is one custodyd of the fleet, reached through internal/client
@@ -1177,5 +1221,72 @@ func TestLogVerifyFleet(t *testing.T) {
 	out, err := run(append([]string{"log", "verify", "--allow-unsigned-tail"}, dirs...)...)
 	if err == nil || !strings.Contains(out, "1 of 3 logs failed") || !strings.Contains(out, "custodyd-2") || strings.Count(out, "OK: all") != 2 {
 		t.Fatalf("log verify with one altered log: %v\n%s", err, out)
+	}
+}
+
+// TestLogQueryFleetWide: the reviewer's fleet-wide questions on the
+// fleet's real logs, through the manifest fleet.sh wrote: who sealed,
+// opened and audit-opened transaction X on any daemon, under which order.
+// Each answer line names its daemon's log; the report covers the three.
+func TestLogQueryFleetWide(t *testing.T) {
+	id := "p-review-" + random()
+	tx := "tx-" + id
+	fl.client(1).register(t, id)
+	s, code := fl.client(1).seal(tx, id)
+	if code != "ok" {
+		t.Fatalf("seal on 1: %s", code)
+	}
+	if _, code := fl.client(2).open(s.Envelope, id); code != "ok" {
+		t.Fatalf("open on 2: %s", code)
+	}
+	order := fl.order(t, 3, 1, tx)
+	if code := fl.client(3).audit(s.Envelope, order); code != "ok" {
+		t.Fatalf("audit decrypt on 3: %s", code)
+	}
+	if code := fl.client(1).audit(s.Envelope, order); code != api.CodeOrderExhausted {
+		t.Fatalf("a second audit decrypt on 1 of a one-use order: %s", code)
+	}
+	manifest := filepath.Join(fl.dir, "fleet.json")
+	out, err := ctl("log", "query", "--fleet", manifest, "--allow-unsigned-tail", "--transaction", tx, "--format", "jsonl")
+	if err != nil {
+		t.Fatalf("log query --fleet: %v\n%s", err, out)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e struct {
+			Log       string `json:"log"`
+			Op        string `json:"op"`
+			Outcome   string `json:"outcome"`
+			Code      string `json:"code"`
+			Order     string `json:"court_order"`
+			Principal string `json:"principal"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		got = append(got, strings.Join([]string{e.Log, e.Op, e.Outcome, e.Code, e.Principal, e.Order}, " "))
+	}
+	want := []string{
+		"custodyd-1 encrypt allowed  operator ",
+		"custodyd-2 decrypt allowed  operator ",
+		"custodyd-3 audit-decrypt allowed  operator " + order,
+		"custodyd-1 audit-decrypt denied order_exhausted operator " + order,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("who touched %s across the fleet:\n%s\nwant:\n%s", tx, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	html := filepath.Join(t.TempDir(), "report.html")
+	day := time.Now().UTC().Format("2006-01-02")
+	if out, err := ctl("log", "report", "--fleet", manifest, "--from", day, "--to", day, "--out", html); err != nil {
+		t.Fatalf("log report --fleet: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(html)
+	for i := 1; i <= daemons; i++ {
+		if !strings.Contains(string(b), fmt.Sprintf("<td>custodyd-%d</td>", i)) {
+			t.Errorf("the fleet report does not name custodyd-%d", i)
+		}
+	}
+	if n := strings.Count(string(b), `class="ok">verified`); n != daemons {
+		t.Errorf("the fleet report shows %d logs verified, want %d", n, daemons)
 	}
 }

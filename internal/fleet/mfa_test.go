@@ -9,9 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -135,18 +132,7 @@ func resetMFA(t *testing.T, principal string) {
 	if err := fl.client(1).c.MFARevoke(ctx, principal); err != nil && !api.IsCode(err, api.CodeKeyMissing) {
 		t.Fatalf("revoke: %v", err)
 	}
-	tok, err := os.ReadFile(filepath.Join(fl.dir, "vault/root-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequestWithContext(ctx, "DELETE", fl.nodeAddr(t, fl.leader(t))+"/v1/secret/metadata/custody/mfa/"+principal, nil)
-	req.Header.Set("X-Vault-Token", strings.TrimSpace(string(tok)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
-		t.Fatalf("delete the MFA state in Vault: %s", resp.Status)
+	if st := fl.vaultDo(t, "DELETE", "secret/metadata/custody/mfa/"+principal, nil); st != http.StatusNoContent && st != http.StatusOK {
+		t.Fatalf("delete the MFA state in Vault: status %d", st)
 	}
 }
