@@ -276,3 +276,40 @@ func FuzzParseFleetManifest(f *testing.F) {
 		}
 	})
 }
+
+// TestLogQueryFleetHostileLogName: a log's name in a fleet answer comes
+// from its key (several DIRs) and is printed escaped like every string of
+// an entry: a bidi override or a zero-width character in a log origin reaches neither
+// the terminal nor the spreadsheet raw.
+func TestLogQueryFleetHostileLogName(t *testing.T) {
+	reviewerHome(t)
+	root, _ := fleetLogs(t)
+	dir := filepath.Join(t.TempDir(), "log")
+	cfg := auditlog.DefaultConfig()
+	cfg.Dir, cfg.Origin = dir, "d-\u202e4\u200b/access-log" // auditlog refuses C0 controls, not bidi or zero-width characters
+	s := auditlog.NewSoftwareSigner(cfg.Origin, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)))
+	l, err := auditlog.Open(context.Background(), cfg, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(context.Background(), auditlog.Entry{Time: time.Date(2026, 11, 23, 9, 5, 0, 0, time.UTC), Operation: "decrypt",
+		Principal: "desk", TransactionID: "tx-7", Participant: "p-1", Purpose: "settlement", Outcome: auditlog.Allowed}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	other := filepath.Join(root, "d-1/log")
+	for _, d := range []string{dir, other} {
+		if code, out, errs := ctl("log", "pin", d, "--fingerprint", dirFingerprint(t, d)); code != 0 {
+			t.Fatalf("pin: %s %s", out, errs)
+		}
+	}
+	for _, format := range []string{"table", "csv", "jsonl"} {
+		code, out, errs := ctl("log", "query", other, dir, "--transaction", "tx-7", "--format", format)
+		if code != 0 || strings.Count(out, "tx-7") != 2 {
+			t.Fatalf("%s: %d %s\n%s", format, code, errs, out)
+		}
+		if strings.ContainsAny(out, "\u202e\u200b") || !strings.Contains(out, `\u202e`) {
+			t.Errorf("%s: the log name is not escaped:\n%q", format, out)
+		}
+	}
+}
