@@ -153,10 +153,17 @@ func logSources(what string, dirs []string, manifest string) ([]logSource, error
 	return out, nil
 }
 
-// inside reports whether file is in directory dir (or below it).
+// inside reports whether file is in directory dir (or below it), symbolic
+// links resolved where they exist.
 func inside(file, dir string) bool {
-	f, err1 := filepath.Abs(file)
-	d, err2 := filepath.Abs(dir)
+	real := func(p string) (string, error) {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r, nil
+		}
+		return filepath.Abs(p)
+	}
+	f, err1 := real(file)
+	d, err2 := real(dir)
 	if err1 != nil || err2 != nil {
 		return false
 	}

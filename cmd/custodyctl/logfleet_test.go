@@ -313,3 +313,27 @@ func TestLogQueryFleetHostileLogName(t *testing.T) {
 		}
 	}
 }
+
+func TestManifestInside(t *testing.T) {
+	root := t.TempDir()
+	logDir := filepath.Join(root, "d-1", "log")
+	os.MkdirAll(logDir, 0o750)
+	os.WriteFile(filepath.Join(logDir, "fleet.json"), []byte("{}"), 0o644)
+	link := filepath.Join(root, "link.json")
+	os.Symlink(filepath.Join(logDir, "fleet.json"), link)
+	for _, tc := range []struct {
+		file, dir string
+		want      bool
+	}{
+		{filepath.Join(logDir, "fleet.json"), logDir, true},
+		{filepath.Join(logDir, "sub", "fleet.json"), logDir, true},
+		{link, logDir, true}, // a link to a file in the log
+		{filepath.Join(root, "fleet.json"), logDir, false},
+		{filepath.Join(root, "d-1", "log.json"), logDir, false},
+		{filepath.Join(root, "d-1", "logx", "fleet.json"), logDir, false},
+	} {
+		if got := inside(tc.file, tc.dir); got != tc.want {
+			t.Errorf("inside(%s, %s) = %v", tc.file, tc.dir, got)
+		}
+	}
+}
