@@ -65,7 +65,7 @@ bench-fleet: deps ## Fleet figures of docs/fleet.md: throughput of 1-3 daemons o
 
 SOAK ?= 5m
 
-soak: deps ## Mixed traffic on a 3-daemon fleet for SOAK (5m) while daemons, Vault nodes and the token fail; then the checks (internal/fleet TestSoak)
+soak: deps ## Mixed traffic on a 3-daemon fleet for SOAK (5m) while daemons, Vault nodes, the token and a log disk fail; then the checks (internal/fleet TestSoak)
 	CUSTODY_SOAK=$(SOAK) $(GO) test -count=1 -run 'TestSoak' -v -timeout 60m ./internal/fleet/ | grep -E '^\s+soak_test|^\s{2,}[a-z-]+ [a-z_]+: [0-9]+|^(ok|FAIL|---)'
 
 bench-rewrap-100k: deps ## The 100,000-envelope streaming rewrap: peak RSS of custodyctl and the daemon (many minutes)

@@ -21,6 +21,8 @@
 #                        by its own token key custody/log/custodyd-<i>/v1 and
 #                        origin custodyd-<i>/access-log), custodyd.log, pid
 #   custodyd-<i>.sock    daemon i's socket
+#   fleet.json           the fleet manifest: each daemon's log directory and
+#                        log key (custodyctl log verify/query/report --fleet)
 #
 # Daemon i talks to Vault node ((i-1) mod 3)+1: a standby forwards to the
 # active node. Environment (for tests and benchmarks):
@@ -46,8 +48,11 @@ die() { echo "fleet.sh: $*" >&2; exit 1; }
 
 abs() { mkdir -p "$1" && (cd "$1" && pwd); }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+free_ports() { # N: N distinct free loopback ports, one a line
+  python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in ss))' "$1"
 }
 
 # alive PIDFILE NAME: the pid file names a running process whose command is NAME.
@@ -57,6 +62,21 @@ alive() {
   pid=$(cat "$1")
   kill -0 "$pid" 2>/dev/null || return 1
   [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null || true)")" = "$2" ]
+}
+
+# gone PIDFILE: the process the pid file names has exited (or is a zombie).
+# Not "! alive": right after start_* the pid is still the subshell that is
+# about to exec setsid and then the program, so its exe is bash or setsid
+# for a moment (under load, long enough for a first health check to fail):
+# that is what once made up report "custodyd-2 exited" for a daemon that
+# was starting normally.
+gone() {
+  local pid st
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  [ -n "$pid" ] || return 0
+  st=$(cat "/proc/$pid/stat" 2>/dev/null) || return 0
+  st=${st##*) }
+  [ "${st%% *}" = Z ]
 }
 
 # stop NAME PIDFILE...: TERM every process a pid file names (only if it is
@@ -87,14 +107,30 @@ watch() {
     _ "$FLEET_WATCH_PID" "$1" </dev/null >/dev/null 2>&1 &)
 }
 
-vstatus() { # ADDR -> JSON of vault status, or nothing
-  VAULT_ADDR="$1" "$vault" status -format=json 2>/dev/null || true
+# The node's HTTP API through curl, not the vault CLI: each CLI call starts a
+# 360 MB binary (0.1 s idle, 0.5 s while the cluster forms), and up polls.
+vstatus() { # ADDR -> JSON of sys/seal-status (initialized, sealed), or nothing
+  curl -sf --max-time 5 "$1/v1/sys/seal-status" 2>/dev/null || true
 }
 
-field() { # JSON FIELD
-  python3 -c 'import json,sys
-try: print(str(json.loads(sys.argv[1]).get(sys.argv[2],"")).lower())
-except Exception: print("")' "$1" "$2"
+is_active() { # ADDR: the node answers that it is the active one
+  [ "$(field "$(curl -sf --max-time 5 "$1/v1/sys/leader" 2>/dev/null || true)" is_self)" = true ]
+}
+
+# unseal ADDR FILE: one unseal key share, read from FILE into the request
+# body on curl's stdin (printf is a shell builtin: never in any argv).
+unseal() {
+  local key
+  key=$(cat "$2")
+  printf '{"key":"%s"}' "$key" | curl -sf --max-time 10 -X PUT --data-binary @- "$1/v1/sys/unseal" >/dev/null 2>&1 || true
+}
+
+# field JSON NAME: the value of a top-level true/false/number field of a
+# Vault status answer (flat JSON), or nothing. Pure bash: up polls it often
+# and a python3 start costs 0.2 s here.
+field() {
+  local re="\"$2\"[[:space:]]*:[[:space:]]*([a-z0-9.]+)"
+  if [[ $1 =~ $re ]]; then echo "${BASH_REMATCH[1]}"; fi
 }
 
 node_config() { # K DIR
@@ -110,6 +146,15 @@ node_config() { # K DIR
 storage "raft" {
   path    = "$d/data"
   node_id = "node-$k"
+  # Raft's fastest timings (Vault's advice for production too; the default
+  # 5 makes elections and the first leader take seconds longer).
+  performance_multiplier = 1
+  # Autopilot promotes a joined node to voter on its reconcile pass (every
+  # 10 s by default; the state update must be more frequent) after
+  # server_stabilization_time (set to 1 s by up):
+  # with both short, up's cluster tolerates a node's loss seconds sooner.
+  autopilot_reconcile_interval = "1s"
+  autopilot_update_interval    = "500ms"
 $peers}
 listener "tcp" {
   address         = "127.0.0.1:$(cat "$d/api-port")"
@@ -132,7 +177,7 @@ start_node() { # K DIR
   local i
   for i in $(seq 1 100); do
     [ -n "$(vstatus "$(cat "$d/addr")")" ] && return 0
-    alive "$d/pid" vault || die "Vault node $1 exited; see $d/vault.log"
+    gone "$d/pid" && die "Vault node $1 exited; see $d/vault.log"
     sleep 0.1
   done
   die "Vault node $1 did not answer; see $d/vault.log"
@@ -150,8 +195,7 @@ unseal_all() {
       if [ "$(field "$st" initialized)" = true ] && [ "$(field "$st" sealed)" = false ]; then continue; fi
       pending=1
       if [ "$(field "$st" sealed)" = true ]; then
-        # key=@FILE: the key is read from its file, never put in argv.
-        VAULT_ADDR="$addr" "$vault" write sys/unseal key=@"$dir/vault/unseal-key" >/dev/null 2>&1 || true
+        unseal "$addr" "$dir/vault/unseal-key"
       fi
     done
     [ $pending = 0 ] && return 0
@@ -160,16 +204,40 @@ unseal_all() {
   die "a Vault node is still sealed or not joined; see $dir/vault/node-*/vault.log"
 }
 
+# vault_api DIR METHOD ADDR PATH [BODY]: a Vault API call with the root
+# token (its header read from a file descriptor, never in argv).
+vault_api() {
+  curl -sf --max-time 10 -X "$2" -H @<(printf 'X-Vault-Token: %s\n' "$(cat "$1/vault/root-token")") ${5:+--data-binary "$5"} "$3/v1/$4" 2>/dev/null
+}
+
+# raft_ready DIR: wait until the cluster tolerates the loss of a node (every
+# node a healthy voter). A node that joins is a non-voter until autopilot
+# promotes it; until then killing the active node leaves no quorum.
+raft_ready() {
+  local dir=$1 k st deadline=$((SECONDS + 90))
+  while [ $SECONDS -lt $deadline ]; do
+    for k in $(seq 1 $NODES); do
+      st=$(vault_api "$dir" GET "$(cat "$dir/vault/node-$k/addr")" sys/storage/raft/autopilot/state || true)
+      [ -n "$st" ] && break
+    done
+    if [ "$(field "$st" healthy)" = true ] && [ "$(field "$st" failure_tolerance)" -ge 1 ] 2>/dev/null; then return 0; fi
+    sleep 0.3
+  done
+  die "the Vault cluster does not tolerate a node's loss (a node is not a healthy voter); see $dir/vault/node-*/vault.log"
+}
+
 vault_up() { # DIR
   local dir=$1 k d
   mkdir -p "$dir/vault"
   chmod 0700 "$dir/vault"
+  local ports
+  mapfile -t ports < <(free_ports $((2 * NODES)))
   for k in $(seq 1 $NODES); do
     d=$dir/vault/node-$k
     mkdir -p "$d/data"
     chmod 0700 "$d"
-    [ -s "$d/api-port" ] || free_port > "$d/api-port"
-    [ -s "$d/cluster-port" ] || free_port > "$d/cluster-port"
+    [ -s "$d/api-port" ] || echo "${ports[2 * k - 2]}" > "$d/api-port"
+    [ -s "$d/cluster-port" ] || echo "${ports[2 * k - 1]}" > "$d/cluster-port"
     echo "http://127.0.0.1:$(cat "$d/api-port")" > "$d/addr"
   done
   for k in $(seq 1 $NODES); do node_config "$k" "$dir"; start_node "$k" "$dir"; done
@@ -183,12 +251,32 @@ vault_up() { # DIR
      python3 -c 'import json,sys; sys.stdout.write(json.loads(sys.stdin.read())["unseal_keys_b64"][0])' <<<"$out" > "$dir/vault/unseal-key"
      python3 -c 'import json,sys; sys.stdout.write(json.loads(sys.stdin.read())["root_token"])' <<<"$out" > "$dir/vault/root-token")
     unset out
+    # Node 1 first, alone: it elects itself, and autopilot's configuration
+    # is set before the others join (they are promoted sooner).
+    unseal "$first" "$dir/vault/unseal-key"
+    local i
+    for i in $(seq 1 150); do
+      is_active "$first" && autopilot_config "$dir" "$first" && break
+      sleep 0.2
+    done
   fi
   unseal_all "$dir"
   # The setup is applied once (again when a policy file changed).
-  if [ -e "$dir/vault/applied" ] && [ -z "$(find "$root/policies/vault" -newer "$dir/vault/applied" -name '*.hcl')" ]; then
-    return 0
+  if [ ! -e "$dir/vault/applied" ] || [ -n "$(find "$root/policies/vault" -newer "$dir/vault/applied" -name '*.hcl')" ]; then
+    vault_apply "$dir"
   fi
+  raft_ready "$dir"
+}
+
+# autopilot_config DIR ADDR: autopilot promotes a joined node to voter once
+# it has been healthy for server_stabilization_time (default 10 s): 1 s here
+# (see node_config).
+autopilot_config() {
+  vault_api "$1" POST "$2" sys/storage/raft/autopilot/configuration '{"server_stabilization_time":"1s"}' >/dev/null
+}
+
+vault_apply() { # DIR
+  local dir=$1
   # Wait for an active node, then apply the setup through it.
   local i active=""
   for i in $(seq 1 150); do
@@ -197,14 +285,17 @@ vault_up() { # DIR
     sleep 0.2
   done
   [ -n "$active" ] || die "no active Vault node; see $dir/vault/node-*/vault.log"
+  local addr
+  addr=$(cat "$dir/vault/node-$active/addr")
   for i in $(seq 1 50); do
-    if custody_vault_apply "$vault" "$(cat "$dir/vault/node-$active/addr")" "$dir/vault/root-token" "$dir/vault" 2>/dev/null; then
+    if autopilot_config "$dir" "$addr" && custody_vault_apply "$vault" "$addr" "$dir/vault/root-token" "$dir/vault" 2>/dev/null; then
       touch "$dir/vault/applied"
       return 0
     fi
     sleep 0.2
   done
-  custody_vault_apply "$vault" "$(cat "$dir/vault/node-$active/addr")" "$dir/vault/root-token" "$dir/vault"
+  autopilot_config "$dir" "$addr" || die "cannot set the autopilot configuration through $addr; see $dir/vault/node-$active/vault.log"
+  custody_vault_apply "$vault" "$addr" "$dir/vault/root-token" "$dir/vault"
   touch "$dir/vault/applied"
 }
 
@@ -214,7 +305,7 @@ leader() {
   for k in $(seq 1 $NODES); do
     alive "$1/vault/node-$k/pid" vault || continue
     st=$(vstatus "$(cat "$1/vault/node-$k/addr")")
-    if [ "$(field "$st" is_self)" = true ] || { [ "$(field "$st" ha_enabled)" = true ] && [ "$(field "$st" sealed)" = false ] && VAULT_ADDR="$(cat "$1/vault/node-$k/addr")" "$vault" read -format=json sys/leader 2>/dev/null | grep -q '"is_self": true'; }; then
+    if [ "$(field "$st" sealed)" = false ] && is_active "$(cat "$1/vault/node-$k/addr")"; then
       echo "$k"; return 0
     fi
   done
@@ -274,10 +365,26 @@ wait_daemon() { # I DIR
   local d=$2/custodyd-$1 i
   for i in $(seq 1 300); do
     if "$bindir/custodyctl" --socket "$2/custodyd-$1.sock" health >/dev/null 2>&1; then return 0; fi
-    alive "$d/pid" custodyd || die "custodyd-$1 exited; see $d/custodyd.log"
+    gone "$d/pid" && die "custodyd-$1 exited; see $d/custodyd.log"
     sleep 0.1
   done
   die "custodyd-$1 did not answer on its socket; see $d/custodyd.log"
+}
+
+# manifest DIR N: DIR/fleet.json, the fleet manifest of custodyctl log
+# verify/query/report --fleet (docs/fleet.md): each daemon's log directory
+# (relative to DIR) and the key its log.pub holds now, as seen by whoever
+# runs up. A reviewer keeps a copy made when the keys were checked.
+manifest() {
+  local dir=$1 n=$2 i key sep="" out='{"version": 1, "logs": ['
+  for i in $(seq 1 "$n"); do
+    key=$(cat "$dir/custodyd-$i/log/log.pub")
+    [[ $key =~ ^[A-Za-z0-9/+=._-]+$ ]] || die "custodyd-$i/log/log.pub is not a verifier key"
+    out+="$sep"$'\n'"  {\"name\": \"custodyd-$i\", \"dir\": \"custodyd-$i/log\", \"key\": \"$key\"}"
+    sep=,
+  done
+  printf '%s\n]}\n' "$out" > "$dir/fleet.json.tmp"
+  mv -f "$dir/fleet.json.tmp" "$dir/fleet.json"
 }
 
 up() {
@@ -301,6 +408,7 @@ up() {
   wait_daemon 1 "$dir"
   for i in $(seq 2 "$n"); do start_daemon "$i" "$dir"; done
   for i in $(seq 2 "$n"); do wait_daemon "$i" "$dir"; done
+  manifest "$dir" "$n"
   echo "fleet up in $dir: $n custodyd (custodyd-<i>.sock); fleet.sh status $1 names the Vault leader" >&2
 }
 

@@ -44,14 +44,17 @@ RFC 3339 ("2026-11-25T00:00:00Z") or dates ("2026-11-25", UTC).`,
 fingerprint the operators published (genesis prints the custody/log/v1 key's
 sha256 and words). Without --fingerprint it shows the key's fingerprint.`,
 			setup: with(logPin),
-		}, {name: "log verify", args: "DIR...", minArgs: 1, maxArgs: 64,
+		}, {name: "log verify", args: "DIR...", minArgs: 0, maxArgs: 64,
 			summary: "Verify the log: Merkle tree, signed checkpoints, every entry.",
 			details: `Recompute the Merkle tree, check every signed checkpoint, parse every entry
 strictly; with --since, check the log still contains a checkpoint you saved.
 Exit 1 and the index where the log stops being trustworthy on any tampering.
 Several DIRs (a fleet's logs, docs/fleet.md): each is verified with the key
 pinned for its own log name (--key and --since take one DIR only); --json
-prints a list; exit 1 if any fails.`,
+prints a list; exit 1 if any fails. --fleet FILE adds the logs a fleet
+manifest lists (scripts/fleet.sh writes DIR/fleet.json), each with the key
+the manifest gives (trusted as --key is: keep your own copy) or, without
+one, its pinned key.`,
 			setup: with(logVerify),
 		}, {name: "log prove", args: "DIR N", minArgs: 2, maxArgs: 2,
 			summary: "Print an inclusion proof of entry N (JSON).",
@@ -61,14 +64,22 @@ custodyctl log check-proof FILE --key PUBKEY_FILE`,
 		}, {name: "log check-proof", args: "FILE", minArgs: 1, maxArgs: 1,
 			summary: "Check an inclusion proof made by log prove.",
 			setup:   with(logCheckProof),
-		}, {name: "log query", args: "DIR", minArgs: 1, maxArgs: 1,
+		}, {name: "log query", args: "DIR...", minArgs: 0, maxArgs: 64,
 			summary: "Print the entries that match the filters.",
-			details: `Unverified: run custodyctl log verify first.`,
-			setup:   with(logQuery),
-		}, {name: "log report", args: "DIR", minArgs: 1, maxArgs: 1,
+			details: `One DIR: unverified, run custodyctl log verify first.
+Several DIRs or --fleet FILE (a fleet's logs, docs/fleet.md; the keys as for
+log verify): every log is verified first and no entry is printed unless all
+verify; the matching entries of all logs are printed in time order, each
+with the name of its log (column LOG, or "log" in jsonl) and its index
+there. E.g. who opened transaction X on any host, under which order:
+  custodyctl log query --fleet fleet.json --transaction X --outcome allowed`,
+			setup: with(logQuery),
+		}, {name: "log report", args: "DIR...", minArgs: 0, maxArgs: 64,
 			summary: "Write a self-contained HTML report with charts.",
 			details: `--from, --to and --out are required. No network is needed to open the report;
-it says whether the log verifies, so it needs the key like verify does.`,
+it says whether the log verifies, so it needs the key like verify does.
+Several DIRs or --fleet FILE (keys as for log verify): one report over the
+fleet's logs counted together, with each log's verification and count.`,
 			setup: with(logReport),
 		}}}
 }
@@ -88,16 +99,25 @@ func logVerify(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	key := fs.String("key", "", "`file` with your own copy of the log's public key (note verifier key); default: the key you pinned")
 	allow := fs.Bool("allow-unsigned-tail", false, "accept entries after the latest checkpoint (a copy of a running log)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	manifest := fs.String("fleet", "", "fleet manifest `file` listing log directories and their keys (docs/fleet.md)")
 	return func(pos []string) error {
-		if len(pos) == 1 {
+		if len(pos) == 1 && *manifest == "" {
 			return verifyOne(stdout, pos[0], *key, *since, *allow, *asJSON)
+		}
+		if len(pos) == 0 && *manifest == "" {
+			return usageError{msg: "log verify: missing argument: want DIR...", hint: "see custodyctl log verify --help"}
 		}
 		if *key != "" || *since != "" {
 			return usageError{msg: "log verify: --key and --since take one DIR; pin each log's key (custodyctl log pin) to verify several"}
 		}
+		srcs, err := logSources("log verify", pos, *manifest)
+		if err != nil {
+			return err
+		}
 		var failed []string
 		var results []json.RawMessage
-		for _, dir := range pos {
+		for _, src := range srcs {
+			dir := src.dir
 			var buf bytes.Buffer
 			if !*asJSON {
 				fmt.Fprintf(stdout, "== %s\n", escapeText(dir))
@@ -106,7 +126,7 @@ func logVerify(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 			if *asJSON {
 				w = &buf
 			}
-			if err := verifyOne(w, dir, "", "", *allow, *asJSON); err != nil {
+			if err := verifyWith(w, dir, src.key, "", *allow, *asJSON); err != nil {
 				failed = append(failed, dir)
 				if !*asJSON {
 					fmt.Fprintf(stdout, "error: %s\n", escapeText(err.Error()))
@@ -126,10 +146,10 @@ func logVerify(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 			}
 		}
 		if len(failed) > 0 {
-			return fmt.Errorf("%d of %d logs failed: %s", len(failed), len(pos), joinEscaped(failed))
+			return fmt.Errorf("%d of %d logs failed: %s", len(failed), len(srcs), joinEscaped(failed))
 		}
 		if !*asJSON {
-			fmt.Fprintf(stdout, "OK: all %d logs verify\n", len(pos))
+			fmt.Fprintf(stdout, "OK: all %d logs verify\n", len(srcs))
 		}
 		return nil
 	}
@@ -142,6 +162,12 @@ func verifyOne(stdout io.Writer, dir, key, since string, allow, asJSON bool) err
 	if err != nil {
 		return err
 	}
+	return verifyWith(stdout, dir, v, since, allow, asJSON)
+}
+
+// verifyWith is log verify of dir with key v.
+func verifyWith(stdout io.Writer, dir string, v *reviewerVerifier, since string, allow, asJSON bool) error {
+	var err error
 	opts := auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: allow}
 	if since != "" {
 		if opts.Since, err = os.ReadFile(since); err != nil {
@@ -330,6 +356,8 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	var f filter
 	from, to := f.flags(fs)
 	format := fs.String("format", "table", "output `format`: table, jsonl or csv")
+	manifest := fs.String("fleet", "", "fleet manifest `file` listing log directories and their keys (several logs: docs/fleet.md)")
+	allow := fs.Bool("allow-unsigned-tail", false, "several logs: accept entries after the latest checkpoint (copies of running logs)")
 	return func(pos []string) error {
 		var err error
 		if f.from, err = parseTime(*from, false); err != nil {
@@ -338,9 +366,17 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 		if f.to, err = parseTime(*to, true); err != nil {
 			return err
 		}
+		fleet := len(pos) > 1 || *manifest != ""
+		if len(pos) == 0 && !fleet {
+			return usageError{msg: "log query: missing argument: want DIR...", hint: "see custodyctl log query --help"}
+		}
 		cols := []string{"index", "time", "op", "outcome", "code", "principal", "uid", "pid", "transaction", "participant", "purpose", "fields", "key", "court_order", "end_user_ip", "request_id", "clipped"}
-		// row is one entry's cells, every string escaped (escapeText).
-		row := func(i int64, e auditlog.Entry) []string {
+		if fleet {
+			cols = append([]string{"log"}, cols...)
+		}
+		// row is one entry's cells, every string escaped (escapeText); log
+		// is the entry's log name in a fleet query.
+		row := func(log string, i int64, e auditlog.Entry) []string {
 			part := e.Participant
 			if part == "" {
 				part = joinEscaped(e.Participants)
@@ -350,16 +386,19 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 			r := []string{strconv.FormatInt(i, 10), e.Time.UTC().Format(time.RFC3339Nano), escapeText(e.Operation), escapeText(string(e.Outcome)), escapeText(e.Code), escapeText(e.Principal),
 				strconv.FormatUint(uint64(e.Caller.UID), 10), strconv.Itoa(int(e.Caller.PID)), escapeText(e.TransactionID), part, escapeText(e.Purpose),
 				joinEscaped(e.Fields), escapeText(e.KeyLabel), escapeText(e.CourtOrder), escapeText(e.EndUser.IP), escapeText(e.EndUser.RequestID), joinEscaped(e.Clipped)}
+			if fleet {
+				r = append([]string{escapeText(log)}, r...)
+			}
 			return r
 		}
-		var emit func(i int64, e auditlog.Entry) error
+		var emit func(log string, i int64, e auditlog.Entry) error
 		var flush func() error
 		switch *format {
 		case "table":
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, strings.ToUpper(strings.Join(cols, "\t")))
-			emit = func(i int64, e auditlog.Entry) error {
-				r := row(i, e)
+			emit = func(log string, i int64, e auditlog.Entry) error {
+				r := row(log, i, e)
 				for k := range r {
 					if r[k] == "" {
 						r[k] = "-"
@@ -372,8 +411,8 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 		case "csv":
 			w := csv.NewWriter(stdout)
 			w.Write(cols)
-			emit = func(i int64, e auditlog.Entry) error {
-				r := row(i, e)
+			emit = func(log string, i int64, e auditlog.Entry) error {
+				r := row(log, i, e)
 				for k := range r {
 					r[k] = csvCell(r[k])
 				}
@@ -381,11 +420,21 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 			}
 			flush = func() error { w.Flush(); return w.Error() }
 		case "jsonl":
-			emit = func(i int64, e auditlog.Entry) error {
-				b, err := json.Marshal(struct {
-					Index int64 `json:"index"`
-					auditlog.Entry
-				}{i, e})
+			emit = func(log string, i int64, e auditlog.Entry) error {
+				var b []byte
+				var err error
+				if fleet {
+					b, err = json.Marshal(struct {
+						Log   string `json:"log"`
+						Index int64  `json:"index"`
+						auditlog.Entry
+					}{log, i, e})
+				} else {
+					b, err = json.Marshal(struct {
+						Index int64 `json:"index"`
+						auditlog.Entry
+					}{i, e})
+				}
 				if err != nil {
 					return err
 				}
@@ -396,9 +445,26 @@ func logQuery(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 		default:
 			return usageError{msg: fmt.Sprintf("--format %q: want table, jsonl or csv", *format)}
 		}
+		if fleet {
+			srcs, err := logSources("log query", pos, *manifest)
+			if err != nil {
+				return err
+			}
+			// Verified and collected before anything is printed.
+			es, err := queryFleet(srcs, *allow, f.match)
+			if err != nil {
+				return err
+			}
+			for _, fe := range es {
+				if err := emit(fe.log, fe.index, fe.e); err != nil {
+					return err
+				}
+			}
+			return flush()
+		}
 		err = auditlog.ReadEntries(pos[0], func(i int64, e auditlog.Entry) error {
 			if f.match(e) {
-				return emit(i, e)
+				return emit("", i, e)
 			}
 			return nil
 		})

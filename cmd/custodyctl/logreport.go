@@ -34,13 +34,24 @@ type chart struct {
 	Second string // colour of Extra, "" if none
 }
 
-// burst is an auditlog.Burst as the report shows it (Who and Codes escaped).
+// burst is an auditlog.Burst as the report shows it (Who, Log and Codes
+// escaped; Log only in a fleet report).
 type burst struct {
 	Who        string
 	Start, End time.Time
 	Count      int
+	Log        string
 	FirstIndex int64
 	Codes      string
+}
+
+// reportLog is one log of a fleet report: its name and directory
+// (escaped when shown), its verification, and its entries in range.
+type reportLog struct {
+	Name, Dir string
+	Verify    *auditlog.VerifyResult
+	VerifyErr string
+	Entries   int
 }
 
 type reportData struct {
@@ -54,6 +65,7 @@ type reportData struct {
 	Charts         []chart
 	Bursts         []burst
 	Orders         []bar
+	Fleet          []reportLog // several logs: one per log (Dir, Verify and VerifyErr then unused)
 }
 
 func logReport(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
@@ -61,10 +73,17 @@ func logReport(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 	from, to := f.flags(fs)
 	out := fs.String("out", "", "the HTML `file` to write (required)")
 	key := fs.String("key", "", "`file` with your own copy of the log's public key; default: the key you pinned")
+	manifest := fs.String("fleet", "", "fleet manifest `file` listing log directories and their keys (docs/fleet.md)")
 	return func(pos []string) error {
 		var err error
+		if len(pos) == 0 && *manifest == "" {
+			return usageError{msg: "log report: missing argument: want DIR...", hint: "see custodyctl log report --help"}
+		}
 		if *out == "" || *from == "" || *to == "" {
 			return flagsRequired("log report", "--from, --to and --out are required")
+		}
+		if (len(pos) > 1 || *manifest != "") && *key != "" {
+			return usageError{msg: "log report: --key takes one DIR; pin each log's key or list the keys in a --fleet manifest to report on several"}
 		}
 		if f.from, err = parseTime(*from, false); err != nil {
 			return err
@@ -74,25 +93,39 @@ func logReport(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 		}
 		// A report says whether the log verifies, so it needs the reviewer's
 		// key like verify does.
-		v, err := reviewerKey("log report", *key, pos[0])
-		if err != nil {
+		var srcs []logSource
+		if len(pos) == 1 && *manifest == "" {
+			v, err := reviewerKey("log report", *key, pos[0])
+			if err != nil {
+				return err
+			}
+			srcs = []logSource{{name: v.Name(), dir: pos[0], key: v}}
+		} else if srcs, err = logSources("log report", pos, *manifest); err != nil {
 			return err
 		}
-		d := reportData{Dir: pos[0], From: f.from, To: f.to, Generated: time.Now().UTC()}
-		if res, err := auditlog.Verify(pos[0], auditlog.VerifyOptions{Verifier: v, AllowUnsignedTail: true}); err != nil {
-			d.VerifyErr = err.Error()
-		} else {
-			if dk := dirKeyMismatch(pos[0], v); dk != "" {
-				res.OK = false
-				res.Problems = append(res.Problems, auditlog.Problem{Index: res.TrustedUpTo, Kind: "key_replaced", Detail: dk})
+		d := reportData{Dir: srcs[0].dir, From: f.from, To: f.to, Generated: time.Now().UTC()}
+		var dirs []string
+		for _, src := range srcs {
+			l := reportLog{Name: src.name, Dir: src.dir}
+			if res, err := verifySource(src, true); err != nil {
+				l.VerifyErr = err.Error()
+			} else {
+				l.Verify = res
 			}
-			d.Verify = res
+			d.Fleet = append(d.Fleet, l)
+			dirs = append(dirs, src.dir)
+		}
+		if len(srcs) == 1 {
+			d.Verify, d.VerifyErr, d.Fleet = d.Fleet[0].Verify, d.Fleet[0].VerifyErr, nil
 		}
 		// The window is f.from..f.to; f.match applies it again along with the
 		// other filters (--principal, --purpose, …) report accepts like query.
-		sum, err := auditlog.Summarize(pos[0], auditlog.SummaryOptions{From: f.from, To: f.to, Match: f.match})
+		sum, err := auditlog.SummarizeLogs(dirs, auditlog.SummaryOptions{From: f.from, To: f.to, Match: f.match})
 		if err != nil {
 			return err
+		}
+		for i := range d.Fleet {
+			d.Fleet[i].Entries = sum.Logs[i]
 		}
 		d.Total, d.Denied, d.Failed, d.Audits = sum.Entries, sum.Denied, sum.Failed, sum.Audits
 		d.Charts = []chart{
@@ -113,7 +146,11 @@ func logReport(fs *flag.FlagSet, stdout io.Writer) func(pos []string) error {
 			for i, c := range b.Codes {
 				codes[i] = escapeText(c)
 			}
-			d.Bursts = append(d.Bursts, burst{Who: who, Start: b.Start, End: b.End, Count: b.Count, FirstIndex: b.FirstIndex, Codes: fmt.Sprint(codes)})
+			var log string
+			if d.Fleet != nil {
+				log = escapeText(srcs[b.Log].name)
+			}
+			d.Bursts = append(d.Bursts, burst{Who: who, Start: b.Start, End: b.End, Count: b.Count, Log: log, FirstIndex: b.FirstIndex, Codes: fmt.Sprint(codes)})
 		}
 		var buf bytes.Buffer
 		if err := reportTemplate.Execute(&buf, d); err != nil {
@@ -187,7 +224,11 @@ table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;font
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 </style></head><body>
 <h1>Access log report</h1>
-<p>Log <code>{{x .Dir}}</code>, entries from {{t .From}} to {{t .To}} (generated {{t .Generated}}).</p>
+{{if .Fleet}}<p>{{len .Fleet}} logs of a fleet counted together, entries from {{t .From}} to {{t .To}} (generated {{t .Generated}}).</p>
+<table><tr><th>log</th><th>directory</th><th>entries in range</th><th>verification</th></tr>
+{{range .Fleet}}<tr><td>{{x .Name}}</td><td><code>{{x .Dir}}</code></td><td>{{.Entries}}</td><td>{{with .Verify}}{{if .OK}}<span class="ok">verified: {{.Entries}} entries, {{.Checkpoints}} signed checkpoints (latest signs {{.LatestSize}})</span>{{else}}<span class="bad">NOT VERIFIED from entry {{.TrustedUpTo}}</span><ul>{{range .Problems}}<li>entry {{.Index}} ({{.Kind}}): {{x .Detail}}</li>{{end}}</ul>{{end}}{{end}}{{with .VerifyErr}}<span class="bad">not verified: {{x .}}</span>{{end}}</td></tr>
+{{end}}</table>
+{{else}}<p>Log <code>{{x .Dir}}</code>, entries from {{t .From}} to {{t .To}} (generated {{t .Generated}}).</p>{{end}}
 {{with .Verify}}{{if .OK}}<p class="ok">Verified: {{.Entries}} entries, tree matches {{.Checkpoints}} signed checkpoints (latest signs {{.LatestSize}}).</p>
 {{else}}<p class="bad">NOT VERIFIED: the log stops being trustworthy at entry {{.TrustedUpTo}}.</p><ul>{{range .Problems}}<li>entry {{.Index}} ({{.Kind}}): {{x .Detail}}</li>{{end}}</ul>{{end}}{{end}}
 {{with .VerifyErr}}<p class="bad">Not verified: {{x .}}</p>{{end}}
@@ -199,6 +240,6 @@ table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;font
 {{if .Orders}}<table><tr><th>court order</th><th>allowed / failed</th><th>denied</th></tr>{{range .Orders}}<tr><td>{{.Label}}</td><td>{{.Value}}</td><td>{{.Extra}}</td></tr>{{end}}</table>{{else}}<p>none</p>{{end}}
 <h2>Anomalies: denials in bursts (≥ 5 within a minute, per principal)</h2>
 {{if .Bursts}}<table><tr><th>who</th><th>from</th><th>to</th><th>denials</th><th>first entry</th><th>codes</th></tr>
-{{range .Bursts}}<tr><td>{{.Who}}</td><td>{{t .Start}}</td><td>{{t .End}}</td><td>{{.Count}}</td><td>{{.FirstIndex}}</td><td>{{.Codes}}</td></tr>{{end}}</table>{{else}}<p>none</p>{{end}}
+{{range .Bursts}}<tr><td>{{.Who}}</td><td>{{t .Start}}</td><td>{{t .End}}</td><td>{{.Count}}</td><td>{{with .Log}}{{.}} {{end}}{{.FirstIndex}}</td><td>{{.Codes}}</td></tr>{{end}}</table>{{else}}<p>none</p>{{end}}
 </body></html>
 `))

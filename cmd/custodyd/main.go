@@ -164,7 +164,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	meters := metrics.New()
 	meters.WatchToken(token)
 	metered := meters.Meter(token)
-	registry, err := keys.Load(ctx, metered, log)
+	registry, err := startupRetry(ctx, log, "loading the keys", func() (*keys.Registry, error) { return keys.Load(ctx, metered, log) })
 	if err != nil {
 		return err
 	}
@@ -181,10 +181,18 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	registry.SetRotateAfter(cfg.Keys.RotateAfter.Std())
 	meters.WatchKeys(registry, cfg.Keys.RotateAfter.Std())
-	logSigner, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
+	type ensured struct {
+		signer  *auditlog.DeviceSigner
+		created bool
+	}
+	ls, err := startupRetry(ctx, log, "finding the access log key", func() (ensured, error) {
+		s, created, err := auditlog.EnsureDeviceSigner(ctx, token, cfg.AccessLog.Origin, cfg.AccessLog.SigningKeyLabel, time.Now())
+		return ensured{s, created}, err
+	})
 	if err != nil {
 		return fmt.Errorf("access log key: %w", err)
 	}
+	logSigner, created := ls.signer, ls.created
 	if created {
 		log.Info("created the access-log checkpoint key on the token", "label", cfg.AccessLog.SigningKeyLabel, "verifier_key", logSigner.VerifierKey())
 	}
@@ -474,6 +482,36 @@ func listenMetrics(addr string) (net.Listener, error) {
 		return server.Listen(path, 0o660)
 	}
 	return net.Listen("tcp", addr)
+}
+
+// startupTokenWait bounds how long startupRetry waits for the token.
+var startupTokenWait = 30 * time.Second
+
+// startupRetry runs fn, a step of the daemon's start that reads the token,
+// until it succeeds, fails with an error other than hsm.ErrUnavailable, ctx
+// ends, or startupTokenWait has passed (then fn's last error), waiting
+// 100 ms, doubling to 2 s, between tries and logging each. Measured on
+// SoftHSM 2.6.1: while one process creates objects on the shared token,
+// another may see the token absent for a moment (CKR_TOKEN_NOT_PRESENT, and
+// no token with its label in the slot list): a daemon starting beside
+// others must not exit for that (docs/fleet.md). At run time the pool's
+// rebuild on the next request does the same.
+func startupRetry[T any](ctx context.Context, log *slog.Logger, what string, fn func() (T, error)) (T, error) {
+	deadline := time.Now().Add(startupTokenWait)
+	wait := 100 * time.Millisecond
+	for {
+		v, err := fn()
+		if err == nil || !errors.Is(err, hsm.ErrUnavailable) || time.Now().Add(wait).After(deadline) {
+			return v, err
+		}
+		log.Warn("hsm: token unavailable at start; trying again", "step", what, "in", wait.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // tokenWatchInterval is how often the daemon pings the token on its own, so

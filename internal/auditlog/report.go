@@ -47,8 +47,13 @@ type Summary struct {
 	Days, Purposes, Principals, Orders []Tally
 
 	// Bursts are the runs of denials by one caller that meet the burst
-	// rule (BurstDenials within BurstWindow), in order of FirstIndex.
+	// rule (BurstDenials within BurstWindow), in order of FirstIndex (of
+	// several logs: in order of Start, then Log, then FirstIndex).
 	Bursts []Burst
+
+	// Logs has, for each directory given to SummarizeLogs (in its order),
+	// the number of entries selected from it.
+	Logs []int
 }
 
 // Tally counts the entries that share a Key, by outcome.
@@ -68,6 +73,7 @@ type Burst struct {
 	Start, End time.Time
 	Count      int
 	FirstIndex int64    // the log index of the run's first denial
+	Log        int      // the log of that denial: its position in SummarizeLogs's dirs (0 for Summarize)
 	Codes      []string // the distinct error codes of the run, sorted
 }
 
@@ -82,7 +88,15 @@ type Burst struct {
 // Burst and the next run starts after it, otherwise the next run starts at
 // the following denial.
 func Summarize(dir string, opts SummaryOptions) (*Summary, error) {
-	s := &Summary{From: opts.From, To: opts.To}
+	return SummarizeLogs([]string{dir}, opts)
+}
+
+// SummarizeLogs is Summarize over several logs (a fleet's, one per daemon)
+// counted together, with each log's count in Logs. A caller's denials are
+// taken in time order across the logs (equal times: in dirs order, then
+// log order), so that a burst spread over several daemons is one burst.
+func SummarizeLogs(dirs []string, opts SummaryOptions) (*Summary, error) {
+	s := &Summary{From: opts.From, To: opts.To, Logs: make([]int, len(dirs))}
 	type counts struct{ days, purposes, principals, orders map[string]*Tally }
 	c := counts{map[string]*Tally{}, map[string]*Tally{}, map[string]*Tally{}, map[string]*Tally{}}
 	type caller struct {
@@ -91,6 +105,7 @@ func Summarize(dir string, opts SummaryOptions) (*Summary, error) {
 	}
 	type denial struct {
 		t    time.Time
+		log  int
 		i    int64
 		code string
 	}
@@ -110,34 +125,42 @@ func Summarize(dir string, opts SummaryOptions) (*Summary, error) {
 			t.Allowed++
 		}
 	}
-	err := ReadEntries(dir, func(i int64, e Entry) error {
-		if !opts.From.IsZero() && e.Time.Before(opts.From) || !opts.To.IsZero() && !e.Time.Before(opts.To) ||
-			opts.Match != nil && !opts.Match(e) {
-			return nil
-		}
-		s.Entries++
-		switch e.Outcome {
-		case Denied:
-			s.Denied++
-			who := caller{principal: e.Principal}
-			if who.principal == "" {
-				who.uid = e.Caller.UID
+	for log, dir := range dirs {
+		err := ReadEntries(dir, func(i int64, e Entry) error {
+			if !opts.From.IsZero() && e.Time.Before(opts.From) || !opts.To.IsZero() && !e.Time.Before(opts.To) ||
+				opts.Match != nil && !opts.Match(e) {
+				return nil
 			}
-			denials[who] = append(denials[who], denial{e.Time, i, e.Code})
-		case Failed:
-			s.Failed++
+			s.Entries++
+			s.Logs[log]++
+			switch e.Outcome {
+			case Denied:
+				s.Denied++
+				who := caller{principal: e.Principal}
+				if who.principal == "" {
+					who.uid = e.Caller.UID
+				}
+				denials[who] = append(denials[who], denial{e.Time, log, i, e.Code})
+			case Failed:
+				s.Failed++
+			}
+			count(c.days, e.Time.UTC().Format("2006-01-02"), e.Outcome)
+			count(c.purposes, e.Purpose, e.Outcome)
+			count(c.principals, e.Principal, e.Outcome)
+			if e.CourtOrder != "" {
+				s.Audits++
+				count(c.orders, e.CourtOrder, e.Outcome)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		count(c.days, e.Time.UTC().Format("2006-01-02"), e.Outcome)
-		count(c.purposes, e.Purpose, e.Outcome)
-		count(c.principals, e.Principal, e.Outcome)
-		if e.CourtOrder != "" {
-			s.Audits++
-			count(c.orders, e.CourtOrder, e.Outcome)
+	}
+	if len(dirs) > 1 {
+		for _, ds := range denials {
+			slices.SortStableFunc(ds, func(a, b denial) int { return cmp.Or(a.t.Compare(b.t), cmp.Compare(a.log, b.log)) })
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	s.Days = sortTallies(c.days, func(a, b Tally) int { return cmp.Compare(a.Key, b.Key) })
 	byTotal := func(a, b Tally) int { return cmp.Or(cmp.Compare(b.Total(), a.Total()), cmp.Compare(a.Key, b.Key)) }
@@ -160,11 +183,17 @@ func Summarize(dir string, opts SummaryOptions) (*Summary, error) {
 			}
 			slices.Sort(codes)
 			s.Bursts = append(s.Bursts, Burst{Principal: who.principal, UID: who.uid, Start: ds[i].t, End: ds[j].t,
-				Count: j - i + 1, FirstIndex: ds[i].i, Codes: slices.Compact(codes)})
+				Count: j - i + 1, FirstIndex: ds[i].i, Log: ds[i].log, Codes: slices.Compact(codes)})
 			i = j + 1
 		}
 	}
-	slices.SortFunc(s.Bursts, func(a, b Burst) int { return cmp.Compare(a.FirstIndex, b.FirstIndex) })
+	if len(dirs) > 1 {
+		slices.SortFunc(s.Bursts, func(a, b Burst) int {
+			return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(a.Log, b.Log), cmp.Compare(a.FirstIndex, b.FirstIndex))
+		})
+	} else {
+		slices.SortFunc(s.Bursts, func(a, b Burst) int { return cmp.Compare(a.FirstIndex, b.FirstIndex) })
+	}
 	return s, nil
 }
 

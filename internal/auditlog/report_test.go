@@ -256,3 +256,69 @@ func TestSummarizeMalformed(t *testing.T) {
 		t.Fatalf("Summarize of a missing log: %v", err)
 	}
 }
+
+// TestSummarizeLogs: two logs (two daemons of a fleet) counted together.
+// A caller's denials are taken in time order across the logs: three on one
+// daemon and two on the other within a minute are one burst, which neither
+// log holds alone; Logs counts each log's selected entries.
+func TestSummarizeLogs(t *testing.T) {
+	const s = time.Second
+	write := func(es ...auditlog.Entry) string {
+		dir := t.TempDir()
+		l := openLog(t, testConfig(dir))
+		for _, e := range es {
+			if _, err := l.Append(context.Background(), e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	deny := func(at time.Duration) auditlog.Entry {
+		return auditlog.Entry{Time: t0.Add(at), Operation: "decrypt", Principal: "intruder", Caller: auditlog.Caller{UID: 1004, PID: 7},
+			Purpose: "dispute", Outcome: auditlog.Denied, Code: "not_participant"}
+	}
+	allow := auditlog.Entry{Time: t0, Operation: "decrypt", Principal: "settlement-app", Caller: auditlog.Caller{UID: 1001, PID: 7},
+		Purpose: "settlement", Outcome: auditlog.Allowed}
+	a := write(allow, deny(0), deny(20*s), deny(40*s))
+	b := write(deny(10*s), deny(30*s))
+	for _, one := range []string{a, b} {
+		sum, err := auditlog.Summarize(one, auditlog.SummaryOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sum.Bursts) != 0 {
+			t.Fatalf("one log alone: bursts %+v", sum.Bursts)
+		}
+	}
+	sum, err := auditlog.SummarizeLogs([]string{a, b}, auditlog.SummaryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := auditlog.Summary{Entries: 6, Denied: 5,
+		Days:       []auditlog.Tally{{"2026-11-25", 1, 5, 0}},
+		Purposes:   []auditlog.Tally{{"dispute", 0, 5, 0}, {"settlement", 1, 0, 0}},
+		Principals: []auditlog.Tally{{"intruder", 0, 5, 0}, {"settlement-app", 1, 0, 0}},
+		Bursts: []auditlog.Burst{{Principal: "intruder", Start: t0, End: t0.Add(40 * s), Count: 5, FirstIndex: 1,
+			Codes: []string{"not_participant"}}},
+	}
+	if d := summaryDiff(sum, &want); d != "" {
+		t.Error(d)
+	}
+	if !slices.Equal(sum.Logs, []int{4, 2}) || sum.Bursts[0].Log != 0 {
+		t.Errorf("logs %v, burst's first denial in log %d; want [4 2], log 0", sum.Logs, sum.Bursts[0].Log)
+	}
+	// The second log's first denial starts the run when it is the earliest.
+	sum, err = auditlog.SummarizeLogs([]string{a, write(deny(-10*s), deny(30*s))}, auditlog.SummaryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Bursts) != 1 || sum.Bursts[0].Log != 1 || sum.Bursts[0].FirstIndex != 0 || sum.Bursts[0].Count != 5 {
+		t.Errorf("bursts %+v, want one of 5 from log 1's entry 0", sum.Bursts)
+	}
+	if _, err := auditlog.SummarizeLogs([]string{a, filepath.Join(b, "absent")}, auditlog.SummaryOptions{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing log: %v", err)
+	}
+}

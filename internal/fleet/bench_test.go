@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"custody/internal/client"
 	"custody/internal/keys"
 	"custody/internal/testutil"
 )
@@ -38,11 +39,11 @@ func TestFleetBench(t *testing.T) {
 	const workers = 6
 	id := "p-bench-" + random()
 	fl.client(1).register(t, id)
-	s, st, code := fl.client(1).seal("tx-"+id, id)
-	if st != 200 {
-		t.Fatalf("seal: %d %s", st, code)
+	s, code := fl.client(1).seal("tx-"+id, id)
+	if code != "ok" {
+		t.Fatalf("seal: %s", code)
 	}
-	rate := func(n int, op func(c *client, w int) bool) float64 {
+	rate := func(n int, op func(c *daemon, w int) bool) float64 {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		total := 0
@@ -67,15 +68,15 @@ func TestFleetBench(t *testing.T) {
 		return float64(total) / time.Since(start).Seconds()
 	}
 	var seq sync.Map
-	encrypt := func(c *client, w int) bool {
+	encrypt := func(c *daemon, w int) bool {
 		n, _ := seq.LoadOrStore(w, new(int))
 		*n.(*int)++
-		_, st, _ := c.seal(fmt.Sprintf("tx-b-%d-%d", w, *n.(*int)), id)
-		return st == 200
+		_, code := c.seal(fmt.Sprintf("tx-b-%d-%d", w, *n.(*int)), id)
+		return code == "ok"
 	}
-	decrypt := func(c *client, w int) bool {
-		_, st, _ := c.open(s.Envelope, id)
-		return st == 200
+	decrypt := func(c *daemon, w int) bool {
+		_, code := c.open(s.Envelope, id)
+		return code == "ok"
 	}
 	var enc, dec [4]float64
 	for n := 1; n <= daemons; n++ {
@@ -108,8 +109,8 @@ func TestFleetBench(t *testing.T) {
 	partTimes := make([]time.Duration, 0, calls)
 	for range calls {
 		start := time.Now()
-		if _, st, code := fl.client(1).open(s.Envelope, id); st != 200 {
-			t.Fatalf("decrypt: %d %s", st, code)
+		if _, code := fl.client(1).open(s.Envelope, id); code != "ok" {
+			t.Fatalf("decrypt: %s", code)
 		}
 		partTimes = append(partTimes, time.Since(start))
 	}
@@ -142,13 +143,13 @@ func TestFleetBench(t *testing.T) {
 	}
 }
 
-func auditTimes(t *testing.T, c *client, env, order string, n int) []time.Duration {
+func auditTimes(t *testing.T, c *daemon, env, order string, n int) []time.Duration {
 	t.Helper()
 	out := make([]time.Duration, 0, n)
 	for range n {
 		start := time.Now()
-		if st, code := c.audit(env, order); st != 200 {
-			t.Fatalf("audit decrypt: %d %s", st, code)
+		if code := c.audit(env, order); code != "ok" {
+			t.Fatalf("audit decrypt: %s", code)
 		}
 		out = append(out, time.Since(start))
 	}
@@ -160,7 +161,7 @@ func auditTimes(t *testing.T, c *client, env, order string, n int) []time.Durati
 // single dev server (scripts/vault.sh start), for comparison.
 type devDaemon struct {
 	dir, addr string
-	c         *client
+	c         *daemon
 }
 
 func startDevDaemon(t *testing.T) *devDaemon {
@@ -197,8 +198,8 @@ func startDevDaemon(t *testing.T) *devDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); logf.Close() })
-	d := &devDaemon{dir: dir, addr: addr, c: newClient(filepath.Join(dir, "custodyd.sock"))}
-	if !testutil.Poll(30*time.Second, func() bool { st, _ := d.c.call("GET", "/v1/health", nil, nil); return st == 200 }) {
+	d := &devDaemon{dir: dir, addr: addr, c: &daemon{client.New(filepath.Join(dir, "custodyd.sock"))}}
+	if !testutil.Poll(30*time.Second, func() bool { _, code := d.c.health(); return code == "ok" }) {
 		b, _ := os.ReadFile(filepath.Join(dir, "custodyd.log"))
 		t.Fatalf("dev daemon did not start:\n%s", b)
 	}

@@ -6,10 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"custody/hsm"
+	"custody/internal/api"
+	"custody/internal/client"
 	"custody/internal/keys"
 	"custody/internal/testutil"
 )
@@ -38,12 +40,14 @@ var (
 
 const daemons = 3
 
-// testPolicy: root administers, seals and opens as any p-* for settlement,
-// and is the auditor of the court orders (principal "operator").
+// testPolicy: root administers, seals and opens as any p-* for settlement
+// and for dispute (which needs a second factor: TestMFAStateFleetWide), and
+// is the auditor of the court orders (principal "operator").
 const testPolicy = `{"version":1,
- "purposes":[{"name":"settlement","fields":["amount"]},{"name":"investigation","fields":["*"]}],
+ "purposes":[{"name":"settlement","fields":["amount"]},{"name":"dispute","fields":["amount"]},{"name":"investigation","fields":["*"]}],
+ "second_factor":{"decrypt_purposes":["dispute"]},
  "principals":[{"name":"operator","users":["root"],"roles":["admin","application","auditor","reviewer","compliance"],
-  "act_as":[{"participants":["p-*"],"purposes":["settlement"]}],
+  "act_as":[{"participants":["p-*"],"purposes":["settlement","dispute"]}],
   "seal_for":[{"participants":["p-*"]}]}]}`
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -112,9 +116,10 @@ func (f *fleet) sh(cmd string, args ...string) (string, error) {
 		// Should this binary die without its deferred down (a timeout),
 		// the fleet's processes stop by themselves.
 		fmt.Sprintf("FLEET_WATCH_PID=%d", os.Getpid()),
-		// Rotation passes every second, token rereads every second: the
-		// fleet's coordination is exercised within a test's time.
-		`FLEET_CONFIG_EXTRA={"keys":{"rotation_check":"1s","refresh_interval":"1s"},"limits":{"max_in_flight_per_caller":256}}`)
+		// Rotation passes every second, token rereads every second, a
+		// participant status change reaches every daemon within a second:
+		// the fleet's coordination is exercised within a test's time.
+		`FLEET_CONFIG_EXTRA={"keys":{"rotation_check":"1s","refresh_interval":"1s"},"limits":{"max_in_flight_per_caller":256},"participant_status":{"cache_ttl":"1s"}}`)
 	out, err := c.CombinedOutput()
 	return string(out), err
 }
@@ -189,68 +194,96 @@ func (f *fleet) nodeAddr(t *testing.T, k int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// client talks to one daemon over its socket, as the test's user (root).
-type client struct {
-	hc *http.Client
-}
-
-func newClient(sock string) *client {
-	return &client{hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		MaxIdleConnsPerHost: 64,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}}
-}
-
-// call sends body as JSON and decodes the answer into out (if non-nil). It
-// returns the HTTP status and, for an error answer, its code; a transport
-// error is status 0 with code "transport".
-func (c *client) call(method, path string, body, out any) (int, string) {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, "http://custody"+path, rd)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.hc.Do(req)
+// vaultDo calls the fleet's Vault API (method, path after /v1/) with the
+// root token, through the first node that answers (a standby forwards to
+// the active node), and decodes a JSON answer into out (if not nil). It
+// returns the HTTP status.
+func (f *fleet) vaultDo(t *testing.T, method, path string, out any) int {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(f.dir, "vault/root-token"))
 	if err != nil {
-		return 0, "transport"
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		var e struct {
-			Error struct{ Code string } `json:"error"`
+	var last error
+	for k := 1; k <= 3; k++ {
+		ctx, cancel := callCtx()
+		req, _ := http.NewRequestWithContext(ctx, method, f.nodeAddr(t, k)+"/v1/"+path, nil)
+		req.Header.Set("X-Vault-Token", strings.TrimSpace(string(tok)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			last = err
+			continue
 		}
-		json.Unmarshal(b, &e)
-		return resp.StatusCode, e.Error.Code
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return -1, "undecodable"
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if out != nil && resp.StatusCode == http.StatusOK {
+			if err := json.Unmarshal(b, out); err != nil {
+				t.Fatalf("Vault %s %s: %v", method, path, err)
+			}
 		}
+		return resp.StatusCode
 	}
-	return 200, ""
+	t.Fatalf("Vault %s %s: no node answers: %v", method, path, last)
+	return 0
+}
+
+// vaultGet is vaultDo GET that must answer 200.
+func (f *fleet) vaultGet(t *testing.T, path string, out any) {
+	t.Helper()
+	if st := f.vaultDo(t, "GET", path, out); st != http.StatusOK {
+		t.Fatalf("Vault GET %s: status %d", path, st)
+	}
+}
+
+// daemon is one custodyd of the fleet, reached through internal/client
+// over its socket as the test's user (root).
+type daemon struct{ c *client.Client }
+
+// callTimeout bounds each call: a daemon that is down answers at once (a
+// dial error); one that hangs must not hang the test.
+const callTimeout = 30 * time.Second
+
+func callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), callTimeout)
+}
+
+// codeOf is a call's outcome as the tests count it: "ok", the daemon's
+// error code (api.Code*), "transport" when its socket cannot be reached
+// (client.ErrUnreachable: not running, or killed mid-request), else
+// "error".
+func codeOf(err error) string {
+	var e *api.Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &e):
+		return e.Code
+	case errors.Is(err, client.ErrUnreachable):
+		return "transport"
+	default:
+		return "error"
+	}
 }
 
 // client returns daemon i's client, one per daemon for the whole run (each
 // keeps its connections open: a new one per call would pile up idle
 // connections until the daemon's per-caller limit refuses them).
-func (f *fleet) client(i int) *client {
+func (f *fleet) client(i int) *daemon {
 	clientsMu.Lock()
 	defer clientsMu.Unlock()
-	c, ok := clients[i]
+	d, ok := clients[i]
 	if !ok {
-		c = newClient(f.socket(i))
-		clients[i] = c
+		d = &daemon{client.New(f.socket(i))}
+		clients[i] = d
 	}
-	return c
+	return d
 }
 
 var (
 	clientsMu sync.Mutex
-	clients   = map[int]*client{}
+	clients   = map[int]*daemon{}
 )
 
 func random() string {
@@ -259,46 +292,82 @@ func random() string {
 	return hex.EncodeToString(b)
 }
 
-type sealed struct {
-	Envelope   string `json:"envelope"`
-	Recipients []struct {
-		ID         string `json:"id"`
-		KeyVersion uint32 `json:"key_version"`
-	} `json:"recipients"`
-	EscrowKeyVersion uint32 `json:"escrow_key_version"`
-}
-
-func (c *client) register(t *testing.T, id string) {
+func (d *daemon) register(t *testing.T, id string) {
 	t.Helper()
-	if st, code := c.call("POST", "/v1/participants", map[string]string{"id": id}, nil); st != 200 {
-		t.Fatalf("register %s: %d %s", id, st, code)
+	if code := d.tryRegister(id); code != "ok" {
+		t.Fatalf("register %s: %s", id, code)
 	}
 }
 
-func (c *client) seal(tx string, ids ...string) (sealed, int, string) {
-	var s sealed
-	st, code := c.call("POST", "/v1/transactions/encrypt", map[string]any{"transaction_id": tx, "job_id": "job-1",
-		"confidential": map[string]any{"amount": tx}, "participants": ids}, &s)
-	return s, st, code
+// tryRegister registers id and answers the outcome.
+func (d *daemon) tryRegister(id string) string {
+	ctx, cancel := callCtx()
+	defer cancel()
+	_, err := d.c.Register(ctx, id)
+	return codeOf(err)
 }
 
-func (c *client) open(env, as string) (string, int, string) {
-	var out struct {
-		Confidential map[string]json.RawMessage `json:"confidential"`
+// seal encrypts {"amount": tx} for ids as transaction tx.
+func (d *daemon) seal(tx string, ids ...string) (api.Encrypted, string) {
+	ctx, cancel := callCtx()
+	defer cancel()
+	conf, _ := json.Marshal(map[string]string{"amount": tx})
+	s, err := d.c.Encrypt(ctx, api.EncryptRequest{TransactionID: tx, JobID: "job-1", Confidential: conf, Participants: ids})
+	if err != nil {
+		return api.Encrypted{}, codeOf(err)
 	}
-	st, code := c.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": as, "purpose": "settlement"}, &out)
-	return string(out.Confidential["amount"]), st, code
+	return *s, "ok"
 }
 
-func (c *client) audit(env, order string) (int, string) {
-	return c.call("POST", "/v1/audit/decrypt", map[string]any{"envelope": env, "authorization": order, "purpose": "investigation"}, nil)
+// open decrypts env as participant as for settlement: the amount field
+// (JSON) and the outcome.
+func (d *daemon) open(env, as string) (string, string) {
+	return d.openFor(context.Background(), env, as, "settlement")
 }
 
-func (c *client) activeVersion(id string) uint32 {
-	var p struct {
-		Active uint32 `json:"active_version"`
+// openFor is open for purpose, with ctx's TOTP code if it carries one
+// (client.WithTOTP).
+func (d *daemon) openFor(ctx context.Context, env, as, purpose string) (string, string) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	out, err := d.c.Decrypt(ctx, api.DecryptRequest{Envelope: env, As: as, Purpose: purpose})
+	if err != nil {
+		return "", codeOf(err)
 	}
-	if st, _ := c.call("GET", "/v1/participants/"+id, nil, &p); st != 200 {
+	return string(out.Confidential["amount"]), "ok"
+}
+
+// audit opens env's escrow stanza under court order for investigation.
+func (d *daemon) audit(env, order string) string {
+	ctx, cancel := callCtx()
+	defer cancel()
+	_, err := d.c.AuditDecrypt(ctx, api.AuditDecryptRequest{Envelope: env, Authorization: order, Purpose: "investigation"})
+	return codeOf(err)
+}
+
+// rotate is a manual rotation of id's key.
+func (d *daemon) rotate(id string) string {
+	ctx, cancel := callCtx()
+	defer cancel()
+	_, err := d.c.Rotate(ctx, id)
+	return codeOf(err)
+}
+
+// health is the daemon's health answer and the outcome.
+func (d *daemon) health() (*api.Health, string) {
+	ctx, cancel := callCtx()
+	defer cancel()
+	h, err := d.c.Health(ctx)
+	return h, codeOf(err)
+}
+
+// activeVersion is id's active key version as the daemon sees it (0: it
+// does not know id, or did not answer).
+func (d *daemon) activeVersion(id string) uint32 {
+	ctx, cancel := callCtx()
+	defer cancel()
+	p, err := d.c.Participant(ctx, id)
+	if err != nil {
 		return 0
 	}
 	return p.Active
@@ -412,28 +481,28 @@ func (f *fleet) verifyLog(t *testing.T, i int) {
 func TestRegisterOnOneSealOnAnotherOpenOnAThird(t *testing.T) {
 	id := "p-cross-" + random()
 	fl.client(1).register(t, id)
-	s, st, code := fl.client(2).seal("tx-"+id, id)
-	if st != 200 {
-		t.Fatalf("seal on daemon 2 right after registering on daemon 1: %d %s", st, code)
+	s, code := fl.client(2).seal("tx-"+id, id)
+	if code != "ok" {
+		t.Fatalf("seal on daemon 2 right after registering on daemon 1: %s", code)
 	}
-	if got, st, code := fl.client(3).open(s.Envelope, id); st != 200 || got != `"tx-`+id+`"` {
-		t.Fatalf("open on daemon 3: %d %s %q", st, code, got)
+	if got, code := fl.client(3).open(s.Envelope, id); code != "ok" || got != `"tx-`+id+`"` {
+		t.Fatalf("open on daemon 3: %s %q", code, got)
 	}
 	for i := 1; i <= daemons; i++ {
 		tx := fmt.Sprintf("tx-%s-%d", id, i)
-		s, st, code := fl.client(i).seal(tx, id)
-		if st != 200 {
-			t.Fatalf("seal on %d: %d %s", i, st, code)
+		s, code := fl.client(i).seal(tx, id)
+		if code != "ok" {
+			t.Fatalf("seal on %d: %s", i, code)
 		}
 		for j := 1; j <= daemons; j++ {
-			if got, st, code := fl.client(j).open(s.Envelope, id); st != 200 || got != `"`+tx+`"` {
-				t.Errorf("sealed on %d, opened on %d: %d %s %q", i, j, st, code, got)
+			if got, code := fl.client(j).open(s.Envelope, id); code != "ok" || got != `"`+tx+`"` {
+				t.Errorf("sealed on %d, opened on %d: %s %q", i, j, code, got)
 			}
 		}
 	}
 	// An id nobody registered is unknown on every daemon.
-	if _, st, code := fl.client(2).seal("tx-x", "p-nobody-"+random()); st != 404 || code != "unknown_participant" {
-		t.Errorf("unknown participant: %d %s", st, code)
+	if _, code := fl.client(2).seal("tx-x", "p-nobody-"+random()); code != api.CodeUnknownParticipant {
+		t.Errorf("unknown participant: %s", code)
 	}
 }
 
@@ -453,8 +522,11 @@ func TestUnknownIDFloodIsBounded(t *testing.T) {
 				defer wg.Done()
 				c := fl.client(i)
 				for time.Since(start) < 2*time.Second {
-					if st, code := c.call("GET", "/v1/participants/p-flood-"+random(), nil, nil); st != 404 || code != "unknown_participant" {
-						t.Errorf("unknown id: %d %s", st, code)
+					ctx, cancel := callCtx()
+					_, err := c.c.Participant(ctx, "p-flood-"+random())
+					cancel()
+					if code := codeOf(err); code != api.CodeUnknownParticipant {
+						t.Errorf("unknown id: %s", code)
 						return
 					}
 					mu.Lock()
@@ -484,13 +556,11 @@ func rescanCount(t *testing.T) int {
 	t.Helper()
 	n := 0
 	for i := 1; i <= daemons; i++ {
-		var h struct {
-			Rescans int `json:"token_rescans"`
+		h, code := fl.client(i).health()
+		if code != "ok" {
+			t.Fatalf("health %d: %s", i, code)
 		}
-		if st, code := fl.client(i).call("GET", "/v1/health", nil, &h); st != 200 {
-			t.Fatalf("health %d: %d %s", i, st, code)
-		}
-		n += h.Rescans
+		n += int(h.TokenRescans)
 	}
 	return n
 }
@@ -560,18 +630,18 @@ func TestScheduledRotationOnceFleetWide(t *testing.T) {
 func TestManualRotateSeenEverywhere(t *testing.T) {
 	id := "p-rot-" + random()
 	fl.client(1).register(t, id)
-	if st, code := fl.client(2).call("POST", "/v1/keys/"+id+"/rotate", map[string]any{}, nil); st != 200 {
-		t.Fatalf("rotate on daemon 2: %d %s", st, code)
+	if code := fl.client(2).rotate(id); code != "ok" {
+		t.Fatalf("rotate on daemon 2: %s", code)
 	}
 	if !testutil.Poll(5*time.Second, func() bool {
-		s, st, _ := fl.client(3).seal("tx-"+id, id)
-		return st == 200 && len(s.Recipients) == 1 && s.Recipients[0].KeyVersion == 2
+		s, code := fl.client(3).seal("tx-"+id, id)
+		return code == "ok" && len(s.Recipients) == 1 && s.Recipients[0].KeyVersion == 2
 	}) {
 		t.Fatal("daemon 3 never sealed to v2")
 	}
-	s, _, _ := fl.client(3).seal("tx-"+id, id)
-	if got, st, code := fl.client(1).open(s.Envelope, id); st != 200 || got != `"tx-`+id+`"` {
-		t.Fatalf("open v2 envelope on daemon 1: %d %s", st, code)
+	s, _ := fl.client(3).seal("tx-"+id, id)
+	if got, code := fl.client(1).open(s.Envelope, id); code != "ok" || got != `"tx-`+id+`"` {
+		t.Fatalf("open v2 envelope on daemon 1: %s", code)
 	}
 	if v := fl.client(1).activeVersion(id); v != 2 {
 		t.Errorf("daemon 1 shows active version %d", v)
@@ -604,11 +674,11 @@ func TestEscrowVersionPickedUp(t *testing.T) {
 	envs := map[int]string{}
 	for i := 1; i <= daemons; i++ {
 		tx := fmt.Sprintf("tx-%s-%d", id, i)
-		var s sealed
+		var s api.Encrypted
 		if !testutil.Poll(5*time.Second, func() bool {
-			var st int
-			s, st, _ = fl.client(i).seal(tx, id)
-			return st == 200 && s.EscrowKeyVersion == v.Number
+			var code string
+			s, code = fl.client(i).seal(tx, id)
+			return code == "ok" && s.EscrowKeyVersion == v.Number
 		}) {
 			t.Fatalf("daemon %d still seals to escrow v%d, not v%d (was v%d)", i, s.EscrowKeyVersion, v.Number, old.Number)
 		}
@@ -618,8 +688,8 @@ func TestEscrowVersionPickedUp(t *testing.T) {
 	order := fl.order(t, 1, 2*daemons*daemons, txs...)
 	for i, env := range envs {
 		for j := 1; j <= daemons; j++ {
-			if st, code := fl.client(j).audit(env, order); st != 200 {
-				t.Errorf("audit decrypt on %d of an envelope sealed on %d to escrow v%d: %d %s", j, i, v.Number, st, code)
+			if code := fl.client(j).audit(env, order); code != "ok" {
+				t.Errorf("audit decrypt on %d of an envelope sealed on %d to escrow v%d: %s", j, i, v.Number, code)
 			}
 		}
 	}
@@ -639,9 +709,9 @@ func TestCourtOrderUsesAcrossDaemons(t *testing.T) {
 	var txs []string
 	for k := range 10 {
 		tx := fmt.Sprintf("tx-%s-%d", id, k)
-		s, st, code := fl.client(k%daemons+1).seal(tx, id)
-		if st != 200 {
-			t.Fatalf("seal: %d %s", st, code)
+		s, code := fl.client(k%daemons+1).seal(tx, id)
+		if code != "ok" {
+			t.Fatalf("seal: %s", code)
 		}
 		envs = append(envs, s.Envelope)
 		txs = append(txs, tx)
@@ -658,12 +728,9 @@ func TestCourtOrderUsesAcrossDaemons(t *testing.T) {
 			<-gate
 			c := fl.client(k%daemons + 1)
 			for {
-				st, code := c.audit(envs[k], order)
+				code := c.audit(envs[k], order)
 				if code == "order_contention" {
 					continue // the documented answer to retry
-				}
-				if st == 200 {
-					code = "ok"
 				}
 				mu.Lock()
 				codes[code]++
@@ -690,7 +757,7 @@ type load struct {
 	wg     sync.WaitGroup
 }
 
-func startLoad(workers int, fn func(i int, c *client) string) *load {
+func startLoad(workers int, fn func(i int, c *daemon) string) *load {
 	l := &load{counts: map[string]int{}, stop: make(chan struct{})}
 	for i := 1; i <= daemons; i++ {
 		for range workers {
@@ -765,9 +832,9 @@ var vaultCodes = map[string]bool{"vault_unavailable": true, "vault_timeout": tru
 func TestVaultLeaderKilled(t *testing.T) {
 	id := "p-vault-" + random()
 	fl.client(1).register(t, id)
-	s, st, code := fl.client(1).seal("tx-"+id, id)
-	if st != 200 {
-		t.Fatalf("seal: %d %s", st, code)
+	s, code := fl.client(1).seal("tx-"+id, id)
+	if code != "ok" {
+		t.Fatalf("seal: %s", code)
 	}
 	leader := fl.leader(t)
 	var other int
@@ -784,15 +851,15 @@ func TestVaultLeaderKilled(t *testing.T) {
 		onLeader[i] = fl.daemonNode(t, i) == fl.nodeAddr(t, leader)
 		pids[i] = fl.pid(t, fmt.Sprintf("custodyd-%d/pid", i))
 	}
-	part := startLoad(1, func(i int, c *client) string {
-		if _, st, code := c.open(s.Envelope, id); st != 200 {
+	part := startLoad(1, func(i int, c *daemon) string {
+		if _, code := c.open(s.Envelope, id); code != "ok" {
 			return code
 		}
 		return "ok"
 	})
-	audit := startLoad(1, func(i int, c *client) string {
-		st, code := c.audit(s.Envelope, order)
-		if st == 200 {
+	audit := startLoad(1, func(i int, c *daemon) string {
+		code := c.audit(s.Envelope, order)
+		if code == "ok" {
 			return "ok"
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -843,9 +910,9 @@ func TestVaultLeaderKilled(t *testing.T) {
 	fl.up(t)
 	t.Logf("fleet.sh up restarted node %d in %v", leader, time.Since(back).Round(time.Millisecond))
 	for i := 1; i <= daemons; i++ {
-		if !testutil.Poll(30*time.Second, func() bool { st, _ := fl.client(i).audit(s.Envelope, order); return st == 200 }) {
-			st, code := fl.client(i).audit(s.Envelope, order)
-			t.Errorf("daemon %d after the node came back: %d %s", i, st, code)
+		if !testutil.Poll(30*time.Second, func() bool { code := fl.client(i).audit(s.Envelope, order); return code == "ok" }) {
+			code := fl.client(i).audit(s.Envelope, order)
+			t.Errorf("daemon %d after the node came back: %s", i, code)
 		}
 	}
 	t.Logf("every daemon served audit decrypts %v after the restart began", time.Since(back).Round(time.Millisecond))
@@ -883,14 +950,14 @@ func TestDaemonKilledUnderLoad(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[int][]string{}
 	var seq sync.Map
-	l := startLoad(2, func(i int, c *client) string {
+	l := startLoad(2, func(i int, c *daemon) string {
 		n, _ := seq.LoadOrStore(i, new(int64))
 		mu.Lock()
 		*n.(*int64)++
 		tx := fmt.Sprintf("tx-%s-%d-%d", id, i, *n.(*int64))
 		mu.Unlock()
-		_, st, code := c.seal(tx, id)
-		if st != 200 {
+		_, code := c.seal(tx, id)
+		if code != "ok" {
 			time.Sleep(10 * time.Millisecond)
 			return code
 		}
@@ -957,16 +1024,16 @@ func TestDaemonKilledUnderLoad(t *testing.T) {
 func TestSharedTokenRemovedAndRestored(t *testing.T) {
 	id := "p-tok-" + random()
 	fl.client(1).register(t, id)
-	s, st, code := fl.client(1).seal("tx-"+id, id)
-	if st != 200 {
-		t.Fatalf("seal: %d %s", st, code)
+	s, code := fl.client(1).seal("tx-"+id, id)
+	if code != "ok" {
+		t.Fatalf("seal: %s", code)
 	}
 	var slowMu sync.Mutex
 	var slowest time.Duration
-	l := startLoad(2, func(i int, c *client) string {
+	l := startLoad(2, func(i int, c *daemon) string {
 		start := time.Now()
-		_, st, code := c.open(s.Envelope, id)
-		if st == 200 {
+		_, code := c.open(s.Envelope, id)
+		if code == "ok" {
 			return "ok"
 		}
 		if d := time.Since(start); code == "hsm_unavailable" {
@@ -1058,17 +1125,16 @@ func TestSimultaneousRotatesNeverDuplicate(t *testing.T) {
 		ok := 0
 		for i := 1; i <= daemons; i++ {
 			c := fl.client(i)
-			c.call("GET", "/v1/health", nil, nil) // connection open before the gate
+			c.health() // connection open before the gate
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-gate
-				st, code := c.call("POST", "/v1/keys/"+id+"/rotate", map[string]any{}, nil)
+				code := c.rotate(id)
 				mu.Lock()
 				defer mu.Unlock()
-				if st == 200 {
+				if code == "ok" {
 					ok++
-					code = "ok"
 				}
 				codes[code]++
 			}()
@@ -1155,5 +1221,72 @@ func TestLogVerifyFleet(t *testing.T) {
 	out, err := run(append([]string{"log", "verify", "--allow-unsigned-tail"}, dirs...)...)
 	if err == nil || !strings.Contains(out, "1 of 3 logs failed") || !strings.Contains(out, "custodyd-2") || strings.Count(out, "OK: all") != 2 {
 		t.Fatalf("log verify with one altered log: %v\n%s", err, out)
+	}
+}
+
+// TestLogQueryFleetWide: the reviewer's fleet-wide questions on the
+// fleet's real logs, through the manifest fleet.sh wrote: who sealed,
+// opened and audit-opened transaction X on any daemon, under which order.
+// Each answer line names its daemon's log; the report covers the three.
+func TestLogQueryFleetWide(t *testing.T) {
+	id := "p-review-" + random()
+	tx := "tx-" + id
+	fl.client(1).register(t, id)
+	s, code := fl.client(1).seal(tx, id)
+	if code != "ok" {
+		t.Fatalf("seal on 1: %s", code)
+	}
+	if _, code := fl.client(2).open(s.Envelope, id); code != "ok" {
+		t.Fatalf("open on 2: %s", code)
+	}
+	order := fl.order(t, 3, 1, tx)
+	if code := fl.client(3).audit(s.Envelope, order); code != "ok" {
+		t.Fatalf("audit decrypt on 3: %s", code)
+	}
+	if code := fl.client(1).audit(s.Envelope, order); code != api.CodeOrderExhausted {
+		t.Fatalf("a second audit decrypt on 1 of a one-use order: %s", code)
+	}
+	manifest := filepath.Join(fl.dir, "fleet.json")
+	out, err := ctl("log", "query", "--fleet", manifest, "--allow-unsigned-tail", "--transaction", tx, "--format", "jsonl")
+	if err != nil {
+		t.Fatalf("log query --fleet: %v\n%s", err, out)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e struct {
+			Log       string `json:"log"`
+			Op        string `json:"op"`
+			Outcome   string `json:"outcome"`
+			Code      string `json:"code"`
+			Order     string `json:"court_order"`
+			Principal string `json:"principal"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		got = append(got, strings.Join([]string{e.Log, e.Op, e.Outcome, e.Code, e.Principal, e.Order}, " "))
+	}
+	want := []string{
+		"custodyd-1 encrypt allowed  operator ",
+		"custodyd-2 decrypt allowed  operator ",
+		"custodyd-3 audit-decrypt allowed  operator " + order,
+		"custodyd-1 audit-decrypt denied order_exhausted operator " + order,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("who touched %s across the fleet:\n%s\nwant:\n%s", tx, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	html := filepath.Join(t.TempDir(), "report.html")
+	day := time.Now().UTC().Format("2006-01-02")
+	if out, err := ctl("log", "report", "--fleet", manifest, "--from", day, "--to", day, "--out", html); err != nil {
+		t.Fatalf("log report --fleet: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(html)
+	for i := 1; i <= daemons; i++ {
+		if !strings.Contains(string(b), fmt.Sprintf("<td>custodyd-%d</td>", i)) {
+			t.Errorf("the fleet report does not name custodyd-%d", i)
+		}
+	}
+	if n := strings.Count(string(b), `class="ok">verified`); n != daemons {
+		t.Errorf("the fleet report shows %d logs verified, want %d", n, daemons)
 	}
 }
