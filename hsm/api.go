@@ -138,6 +138,7 @@ type DEKCacheStats struct {
 	Capacity        int // Config.DEKCache.Entries
 	Objects         int // session objects the cache holds (DEKs and field keys; evicted ones not yet destroyed too)
 	Hits, Misses    uint64
+	FirstOpens      uint64 // misses not cached: the stanza's first open in the admission window
 	EvictedCapacity uint64 // the least recently used, to make room
 	EvictedAge      uint64 // older than MaxAge
 	EvictedKey      uint64 // their private key was destroyed (key retirement)

@@ -36,8 +36,14 @@ type dekCache struct {
 	lru     *list.List // of *dekEntry
 	grave   []*dekEntry
 	checked map[string]time.Time // label → when a hit last found its private key on the token
+	seen    map[[32]byte]*list.Element
+	seenLRU *list.List // of [32]byte: stanzas opened once and not cached, most recent first
 	stats   DEKCacheStats
 }
+
+// seenFactor sizes the admission filter: it remembers the last
+// seenFactor × Entries stanzas opened once.
+const seenFactor = 4
 
 // dekEntry is one cached stanza: its DEK and the field keys derived so far.
 type dekEntry struct {
@@ -66,7 +72,8 @@ const (
 )
 
 func newDEKCache(cfg DEKCacheConfig) *dekCache {
-	return &dekCache{cfg: cfg, entries: map[[32]byte]*dekEntry{}, lru: list.New(), checked: map[string]time.Time{}}
+	return &dekCache{cfg: cfg, entries: map[[32]byte]*dekEntry{}, lru: list.New(), checked: map[string]time.Time{},
+		seen: map[[32]byte]*list.Element{}, seenLRU: list.New()}
 }
 
 // dekCacheKey names the DEK a stanza unwraps to: everything the cold open
@@ -110,6 +117,30 @@ func (c *dekCache) acquire(key [32]byte, gen uint64, now time.Time) *dekEntry {
 	e.refs++
 	c.lru.MoveToFront(e.elem)
 	return e
+}
+
+// admit decides, on a miss, whether the cold open keeps its DEK: only for
+// a stanza opened before, within the last seenFactor × Entries stanzas
+// opened once. An envelope opened once is then never cached, and its open
+// costs what it costs with the cache off (keeping every first open's
+// objects and destroying them at eviction instead made a workload of
+// distinct envelopes ~15–20 % slower on SoftHSM: docs/performance.md).
+func (c *dekCache) admit(key [32]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.seen[key]; ok {
+		c.seenLRU.Remove(el)
+		delete(c.seen, key)
+		return true
+	}
+	c.stats.FirstOpens++
+	c.seen[key] = c.seenLRU.PushFront(key)
+	if c.seenLRU.Len() > seenFactor*c.cfg.Entries {
+		old := c.seenLRU.Back()
+		delete(c.seen, old.Value.([32]byte))
+		c.seenLRU.Remove(old)
+	}
+	return false
 }
 
 // insert makes e (just created by a cold open, refs 0) live, unless an

@@ -33,6 +33,19 @@ func wantStats(t *testing.T, tok *hsm.Token, hits, misses uint64) hsm.DEKCacheSt
 	return s
 }
 
+// prime opens req once: a stanza's first open is never cached (the
+// admission filter), so the next open of it caches its DEK.
+func prime(t *testing.T, tok *hsm.Token, req hsm.OpenFieldsRequest) {
+	t.Helper()
+	before := tok.DEKCacheStats().FirstOpens
+	if _, err := tok.OpenFields(testCtx(t), req); err != nil {
+		t.Fatalf("first open: %v", err)
+	}
+	if got := tok.DEKCacheStats().FirstOpens; got != before+1 {
+		t.Fatalf("FirstOpens %d → %d: the first open was not a first open", before, got)
+	}
+}
+
 func wantObjects(t *testing.T, tok *hsm.Token, n int) {
 	t.Helper()
 	if got, err := tok.SessionObjectCount(testCtx(t)); err != nil || got != n {
@@ -49,17 +62,25 @@ func TestDEKCacheHit(t *testing.T) {
 	one := req
 	one.Fields = req.Fields[:1]
 
-	// Cold: only the first field; the cache keeps the DEK and one field key.
+	// A first open keeps nothing (the admission filter): everything is
+	// destroyed, as with the cache off.
 	if pts, err := tok.OpenFields(ctx, one); err != nil || string(pts[0]) != `"1000"` {
-		t.Fatalf("cold OpenFields = %q, %v", pts, err)
+		t.Fatalf("first OpenFields = %q, %v", pts, err)
 	}
 	wantStats(t, tok, 0, 1)
+	wantObjects(t, tok, 0)
+	// The second, cold again: only the first field; the cache keeps the DEK
+	// and one field key.
+	if pts, err := tok.OpenFields(ctx, one); err != nil || string(pts[0]) != `"1000"` {
+		t.Fatalf("second OpenFields = %q, %v", pts, err)
+	}
+	wantStats(t, tok, 0, 2)
 	wantObjects(t, tok, 2)
 	// Hit with both fields: the second field key is derived from the cached DEK.
 	if pts, err := tok.OpenFields(ctx, req); err != nil || string(pts[0]) != `"1000"` || string(pts[1]) != `{"iban":"DE00"}` {
 		t.Fatalf("hit OpenFields = %q, %v", pts, err)
 	}
-	wantStats(t, tok, 1, 1)
+	wantStats(t, tok, 1, 2)
 	wantObjects(t, tok, 3)
 	// A hit still authenticates every field: a tampered one is refused, and
 	// the entry (whose DEK is fine) stays.
@@ -79,10 +100,11 @@ func TestDEKCacheHit(t *testing.T) {
 	}
 	// Another stanza (another wrapped DEK) is a miss, never the cached DEK.
 	other := fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"7"`)
+	prime(t, tok, other)
 	if pts, err := tok.OpenFields(ctx, other); err != nil || string(pts[0]) != `"7"` {
 		t.Fatalf("other stanza = %q, %v", pts, err)
 	}
-	s := wantStats(t, tok, 3, 2)
+	s := wantStats(t, tok, 3, 4)
 	if s.Entries != 2 {
 		t.Fatalf("Entries = %d, want 2", s.Entries)
 	}
@@ -91,8 +113,10 @@ func TestDEKCacheHit(t *testing.T) {
 	dam := req
 	dam.WrappedDEK = append([]byte(nil), req.WrappedDEK...)
 	dam.WrappedDEK[3] ^= 1
-	if _, err := tok.OpenFields(ctx, dam); !errors.Is(err, hsm.ErrIntegrity) {
-		t.Fatalf("damaged wrap: %v, want ErrIntegrity", err)
+	for range 2 { // a first open, then one the filter admits
+		if _, err := tok.OpenFields(ctx, dam); !errors.Is(err, hsm.ErrIntegrity) {
+			t.Fatalf("damaged wrap: %v, want ErrIntegrity", err)
+		}
 	}
 	if s := tok.DEKCacheStats(); s.Entries != 2 {
 		t.Fatalf("a failed open was cached: %+v", s)
@@ -109,6 +133,7 @@ func TestDEKCacheKeyDestroyed(t *testing.T) {
 	ctx := testCtx(t)
 	key := genKey(t, tok, "retire", hsm.X25519, hsm.UsageDerive)
 	req := fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"1"`)
+	prime(t, tok, req)
 	if _, err := tok.OpenFields(ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +152,7 @@ func TestDEKCacheKeyDestroyed(t *testing.T) {
 	// until it ages out, but a hit refuses like the cold open would.
 	key2 := genKey(t, tok, "retire-2", hsm.X25519, hsm.UsageDerive)
 	req2 := fieldsRequest(t, seal(t, key2, []byte("unused"), nil), `"2"`)
+	prime(t, tok, req2)
 	if _, err := tok.OpenFields(ctx, req2); err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +184,7 @@ func TestDEKCacheRecheck(t *testing.T) {
 	ctx := testCtx(t)
 	key := genKey(t, tok, "recheck", hsm.X25519, hsm.UsageDerive)
 	req := fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"1"`)
+	prime(t, tok, req)
 	if _, err := tok.OpenFields(ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +216,7 @@ func TestDEKCacheBounds(t *testing.T) {
 		reqs = append(reqs, fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"x"`))
 	}
 	for _, r := range reqs {
+		prime(t, tok, r)
 		if _, err := tok.OpenFields(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +230,7 @@ func TestDEKCacheBounds(t *testing.T) {
 	if _, err := tok.OpenFields(ctx, reqs[0]); err != nil {
 		t.Fatal(err)
 	}
-	wantStats(t, tok, 0, 4)
+	wantStats(t, tok, 0, 7)
 	// Age: the janitor destroys every entry within MaxAge plus its period.
 	deadline := time.Now().Add(5 * time.Second)
 	for tok.DEKCacheStats().Entries != 0 || mustCount(t, tok) != 0 {
@@ -233,6 +261,7 @@ func TestDEKCacheSessionLoss(t *testing.T) {
 	ctx := testCtx(t)
 	key := genKey(t, tok, "loss", hsm.X25519, hsm.UsageDerive)
 	req := fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"1"`)
+	prime(t, tok, req)
 	if _, err := tok.OpenFields(ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -240,9 +269,18 @@ func TestDEKCacheSessionLoss(t *testing.T) {
 	if pts, err := tok.OpenFields(ctx, req); err != nil || string(pts[0]) != `"1"` {
 		t.Fatalf("open after session loss = %q, %v", pts, err)
 	}
+	// The entry went with the sessions; the open after the rebuild was cold
+	// (and, the stanza's admission spent, a first open again).
 	s := tok.DEKCacheStats()
-	if s.EvictedRebuild != 1 || s.Entries != 1 || tok.Info().Rebuilds != 1 {
+	if s.EvictedRebuild != 1 || s.Entries != 0 || tok.Info().Rebuilds != 1 {
 		t.Fatalf("after loss: %+v, rebuilds %d", s, tok.Info().Rebuilds)
+	}
+	wantObjects(t, tok, 0)
+	if _, err := tok.OpenFields(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if s := tok.DEKCacheStats(); s.Entries != 1 {
+		t.Fatalf("cached again after the rebuild: %+v", s)
 	}
 	wantObjects(t, tok, 2)
 }
@@ -257,5 +295,31 @@ func TestDEKCacheConfig(t *testing.T) {
 	tok, _ := openToken(t)
 	if s := tok.DEKCacheStats(); s.Enabled {
 		t.Fatalf("cache on without configuration: %+v", s)
+	}
+}
+
+// TestDEKCacheAdmission: a stanza is cached on its second open only, and
+// the filter remembers the last 4 × Entries stanzas opened once.
+func TestDEKCacheAdmission(t *testing.T) {
+	t.Parallel()
+	tok, _ := openCached(t, 2, time.Minute)
+	ctx := testCtx(t)
+	key := genKey(t, tok, "admission", hsm.X25519, hsm.UsageDerive)
+	var reqs []hsm.OpenFieldsRequest
+	for range 9 {
+		reqs = append(reqs, fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"x"`))
+	}
+	for _, r := range reqs {
+		prime(t, tok, r) // nine first opens: nothing cached
+	}
+	wantObjects(t, tok, 0)
+	// The first was pushed out of the filter (it holds 8): a first open again.
+	prime(t, tok, reqs[0])
+	// The last is remembered: its second open caches it.
+	if _, err := tok.OpenFields(ctx, reqs[8]); err != nil {
+		t.Fatal(err)
+	}
+	if s := tok.DEKCacheStats(); s.Entries != 1 || s.FirstOpens != 10 {
+		t.Fatalf("%+v, want 1 entry and 10 first opens", s)
 	}
 }

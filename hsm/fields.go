@@ -287,9 +287,10 @@ func gcmDecrypt(c *pkcs11.Ctx, h pkcs11.SessionHandle, k pkcs11.ObjectHandle, no
 // private key still exists on the token (a cold open would fail without
 // it: destroyed by another process, say) unless a check or a cold open
 // found it within DEKCacheConfig.Recheck, and then derives only the field
-// keys not cached yet; a miss runs the cold chain and caches its DEK and
-// field keys once every field opened. It returns the plaintexts and how
-// many session objects it created.
+// keys not cached yet; a miss runs the cold chain, and caches its DEK and
+// field keys once every field opened if the stanza was opened before
+// (admit): a first open destroys everything, as with the cache off. It
+// returns the plaintexts and how many session objects it created.
 func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFieldsRequest) ([][]byte, uint64, error) {
 	c := t.mod.ctx
 	key := dekCacheKey(&req)
@@ -306,6 +307,10 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 			t.deks.checkedAt(req.KeyLabel, now)
 		}
 		return t.openCachedFields(s.h, e, req)
+	}
+	if !t.deks.admit(key) {
+		out, err := t.openFields(s.h, priv, req)
+		return out, uint64(3 + len(req.Fields)), err
 	}
 	objs := sessionObjects{c: c, h: s.h}
 	defer objs.destroy()

@@ -7,7 +7,8 @@
 #     to run/bench/vault-audit.log (the same disk as custodyd's log);
 # measures the raw on-device open chain (hsm's BenchmarkOpenX25519) first, then
 # runs custodybench, and stops both (exactly the processes it started).
-# BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3".
+# BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3";
+# DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,9 +25,14 @@ mkdir -p "$dir/tokens" "$dir/vault"
 chmod 0700 "$dir" "$dir/tokens"
 sed "s#@TOKENDIR@#$root/$dir/tokens#" softhsm/softhsm2.conf.in > "$dir/softhsm2.conf"
 (umask 0377; head -c 18 /dev/urandom | base64 | tr -d '/+=\n' > "$dir/user.pin")
+cache=""
+if [ -n "${DEK_CACHE_ENTRIES:-}" ]; then
+  [[ "$DEK_CACHE_ENTRIES" =~ ^[0-9]+$ ]] || { echo "DEK_CACHE_ENTRIES must be a number" >&2; exit 2; }
+  cache=", \"dek_cache\": {\"entries\": $DEK_CACHE_ENTRIES}"
+fi
 cat > "$dir/custodyd.json" <<JSON
 {
-  "pkcs11": {"pin_file": "user.pin", "softhsm_conf": "softhsm2.conf"},
+  "pkcs11": {"pin_file": "user.pin", "softhsm_conf": "softhsm2.conf"$cache},
   "socket": {"path": "custodyd.sock"},
   "policy_file": "../../policies/example.json",
   "access_log": {"dir": "log"},

@@ -128,6 +128,8 @@ func (m *Metrics) WatchToken(t TokenSource) {
 			cache(func(s hsm.DEKCacheStats) uint64 { return s.Hits })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_dek_cache_misses_total", Help: "Envelope v2 opens that ran the whole key chain on the token."},
 			cache(func(s hsm.DEKCacheStats) uint64 { return s.Misses })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custody_hsm_dek_cache_first_opens_total", Help: "Misses that kept nothing: the stanza's first open (only a second open is cached)."},
+			cache(func(s hsm.DEKCacheStats) uint64 { return s.FirstOpens })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions", Help: "Size of the HSM session pool."},
 			info(func(i hsm.TokenInfo) float64 { return float64(i.Sessions) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custody_hsm_sessions_in_use", Help: "HSM sessions borrowed right now."},

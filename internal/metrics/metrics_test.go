@@ -234,7 +234,7 @@ func (c cacheSource) DEKCacheStats() hsm.DEKCacheStats { return c.s }
 
 func TestDEKCacheMetrics(t *testing.T) {
 	m := metrics.New()
-	m.WatchToken(cacheSource{hsm.DEKCacheStats{Enabled: true, Entries: 7, Hits: 11, Misses: 3,
+	m.WatchToken(cacheSource{hsm.DEKCacheStats{Enabled: true, Entries: 7, Hits: 11, Misses: 3, FirstOpens: 9,
 		EvictedCapacity: 1, EvictedAge: 2, EvictedKey: 4, EvictedRebuild: 5, EvictedShutdown: 6}})
 	fams := scrape(t, m)
 	for _, tc := range []struct {
@@ -245,6 +245,7 @@ func TestDEKCacheMetrics(t *testing.T) {
 		{"custody_hsm_dek_cache_entries", nil, 7},
 		{"custody_hsm_dek_cache_hits_total", nil, 11},
 		{"custody_hsm_dek_cache_misses_total", nil, 3},
+		{"custody_hsm_dek_cache_first_opens_total", nil, 9},
 		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "capacity"}, 1},
 		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "age"}, 2},
 		{"custody_hsm_dek_cache_evictions_total", map[string]string{"reason": "key"}, 4},

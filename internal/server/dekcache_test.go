@@ -27,7 +27,7 @@ func TestDEKCacheHitRefusesWhatColdRefuses(t *testing.T) {
 	decrypt := func(user, env, as, purpose string) (int, string, string) {
 		return h.ctlAs(user, req(env, as, purpose), "decrypt", "-")
 	}
-	for range 2 { // the first opens cold and caches, the second is a hit
+	for range 3 { // a first open (not cached), a cold one that caches, a hit
 		if code, out, errOut := decrypt(appUser, hot, "miner-1", "settlement"); code != 0 || !strings.Contains(out, `amount: "1000"`) {
 			t.Fatalf("app decrypt of the hot envelope: exit %d %s%s", code, out, errOut)
 		}

@@ -35,6 +35,11 @@ func TestDecryptReleasesOnlyAfterItsEntry(t *testing.T) {
 	h := newHarness(t)
 	h.register("client-1", "miner-1")
 	env := h.seal("tx-r", "client-1", "miner-1")
+	// A first open: the next one caches its DEK, which shows when the
+	// device work is done.
+	if st, body := h.decryptAs(env, "miner-1"); st != 200 {
+		t.Fatalf("first decrypt: %d %v", st, body)
+	}
 	hold := make(chan struct{})
 	h.rec.mu.Lock()
 	h.rec.hold = hold
