@@ -383,7 +383,7 @@ func (t *Token) ListKeys(ctx context.Context, labelPrefix string) ([]KeyInfo, er
 				out = append(out, info)
 			}
 		}
-		return nil
+		return t.pool.stillPresent()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: list keys: %w", err)

@@ -538,6 +538,18 @@ func (p *pool) ambiguous(err error) bool {
 	return errors.As(err, &e)
 }
 
+// stillPresent is the last step of a listing: a token that went away under
+// it (SoftHSM: its directory removed) lists fewer objects, or none, without
+// an error, so a listing is believed only if the token still answers
+// afterwards; otherwise it is a loss (the pool rebuilds, callers get
+// ErrUnavailable), never a shorter list.
+func (p *pool) stillPresent() error {
+	if p.tokenGone() {
+		return fmt.Errorf("%w (token gone during a listing)", pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT))
+	}
+	return nil
+}
+
 // tokenGone reports whether the token no longer answers C_GetTokenInfo on
 // its slot: removed, or (SoftHSM) its directory taken away.
 func (p *pool) tokenGone() bool {

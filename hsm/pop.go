@@ -182,7 +182,7 @@ func (t *Token) ListDataObjects(ctx context.Context, labelPrefix string) ([]Data
 				out = append(out, DataObject{Label: l, Value: a[1].Value})
 			}
 		}
-		return nil
+		return t.pool.stillPresent()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: list data objects: %w", err)

@@ -128,8 +128,8 @@ func resetMFA(t *testing.T, principal string) {
 	t.Helper()
 	ctx, cancel := callCtx()
 	defer cancel()
-	// A principal never enrolled has no seed to destroy (key_missing).
-	if err := fl.client(1).c.MFARevoke(ctx, principal); err != nil && !api.IsCode(err, api.CodeKeyMissing) {
+	// A principal never enrolled has no factor to revoke (mfa_not_enrolled).
+	if err := fl.client(1).c.MFARevoke(ctx, principal); err != nil && !api.IsCode(err, api.CodeMFANotEnrolled) {
 		t.Fatalf("revoke: %v", err)
 	}
 	if st := fl.vaultDo(t, "DELETE", "secret/metadata/custody/mfa/"+principal, nil); st != http.StatusNoContent && st != http.StatusOK {

@@ -82,7 +82,9 @@ func (r *Registry) Rescans() uint64 { return r.rescans.Load() }
 
 // Refresh rereads the token's keys and tombstones and replaces the view, so
 // that versions created or retired by another daemon on the same token are
-// seen. On error the view is left as it was.
+// seen. On error the view is left as it was, and so it is when the listing
+// holds none of the signing and escrow keys the view had (ErrTokenListing:
+// the token went away under the scan).
 func (r *Registry) Refresh(ctx context.Context) error {
 	r.create.Lock()
 	defer r.create.Unlock()
@@ -100,6 +102,16 @@ func (r *Registry) refreshLocked(ctx context.Context) error {
 	r.lastScan = start
 	if err != nil {
 		return err
+	}
+	r.mu.RLock()
+	hadDaemonKeys := len(r.signing) > 0 || len(r.escrow) > 0
+	r.mu.RUnlock()
+	if hadDaemonKeys && len(fresh.signing) == 0 && len(fresh.escrow) == 0 {
+		// Signing and escrow keys are never removed, only added to: a
+		// listing without any is a token that went away under the scan
+		// (SoftHSM answers an empty listing when its directory is gone),
+		// not a view to believe.
+		return fmt.Errorf("%w: the token lists none of the daemon's signing and escrow keys; keeping the view", ErrTokenListing)
 	}
 	r.mu.Lock()
 	r.participants, r.escrow, r.signing, r.signingPub = fresh.participants, fresh.escrow, fresh.signing, fresh.signingPub

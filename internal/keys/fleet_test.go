@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
+	"custody/internal/device"
 )
 
 // TestMissRereadsTheTokenBounded: two registries over one token (two
@@ -113,5 +116,54 @@ func TestRotationNeedsTheLease(t *testing.T) {
 	}
 	if v, _ := r.Active("p-1"); v.Number != 1 {
 		t.Fatalf("active version %d", v.Number)
+	}
+}
+
+// TestRefreshKeepsTheViewWhenTheTokenGoes: the token's directory taken away
+// (a network HSM partition gone) makes SoftHSM list no objects; a reread then
+// must not replace the view with an empty one (every participant would be
+// unknown_participant instead of hsm_unavailable), and lookups keep working
+// from the view.
+func TestRefreshKeepsTheViewWhenTheTokenGoes(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	cfg := hsmtest.NewToken(t)
+	tok, err := hsm.Open(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	r, err := Load(ctx, tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Genesis(ctx, time.Now(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register(ctx, "p-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// Away, outside the token directory (SoftHSM would find it again there
+	// on its next C_Initialize).
+	dir := hsmtest.TokenDir(t, cfg.TokenLabel)
+	away := filepath.Join(filepath.Dir(filepath.Dir(dir)), "away-"+filepath.Base(dir))
+	if err := os.Rename(dir, away); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Refresh(ctx)
+	if rerr := os.Rename(away, dir); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err == nil {
+		t.Fatal("Refresh with the token away: nil error")
+	}
+	if !errors.Is(err, device.ErrUnavailable) {
+		t.Errorf("Refresh with the token away: %v, want it taken as unavailable", err)
+	}
+	if v, err := r.Active("p-1"); err != nil || v.Number != 1 {
+		t.Fatalf("p-1 after the failed reread: %v %v", v, err)
+	}
+	if _, err := r.Signer(); err != nil {
+		t.Fatalf("signer after the failed reread: %v", err)
 	}
 }

@@ -51,6 +51,10 @@ var (
 	// ErrDestroyed: the version existed and was retired: destroyed on the
 	// token. Envelopes that still need it cannot be opened through it.
 	ErrDestroyed = errors.New("keys: key version destroyed")
+	// ErrTokenListing: a reread of the token listed none of the daemon's
+	// keys the view had; the token is taken as unavailable (it wraps
+	// device.ErrUnavailable) and the view is kept.
+	ErrTokenListing = fmt.Errorf("keys: the token's listing lost the daemon's keys: %w", device.ErrUnavailable)
 )
 
 const (

@@ -58,8 +58,14 @@ func TestEncryptDecryptRoundTrip(t *testing.T) {
 		e.Principal != "operator" || e.Caller.UID != 0 || e.Caller.PID != int32(os.Getpid()) || e.EndUser.IP != "192.0.2.7" {
 		t.Errorf("decrypt entry: %+v", e)
 	}
-	// Entries never carry values.
-	raw, _ := json.Marshal(h.rec.entries)
+	// Entries never carry values (the test binary's path, which may hold
+	// any digits, left out).
+	var kept []auditlog.Entry
+	for _, e := range h.rec.entries {
+		e.Caller.Executable = ""
+		kept = append(kept, e)
+	}
+	raw, _ := json.Marshal(kept)
 	if bytes.Contains(raw, []byte("1000")) || bytes.Contains(raw, []byte("IBAN")) {
 		t.Errorf("plaintext in the access entries: %s", raw)
 	}
