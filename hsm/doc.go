@@ -137,9 +137,13 @@
 // that its private key still exists on the token (C_GetAttributeValue)
 // unless that was confirmed within Recheck: a key destroyed by another
 // process is noticed within Recheck, one destroyed through this Token at
-// once. Every authorization (policy, participant status, second factor,
-// court order) is the caller's and runs before OpenFields on a hit as on
-// a miss; the cache answers only "which DEK", never "may you".
+// once. With the token away (SoftHSM's directory removed; a partition
+// lost), hits keep opening until the next such check, at most Recheck
+// later (on SoftHSM the session objects live in the process), and then
+// fail as a cold open does. Every authorization (policy, participant
+// status, second factor, court order) is the caller's and runs before
+// OpenFields on a hit as on a miss; the cache answers only "which DEK",
+// never "may you".
 //
 // What it changes for an attacker: the DEK of a recently opened envelope
 // exists on the token for up to MaxAge instead of about a millisecond. It
