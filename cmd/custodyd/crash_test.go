@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -92,18 +91,7 @@ func TestKill9DuringDecrypts(t *testing.T) {
 		t.Fatalf("%d of %d decrypts released before the kill: the kill did not land mid-run", len(released), n)
 	}
 
-	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", filepath.Join(d.dir, "log"), "--op", "decrypt", "--outcome", "allowed", "--format", "jsonl").CombinedOutput()
-	if err != nil {
-		t.Fatalf("log query: %v\n%s", err, out)
-	}
-	logged := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		var e struct {
-			TX string `json:"transaction_id"`
-		}
-		json.Unmarshal([]byte(line), &e)
-		logged[e.TX] = true
-	}
+	logged := allowedTransactions(t, filepath.Join(d.dir, "log"), "decrypt")
 	for tx := range released {
 		if !logged[tx] {
 			t.Errorf("released %s has no allowed decrypt entry", tx)

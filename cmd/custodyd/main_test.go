@@ -392,7 +392,20 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	if v.CheckpointSize != v.Entries {
 		t.Errorf("final checkpoint covers %d of %d entries", v.CheckpointSize, v.Entries)
 	}
-	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", logDir, "--op", "encrypt", "--outcome", "allowed", "--format", "jsonl").CombinedOutput()
+	logged := allowedTransactions(t, logDir, "encrypt")
+	for _, tx := range acked {
+		if !logged[tx] {
+			t.Errorf("acknowledged %s is not in the access log", tx)
+		}
+	}
+	t.Logf("%d acknowledged, %d encrypt entries, %d entries in all", len(acked), len(logged), v.Entries)
+}
+
+// allowedTransactions asks the reviewer's `log query` for the allowed
+// entries of op in dir and returns their transaction ids.
+func allowedTransactions(t *testing.T, dir, op string) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "custodyctl"), "log", "query", dir, "--op", op, "--outcome", "allowed", "--format", "jsonl").CombinedOutput()
 	if err != nil {
 		t.Fatalf("log query: %v\n%s", err, out)
 	}
@@ -404,12 +417,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		json.Unmarshal([]byte(line), &e)
 		logged[e.TX] = true
 	}
-	for _, tx := range acked {
-		if !logged[tx] {
-			t.Errorf("acknowledged %s is not in the access log", tx)
-		}
-	}
-	t.Logf("%d acknowledged, %d encrypt entries, %d entries in all", len(acked), len(logged), v.Entries)
+	return logged
 }
 
 type logSummary struct {
