@@ -263,7 +263,7 @@ func (s *Server) startDecrypt(ctx context.Context, rq *request, in api.DecryptRe
 	if err == nil && plan.env.Header.Version == envelope.Version2 {
 		entry.Fields = slices.Sorted(slices.Values(plan.names))
 		logged := make(chan error, 1)
-		go func() { logged <- s.record(ctx, rq, entry, nil) }()
+		go func(e auditlog.Entry) { logged <- s.record(ctx, rq, e, nil) }(entry)
 		res, err := s.openV2(ctx, plan)
 		return func() (*api.Decrypted, error) {
 			lerr := <-logged
