@@ -188,16 +188,11 @@ func (t *Token) deriveFieldKey(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, 
 }
 
 func (t *Token) openFields(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req OpenFieldsRequest) ([][]byte, error) {
-	c := t.mod.ctx
-	objs := sessionObjects{c: c, h: h}
+	objs := sessionObjects{c: t.mod.ctx, h: h}
 	defer objs.destroy()
-	kek, err := t.deriveKEK(h, &objs, priv, req.PeerPublic, req.Context, fieldsKEK())
+	dek, err := t.unwrapFieldsDEK(h, &objs, priv, req)
 	if err != nil {
 		return nil, err
-	}
-	dek, err := c.UnwrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, deriveOnlyDEKTemplate())
-	if err != nil {
-		return nil, integrity("unwrap DEK (AES_KEY_WRAP_PAD)", err)
 	}
 	objs.add(dek)
 	out := make([][]byte, len(req.Fields))
@@ -313,29 +308,38 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 		return out, uint64(3 + len(req.Fields)), err
 	}
 	objs := sessionObjects{c: c, h: s.h}
-	defer objs.destroy()
-	kek, err := t.deriveKEK(s.h, &objs, priv, req.PeerPublic, req.Context, fieldsKEK())
+	defer objs.destroy() // Z and KEK; the DEK belongs to the entry
+	dek, err := t.unwrapFieldsDEK(s.h, &objs, priv, req)
 	if err != nil {
 		return nil, objs.created, err
 	}
-	dek, err := c.UnwrapKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, deriveOnlyDEKTemplate())
-	if err != nil {
-		return nil, objs.created, integrity("unwrap DEK (AES_KEY_WRAP_PAD)", err)
-	}
-	objs.add(dek)
+	created := objs.created + 1
 	e := &dekEntry{key: key, label: req.KeyLabel, gen: s.gen, created: time.Now(), dek: dek}
 	out, n, err := t.openCachedFields(s.h, e, req)
 	if err != nil {
 		e.destroy(c, s.h) // the DEK and the field keys derived so far
-		objs.keep(dek)
-		return nil, objs.created + n, err
+		return nil, created + n, err
 	}
-	objs.keep(dek)
 	t.deks.checkedAt(req.KeyLabel, now) // the ECDH derive just used the key
 	if !t.deks.insert(e) {
 		e.destroy(c, s.h) // another borrower cached this stanza first
 	}
-	return out, objs.created + n, nil
+	return out, created + n, nil
+}
+
+// unwrapFieldsDEK runs the key half of an envelope v2 open: Z and the KEK
+// (added to objs) and the unwrap of req.WrappedDEK into a derive-only
+// session key, which it returns and the caller owns.
+func (t *Token) unwrapFieldsDEK(h pkcs11.SessionHandle, objs *sessionObjects, priv pkcs11.ObjectHandle, req OpenFieldsRequest) (pkcs11.ObjectHandle, error) {
+	kek, err := t.deriveKEK(h, objs, priv, req.PeerPublic, req.Context, fieldsKEK())
+	if err != nil {
+		return 0, err
+	}
+	dek, err := t.mod.ctx.UnwrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, deriveOnlyDEKTemplate())
+	if err != nil {
+		return 0, integrity("unwrap DEK (AES_KEY_WRAP_PAD)", err)
+	}
+	return dek, nil
 }
 
 // openCachedFields opens req's fields with e's DEK, deriving (and adding
