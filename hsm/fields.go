@@ -174,17 +174,17 @@ func fieldsKEK() []*pkcs11.Attribute {
 	return append(a, &pkcs11.Attribute{Type: pkcs11.CKA_UNWRAP_TEMPLATE, Value: fieldsUnwrapTemplateValue()})
 }
 
-// deriveFieldKey derives the field key AES-256-ECB_dek(context) as a
-// sensitive, non-extractable session key whose only usage is usage
-// (CKA_ENCRYPT or CKA_DECRYPT).
-func (t *Token) deriveFieldKey(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, context [32]byte, usage uint) (pkcs11.ObjectHandle, error) {
-	param, cdata := keyDerivationStringData(context[:])
-	defer cdata.free()
-	k, err := t.mod.ctx.DeriveKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, dek, sessionAESWith(usage))
-	if err != nil {
-		return 0, fmt.Errorf("field key derive (AES_ECB_ENCRYPT_DATA): %w", err)
+// gcmFieldsOf lists req's fields for gcmFields, with their cached keys
+// (from keyOf, which may be nil).
+func gcmFieldsOf(req OpenFieldsRequest, keyOf func([32]byte) pkcs11.ObjectHandle) []gcmField {
+	fs := make([]gcmField, len(req.Fields))
+	for i, f := range req.Fields {
+		fs[i] = gcmField{context: f.Context, nonce: f.Nonce, aad: f.AAD, in: f.Ciphertext}
+		if keyOf != nil {
+			fs[i].key = keyOf(f.Context)
+		}
 	}
-	return k, nil
+	return fs
 }
 
 func (t *Token) openFields(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req OpenFieldsRequest) ([][]byte, error) {
@@ -195,86 +195,18 @@ func (t *Token) openFields(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req
 		return nil, err
 	}
 	objs.add(dek)
-	out := make([][]byte, len(req.Fields))
-	for i, f := range req.Fields {
-		pt, err := t.fieldOp(h, dek, f.Context, pkcs11.CKA_DECRYPT, f.Nonce, f.AAD, f.Ciphertext)
-		if err != nil {
-			for _, p := range out[:i] {
-				clear(p)
-			}
-			return nil, fmt.Errorf("field %d: %w", i, err)
-		}
-		out[i] = pt
-	}
-	return out, nil
+	out, _, err := t.mod.gcm.gcmFields(h, dek, pkcs11.CKA_DECRYPT, false, gcmFieldsOf(req, nil))
+	return out, err
 }
 
 func (t *Token) sealFields(h pkcs11.SessionHandle, req SealFieldsRequest) ([][]byte, error) {
-	c := t.mod.ctx
-	objs := sessionObjects{c: c, h: h}
-	defer objs.destroy()
-	tmpl := append(deriveOnlyDEKTemplate(),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, req.DEK))
-	// The template shares req.DEK (not cleared here: withSession may run
-	// this once more on a fresh session); miekg copies it into C memory for
-	// the call only.
-	dek, err := c.CreateObject(h, tmpl)
-	if err != nil {
-		if isLost(err) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("import DEK (C_CreateObject): %w", err)
-	}
-	objs.add(dek)
-	out := make([][]byte, len(req.Fields))
+	fs := make([]gcmField, len(req.Fields))
 	for i, f := range req.Fields {
-		ct, err := t.fieldOp(h, dek, f.Context, pkcs11.CKA_ENCRYPT, f.Nonce, f.AAD, f.Plaintext)
-		if err != nil {
-			return nil, fmt.Errorf("field %d: %w", i, err)
-		}
-		out[i] = ct
+		fs[i] = gcmField{context: f.Context, nonce: f.Nonce, aad: f.AAD, in: f.Plaintext}
 	}
-	return out, nil
-}
-
-// fieldOp derives one field key from dek, runs one AES-256-GCM encryption
-// or decryption (usage CKA_ENCRYPT or CKA_DECRYPT) of in with it, and
-// destroys the key.
-func (t *Token) fieldOp(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, context [32]byte, usage uint, nonce, aad, in []byte) ([]byte, error) {
-	c := t.mod.ctx
-	fk, err := t.deriveFieldKey(h, dek, context, usage)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = c.DestroyObject(h, fk) }()
-	if usage != pkcs11.CKA_ENCRYPT {
-		return gcmDecrypt(c, h, fk, nonce, aad, in)
-	}
-	gcm := pkcs11.NewGCMParams(nonce, aad, 8*gcmTagSize)
-	defer gcm.Free()
-	if err := c.EncryptInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gcm)}, fk); err != nil {
-		return nil, fmt.Errorf("C_EncryptInit (AES_GCM): %w", err)
-	}
-	ct, err := c.Encrypt(h, in)
-	if err != nil {
-		return nil, fmt.Errorf("encrypt (AES_GCM): %w", err)
-	}
-	return ct, nil
-}
-
-// gcmDecrypt opens ct (ciphertext‖tag) with AES-256-GCM under key k.
-func gcmDecrypt(c *pkcs11.Ctx, h pkcs11.SessionHandle, k pkcs11.ObjectHandle, nonce, aad, ct []byte) ([]byte, error) {
-	gcm := pkcs11.NewGCMParams(nonce, aad, 8*gcmTagSize)
-	defer gcm.Free()
-	if err := c.DecryptInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gcm)}, k); err != nil {
-		return nil, fmt.Errorf("C_DecryptInit (AES_GCM): %w", err)
-	}
-	pt, err := c.Decrypt(h, ct)
-	if err != nil {
-		return nil, integrity("decrypt (AES_GCM)", err)
-	}
-	return pt, nil
+	// req.DEK is not cleared here: withSession may run this once more on a
+	// fresh session.
+	return t.mod.gcm.sealDEK(h, req.DEK, fs)
 }
 
 // openFieldsCached is openFields through the DEK handle cache, on session s
@@ -327,49 +259,30 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 	return out, created + n, nil
 }
 
-// unwrapFieldsDEK runs the key half of an envelope v2 open: Z and the KEK
-// (added to objs) and the unwrap of req.WrappedDEK into a derive-only
-// session key, which it returns and the caller owns.
+// unwrapFieldsDEK runs the key half of an envelope v2 open (gcmFunctions.
+// unwrapDEK: Z and the KEK, destroyed at once and counted in objs, and the
+// unwrap of req.WrappedDEK into a derive-only session key, which it
+// returns and the caller owns).
 func (t *Token) unwrapFieldsDEK(h pkcs11.SessionHandle, objs *sessionObjects, priv pkcs11.ObjectHandle, req OpenFieldsRequest) (pkcs11.ObjectHandle, error) {
-	kek, err := t.deriveKEK(h, objs, priv, req.PeerPublic, req.Context, fieldsKEK())
-	if err != nil {
-		return 0, err
+	dek, n, err := t.mod.gcm.unwrapDEK(h, priv, req.PeerPublic, req.Context, req.WrappedDEK)
+	if err == nil {
+		n-- // the DEK is the caller's to count
 	}
-	dek, err := t.mod.ctx.UnwrapKey(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, req.WrappedDEK, deriveOnlyDEKTemplate())
-	if err != nil {
-		return 0, integrity("unwrap DEK (AES_KEY_WRAP_PAD)", err)
-	}
-	return dek, nil
+	objs.created += n
+	return dek, err
 }
 
 // openCachedFields opens req's fields with e's DEK, deriving (and adding
 // to e) the field keys e does not hold yet. It returns the plaintexts and
 // how many keys it derived; on error no plaintext.
 func (t *Token) openCachedFields(h pkcs11.SessionHandle, e *dekEntry, req OpenFieldsRequest) ([][]byte, uint64, error) {
-	c := t.mod.ctx
+	out, keys, err := t.mod.gcm.gcmFields(h, e.dek, pkcs11.CKA_DECRYPT, true, gcmFieldsOf(req, e.fieldKey))
 	var derived uint64
-	out := make([][]byte, len(req.Fields))
-	fail := func(i int, err error) ([][]byte, uint64, error) {
-		for _, p := range out[:i] {
-			clear(p)
-		}
-		return nil, derived, fmt.Errorf("field %d: %w", i, err)
-	}
-	for i, f := range req.Fields {
-		fk := e.fieldKey(f.Context)
-		if fk == 0 {
-			k, err := t.deriveFieldKey(h, e.dek, f.Context, pkcs11.CKA_DECRYPT)
-			if err != nil {
-				return fail(i, err)
-			}
+	for i, k := range keys {
+		if k != 0 {
 			derived++
-			fk = e.addFieldKey(c, h, f.Context, k)
+			e.addFieldKey(t.mod.ctx, h, req.Fields[i].Context, k)
 		}
-		pt, err := gcmDecrypt(c, h, fk, f.Nonce, f.AAD, f.Ciphertext)
-		if err != nil {
-			return fail(i, err)
-		}
-		out[i] = pt
 	}
-	return out, derived, nil
+	return out, derived, err
 }

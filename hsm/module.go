@@ -19,6 +19,7 @@ import (
 type module struct {
 	path  string
 	ctx   *pkcs11.Ctx
+	gcm   *gcmFunctions // the same module's functions, for gcmFields
 	refs  int
 	owned bool // our C_Initialize succeeded, so C_Finalize is ours too
 }
@@ -41,12 +42,18 @@ func acquireModule(path string) (*module, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("hsm: cannot load PKCS#11 module %q", path)
 	}
+	gcm, err := loadGCMFunctions(path)
+	if err != nil {
+		ctx.Destroy()
+		return nil, err
+	}
 	owned, err := initialize(ctx)
 	if err != nil {
 		ctx.Destroy()
+		gcm.unload()
 		return nil, fmt.Errorf("hsm: C_Initialize of %q: %w", path, err)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, owned: owned}
+	m := &module{path: path, ctx: ctx, gcm: gcm, refs: 1, owned: owned}
 	modules.m[path] = m
 	return m, nil
 }
@@ -112,6 +119,7 @@ func (m *module) release() error {
 		}
 	}
 	m.ctx.Destroy()
+	m.gcm.unload()
 	return err
 }
 
