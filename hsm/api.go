@@ -216,19 +216,3 @@ type SignerOpts struct {
 
 // HashFunc implements crypto.SignerOpts.
 func (o *SignerOpts) HashFunc() crypto.Hash { return o.Hash }
-
-type backgroundKey struct{}
-
-// WithBackground marks ctx for bulk work that must not slow the others: a
-// token call made with it takes a session only when no call without it is
-// waiting for one, and RewrapBatch gives its session back between requests
-// as soon as one is (starting again afterwards with new wrap keys).
-func WithBackground(ctx context.Context) context.Context {
-	return context.WithValue(ctx, backgroundKey{}, true)
-}
-
-// IsBackground reports whether ctx was marked by WithBackground.
-func IsBackground(ctx context.Context) bool {
-	b, _ := ctx.Value(backgroundKey{}).(bool)
-	return b
-}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"custody/internal/priority"
 )
 
 // The DEK handle cache keeps the DEK of a recently opened envelope v2 on the
@@ -331,7 +333,7 @@ func (t *Token) janitor(stop <-chan struct{}) {
 		t.deks.evictWhere(evictAge, func(e *dekEntry) bool { return now.Sub(e.created) > t.deks.cfg.MaxAge })
 		t.deks.evictWhere(evictRebuild, func(e *dekEntry) bool { return e.gen != gen })
 		if t.deks.reapable() {
-			ctx, cancel := context.WithTimeout(WithBackground(context.Background()), 5*time.Second)
+			ctx, cancel := context.WithTimeout(priority.Background(context.Background()), 5*time.Second)
 			_ = t.pool.withSessionOf(ctx, func(s session) error {
 				t.deks.reap(t.mod.ctx, s.h, s.gen)
 				return nil

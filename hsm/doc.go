@@ -51,7 +51,7 @@
 // and an entry is dropped on CKR_OBJECT_HANDLE_INVALID (the key deleted by
 // another process) and looked up once more.
 //
-// Bulk work runs in the background (WithBackground on its context): its
+// Bulk work runs in the background (priority.Background on its context): its
 // calls take a session only when no other call is waiting for one (for up
 // to 50 ms, so that it still moves under a saturating load), and a
 // background RewrapBatch gives its session back between two requests as
@@ -104,6 +104,18 @@
 // is accepted, and C_Finalize runs when the last user closes and only if this
 // package initialized the module. Token.Close logs out, which also logs out
 // any other Token on the same token label in this process.
+//
+// The envelope v2 chains call the module's functions directly, not through
+// miekg/pkcs11 (gcmfields.go): the key half of an open (ECDH, KEK, unwrap,
+// destroys), all fields of one open or seal (per field a derive, a GCM
+// init, the operation and a destroy; for a seal the DEK's import first) are
+// one cgo call each. Through miekg every PKCS#11 call is a cgo call of its
+// own, and a SoftHSM call is long enough for the Go runtime to move the
+// calling thread's P to another thread: a cold v2 open made 19 of those.
+// The function list is found with dlopen(RTLD_NOLOAD) of the same path and
+// C_GetFunctionList, and its entries are checked against the exported
+// symbols where the module exports them; a module whose list does not
+// match is refused at Open.
 //
 // # DEK handle cache
 //

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"custody/internal/priority"
 )
 
 // rebuildBackoff is the minimum time between two rebuild attempts while the
@@ -151,10 +153,10 @@ func (p *pool) start() error {
 
 // borrow takes a session, waiting for one if all are in use. While the pool
 // is broken it triggers a rebuild (rate-limited) instead of waiting. A
-// borrower with a background context (WithBackground) lets every waiting
+// borrower with a background context (priority.Background) lets every waiting
 // foreground borrower go first, for up to backgroundMaxWait.
 func (p *pool) borrow(ctx context.Context) (session, error) {
-	foreground := !IsBackground(ctx)
+	foreground := !priority.IsBackground(ctx)
 	deferring := !foreground // background, and not yet for backgroundMaxWait
 	var deferUntil time.Time
 	if deferring {

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/miekg/pkcs11"
+
+	"custody/internal/priority"
 )
 
 // maxBatchRecipients bounds the wrap keys a batch keeps on the device at
@@ -49,7 +51,7 @@ func (t *Token) Rewrap(ctx context.Context, req RewrapRequest) ([]Rewrapped, err
 // the same ephemeral public key, so they can be linked to that batch; see
 // docs/envelope.md.
 //
-// With a background context (WithBackground) the batch gives its session
+// With a background context (priority.Background) the batch gives its session
 // back between two requests whenever another call waits for one, and goes
 // on with what is left when it gets one again (with new wrap keys).
 //
@@ -88,7 +90,7 @@ func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapR
 	}
 	var created uint64
 	b := &rewrapBatch{t: t, wrapKeys: map[string]wrapKey{}}
-	background := IsBackground(ctx)
+	background := priority.IsBackground(ctx)
 	var err error
 	for {
 		yielded := false

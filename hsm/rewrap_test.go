@@ -16,6 +16,7 @@ import (
 	"custody/hsm/hsmtest"
 	"custody/internal/keywrap"
 	"custody/internal/pop"
+	"custody/internal/priority"
 )
 
 func curveOf(alg hsm.KeyAlg) ecdh.Curve {
@@ -278,7 +279,7 @@ func TestRewrapBatchYields(t *testing.T) {
 		reqs[i] = rewrapOf(sealed.req, st.target)
 	}
 	done := make(chan []hsm.RewrapResult, 1)
-	go func() { done <- tok.RewrapBatch(hsm.WithBackground(ctx), reqs) }()
+	go func() { done <- tok.RewrapBatch(priority.Background(ctx), reqs) }()
 	for range 10 {
 		time.Sleep(3 * time.Millisecond) // let time pass: pacing, not a measurement
 		if got, err := tok.Open(ctx, sealed.req); err != nil || string(got) != "live" {

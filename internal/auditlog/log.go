@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"custody/internal/durable"
+	"custody/internal/priority"
 )
 
 // File names in the log directory.
@@ -60,8 +61,13 @@ type Signer interface {
 	VerifierKey() string
 }
 
-// maxBatch bounds one group commit.
-const maxBatch = 4096
+// maxBatch bounds one group commit; maxBackgroundBatch bounds the entries
+// of bulk work (priority.Background) in one, so that a live request's
+// entry never waits behind a large write of them.
+const (
+	maxBatch           = 4096
+	maxBackgroundBatch = 64
+)
 
 type request struct {
 	e     Entry
@@ -84,7 +90,8 @@ type Log struct {
 
 	closeMu sync.RWMutex // Record holds it shared while enqueuing; Close exclusively
 	closed  bool
-	reqs    chan *request
+	reqs    chan *request // live requests' entries
+	bg      chan *request // bulk work's entries (priority.Background)
 	wdone   chan struct{}
 	ckNudge chan struct{}
 	ckStop  chan struct{}
@@ -139,7 +146,7 @@ func Open(ctx context.Context, cfg Config, signer Signer, log *slog.Logger) (*Lo
 		return nil, fmt.Errorf("auditlog: signer's verifier key: %w", err)
 	}
 	l := &Log{cfg: cfg, signer: signer, verif: verif, log: log, dir: cfg.Dir,
-		reqs: make(chan *request, maxBatch), wdone: make(chan struct{}),
+		reqs: make(chan *request, maxBatch), bg: make(chan *request, maxBatch), wdone: make(chan struct{}),
 		ckNudge: make(chan struct{}, 1), ckStop: make(chan struct{}), ckDone: make(chan struct{})}
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -345,8 +352,12 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 		l.closeMu.RUnlock()
 		return -1, ErrClosed
 	}
+	q := l.reqs
+	if priority.IsBackground(ctx) {
+		q = l.bg
+	}
 	select {
-	case l.reqs <- r:
+	case q <- r:
 		l.closeMu.RUnlock()
 	case <-ctx.Done():
 		l.closeMu.RUnlock()
@@ -363,29 +374,64 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 	}
 }
 
-// writer is the one goroutine that appends: it takes every queued request
-// (up to maxBatch), writes them with one write and one fdatasync, and only
-// then acknowledges them and adds them to the tree.
+// writer is the one goroutine that appends: it takes the next batch
+// (gather), writes it with one write and one fdatasync, and only then
+// acknowledges its entries and adds them to the tree.
 func (l *Log) writer() {
 	defer close(l.wdone)
 	batch := make([]*request, 0, maxBatch)
 	var buf []byte
-	for r := range l.reqs {
-		batch = append(batch[:0], r)
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case r, ok := <-l.reqs:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
+	reqs, bg := l.reqs, l.bg
+	for {
+		batch = gather(batch[:0], &reqs, &bg)
+		if len(batch) == 0 {
+			return
 		}
 		buf = l.commit(batch, buf[:0])
 	}
+}
+
+// gather waits for an entry on either queue and returns it with every live
+// entry queued now (*reqs) and up to maxBackgroundBatch of bulk work's
+// (*bg), at most maxBatch in all, appended to batch. A queue found closed
+// and empty is set to nil; it returns nothing when both are.
+func gather(batch []*request, reqs, bg *chan *request) []*request {
+	for len(batch) == 0 && (*reqs != nil || *bg != nil) {
+		select {
+		case r, ok := <-*reqs:
+			if !ok {
+				*reqs = nil
+				continue
+			}
+			batch = append(batch, r)
+		case r, ok := <-*bg:
+			if !ok {
+				*bg = nil
+				continue
+			}
+			batch = append(batch, r)
+		}
+	}
+	if len(batch) == 0 {
+		return batch
+	}
+	take := func(q *chan *request, limit int) {
+		for *q != nil && len(batch) < limit {
+			select {
+			case r, ok := <-*q:
+				if !ok {
+					*q = nil
+					return
+				}
+				batch = append(batch, r)
+			default:
+				return
+			}
+		}
+	}
+	take(reqs, maxBatch)
+	take(bg, min(maxBatch, len(batch)+maxBackgroundBatch))
+	return batch
 }
 
 func (l *Log) commit(batch []*request, buf []byte) []byte {
@@ -614,6 +660,7 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	close(l.reqs)
+	close(l.bg)
 	l.closeMu.Unlock()
 	<-l.wdone
 	close(l.ckStop)
@@ -644,7 +691,7 @@ type Status struct {
 func (l *Log) Status() Status {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	s := Status{Entries: l.tree.n, CheckpointSize: l.latest.Size, Writable: l.pubFault == nil, Pending: len(l.reqs)}
+	s := Status{Entries: l.tree.n, CheckpointSize: l.latest.Size, Writable: l.pubFault == nil, Pending: len(l.reqs) + len(l.bg)}
 	if l.pubFault != nil {
 		s.Error = l.pubFault.Error()
 	} else if l.ckErr != nil {

@@ -31,7 +31,7 @@
 //
 // The package is cgo-free: the device is the Device interface (custodyd
 // passes the metered *hsm.Token). Priority is the caller's business: the
-// server marks the context of this bulk work hsm.WithBackground so that it
+// server marks the context of this bulk work priority.Background so that it
 // gives way to every other request waiting for a session.
 package rewrap
 
@@ -39,6 +39,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -134,10 +135,18 @@ func (s *Service) Run(ctx context.Context, items []Item, record RecordFunc) []Ou
 		return out
 	}
 	size := min(ShardSize, (len(items)+shards-1)/shards)
+	// One shard per session at a time: the device cannot go faster, and
+	// bulk work that woke every shard at once would fill the Go run queues
+	// with CPU-bound planning that a live request's goroutine waits behind.
+	running := make(chan struct{}, shards)
 	var wg sync.WaitGroup
 	for lo := 0; lo < len(items); lo += size {
 		hi := min(len(items), lo+size)
-		wg.Go(func() { s.shard(ctx, items[lo:hi], out[lo:hi], record) })
+		wg.Go(func() {
+			running <- struct{}{}
+			defer func() { <-running }()
+			s.shard(ctx, items[lo:hi], out[lo:hi], record)
+		})
 	}
 	wg.Wait()
 	return out
@@ -151,6 +160,7 @@ func (s *Service) shard(ctx context.Context, items []Item, out []Outcome, record
 	var reqs []device.RewrapRequest
 	var onDevice []int
 	for i, in := range items {
+		runtime.Gosched() // between two envelopes' planning (a signature verify each), let waiting goroutines run
 		plans[i] = s.plan(in)
 		if plans[i].err == nil && plans[i].res == nil {
 			reqs = append(reqs, plans[i].req)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"custody/hsm"
 	"custody/hsm/hsmtest"
 	"custody/internal/auditlog"
+	"custody/internal/device"
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/rewrap"
@@ -220,5 +222,49 @@ func TestNoCgo(t *testing.T) {
 	}
 	if !seen {
 		t.Error("go list -deps does not show custody/internal/rewrap")
+	}
+}
+
+// countingDevice is a Device that remembers how many batches ran at once.
+type countingDevice struct {
+	rewrap.Device
+	mu        sync.Mutex
+	now, most int
+}
+
+func (d *countingDevice) RewrapBatch(ctx context.Context, reqs []device.RewrapRequest) []device.RewrapResult {
+	d.mu.Lock()
+	d.now++
+	d.most = max(d.most, d.now)
+	d.mu.Unlock()
+	defer func() { d.mu.Lock(); d.now--; d.mu.Unlock() }()
+	return d.Device.RewrapBatch(ctx, reqs)
+}
+
+// TestRunOneShardPerSession: a run of many shards keeps at most one shard
+// per token session on the device at a time, and still rewraps every item.
+func TestRunOneShardPerSession(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	items := make([]rewrap.Item, 5*rewrap.ShardSize)
+	for i := range items {
+		items[i] = rewrap.Item{Envelope: f.seal(t, fmt.Sprintf("tx-%d", i), []byte("secret"))}
+	}
+	if _, err := f.reg.Rotate(ctx, "miner-1", f.now); err != nil {
+		t.Fatal(err)
+	}
+	dev := &countingDevice{Device: f.tok}
+	svc, err := rewrap.New(rewrap.Config{Keys: f.reg, Device: dev, Verified: envelope.NewVerifyCache(16),
+		Sessions: func() int { return 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range svc.Run(ctx, items, f.record) {
+		if o.Err != nil || !o.Result.Changed {
+			t.Fatalf("item %d: %+v", i, o)
+		}
+	}
+	if dev.most > 2 {
+		t.Errorf("%d shards on the device at once with 2 sessions", dev.most)
 	}
 }

@@ -2,7 +2,7 @@ package server
 
 // Rewrap routes (batch and stream): adapters over package rewrap, which
 // plans, runs on the device and finishes each envelope. Here: decoding,
-// the background priority of this bulk work (hsm.WithBackground: its token
+// the background priority of this bulk work (priority.Background: its token
 // calls give way to every other request waiting for a session), recording
 // each envelope through Server.record, and encoding.
 
@@ -16,10 +16,10 @@ import (
 	"net/http"
 	"strings"
 
-	"custody/hsm"
 	"custody/internal/api"
 	"custody/internal/auditlog"
 	"custody/internal/envelope"
+	"custody/internal/priority"
 	"custody/internal/rewrap"
 )
 
@@ -43,7 +43,7 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 // rewrapItems rewraps items in the background priority, recording a
 // decision for each through record; outcomes keep the items' order.
 func (s *Server) rewrapItems(ctx context.Context, rq *request, items []api.RewrapItem) []rewrap.Outcome {
-	return s.rewrap.Run(hsm.WithBackground(ctx), items, func(ctx context.Context, e auditlog.Entry, err error) error {
+	return s.rewrap.Run(priority.Background(ctx), items, func(ctx context.Context, e auditlog.Entry, err error) error {
 		return s.record(ctx, rq, e, err)
 	})
 }

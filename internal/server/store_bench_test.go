@@ -95,6 +95,8 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		b.ReportMetric(ms(pct(idle, 99)), "idle-p99-ms")
 		b.ReportMetric(ms(pct(during, 50)), "during-p50-ms")
 		b.ReportMetric(ms(pct(during, 99)), "during-p99-ms")
+		b.ReportMetric(ms(pct(during, 90)), "during-p90-ms")
+		b.ReportMetric(ms(pct(during, 100)), "during-max-ms")
 		b.ReportMetric(ms(pct(during, 99))/ms(pct(idle, 99)), "p99-during/idle")
 	}
 }
