@@ -338,40 +338,56 @@ func (s *Store) Replace(ctx context.Context, rs []Replacement) (conflicts []stri
 		}
 		ps[i] = parsed{r, f}
 	}
-	// One statement per row, all rows in one round trip (a pgx batch) and
-	// one SQL transaction: the row is updated only at the version read, and
-	// its stanza rows follow only if it was (a rewrap keeps the participant
-	// list, so an upsert replaces every stanza row).
+	// One statement for the whole page, in one SQL transaction: each row is
+	// updated only at the version read, and its stanza rows follow only if
+	// it was (a rewrap keeps the participant list, so an upsert replaces
+	// every stanza row). Set-based: PostgreSQL plans and starts one
+	// statement, not one per row.
+	var (
+		ids, envs              = make([]string, len(ps)), make([][]byte, len(ps))
+		rowVersions, escrows   = make([]int64, len(ps)), make([]int64, len(ps))
+		versions               = make([]int16, len(ps))
+		stanzaIDs, stanzaNames []string
+		stanzaVersions         []int64
+	)
+	for i, p := range ps {
+		ids[i], rowVersions[i], envs[i] = p.r.TransactionID, p.r.RowVersion, p.r.Envelope
+		versions[i], escrows[i] = int16(p.f.version), int64(p.f.escrow)
+		for n, v := range p.f.stanzas {
+			stanzaIDs, stanzaNames, stanzaVersions = append(stanzaIDs, p.r.TransactionID), append(stanzaNames, n), append(stanzaVersions, int64(v))
+		}
+	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		conflicts = nil
-		var b pgx.Batch
-		for _, p := range ps {
-			names, versions := make([]string, 0, len(p.f.stanzas)), make([]int64, 0, len(p.f.stanzas))
-			for n, v := range p.f.stanzas {
-				names, versions = append(names, n), append(versions, int64(v))
-			}
-			b.Queue(`WITH u AS (
-					UPDATE confidential_transactions
-					SET envelope = $3, envelope_version = $4, escrow_key_version = $5, row_version = row_version + 1, updated_at = now()
-					WHERE transaction_id = $1 AND row_version = $2 RETURNING transaction_id)
+		rows, err := tx.Query(ctx, `WITH u AS (
+				UPDATE confidential_transactions t
+				SET envelope = x.env, envelope_version = x.ver, escrow_key_version = x.esc, row_version = t.row_version + 1, updated_at = now()
+				FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::smallint[], $5::bigint[]) AS x(id, rv, env, ver, esc)
+				WHERE t.transaction_id = x.id AND t.row_version = x.rv
+				RETURNING t.transaction_id),
+			s AS (
 				INSERT INTO confidential_transaction_stanzas (transaction_id, participant, key_version)
-				SELECT u.transaction_id, x.p, x.v FROM u, unnest($6::text[], $7::bigint[]) AS x(p, v)
-				ON CONFLICT (transaction_id, participant) DO UPDATE SET key_version = EXCLUDED.key_version
-				RETURNING 1`,
-				p.r.TransactionID, p.r.RowVersion, p.r.Envelope, int16(p.f.version), int64(p.f.escrow), names, versions)
+				SELECT y.id, y.p, y.v FROM unnest($6::text[], $7::text[], $8::bigint[]) AS y(id, p, v) JOIN u ON u.transaction_id = y.id
+				ON CONFLICT (transaction_id, participant) DO UPDATE SET key_version = EXCLUDED.key_version)
+			SELECT transaction_id FROM u`,
+			ids, rowVersions, envs, versions, escrows, stanzaIDs, stanzaNames, stanzaVersions)
+		if err != nil {
+			return err
 		}
-		br := tx.SendBatch(ctx, &b)
-		for _, p := range ps {
-			tag, err := br.Exec()
-			if err != nil {
-				br.Close()
-				return err
-			}
-			if tag.RowsAffected() == 0 { // not updated: changed since it was read
-				conflicts = append(conflicts, p.r.TransactionID)
+		updated, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		done := make(map[string]bool, len(updated))
+		for _, id := range updated {
+			done[id] = true
+		}
+		conflicts = nil
+		for _, id := range ids {
+			if !done[id] { // not updated: changed since it was read
+				conflicts = append(conflicts, id)
 			}
 		}
-		return br.Close()
+		return nil
 	})
 	if err != nil {
 		return nil, err
