@@ -8,7 +8,8 @@
 # measures the raw on-device open chain (hsm's BenchmarkOpenX25519) first, then
 # runs custodybench, and stops both (exactly the processes it started).
 # BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3";
-# DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096).
+# DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096);
+# HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,6 +30,10 @@ cache=""
 if [ -n "${DEK_CACHE_ENTRIES:-}" ]; then
   [[ "$DEK_CACHE_ENTRIES" =~ ^[0-9]+$ ]] || { echo "DEK_CACHE_ENTRIES must be a number" >&2; exit 2; }
   cache=", \"dek_cache\": {\"entries\": $DEK_CACHE_ENTRIES}"
+fi
+if [ -n "${HSM_SESSIONS:-}" ]; then
+  [[ "$HSM_SESSIONS" =~ ^[0-9]+$ ]] || { echo "HSM_SESSIONS must be a number" >&2; exit 2; }
+  cache="$cache, \"sessions\": $HSM_SESSIONS"
 fi
 cat > "$dir/custodyd.json" <<JSON
 {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ import (
 // decrypts: one request every livePace (an application's steady traffic),
 // and its p50/p99 are compared with the same client on the idle daemon.
 // N is CUSTODY_BENCH_STORE_ROWS (default 5,000; make bench-store-100k:
-// 100,000). Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
+// 100,000); CUSTODY_BENCH_STORE_LIVE_ARGS adds custodyctl flags to the run
+// under the live client (for example "--batch 32 --rate 300"). Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
 // the in-place run under the live client, and the latencies (goal: p99
 // during ≤ 2 × idle).
 func BenchmarkStoreRewrapVsStream(b *testing.B) {
@@ -77,7 +79,9 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		inPlace := ctl("rewrap", "--postgres", dsn, "--batch", "500")
 		rotate()
 		done := make(chan time.Duration)
-		go func() { done <- ctl("rewrap", "--postgres", dsn, "--batch", "500") }()
+		go func() {
+			done <- ctl(append([]string{"rewrap", "--postgres", dsn, "--batch", "500"}, strings.Fields(os.Getenv("CUSTODY_BENCH_STORE_LIVE_ARGS"))...)...)
+		}()
 		var loaded time.Duration
 		during := decryptLatencies(b, h, probe, func() bool {
 			select {
