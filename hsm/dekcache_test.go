@@ -3,10 +3,13 @@
 package hsm_test
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/miekg/pkcs11"
 
 	"custody/hsm"
 	"custody/hsm/hsmtest"
@@ -321,5 +324,57 @@ func TestDEKCacheAdmission(t *testing.T) {
 	}
 	if s := tok.DEKCacheStats(); s.Entries != 1 || s.FirstOpens != 10 {
 		t.Fatalf("%+v, want 1 entry and 10 first opens", s)
+	}
+}
+
+// TestDEKCacheObjectsLocked: the DEK and the field keys a cache entry
+// keeps on the token (made by the one-call chains of gcmfields.go) are
+// sensitive and never extractable; the DEK can only derive, a field key
+// can only decrypt.
+func TestDEKCacheObjectsLocked(t *testing.T) {
+	t.Parallel()
+	tok, cfg := openCached(t, 8, time.Minute)
+	ctx := testCtx(t)
+	key := genKey(t, tok, "cache-locked", hsm.X25519, hsm.UsageDerive)
+	req := fieldsRequest(t, seal(t, key, []byte("unused"), nil), `"1000"`, `{"iban":"DE00"}`)
+	for range 3 { // first open, second (cached), a hit
+		if _, err := tok.OpenFields(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantObjects(t, tok, 3)
+	r := newRaw(t, cfg)
+	if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	objs, _, err := r.c.FindObjects(r.h, 16)
+	r.c.FindObjectsFinal(r.h)
+	if err != nil || len(objs) != 3 {
+		t.Fatalf("found %d session secret keys, err %v; want 3", len(objs), err)
+	}
+	yes, no := []byte{1}, []byte{0}
+	derive, decrypt := 0, 0
+	for _, o := range objs {
+		for typ, want := range map[uint][]byte{pkcs11.CKA_SENSITIVE: yes, pkcs11.CKA_EXTRACTABLE: no,
+			pkcs11.CKA_ENCRYPT: no, pkcs11.CKA_WRAP: no, pkcs11.CKA_UNWRAP: no} {
+			if v := r.attr(t, o, typ); !bytes.Equal(v, want) {
+				t.Errorf("object %d: attribute %#x = %v, want %v", o, typ, v, want)
+			}
+		}
+		d, x := bytes.Equal(r.attr(t, o, pkcs11.CKA_DERIVE), yes), bytes.Equal(r.attr(t, o, pkcs11.CKA_DECRYPT), yes)
+		switch {
+		case d && !x:
+			derive++
+		case x && !d:
+			decrypt++
+		default:
+			t.Errorf("object %d: derive %v, decrypt %v", o, d, x)
+		}
+	}
+	if derive != 1 || decrypt != 2 {
+		t.Errorf("%d derive-only keys (the DEK) and %d decrypt-only keys (field keys); want 1 and 2", derive, decrypt)
 	}
 }

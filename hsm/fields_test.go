@@ -64,10 +64,30 @@ func TestOpenAndSealFields(t *testing.T) {
 		if _, err := tok.OpenFields(ctx, bad); !errors.Is(err, hsm.ErrIntegrity) {
 			t.Fatalf("%s: wrong AAD: %v", alg, err)
 		}
-		// SealFields from the same DEK gives what software computes.
-		cts, err := tok.SealFields(ctx, hsm.SealFieldsRequest{DEK: s.dek, Fields: []hsm.FieldSeal{{Context: req.Fields[0].Context, Nonce: req.Fields[0].Nonce, AAD: req.Fields[0].AAD, Plaintext: []byte(`"1000"`)}}})
-		if err != nil || !bytes.Equal(cts[0], req.Fields[0].Ciphertext) {
-			t.Fatalf("%s: SealFields = %x, %v; want %x", alg, cts, err, req.Fields[0].Ciphertext)
+		// The second field tampered after a good first: nothing is returned
+		// (the chain stops inside one device call; its keys are destroyed).
+		bad.Fields = []hsm.FieldOpen{req.Fields[0], req.Fields[1]}
+		bad.Fields[1].Ciphertext = bytes.Clone(req.Fields[1].Ciphertext)
+		bad.Fields[1].Ciphertext[0] ^= 1
+		if pts, err := tok.OpenFields(ctx, bad); !errors.Is(err, hsm.ErrIntegrity) || pts != nil {
+			t.Fatalf("%s: tampered second field: %q, %v", alg, pts, err)
+		}
+		// A damaged wrapped DEK fails in the key half.
+		bad = req
+		bad.WrappedDEK = bytes.Clone(req.WrappedDEK)
+		bad.WrappedDEK[3] ^= 1
+		if _, err := tok.OpenFields(ctx, bad); !errors.Is(err, hsm.ErrIntegrity) {
+			t.Fatalf("%s: damaged wrapped DEK: %v", alg, err)
+		}
+		// SealFields from the same DEK gives what software computes, field
+		// by field.
+		seals := []hsm.FieldSeal{
+			{Context: req.Fields[0].Context, Nonce: req.Fields[0].Nonce, AAD: req.Fields[0].AAD, Plaintext: []byte(`"1000"`)},
+			{Context: req.Fields[1].Context, Nonce: req.Fields[1].Nonce, AAD: req.Fields[1].AAD, Plaintext: []byte(`{"iban":"DE00"}`)},
+		}
+		cts, err := tok.SealFields(ctx, hsm.SealFieldsRequest{DEK: s.dek, Fields: seals})
+		if err != nil || len(cts) != 2 || !bytes.Equal(cts[0], req.Fields[0].Ciphertext) || !bytes.Equal(cts[1], req.Fields[1].Ciphertext) {
+			t.Fatalf("%s: SealFields = %x, %v; want %x", alg, cts, err, []any{req.Fields[0].Ciphertext, req.Fields[1].Ciphertext})
 		}
 	}
 	for name, r := range map[string]hsm.OpenFieldsRequest{
