@@ -344,16 +344,9 @@ func TestDEKCacheObjectsLocked(t *testing.T) {
 	}
 	wantObjects(t, tok, 3)
 	r := newRaw(t, cfg)
-	if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	objs, _, err := r.c.FindObjects(r.h, 16)
-	r.c.FindObjectsFinal(r.h)
-	if err != nil || len(objs) != 3 {
-		t.Fatalf("found %d session secret keys, err %v; want 3", len(objs), err)
+	objs := r.findAll(t, 16, pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false))
+	if len(objs) != 3 {
+		t.Fatalf("found %d session secret keys; want 3", len(objs))
 	}
 	yes, no := []byte{1}, []byte{0}
 	derive, decrypt := 0, 0

@@ -117,18 +117,25 @@ func (r *raw) open(t testing.TB) {
 
 func (r *raw) find(t testing.TB, class uint, label string) pkcs11.ObjectHandle {
 	t.Helper()
-	if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	objs, _, err := r.c.FindObjects(r.h, 2)
-	r.c.FindObjectsFinal(r.h)
-	if err != nil || len(objs) != 1 {
-		t.Fatalf("find %q class %d: %v objects, err %v", label, class, len(objs), err)
+	objs := r.findAll(t, 2, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	if len(objs) != 1 {
+		t.Fatalf("find %q class %d: %v objects", label, class, len(objs))
 	}
 	return objs[0]
+}
+
+// findAll returns up to max objects matching tmpl.
+func (r *raw) findAll(t testing.TB, max int, tmpl ...*pkcs11.Attribute) []pkcs11.ObjectHandle {
+	t.Helper()
+	if err := r.c.FindObjectsInit(r.h, tmpl); err != nil {
+		t.Fatal(err)
+	}
+	objs, _, err := r.c.FindObjects(r.h, max)
+	r.c.FindObjectsFinal(r.h)
+	if err != nil {
+		t.Fatalf("C_FindObjects: %v", err)
+	}
+	return objs
 }
 
 func (r *raw) attr(t testing.TB, o pkcs11.ObjectHandle, typ uint) []byte {
