@@ -126,6 +126,13 @@ type Recorder interface {
 	Record(ctx context.Context, e Entry) error
 }
 
+// Starter is a Recorder that can queue an entry now and be waited for later
+// (Log.Start), so that the entry's commit overlaps the caller's work.
+type Starter interface {
+	Recorder
+	Start(ctx context.Context, e Entry) (wait func() error)
+}
+
 // SlogRecorder writes entries to a slog.Logger at Info level.
 type SlogRecorder struct{ Log *slog.Logger }
 

@@ -339,18 +339,44 @@ func (l *Log) Record(ctx context.Context, e Entry) error {
 
 // Append is Record that also returns the entry's index.
 func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
+	r, err := l.enqueue(ctx, e)
+	if err != nil {
+		return -1, err
+	}
+	return r.wait(ctx)
+}
+
+// Start is Record in two steps: it queues e for the next group commit and
+// returns at once; wait blocks until e is durable and returns what Record
+// would. The caller goes on meanwhile (the daemon starts the device work
+// of a decrypt) and must call wait before it acts on the decision. An entry
+// that was queued is committed whether or not wait is called.
+func (l *Log) Start(ctx context.Context, e Entry) (wait func() error) {
+	r, err := l.enqueue(ctx, e)
+	return func() error {
+		if err != nil {
+			return err
+		}
+		_, err := r.wait(ctx)
+		return err
+	}
+}
+
+// enqueue normalizes and checks e and queues it for the writer (bulk work's
+// queue for a priority.Background context).
+func (l *Log) enqueue(ctx context.Context, e Entry) (*request, error) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
 	e = Normalize(e)
 	if err := checkEntry(e); err != nil {
-		return -1, err
+		return nil, err
 	}
 	r := &request{e: e, done: make(chan error, 1)}
 	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
 	if l.closed {
-		l.closeMu.RUnlock()
-		return -1, ErrClosed
+		return nil, ErrClosed
 	}
 	q := l.reqs
 	if priority.IsBackground(ctx) {
@@ -358,11 +384,14 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 	}
 	select {
 	case q <- r:
-		l.closeMu.RUnlock()
+		return r, nil
 	case <-ctx.Done():
-		l.closeMu.RUnlock()
-		return -1, fmt.Errorf("auditlog: record: %w", ctx.Err())
+		return nil, fmt.Errorf("auditlog: record: %w", ctx.Err())
 	}
+}
+
+// wait blocks until the writer acknowledged r and returns its index.
+func (r *request) wait(ctx context.Context) (int64, error) {
 	select {
 	case err := <-r.done:
 		if err != nil {

@@ -442,3 +442,28 @@ func TestInvalidUTF8FromOutside(t *testing.T) {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 }
+
+// TestStart: an entry started is queued at once and durable when wait
+// returns; wait reports what Record would (ErrClosed after Close, an
+// invalid entry at once).
+func TestStart(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, testConfig(dir))
+	ctx := context.Background()
+	wait := l.Start(ctx, entry(0))
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Status(); st.Entries != 1 {
+		t.Fatalf("after wait: %d durable entries, want 1", st.Entries)
+	}
+	if err := l.Start(ctx, auditlog.Entry{})(); !errors.Is(err, auditlog.ErrInvalidEntry) {
+		t.Errorf("an empty entry: %v, want ErrInvalidEntry", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(ctx, entry(1))(); !errors.Is(err, auditlog.ErrClosed) {
+		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+}

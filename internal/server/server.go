@@ -366,12 +366,30 @@ func (s *Server) recordRefusal(ctx context.Context, rq *request, route, op strin
 // Recorder and returns a log_unavailable error when that fails: the caller
 // must then release nothing.
 func (s *Server) record(ctx context.Context, rq *request, e auditlog.Entry, err error) error {
+	return s.startRecord(ctx, rq, e, err)()
+}
+
+// startRecord is record in two steps: the entry is completed and handed to
+// the Recorder now (queued for the next group commit when the Recorder is
+// an auditlog.Starter, as the access log is; on a goroutine otherwise), and
+// wait returns what record would once it is durable. The caller may work
+// meanwhile and must not release anything before wait returned nil.
+func (s *Server) startRecord(ctx context.Context, rq *request, e auditlog.Entry, err error) (wait func() error) {
 	e = s.complete(rq, e, err)
 	s.charge(rq, err)
-	if rerr := s.d.Recorder.Record(ctx, e); rerr != nil {
-		return s.logRefused(e, rerr)
+	refused := func(rerr error) error {
+		if rerr != nil {
+			return s.logRefused(e, rerr)
+		}
+		return nil
 	}
-	return nil
+	if st, ok := s.d.Recorder.(auditlog.Starter); ok {
+		w := st.Start(ctx, e)
+		return func() error { return refused(w()) }
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.d.Recorder.Record(ctx, e) }()
+	return func() error { return refused(<-done) }
 }
 
 // RecordDaemon records e, a decision the daemon took on its own (the due

@@ -262,11 +262,10 @@ func (s *Server) startDecrypt(ctx context.Context, rq *request, in api.DecryptRe
 	plan, err := s.authorizeOpen(ctx, rq, in, &entry)
 	if err == nil && plan.env.Header.Version == envelope.Version2 {
 		entry.Fields = slices.Sorted(slices.Values(plan.names))
-		logged := make(chan error, 1)
-		go func(e auditlog.Entry) { logged <- s.record(ctx, rq, e, nil) }(entry)
+		logged := s.startRecord(ctx, rq, entry, nil)
 		res, err := s.openV2(ctx, plan)
 		return func() (*api.Decrypted, error) {
-			lerr := <-logged
+			lerr := logged()
 			if err != nil {
 				if lerr == nil {
 					entry.Detail = "not released: the device failed after this request's allowed entry was written"
