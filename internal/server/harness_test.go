@@ -394,16 +394,23 @@ func (h *harness) register(ids ...string) {
 // returns the envelope text.
 func (h *harness) seal(txid string, participants ...string) string {
 	h.t.Helper()
-	st, body := h.call("POST", "/v1/transactions/encrypt", map[string]any{
+	st, body := h.encrypt(txid, participants...)
+	if st != 200 {
+		h.t.Fatalf("encrypt %s: %d %v", txid, st, body)
+	}
+	return body["envelope"].(string)
+}
+
+// encrypt asks for an envelope of the test record for participants and
+// returns the answer as it came.
+func (h *harness) encrypt(txid string, participants ...string) (int, map[string]any) {
+	h.t.Helper()
+	return h.call("POST", "/v1/transactions/encrypt", map[string]any{
 		"transaction_id": txid, "job_id": "job-" + txid,
 		"public_data":  map[string]any{"status": "completed", "job_id": "job-" + txid},
 		"confidential": map[string]any{"amount": "1000", "pricing": map[string]any{"per_hour": 2.5}, "settlement_details": "IBAN DE00"},
 		"participants": participants,
 	})
-	if st != 200 {
-		h.t.Fatalf("encrypt %s: %d %v", txid, st, body)
-	}
-	return body["envelope"].(string)
 }
 
 // ctlAs runs custodyctl as a Unix user with the given stdin; it returns the

@@ -129,3 +129,47 @@ func TestDecryptBatchReleasesAfterEveryEntry(t *testing.T) {
 		}
 	}
 }
+
+// failingSealToken is a token whose field sealing fails.
+type failingSealToken struct {
+	server.Token
+	calls atomic.Int32
+}
+
+func (f *failingSealToken) SealFields(context.Context, hsm.SealFieldsRequest) ([][]byte, error) {
+	f.calls.Add(1)
+	return nil, hsm.ErrUnavailable
+}
+
+// TestEncryptReleasesOnlyAfterItsEntry: an encrypt's allowed entry is
+// written while the envelope is sealed and the envelope waits for it; when
+// the log fails no envelope is returned; when the sealing fails after the
+// allowed entry, a failed entry says it was not released.
+func TestEncryptReleasesOnlyAfterItsEntry(t *testing.T) {
+	h := newHarness(t)
+	h.register("client-1", "miner-1")
+	h.rec.setFail(true)
+	st, body := h.encrypt("tx-e1", "client-1", "miner-1")
+	if errCode(body) != api.CodeLogUnavailable || body["envelope"] != nil {
+		t.Fatalf("encrypt with the log failing: %d %v", st, body)
+	}
+	h.rec.setFail(false)
+
+	tok := &failingSealToken{}
+	h = newHarnessWith(t, func(d *server.Deps) { tok.Token = d.Token; d.Token = tok })
+	h.register("client-1", "miner-1")
+	st, body = h.encrypt("tx-e2", "client-1", "miner-1")
+	if errCode(body) != api.CodeHSMUnavailable || body["envelope"] != nil || tok.calls.Load() != 1 {
+		t.Fatalf("sealing failure: %d %v (device calls %d)", st, body, tok.calls.Load())
+	}
+	h.rec.mu.Lock()
+	entries := append([]auditlog.Entry(nil), h.rec.entries[len(h.rec.entries)-2:]...)
+	h.rec.mu.Unlock()
+	allowed, failed := entries[0], entries[1]
+	if allowed.Operation != "encrypt" || allowed.Outcome != auditlog.Allowed || allowed.TransactionID != "tx-e2" || allowed.SealedBy == "" {
+		t.Fatalf("first entry: %+v, want the allowed encrypt written while sealing", allowed)
+	}
+	if failed.Operation != "encrypt" || failed.Outcome != auditlog.Failed || failed.Code != api.CodeHSMUnavailable || !strings.Contains(failed.Detail, "not released") {
+		t.Fatalf("second entry: %+v, want the failure saying the allowed entry was not released", failed)
+	}
+}

@@ -142,17 +142,71 @@ func settled[In, Out any](one func(context.Context, *request, In) (*Out, error))
 }
 
 // encryptOne seals one transaction for its participants and the escrow key,
-// records the decision, and returns the envelope.
+// records the decision, and returns the envelope. Once every check passed
+// the whole entry is known (participants, sealer, signing key), so it is
+// queued for the log before the sealing starts and the envelope waits for
+// it to be durable, as an allowed decrypt's does: the fdatasync overlaps
+// the seal. Sealing that fails after that adds a failed entry saying the
+// allowed one was not released (docs/auditlog.md, "An allowed decrypt").
 func (s *Server) encryptOne(ctx context.Context, rq *request, in api.EncryptRequest) (*api.Encrypted, error) {
 	entry := auditlog.Entry{Operation: "encrypt", TransactionID: in.TransactionID, JobID: in.JobID, Participants: in.Participants}
-	res, err := s.seal(ctx, rq, in, &entry)
-	if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-		return nil, rerr
+	job, err := s.authorizeSeal(ctx, rq, in, &entry)
+	if err != nil {
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
 	}
-	return res, err
+	defer job.clear()
+	logged := s.startRecord(ctx, rq, entry, nil)
+	res, err := job.seal(ctx, s.d.Token)
+	lerr := logged()
+	if err != nil {
+		if lerr == nil {
+			entry.Detail = "not released: sealing failed after this request's allowed entry was written"
+		}
+		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	if lerr != nil {
+		return nil, lerr
+	}
+	return res, nil
 }
 
-func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, entry *auditlog.Entry) (*api.Encrypted, error) {
+// sealJob is an authorized encrypt: what SealV2 needs, and the answer
+// without its envelope.
+type sealJob struct {
+	in     envelope.SealInput
+	signer *keys.Signer
+	out    *api.Encrypted
+}
+
+// seal seals the envelope (software stanzas, fields on dev, header signed
+// in the HSM) and returns the answer.
+func (j *sealJob) seal(ctx context.Context, dev envelope.FieldSealer) (*api.Encrypted, error) {
+	env, err := envelope.SealV2(ctx, j.in, j.signer, dev)
+	if err != nil {
+		return nil, err
+	}
+	j.out.Envelope = env.Text()
+	return j.out, nil
+}
+
+// clear clears the field values (plaintext).
+func (j *sealJob) clear() {
+	for _, f := range j.in.Fields {
+		clear(f.Value)
+	}
+}
+
+// authorizeSeal runs every check of an encrypt, in order (the request, the
+// seal grant, the payload, the participants' keys and status, the escrow
+// and signing keys), fills entry with what is known and returns the job;
+// nothing has touched a key.
+func (s *Server) authorizeSeal(ctx context.Context, rq *request, in api.EncryptRequest, entry *auditlog.Entry) (*sealJob, error) {
 	if err := envelope.ValidateID(in.TransactionID); err != nil {
 		return nil, invalidID("transaction_id", err)
 	}
@@ -190,9 +244,13 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 		}
 		return nil, badRequest("confidential: %v", err)
 	}
+	job := &sealJob{}
+	authorized := false
 	defer func() {
-		for _, f := range fields {
-			clear(f.Value)
+		if !authorized { // refused: no job for the caller to clear
+			for _, f := range fields {
+				clear(f.Value)
+			}
 		}
 	}()
 	recipients := make([]envelope.Recipient, 0, len(in.Participants))
@@ -217,7 +275,8 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 		return nil, err
 	}
 	entry.KeyLabel = signer.Label()
-	env, err := envelope.SealV2(ctx, envelope.SealInput{
+	out.EscrowKeyVersion = escrow.Number
+	job.in = envelope.SealInput{
 		TransactionID: in.TransactionID,
 		JobID:         in.JobID,
 		PublicFields:  public,
@@ -227,13 +286,10 @@ func (s *Server) seal(ctx context.Context, rq *request, in api.EncryptRequest, e
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
 		CreatedAt:     s.d.Now(),
-	}, signer, s.d.Token)
-	if err != nil {
-		return nil, err
 	}
-	out.Envelope = env.Text()
-	out.EscrowKeyVersion = escrow.Number
-	return out, nil
+	job.signer, job.out = signer, out
+	authorized = true
+	return job, nil
 }
 
 // decryptOne opens one envelope as a participant for a purpose: parse and
