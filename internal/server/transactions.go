@@ -160,20 +160,29 @@ func (s *Server) encryptOne(ctx context.Context, rq *request, in api.EncryptRequ
 	defer job.clear()
 	logged := s.startRecord(ctx, rq, entry, nil)
 	res, err := job.seal(ctx, s.d.Token)
-	lerr := logged()
-	if err != nil {
-		if lerr == nil {
-			entry.Detail = "not released: sealing failed after this request's allowed entry was written"
-		}
-		if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-			return nil, rerr
-		}
+	if err := s.settle(ctx, rq, entry, "sealing", err, logged()); err != nil {
 		return nil, err
 	}
-	if lerr != nil {
-		return nil, lerr
-	}
 	return res, nil
+}
+
+// settle ends an operation whose allowed entry was handed to the log
+// before its work (startRecord): workErr is the work's error, lerr the
+// entry's. Work that failed after a durable allowed entry is recorded as a
+// second, failed entry whose detail says the first was not released (what
+// names the work); a failed log refuses the operation. It returns what the
+// caller answers with; nil means the result may go.
+func (s *Server) settle(ctx context.Context, rq *request, entry auditlog.Entry, what string, workErr, lerr error) error {
+	if workErr == nil {
+		return lerr
+	}
+	if lerr == nil {
+		entry.Detail = "not released: " + what + " failed after this request's allowed entry was written"
+	}
+	if rerr := s.record(ctx, rq, entry, workErr); rerr != nil {
+		return rerr
+	}
+	return workErr
 }
 
 // sealJob is an authorized encrypt: what SealV2 needs, and the answer
@@ -321,21 +330,13 @@ func (s *Server) startDecrypt(ctx context.Context, rq *request, in api.DecryptRe
 		logged := s.startRecord(ctx, rq, entry, nil)
 		res, err := s.openV2(ctx, plan)
 		return func() (*api.Decrypted, error) {
-			lerr := logged()
-			if err != nil {
-				if lerr == nil {
-					entry.Detail = "not released: the device failed after this request's allowed entry was written"
-				}
-				if rerr := s.record(ctx, rq, entry, err); rerr != nil {
-					return nil, rerr
+			if err := s.settle(ctx, rq, entry, "the device", err, logged()); err != nil {
+				if res != nil {
+					for _, v := range res.Confidential {
+						clear(v)
+					}
 				}
 				return nil, err
-			}
-			if lerr != nil {
-				for _, v := range res.Confidential {
-					clear(v)
-				}
-				return nil, lerr
 			}
 			return res, nil
 		}
