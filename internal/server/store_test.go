@@ -359,7 +359,16 @@ func TestStoreReplaceAtVersionRead(t *testing.T) {
 	if conflicts, err := f.db.Replace(ctx, []store.Replacement{{TransactionID: "tx-0000", RowVersion: now.RowVersion, Envelope: now.Envelope}}); err != nil || len(conflicts) != 0 {
 		t.Fatalf("replace at the current version: conflicts %v, %v", conflicts, err)
 	}
-	if after, _ := f.db.Get(ctx, "tx-0000"); after.RowVersion != now.RowVersion+1 || after.Status != "disputed" {
+	after, _ := f.db.Get(ctx, "tx-0000")
+	if after.RowVersion != now.RowVersion+1 || after.Status != "disputed" {
 		t.Fatalf("after the write: row_version %d, status %q", after.RowVersion, after.Status)
+	}
+	// The same row twice in one call is refused before anything is written.
+	twice := store.Replacement{TransactionID: "tx-0000", RowVersion: after.RowVersion, Envelope: after.Envelope}
+	if _, err := f.db.Replace(ctx, []store.Replacement{twice, twice}); err == nil {
+		t.Fatal("two replacements for one row in a call: no error")
+	}
+	if again, _ := f.db.Get(ctx, "tx-0000"); again.RowVersion != after.RowVersion {
+		t.Fatalf("a refused call wrote: row_version %d, was %d", again.RowVersion, after.RowVersion)
 	}
 }

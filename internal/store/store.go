@@ -321,14 +321,20 @@ type Replacement struct {
 // Replace writes each replacement and its facts, all in one SQL
 // transaction, each only if its row is still at the version read. It
 // returns the ids of the rows that changed meanwhile (left as they are:
-// read them again and retry). On error nothing was written.
+// read them again and retry). On error nothing was written; two
+// replacements for one transaction in a call are an error.
 func (s *Store) Replace(ctx context.Context, rs []Replacement) (conflicts []string, err error) {
 	type parsed struct {
 		r Replacement
 		f facts
 	}
 	ps := make([]parsed, len(rs))
+	seen := make(map[string]bool, len(rs))
 	for i, r := range rs {
+		if seen[r.TransactionID] {
+			return nil, fmt.Errorf("store: two replacements for %s in one call", r.TransactionID)
+		}
+		seen[r.TransactionID] = true
 		e, f, err := factsOf(r.Envelope)
 		if err != nil {
 			return nil, fmt.Errorf("store: replacement for %s: %w", r.TransactionID, err)
