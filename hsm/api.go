@@ -160,7 +160,7 @@ type TokenInfo struct {
 	// InUse is the number of sessions borrowed right now.
 	InUse int
 	// Yields counts the times a background RewrapBatch gave its session
-	// back because another call was waiting (WithBackground).
+	// back because another call was waiting (priority.Background).
 	Yields uint64
 }
 

@@ -153,7 +153,7 @@ static cu_ulong cu_seal(cu_function_list *l, cu_ulong s, cu_template dek_tmpl, c
 		cu_ulong derive_mech, cu_ulong gcm_mech, void *tmpl, cu_ulong tmpl_len,
 		cu_field *f, cu_ulong n, unsigned char *in, unsigned char *out, cu_ulong *failed, cu_ulong *step) {
 	cu_attribute a[32];
-	if (dek_tmpl.n + 1 > sizeof a / sizeof a[0]) { *step = 0; return 0x150; } // CKR_TEMPLATE_INCONSISTENT
+	if (dek_tmpl.n + 1 > sizeof a / sizeof a[0]) { *step = 0; return 0xD1; } // CKR_TEMPLATE_INCONSISTENT
 	memcpy(a, dek_tmpl.attrs, dek_tmpl.n * sizeof a[0]);
 	a[dek_tmpl.n] = (cu_attribute){ value_type, value, value_len };
 	cu_ulong dek = 0, rv;

@@ -348,18 +348,19 @@ func (l *Log) Append(ctx context.Context, e Entry) (int64, error) {
 
 // Start is Record in two steps: it queues e for the next group commit and
 // returns at once; wait blocks until e is durable and returns what Record
-// would. The caller goes on meanwhile (the daemon starts the device work
-// of a decrypt) and must call wait before it acts on the decision. An entry
-// that was queued is committed whether or not wait is called.
+// would (the same answer each time it is called). The caller goes on
+// meanwhile (the daemon starts the device work of a decrypt) and must call
+// wait before it acts on the decision. An entry that was queued is
+// committed whether or not wait is called.
 func (l *Log) Start(ctx context.Context, e Entry) (wait func() error) {
 	r, err := l.enqueue(ctx, e)
-	return func() error {
+	return sync.OnceValue(func() error {
 		if err != nil {
 			return err
 		}
 		_, err := r.wait(ctx)
 		return err
-	}
+	})
 }
 
 // enqueue normalizes and checks e and queues it for the writer (bulk work's

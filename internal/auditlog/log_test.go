@@ -454,6 +454,9 @@ func TestStart(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
+	if err := wait(); err != nil { // again: the same answer, no block
+		t.Fatal(err)
+	}
 	if st := l.Status(); st.Entries != 1 {
 		t.Fatalf("after wait: %d durable entries, want 1", st.Entries)
 	}
