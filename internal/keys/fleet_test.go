@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"custody/hsm"
 	"custody/hsm/hsmtest"
 	"custody/internal/device"
 )
@@ -21,17 +20,8 @@ import (
 // once per miss interval, shared by every lookup that missed meanwhile.
 func TestMissRereadsTheTokenBounded(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	a, err := Load(ctx, tok, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Load(ctx, tok, log)
+	tok, a := openRegistry(t, hsmtest.NewToken(t))
+	b, err := Load(ctx, tok, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,16 +83,7 @@ func (heldCoordinator) Claim(context.Context, string, time.Duration) (func(conte
 // pass skips the key without counting it.
 func TestRotationNeedsTheLease(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	r, err := Load(ctx, tok, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, r := openRegistry(t, hsmtest.NewToken(t))
 	if _, err := r.Register(ctx, "p-1", time.Now().Add(-100*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +91,7 @@ func TestRotationNeedsTheLease(t *testing.T) {
 	if _, err := r.Rotate(ctx, "p-1", time.Now()); !errors.Is(err, ErrRotationBusy) {
 		t.Fatalf("rotate with the lease held elsewhere: %v", err)
 	}
-	n, err := NewScheduler(r, nil, log, nil).RotateDue(ctx)
+	n, err := NewScheduler(r, nil, slog.New(slog.DiscardHandler), nil).RotateDue(ctx)
 	if n != 0 || err != nil {
 		t.Fatalf("pass with the lease held elsewhere: %d %v", n, err)
 	}
@@ -126,17 +107,8 @@ func TestRotationNeedsTheLease(t *testing.T) {
 // from the view.
 func TestRefreshKeepsTheViewWhenTheTokenGoes(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
 	cfg := hsmtest.NewToken(t)
-	tok, err := hsm.Open(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	r, err := Load(ctx, tok, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, r := openRegistry(t, cfg)
 	if _, err := r.Genesis(ctx, time.Now(), "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +122,7 @@ func TestRefreshKeepsTheViewWhenTheTokenGoes(t *testing.T) {
 	if err := os.Rename(dir, away); err != nil {
 		t.Fatal(err)
 	}
-	err = r.Refresh(ctx)
+	err := r.Refresh(ctx)
 	if rerr := os.Rename(away, dir); rerr != nil {
 		t.Fatal(rerr)
 	}

@@ -46,16 +46,7 @@ func TestParseLabel(t *testing.T) {
 // and registration never overwrites, whichever registry asks.
 func TestRegistryRebuildsFromToken(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	r, err := Load(ctx, tok, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, r := openRegistry(t, hsmtest.NewToken(t))
 	if _, err := r.Escrow(); !errors.Is(err, ErrNoDaemonKeys) {
 		t.Errorf("escrow before EnsureDaemonKeys: %v", err)
 	}
@@ -75,7 +66,7 @@ func TestRegistryRebuildsFromToken(t *testing.T) {
 		t.Error("registered an invalid id")
 	}
 
-	r2, err := Load(ctx, tok, log)
+	r2, err := Load(ctx, tok, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +79,7 @@ func TestRegistryRebuildsFromToken(t *testing.T) {
 	}
 	// The second registry did not see the first's registration in memory,
 	// but the token refuses the duplicate.
-	r3, _ := Load(ctx, tok, log)
+	r3, _ := Load(ctx, tok, slog.New(slog.DiscardHandler))
 	r.Register(ctx, "miner-2", now)
 	if _, err := r3.Register(ctx, "miner-2", now); !errors.Is(err, ErrExists) {
 		t.Errorf("duplicate through another registry: %v", err)
@@ -118,13 +109,7 @@ func TestRegistryRebuildsFromToken(t *testing.T) {
 
 func TestAges(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	r, _ := Load(ctx, tok, log)
+	_, r := openRegistry(t, hsmtest.NewToken(t))
 	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	recent := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
 	r.EnsureDaemonKeys(ctx, old)
@@ -140,4 +125,21 @@ func TestAges(t *testing.T) {
 	if s := ages["signing"]; s.Count != 1 || s.Due != 1 {
 		t.Errorf("signing: %+v", s)
 	}
+}
+
+// openRegistry opens the test token cfg and a registry over it; the token
+// is closed with the test.
+func openRegistry(t *testing.T, cfg hsm.Config) (*hsm.Token, *Registry) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	tok, err := hsm.Open(t.Context(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	r, err := Load(t.Context(), tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, r
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"custody/hsm"
 	"custody/hsm/hsmtest"
 	"custody/internal/auditlog"
 )
@@ -17,16 +16,8 @@ import (
 // no rotation goes unrecorded past the refusal.
 func TestSchedulerRotatesDueAndStopsOnRefusal(t *testing.T) {
 	ctx := t.Context()
+	_, r := openRegistry(t, hsmtest.NewToken(t))
 	log := slog.New(slog.DiscardHandler)
-	tok, err := hsm.Open(ctx, hsmtest.NewToken(t), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tok.Close()
-	r, err := Load(ctx, tok, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	for _, id := range []string{"miner-1", "miner-2"} {
 		if _, err := r.Register(ctx, id, now); err != nil {
