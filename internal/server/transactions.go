@@ -253,7 +253,6 @@ func (s *Server) authorizeSeal(ctx context.Context, rq *request, in api.EncryptR
 		}
 		return nil, badRequest("confidential: %v", err)
 	}
-	job := &sealJob{}
 	authorized := false
 	defer func() {
 		if !authorized { // refused: no job for the caller to clear
@@ -285,7 +284,8 @@ func (s *Server) authorizeSeal(ctx context.Context, rq *request, in api.EncryptR
 	}
 	entry.KeyLabel = signer.Label()
 	out.EscrowKeyVersion = escrow.Number
-	job.in = envelope.SealInput{
+	authorized = true
+	return &sealJob{signer: signer, out: out, in: envelope.SealInput{
 		TransactionID: in.TransactionID,
 		JobID:         in.JobID,
 		PublicFields:  public,
@@ -295,10 +295,7 @@ func (s *Server) authorizeSeal(ctx context.Context, rq *request, in api.EncryptR
 		Participants:  recipients,
 		Escrow:        envelope.Recipient{KeyVersion: escrow.Number, Alg: escrow.Alg, Public: escrow.Public},
 		CreatedAt:     s.d.Now(),
-	}
-	job.signer, job.out = signer, out
-	authorized = true
-	return job, nil
+	}}, nil
 }
 
 // decryptOne opens one envelope as a participant for a purpose: parse and
