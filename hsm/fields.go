@@ -195,7 +195,7 @@ func (t *Token) openFields(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, req
 		return nil, err
 	}
 	objs.add(dek)
-	out, _, err := t.mod.gcm.gcmFields(h, dek, pkcs11.CKA_DECRYPT, false, gcmFieldsOf(req, nil))
+	out, _, err := t.mod.fns.gcmFields(h, dek, pkcs11.CKA_DECRYPT, false, gcmFieldsOf(req, nil))
 	return out, err
 }
 
@@ -206,7 +206,7 @@ func (t *Token) sealFields(h pkcs11.SessionHandle, req SealFieldsRequest) ([][]b
 	}
 	// req.DEK is not cleared here: withSession may run this once more on a
 	// fresh session.
-	return t.mod.gcm.sealDEK(h, req.DEK, fs)
+	return t.mod.fns.sealDEK(h, req.DEK, fs)
 }
 
 // openFieldsCached is openFields through the DEK handle cache, on session s
@@ -259,12 +259,12 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 	return out, created + n, nil
 }
 
-// unwrapFieldsDEK runs the key half of an envelope v2 open (gcmFunctions.
+// unwrapFieldsDEK runs the key half of an envelope v2 open (functionList.
 // unwrapDEK: Z and the KEK, destroyed at once and counted in objs, and the
 // unwrap of req.WrappedDEK into a derive-only session key, which it
 // returns and the caller owns).
 func (t *Token) unwrapFieldsDEK(h pkcs11.SessionHandle, objs *sessionObjects, priv pkcs11.ObjectHandle, req OpenFieldsRequest) (pkcs11.ObjectHandle, error) {
-	dek, n, err := t.mod.gcm.unwrapDEK(h, priv, req.PeerPublic, req.Context, req.WrappedDEK)
+	dek, n, err := t.mod.fns.unwrapDEK(h, priv, req.PeerPublic, req.Context, req.WrappedDEK)
 	if err == nil {
 		n-- // the DEK is the caller's to count
 	}
@@ -276,7 +276,7 @@ func (t *Token) unwrapFieldsDEK(h pkcs11.SessionHandle, objs *sessionObjects, pr
 // to e) the field keys e does not hold yet. It returns the plaintexts and
 // how many keys it derived; on error no plaintext.
 func (t *Token) openCachedFields(h pkcs11.SessionHandle, e *dekEntry, req OpenFieldsRequest) ([][]byte, uint64, error) {
-	out, keys, err := t.mod.gcm.gcmFields(h, e.dek, pkcs11.CKA_DECRYPT, true, gcmFieldsOf(req, e.fieldKey))
+	out, keys, err := t.mod.fns.gcmFields(h, e.dek, pkcs11.CKA_DECRYPT, true, gcmFieldsOf(req, e.fieldKey))
 	var derived uint64
 	for i, k := range keys {
 		if k != 0 {

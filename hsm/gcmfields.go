@@ -175,25 +175,28 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// The per-field part of an envelope v2 chain (derive a field key, AES-GCM,
-// destroy) runs as one cgo call for all fields of a request, calling the
-// module's functions directly. Through miekg/pkcs11 each of those 3–4
-// PKCS#11 calls per field is a cgo call of its own, and every SoftHSM call
+// The envelope v2 chains call the module's functions directly, one cgo
+// call per part: the key half of an open (unwrapDEK: ECDH, KEK derive,
+// unwrap, destroys), all fields of an open (gcmFields: per field a derive
+// when the key is not cached, a GCM init, the decrypt, a destroy) and a
+// whole seal (sealDEK: the DEK's import, the fields, the destroys).
+// Through miekg/pkcs11 each PKCS#11 call is a cgo call of its own, and every SoftHSM call
 // (30–90 µs) is long enough for the Go runtime to hand the calling
 // thread's P to another thread and make it find one again afterwards:
 // docs/performance.md, "Why custodyd spent its CPU in the kernel". The
 // plaintexts are written straight into Go memory (miekg's Decrypt leaves a
 // copy in freed C memory).
 
-// gcmFunctions is a module's PKCS#11 function list, for gcmFields.
-type gcmFunctions struct {
+// functionList is a module's PKCS#11 function list, called directly by
+// unwrapDEK, gcmFields and sealDEK.
+type functionList struct {
 	list   *C.cu_function_list
 	handle unsafe.Pointer
 }
 
-// loadGCMFunctions finds the function list of the module at path, which
+// loadFunctionList finds the function list of the module at path, which
 // miekg/pkcs11 has loaded.
-func loadGCMFunctions(path string) (*gcmFunctions, error) {
+func loadFunctionList(path string) (*functionList, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var handle unsafe.Pointer
@@ -201,10 +204,10 @@ func loadGCMFunctions(path string) (*gcmFunctions, error) {
 	if l == nil {
 		return nil, fmt.Errorf("hsm: %q has no PKCS#11 function list with the layout of PKCS#11 2.40 (C_GetFunctionList)", path)
 	}
-	return &gcmFunctions{list: l, handle: handle}, nil
+	return &functionList{list: l, handle: handle}, nil
 }
 
-func (g *gcmFunctions) unload() { C.cu_unload(g.handle) }
+func (g *functionList) unload() { C.cu_unload(g.handle) }
 
 // gcmField is one field of a gcmFields call.
 type gcmField struct {
@@ -297,7 +300,7 @@ func (c *fieldCall) result(rv, failed, step C.cu_ulong, usage uint) ([][]byte, e
 // keep, in which case keys[i] is the key derived for field i (0 when the
 // field had one), also on failure. It returns the outputs in one
 // allocation, one slice per field; on failure none, and only keys.
-func (g *gcmFunctions) gcmFields(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, usage uint, keep bool, fields []gcmField) (out [][]byte, keys []pkcs11.ObjectHandle, err error) {
+func (g *functionList) gcmFields(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle, usage uint, keep bool, fields []gcmField) (out [][]byte, keys []pkcs11.ObjectHandle, err error) {
 	c := newFieldCall(fields)
 	encrypt, keepKeys := C.int(0), C.int(0)
 	if usage == pkcs11.CKA_ENCRYPT {
@@ -326,7 +329,7 @@ func (g *gcmFunctions) gcmFields(h pkcs11.SessionHandle, dek pkcs11.ObjectHandle
 // (deriveOnlyDEKTemplate, private), encrypts every field as gcmFields does
 // with usage CKA_ENCRYPT, and destroys the DEK and the field keys, all in
 // one cgo call. The caller clears dek.
-func (g *gcmFunctions) sealDEK(h pkcs11.SessionHandle, dek []byte, fields []gcmField) ([][]byte, error) {
+func (g *functionList) sealDEK(h pkcs11.SessionHandle, dek []byte, fields []gcmField) ([][]byte, error) {
 	c := newFieldCall(fields)
 	var failed, step C.cu_ulong
 	tmpl, n, cf, count, in, buf := c.args(pkcs11.CKA_ENCRYPT)
@@ -389,7 +392,7 @@ func cTemplate(attrs []*pkcs11.Attribute) C.cu_template {
 // unwrap template). Z and the KEK are destroyed before it returns; created
 // counts the session objects it made, the DEK's included. The caller owns
 // the DEK.
-func (g *gcmFunctions) unwrapDEK(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, peer []byte, context [32]byte, wrapped []byte) (dek pkcs11.ObjectHandle, created uint64, err error) {
+func (g *functionList) unwrapDEK(h pkcs11.SessionHandle, priv pkcs11.ObjectHandle, peer []byte, context [32]byte, wrapped []byte) (dek pkcs11.ObjectHandle, created uint64, err error) {
 	tm := unwrapTemplates()
 	ctx := context // in Go memory for the call
 	var d, n, step C.cu_ulong

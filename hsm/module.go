@@ -19,7 +19,7 @@ import (
 type module struct {
 	path  string
 	ctx   *pkcs11.Ctx
-	gcm   *gcmFunctions // the same module's functions, for gcmFields
+	fns   *functionList // the same module's function list, for the one-call v2 chains (gcmfields.go)
 	refs  int
 	owned bool // our C_Initialize succeeded, so C_Finalize is ours too
 }
@@ -42,7 +42,7 @@ func acquireModule(path string) (*module, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("hsm: cannot load PKCS#11 module %q", path)
 	}
-	gcm, err := loadGCMFunctions(path)
+	fns, err := loadFunctionList(path)
 	if err != nil {
 		ctx.Destroy()
 		return nil, err
@@ -50,10 +50,10 @@ func acquireModule(path string) (*module, error) {
 	owned, err := initialize(ctx)
 	if err != nil {
 		ctx.Destroy()
-		gcm.unload()
+		fns.unload()
 		return nil, fmt.Errorf("hsm: C_Initialize of %q: %w", path, err)
 	}
-	m := &module{path: path, ctx: ctx, gcm: gcm, refs: 1, owned: owned}
+	m := &module{path: path, ctx: ctx, fns: fns, refs: 1, owned: owned}
 	modules.m[path] = m
 	return m, nil
 }
@@ -119,7 +119,7 @@ func (m *module) release() error {
 		}
 	}
 	m.ctx.Destroy()
-	m.gcm.unload()
+	m.fns.unload()
 	return err
 }
 
