@@ -142,23 +142,29 @@ func (f *failingSealToken) SealFields(context.Context, hsm.SealFieldsRequest) ([
 }
 
 // TestEncryptReleasesOnlyAfterItsEntry: an encrypt's allowed entry is
-// written while the envelope is sealed and the envelope waits for it; when
-// the log fails no envelope is returned; when the sealing fails after the
-// allowed entry, a failed entry says it was not released.
+// written while the envelope is sealed and the envelope waits for it. An
+// application (custody-t-app, through custodyctl as its own Unix user)
+// that seals within its grant while the log fails gets no envelope; when
+// the sealing fails after the allowed entry, a failed entry says it was
+// not released.
 func TestEncryptReleasesOnlyAfterItsEntry(t *testing.T) {
 	h := newHarness(t)
 	h.register("client-1", "miner-1")
 	h.rec.setFail(true)
-	st, body := h.encrypt("tx-e1", "client-1", "miner-1")
-	if errCode(body) != api.CodeLogUnavailable || body["envelope"] != nil {
-		t.Fatalf("encrypt with the log failing: %d %v", st, body)
+	req := `{"transaction_id":"tx-e1","job_id":"job-tx-e1","confidential":{"amount":"1"},"participants":["miner-1"]}`
+	code, out, errOut := h.ctlAs(appUser, req, "encrypt", "-")
+	if code == 0 || !strings.Contains(errOut, api.CodeLogUnavailable) || strings.Contains(out, "custody-envelope") {
+		t.Fatalf("app user sealing with the log failing: exit %d, stdout %q, stderr %q; want log_unavailable and no envelope", code, out, errOut)
 	}
 	h.rec.setFail(false)
+	if code, out, errOut := h.ctlAs(appUser, req, "encrypt", "-"); code != 0 || !strings.Contains(out, "custody-envelope") {
+		t.Fatalf("app user sealing with the log back: exit %d\n%s%s", code, out, errOut)
+	}
 
 	tok := &failingSealToken{}
 	h = newHarnessWith(t, func(d *server.Deps) { tok.Token = d.Token; d.Token = tok })
 	h.register("client-1", "miner-1")
-	st, body = h.encrypt("tx-e2", "client-1", "miner-1")
+	st, body := h.encrypt("tx-e2", "client-1", "miner-1")
 	if errCode(body) != api.CodeHSMUnavailable || body["envelope"] != nil || tok.calls.Load() != 1 {
 		t.Fatalf("sealing failure: %d %v (device calls %d)", st, body, tok.calls.Load())
 	}
