@@ -116,7 +116,11 @@ below the daemon's active versions, --batch rows per daemon call and SQL transac
 each row written only if the application did not change it meanwhile (else read again
 and retried). Rows the daemon refuses (tampered, key destroyed) are listed and skipped.
 The table is the resume state: after any interruption run it again. Progress: a bar
-on a terminal, JSON lines otherwise; --rate bounds rows/s to spare live traffic.`,
+on a terminal, JSON lines otherwise. The run paces itself to spare live traffic: when the
+daemon reports that its live requests' p99 grew past --live-slowdown times their p99 with
+no bulk work running, it slows down (30 % per 4 s, to 5 rows/s at least) and shrinks its
+pages, then speeds up again while they keep up (docs/store.md, "Pacing"); --rate caps
+rows/s on top.`,
 			setup: func(fs *flag.FlagSet) func([]string) error {
 				in := fs.String("in", "", "input `file`: JSON lines")
 				out := fs.String("out", "", "output `file`: JSON lines")
@@ -125,12 +129,13 @@ on a terminal, JSON lines otherwise; --rate bounds rows/s to spare live traffic.
 				dsn := fs.String("postgres", "", "rewrap the rows of the PostgreSQL store at `DSN` in place instead (no password in it: PGPASSFILE)")
 				batch := fs.Int("batch", 200, "with --postgres: rows per daemon call and SQL transaction")
 				rate := fs.Float64("rate", 0, "with --postgres: at most this many `rows/s` (0: no limit)")
+				slowdown := fs.Float64("live-slowdown", 2, "with --postgres: slow down while the daemon's live p99 is past this `factor` of its idle p99 (0: never)")
 				return func([]string) error {
 					if *dsn != "" {
 						if *in != "" || *out != "" {
 							return usageError{msg: "rewrap: give --postgres, or --in and --out, not both", hint: "see custodyctl rewrap --help"}
 						}
-						return c.rewrapStore(*dsn, rewrapOpts{batch: *batch, rate: *rate}, stderr)
+						return c.rewrapStore(*dsn, rewrapOpts{batch: *batch, rate: *rate, liveSlowdown: *slowdown}, stderr)
 					}
 					return c.rewrap(in, out, statePath, chunk, stderr)
 				}

@@ -271,8 +271,9 @@ func (c *cli) storeStatus(dsn string) error {
 
 // rewrapOpts are rewrap --postgres's settings.
 type rewrapOpts struct {
-	batch int     // rows per daemon call and per SQL transaction
-	rate  float64 // rows per second at most; 0: no limit
+	batch        int     // rows per daemon call and per SQL transaction, at most
+	rate         float64 // rows per second at most; 0: no limit
+	liveSlowdown float64 // pace by the daemon's live p99 against this multiple of its idle p99; 0: off
 }
 
 // rewrapStore rewraps every row due in place: a keyset page of rows at a
@@ -286,6 +287,9 @@ type rewrapOpts struct {
 func (c *cli) rewrapStore(dsn string, o rewrapOpts, stderr io.Writer) error {
 	if o.batch < 1 || o.batch > 1000 {
 		return usageError{msg: "--batch must be 1 to 1000", hint: "see custodyctl rewrap --help"}
+	}
+	if o.rate < 0 || o.liveSlowdown < 0 || o.liveSlowdown > 0 && o.liveSlowdown < 1 {
+		return usageError{msg: "--rate must be 0 (no limit) or more, --live-slowdown 0 (off) or at least 1", hint: "see custodyctl rewrap --help"}
 	}
 	ctx := context.Background()
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -326,14 +330,19 @@ func rewrapItems(rows []store.Row) []api.RewrapItem {
 
 // pages reads due rows a page at a time and has the daemon rewrap each,
 // one page ahead of the writer: page k+1 is on the device while page k is
-// written. It stops at the first error (sent as the last page) or when
-// ctx ends.
-func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, size int) <-chan page {
+// written. The pacer sets each page's size and when it is sent, and hears
+// the daemon's report of its live requests. It stops at the first error
+// (sent as the last page) or when ctx ends.
+func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, pc *pacer) <-chan page {
 	out := make(chan page, 1)
 	go func() {
 		defer close(out)
 		after := ""
 		for {
+			size := pc.page()
+			if pc.wait(ctx, size) != nil {
+				return
+			}
 			cctx, cancel := context.WithTimeout(ctx, c.timeout)
 			rows, err := s.Due(cctx, active, after, size)
 			var res []api.BatchResult[api.Rewrapped]
@@ -341,9 +350,11 @@ func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, si
 				err = fmt.Errorf("reading rows to rewrap: %w", err)
 			} else if len(rows) > 0 {
 				after = rows[len(rows)-1].TransactionID
-				if res, err = c.d.Rewrap(cctx, rewrapItems(rows)); err != nil {
+				var live *api.LiveLatency
+				if res, live, err = c.d.Rewrap(cctx, rewrapItems(rows)); err != nil {
 					err = fmt.Errorf("rows after %q: %w", rows[0].TransactionID, err)
 				}
+				pc.observe(live)
 			}
 			cancel()
 			if err == nil && len(rows) == 0 {
@@ -371,12 +382,13 @@ func (c *cli) rewrapRows(ctx context.Context, s *store.Store, active store.Activ
 	resumeHint := "rows done so far are committed; run the same command again to continue"
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
-	for p := range c.pages(pctx, s, active, o.batch) {
+	pc := newPacer(o.rate, o.liveSlowdown, o.batch)
+	for p := range c.pages(pctx, s, active, pc) {
 		if p.err != nil {
 			return fmt.Errorf("%w (%s)", p.err, resumeHint)
 		}
 		cctx, cancel := context.WithTimeout(ctx, c.timeout)
-		n, r, f, err := c.writePage(cctx, s, p.rows, p.res)
+		n, r, f, err := c.writePage(cctx, s, pc, p.rows, p.res)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("rows after %q: %w (%s)", p.rows[0].TransactionID, err, resumeHint)
@@ -386,15 +398,10 @@ func (c *cli) rewrapRows(ctx context.Context, s *store.Store, active store.Activ
 		retried += r
 		failed = append(failed, f...)
 		pb.update(done, false)
-		jp.update(done, rewrapped, int64(len(failed)), total)
-		if o.rate > 0 {
-			if ahead := time.Duration(float64(done)/o.rate*float64(time.Second)) - time.Since(jp.start); ahead > 0 {
-				time.Sleep(ahead) // throttle: stay at --rate rows/s
-			}
-		}
+		jp.update(done, rewrapped, int64(len(failed)), total, pc.Rate())
 	}
 	pb.update(done, true)
-	jp.update(done, rewrapped, int64(len(failed)), total)
+	jp.update(done, rewrapped, int64(len(failed)), total, pc.Rate())
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	left, err := s.Backlog(cctx, active)
@@ -426,7 +433,7 @@ const maxRetries = 5
 // returns how many rows were rewrapped, how many of those needed a retry,
 // and the failures. An error is the database's or the daemon's as a
 // whole: nothing of the failed SQL transaction was written.
-func (c *cli) writePage(ctx context.Context, s *store.Store, rows []store.Row, res []api.BatchResult[api.Rewrapped]) (n, retried int64, failed []failedRow, err error) {
+func (c *cli) writePage(ctx context.Context, s *store.Store, pc *pacer, rows []store.Row, res []api.BatchResult[api.Rewrapped]) (n, retried int64, failed []failedRow, err error) {
 	for attempt := 0; ; attempt++ {
 		var repl []store.Replacement
 		for i, x := range res {
@@ -467,9 +474,11 @@ func (c *cli) writePage(ctx context.Context, s *store.Store, rows []store.Row, r
 		if len(rows) == 0 {
 			return n, retried, failed, nil
 		}
-		if res, err = c.d.Rewrap(ctx, rewrapItems(rows)); err != nil {
+		var live *api.LiveLatency
+		if res, live, err = c.d.Rewrap(ctx, rewrapItems(rows)); err != nil {
 			return n, retried, failed, err
 		}
+		pc.observe(live)
 	}
 }
 
@@ -482,7 +491,7 @@ type jsonProgress struct {
 	last  time.Time
 }
 
-func (p *jsonProgress) update(done, rewrapped, failed, total int64) {
+func (p *jsonProgress) update(done, rewrapped, failed, total int64, paced float64) {
 	if !p.on || time.Since(p.last) < time.Second && done < total {
 		return
 	}
@@ -493,7 +502,7 @@ func (p *jsonProgress) update(done, rewrapped, failed, total int64) {
 		eta = float64(total-done) / rate
 	}
 	b, _ := json.Marshal(map[string]any{"done": done, "total": total, "rewrapped": rewrapped, "failed": failed,
-		"rows_per_s": int64(rate), "eta_s": int64(eta)})
+		"rows_per_s": int64(rate), "eta_s": int64(eta), "limit_rows_per_s": int64(paced)})
 	fmt.Fprintln(p.w, string(b))
 }
 

@@ -294,6 +294,25 @@ type Rewrapped struct {
 	Moved    []Moved `json:"moved,omitempty"`
 }
 
+// RewrapResults answers POST /v1/envelopes/rewrap: the items' results
+// and, when the daemon has timed live requests, how they fared (Live).
+type RewrapResults struct {
+	Results []BatchResult[Rewrapped] `json:"results"`
+	Live    *LiveLatency             `json:"live,omitempty"`
+}
+
+// LiveLatency is how long the daemon's live single-envelope requests
+// (encrypt, decrypt, audit decrypt) took: Samples of them in the last
+// 2 s while bulk work ran or had run within 5 s, their p99, and the p99
+// of the last 1,024 that ran with no bulk work near (0 until there are 50
+// of those). A bulk client slows down when P99MS grows past a multiple of
+// IdleP99MS (custodyctl rewrap --postgres --live-slowdown).
+type LiveLatency struct {
+	Samples   int     `json:"samples"`
+	P99MS     float64 `json:"p99_ms"`
+	IdleP99MS float64 `json:"idle_p99_ms"`
+}
+
 // RewrapLine is one line of the streaming rewrap's answer: for input line
 // Line, the rewrapped envelope (Envelope, Changed set) or Error (Ref kept
 // when the input had one). A line whose Line is past the input's last is

@@ -146,10 +146,15 @@ func batch[T, R any](ctx context.Context, c *Client, path string, items []T) ([]
 	if err != nil {
 		return nil, err
 	}
-	if len(out.Results) != len(items) {
-		return nil, fmt.Errorf("the daemon answered %d results for %d items", len(out.Results), len(items))
+	return out.Results, resultCount(len(out.Results), len(items))
+}
+
+// resultCount checks that a batch answered one result per item.
+func resultCount(results, items int) error {
+	if results != items {
+		return fmt.Errorf("the daemon answered %d results for %d items", results, items)
 	}
-	return out.Results, nil
+	return nil
 }
 
 // Health is GET /v1/health.
@@ -276,9 +281,17 @@ func (c *Client) Prove(ctx context.Context, id string, in api.ProveRequest) (*ap
 	return call[api.Proof](ctx, c, "POST", "/v1/keys/"+url.PathEscape(id)+"/prove", in)
 }
 
-// Rewrap is POST /v1/envelopes/rewrap.
-func (c *Client) Rewrap(ctx context.Context, items []api.RewrapItem) ([]api.BatchResult[api.Rewrapped], error) {
-	return batch[api.RewrapItem, api.Rewrapped](ctx, c, "/v1/envelopes/rewrap", items)
+// Rewrap is POST /v1/envelopes/rewrap: the items' results in order, and
+// how the daemon's live requests fared (nil when it has timed none).
+func (c *Client) Rewrap(ctx context.Context, items []api.RewrapItem) ([]api.BatchResult[api.Rewrapped], *api.LiveLatency, error) {
+	out, err := call[api.RewrapResults](ctx, c, "POST", "/v1/envelopes/rewrap", api.Batch[api.RewrapItem]{Items: items})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := resultCount(len(out.Results), len(items)); err != nil {
+		return nil, nil, err
+	}
+	return out.Results, out.Live, nil
 }
 
 // CeremonyStatus is GET /v1/ceremony.

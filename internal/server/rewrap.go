@@ -29,7 +29,7 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	out := api.BatchResults[api.Rewrapped]{Results: make([]api.BatchResult[api.Rewrapped], len(in.Items))}
+	out := api.RewrapResults{Results: make([]api.BatchResult[api.Rewrapped], len(in.Items))}
 	for i, o := range s.rewrapItems(ctx, rq, in.Items) {
 		if o.Err != nil {
 			out.Results[i].Error = classify(o.Err).wire()
@@ -37,6 +37,7 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 			out.Results[i].Result = o.Result
 		}
 	}
+	out.Live = liveLatency(s.watch.Report())
 	return out, nil
 }
 

@@ -52,6 +52,7 @@ import (
 	"custody/internal/envelope"
 	"custody/internal/keys"
 	"custody/internal/policy"
+	"custody/internal/priority"
 	"custody/internal/rewrap"
 )
 
@@ -118,6 +119,7 @@ type Server struct {
 	refusals *refusalLimiter       // refusals per uid (token bucket)
 	refused  *coalescer            // access-log entries of refusals at the door
 	rewrap   *rewrap.Service       // the rewrap routes' work (rewrap.go)
+	watch    *priority.Watch       // live requests' latency with and without bulk work (paced.go)
 	self     auditlog.Caller       // the daemon's own identity, for RecordDaemon
 }
 
@@ -144,7 +146,7 @@ func New(d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{d: d, verified: verified, rewrap: rw,
+	s := &Server{d: d, verified: verified, rewrap: rw, watch: priority.NewWatch(),
 		self:     daemonCaller(),
 		inFlight: &callerLimiter{max: d.Limits.MaxInFlightPerCaller, n: map[uint32]int{}},
 		refusals: newRefusalLimiter(d.Limits.RefusalRate, d.Limits.RefusalBurst),
@@ -247,6 +249,9 @@ func (s *Server) guard(rt route) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, s.d.Limits.MaxBodyBytes)
 		ctx, cancel := context.WithTimeout(r.Context(), s.d.Limits.RequestTimeout.Std())
 		defer cancel()
+		if bulkRoute(rt) {
+			defer s.watch.Bulk()()
+		}
 		body, err := s.serve(ctx, w, r, rt)
 		code := "ok"
 		_, wrote := body.(streamedResponse)
@@ -262,6 +267,9 @@ func (s *Server) guard(rt route) http.Handler {
 			// a streaming route has written its own answer
 		default:
 			writeJSON(w, http.StatusOK, body)
+		}
+		if err == nil && liveRoute(rt) {
+			s.watch.Live(time.Since(start))
 		}
 		if s.d.Observer != nil {
 			s.d.Observer.ObserveRequest(rt.pattern, code, time.Since(start))

@@ -74,7 +74,7 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 	never := func() bool { return false }
 	for b.Loop() {
 		rotate()
-		idle := decryptLatencies(b, h, probe, never, 3*time.Second)
+		idle := decryptLatencies(b, h, probe, never, 10*time.Second)
 		stream := ctl("rewrap", "--in", in, "--out", out, "--chunk", "500")
 		inPlace := ctl("rewrap", "--postgres", dsn, "--batch", "500")
 		rotate()

@@ -1,0 +1,48 @@
+package server_test
+
+import (
+	"testing"
+
+	"custody/internal/priority"
+)
+
+// TestRewrapReportsLiveLatency: the batch rewrap's answer says how the
+// daemon's live requests fared (custodyctl rewrap --postgres paces itself
+// by it): the live samples of the last window, their p99, and, with
+// enough of them run with no bulk work near, their idle p99. A batch
+// decrypt is not a live sample.
+func TestRewrapReportsLiveLatency(t *testing.T) {
+	h := newHarness(t)
+	h.register("client-1", "miner-1")
+	env := h.seal("tx-live", "client-1", "miner-1")
+	rewrap := func() map[string]any {
+		t.Helper()
+		st, body := h.call("POST", "/v1/envelopes/rewrap", map[string]any{"items": []map[string]string{{"envelope": env}}})
+		if st != 200 {
+			t.Fatalf("rewrap: %d %v", st, body)
+		}
+		live, _ := body["live"].(map[string]any)
+		return live
+	}
+	// The seal and the decrypts ran with no bulk work before them: idle.
+	for range priority.MinIdleSamples {
+		if st, body := h.decryptAs(env, "miner-1"); st != 200 {
+			t.Fatalf("decrypt: %d %v", st, body)
+		}
+	}
+	n := 1 + priority.MinIdleSamples
+	live := rewrap()
+	if live == nil || live["samples"].(float64) != float64(n) || live["p99_ms"].(float64) <= 0 || live["idle_p99_ms"].(float64) <= 0 {
+		t.Fatalf("after an encrypt and %d decrypts: live %v, want %d samples, a p99 and a baseline", priority.MinIdleSamples, live, n)
+	}
+	st, _ := h.call("POST", "/v1/transactions/decrypt/batch", map[string]any{"items": []map[string]any{{"envelope": env, "as": "miner-1", "purpose": "settlement"}}})
+	if st != 200 {
+		t.Fatalf("batch decrypt: %d", st)
+	}
+	if st, body := h.decryptAs(env, "miner-1"); st != 200 {
+		t.Fatalf("decrypt: %d %v", st, body)
+	}
+	if live = rewrap(); live["samples"].(float64) != float64(n+1) {
+		t.Fatalf("after a batch decrypt and a decrypt: live %v, want %d samples (a batch is not one)", live, n+1)
+	}
+}
