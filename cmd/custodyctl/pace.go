@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"custody/internal/api"
+	"custody/internal/priority"
 )
 
 // pacer is rewrap --postgres's throttle (docs/store.md, "Pacing"): at most
@@ -42,7 +43,7 @@ const (
 	startPacedRate = 50.0 // rows/s: the live limit when live traffic is first seen
 	minPacedRate   = 5.0  // rows/s: the live limit never goes below this
 	minPageRows    = 8
-	liveWindow     = 4 * time.Second // the daemon's report window (priority.Window)
+	liveWindow     = priority.Window // the daemon's report window
 )
 
 func newPacer(cap, slowdown float64, maxPage int) *pacer {

@@ -353,8 +353,9 @@ func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, pc
 				var live *api.LiveLatency
 				if res, live, err = c.d.Rewrap(cctx, rewrapItems(rows)); err != nil {
 					err = fmt.Errorf("rows after %q: %w", rows[0].TransactionID, err)
+				} else {
+					pc.observe(live)
 				}
-				pc.observe(live)
 			}
 			cancel()
 			if err == nil && len(rows) == 0 {

@@ -302,10 +302,10 @@ type RewrapResults struct {
 }
 
 // LiveLatency is how long the daemon's live single-envelope requests
-// (encrypt, decrypt, audit decrypt) took: Samples of them in the last
-// 2 s while bulk work ran or had run within 5 s, their p99, and the p99
-// of the last 1,024 that ran with no bulk work near (0 until there are 50
-// of those). A bulk client slows down when P99MS grows past a multiple of
+// (encrypt, decrypt, audit decrypt) took: Samples of them ended in the
+// last 4 s, with that p99, and IdleP99MS is the p99 of the last 1,024
+// that ran with no rewrap call in progress or ended within 5 s (0 until
+// there are 50 of those). A bulk client slows down when P99MS grows past a multiple of
 // IdleP99MS (custodyctl rewrap --postgres --live-slowdown).
 type LiveLatency struct {
 	Samples   int     `json:"samples"`

@@ -1,7 +1,9 @@
 // Package priority marks bulk work (a rewrap of many envelopes) on its
 // context, so that what many callers share can let live requests go first:
 // the token's session pool (package hsm) and the access log's group commit
-// (package auditlog). A context without the mark is a live request.
+// (package auditlog). A context without the mark is a live request. Watch
+// times live requests with and without bulk work running, for a bulk
+// client to pace itself by.
 package priority
 
 import "context"

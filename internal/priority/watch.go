@@ -11,8 +11,8 @@ import (
 // (custodyctl rewrap --postgres paces itself by it; docs/store.md,
 // "Pacing"). It holds durations only, no request content.
 //
-// A live request that ends while no bulk work has run for Quiet is also
-// an idle sample. Report gives the p99 of every sample of the last Window
+// Every live request is a sample; one that ends with no bulk call in
+// progress and none ended within Quiet is also an idle sample. Report gives the p99 of every sample of the last Window
 // and that of the last idleKept idle samples (the baseline).
 type Watch struct {
 	mu       sync.Mutex

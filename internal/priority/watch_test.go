@@ -69,3 +69,25 @@ func TestWatchNoBaselineBelowMinimum(t *testing.T) {
 		t.Fatalf("report %+v: want no baseline below %d idle samples", r, MinIdleSamples)
 	}
 }
+
+// BenchmarkWatchLive is what timing a live request costs it.
+func BenchmarkWatchLive(b *testing.B) {
+	w := NewWatch()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w.Live(time.Millisecond)
+		}
+	})
+}
+
+// BenchmarkWatchReport is what a rewrap answer's report costs with full
+// rings.
+func BenchmarkWatchReport(b *testing.B) {
+	w := NewWatch()
+	for range recentKept {
+		w.Live(time.Millisecond)
+	}
+	for b.Loop() {
+		w.Report()
+	}
+}
