@@ -15,11 +15,12 @@ import (
 // (api.LiveLatency, on every rewrap answer). Without live requests there
 // is no limit. When they appear (and the daemon has their idle p99) the
 // limit starts at startPacedRate; then once per report window, with
-// target = slowdown × idle p99: a recent p99 past the target takes 30 %
-// off the limit, one under 0.7 × target adds 25 % (never more than twice
-// the rows actually sent meanwhile), one in between keeps it. The limit
+// target = slowdown × idle p99, and at least minWindowSamples live
+// requests in the window: a recent p99 past the target takes 30 % off
+// the limit, one under 0.7 × target adds 25 % (not past twice the rows
+// actually sent meanwhile, never lowering it), one in between keeps it. The limit
 // never goes below minPacedRate, so live traffic can slow a run, never
-// stop it. Pages shrink with the limit (a quarter second of rows, at least
+// stop it. Pages shrink with the live limit (a quarter second of rows, at least
 // minPageRows), and the first page, sent before any report, is as small
 // as at startPacedRate: what slows live requests most is the burst of
 // database writes of one page.
@@ -43,7 +44,10 @@ const (
 	startPacedRate = 50.0 // rows/s: the live limit when live traffic is first seen
 	minPacedRate   = 5.0  // rows/s: the live limit never goes below this
 	minPageRows    = 8
-	liveWindow     = priority.Window // the daemon's report window
+	// minWindowSamples is how many live requests a window needs before
+	// its p99 changes the limit.
+	minWindowSamples = 20
+	liveWindow       = priority.Window // the daemon's report window
 )
 
 func newPacer(cap, slowdown float64, maxPage int) *pacer {
@@ -73,7 +77,7 @@ func (p *pacer) Rate() float64 {
 func (p *pacer) page() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := p.rate()
+	r := p.limit // pages follow the live limit only, not --rate
 	if !p.heard && p.slowdown > 0 {
 		r = startPacedRate // the first page, before anything is known
 	}
@@ -125,6 +129,8 @@ func (p *pacer) observe(l *api.LiveLatency) {
 		return
 	case l.IdleP99MS == 0:
 		return // no baseline to judge by: keep what is in force
+	case l.Samples < minWindowSamples && p.limit > 0:
+		return // too few to judge by: one slow request would decide
 	case p.limit == 0:
 		p.limit, p.changed, p.rowsAtChange = startPacedRate, now, p.rows
 		return
@@ -137,7 +143,8 @@ func (p *pacer) observe(l *api.LiveLatency) {
 	case l.P99MS > target:
 		p.limit = max(p.limit*0.7, minPacedRate)
 	case l.P99MS < 0.7*target:
-		p.limit = max(min(p.limit*1.25, 2*sent), minPacedRate)
+		// Faster, unless the run is not even using the limit it has.
+		p.limit = max(p.limit, min(p.limit*1.25, 2*sent))
 	default:
 		return
 	}

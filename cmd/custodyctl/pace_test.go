@@ -62,9 +62,15 @@ func TestPacerFollowsLiveLatency(t *testing.T) {
 	if want := startPacedRate * 0.7 * 1.25; p.Rate() != want {
 		t.Fatalf("p99 under the band: rate %v, want %v", p.Rate(), want)
 	}
+	before := p.Rate()
 	step(liveWindow, 4, &api.LiveLatency{Samples: 400, P99MS: 1, IdleP99MS: 2})
-	if p.Rate() != minPacedRate {
-		t.Fatalf("sent 1 row/s: rate %v, want the floor %v", p.Rate(), minPacedRate)
+	if p.Rate() != before {
+		t.Fatalf("sent 1 row/s under a good window: rate %v, want %v kept (no faster, never slower)", p.Rate(), before)
+	}
+	// A window of too few live requests changes nothing, however slow.
+	step(liveWindow, 4, &api.LiveLatency{Samples: minWindowSamples - 1, P99MS: 100, IdleP99MS: 2})
+	if p.Rate() != before {
+		t.Fatalf("a slow window of %d samples: rate %v, want %v kept", minWindowSamples-1, p.Rate(), before)
 	}
 	// Never under the floor.
 	for range 10 {
@@ -83,8 +89,8 @@ func TestPacerFollowsLiveLatency(t *testing.T) {
 func TestPacerCapAndOff(t *testing.T) {
 	p, _ := pacerAt(100, 0, 500)
 	p.observe(&api.LiveLatency{Samples: 100, P99MS: 50, IdleP99MS: 1})
-	if p.Rate() != 100 || p.page() != 25 {
-		t.Fatalf("--rate 100 --live-slowdown 0: rate %v page %d, want 100 and 25", p.Rate(), p.page())
+	if p.Rate() != 100 || p.page() != 500 {
+		t.Fatalf("--rate 100 --live-slowdown 0: rate %v page %d, want 100 and --batch's 500", p.Rate(), p.page())
 	}
 	p, _ = pacerAt(20, 2, 500)
 	p.observe(&api.LiveLatency{Samples: 100, P99MS: 1, IdleP99MS: 1})

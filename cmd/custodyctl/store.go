@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"time"
@@ -288,8 +289,9 @@ func (c *cli) rewrapStore(dsn string, o rewrapOpts, stderr io.Writer) error {
 	if o.batch < 1 || o.batch > 1000 {
 		return usageError{msg: "--batch must be 1 to 1000", hint: "see custodyctl rewrap --help"}
 	}
-	if o.rate < 0 || o.liveSlowdown < 0 || o.liveSlowdown > 0 && o.liveSlowdown < 1 {
-		return usageError{msg: "--rate must be 0 (no limit) or more, --live-slowdown 0 (off) or at least 1", hint: "see custodyctl rewrap --help"}
+	finite := !math.IsNaN(o.rate) && !math.IsInf(o.rate, 0) && !math.IsNaN(o.liveSlowdown) && !math.IsInf(o.liveSlowdown, 0)
+	if !finite || o.rate != 0 && o.rate < 0.1 || o.liveSlowdown < 0 || o.liveSlowdown > 0 && o.liveSlowdown < 1 {
+		return usageError{msg: "--rate must be 0 (no limit) or at least 0.1, --live-slowdown 0 (off) or at least 1", hint: "see custodyctl rewrap --help"}
 	}
 	ctx := context.Background()
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -475,6 +477,8 @@ func (c *cli) writePage(ctx context.Context, s *store.Store, pc *pacer, rows []s
 		if len(rows) == 0 {
 			return n, retried, failed, nil
 		}
+		// A retry is not paced: it is a few rows, and waiting would make
+		// it lose to the application's next update again.
 		var live *api.LiveLatency
 		if res, live, err = c.d.Rewrap(ctx, rewrapItems(rows)); err != nil {
 			return n, retried, failed, err

@@ -1,7 +1,8 @@
 package server
 
 // Pacing bulk work by live latency: the daemon times every live
-// single-envelope request and marks the bulk calls (priority.Watch); each
+// single-envelope request and marks the bulk work (Server.rewrapItems,
+// after the caller was authorized) in a priority.Watch; each
 // answer of the batch rewrap carries the report, by which a bulk client
 // slows itself down (custodyctl rewrap --postgres, docs/store.md "Pacing").
 // The daemon does not hold bulk work back itself: what slows live requests
@@ -25,9 +26,6 @@ func liveRoute(rt route) bool {
 	}
 	return false
 }
-
-// bulkRoute says whether rt is bulk work (both rewrap routes).
-func bulkRoute(rt route) bool { return rt.op == "rewrap" }
 
 // liveLatency is the wire form of the watch's report; nil before any
 // live request was timed.

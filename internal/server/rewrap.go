@@ -44,6 +44,7 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 // rewrapItems rewraps items in the background priority, recording a
 // decision for each through record; outcomes keep the items' order.
 func (s *Server) rewrapItems(ctx context.Context, rq *request, items []api.RewrapItem) []rewrap.Outcome {
+	defer s.watch.Bulk()() // after authorization: only a permitted caller's work is bulk
 	return s.rewrap.Run(priority.Background(ctx), items, func(ctx context.Context, e auditlog.Entry, err error) error {
 		return s.record(ctx, rq, e, err)
 	})

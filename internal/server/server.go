@@ -249,9 +249,6 @@ func (s *Server) guard(rt route) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, s.d.Limits.MaxBodyBytes)
 		ctx, cancel := context.WithTimeout(r.Context(), s.d.Limits.RequestTimeout.Std())
 		defer cancel()
-		if bulkRoute(rt) {
-			defer s.watch.Bulk()()
-		}
 		body, err := s.serve(ctx, w, r, rt)
 		code := "ok"
 		_, wrote := body.(streamedResponse)
@@ -268,7 +265,9 @@ func (s *Server) guard(rt route) http.Handler {
 		default:
 			writeJSON(w, http.StatusOK, body)
 		}
-		if err == nil && liveRoute(rt) {
+		if liveRoute(rt) && (err == nil || classify(err).Status >= 500) {
+			// A server-side failure (a timeout, the log or the device
+			// failing) is a live request's latency too; a refusal is not.
 			s.watch.Live(time.Since(start))
 		}
 		if s.d.Observer != nil {
