@@ -9,8 +9,8 @@ import (
 // TestRewrapReportsLiveLatency: the batch rewrap's answer says how the
 // daemon's live requests fared (custodyctl rewrap --postgres paces itself
 // by it): the live samples of the last window, their p99, and, with
-// enough of them run with no bulk work near, their idle p99. A batch
-// decrypt is not a live sample.
+// enough of them run with no bulk work near, their idle p99. Neither a
+// batch decrypt nor a refusal is a live sample.
 func TestRewrapReportsLiveLatency(t *testing.T) {
 	h := newHarness(t)
 	h.register("client-1", "miner-1")
@@ -42,7 +42,11 @@ func TestRewrapReportsLiveLatency(t *testing.T) {
 	if st, body := h.decryptAs(env, "miner-1"); st != 200 {
 		t.Fatalf("decrypt: %d %v", st, body)
 	}
+	// A refusal is not a live request's latency.
+	if st, body := h.call("POST", "/v1/transactions/decrypt", map[string]any{"envelope": env, "as": "miner-1", "purpose": "marketing"}); st == 200 {
+		t.Fatalf("decrypt for a purpose the policy refuses: %d %v", st, body)
+	}
 	if live = rewrap(); live == nil || live["samples"].(float64) != float64(n+1) {
-		t.Fatalf("after a batch decrypt and a decrypt: live %v, want %d samples (a batch is not one)", live, n+1)
+		t.Fatalf("after a batch decrypt, a decrypt and a refused one: live %v, want %d samples (neither a batch nor a refusal is one)", live, n+1)
 	}
 }
