@@ -33,8 +33,7 @@ type pacer struct {
 	mu           sync.Mutex
 	limit        float64   // the live limit in rows/s; 0: none
 	heard        bool      // a report came: until then pages are small
-	start        time.Time // of the run
-	rows         int64     // rows sent since start
+	rows         int64     // rows sent
 	changed      time.Time // when the live limit last changed
 	rowsAtChange int64     // rows then
 	next         time.Time // when the next page may be sent
@@ -51,8 +50,7 @@ const (
 )
 
 func newPacer(cap, slowdown float64, maxPage int) *pacer {
-	now := time.Now
-	return &pacer{cap: cap, slowdown: slowdown, maxPage: maxPage, now: now, start: now()}
+	return &pacer{cap: cap, slowdown: slowdown, maxPage: maxPage, now: time.Now}
 }
 
 // rate is the limit in force in rows/s (0: none).

@@ -13,7 +13,6 @@ func pacerAt(cap, slowdown float64, maxPage int) (*pacer, *time.Time) {
 	t := time.Unix(1e9, 0)
 	p := newPacer(cap, slowdown, maxPage)
 	p.now = func() time.Time { return t }
-	p.start = t
 	return p, &t
 }
 
