@@ -111,7 +111,17 @@ type Config struct {
 	// DEKCache bounds the DEK handle cache of OpenFields; the zero value
 	// turns it off.
 	DEKCache DEKCacheConfig
+	// KeyRecheck is how long a session copy of a private key (doc.go,
+	// "Private-key copies") may be used before the token object is found
+	// again: a key destroyed by another process (another daemon of a
+	// fleet) stays usable here that long. 0 means DefaultKeyRecheck; a
+	// negative value makes no copies (every use is of the token object,
+	// and notices a destroyed key at once).
+	KeyRecheck time.Duration
 }
+
+// DefaultKeyRecheck is Config.KeyRecheck's default.
+const DefaultKeyRecheck = time.Second
 
 // DEKCacheConfig bounds the DEK handle cache (doc.go, "DEK handle cache").
 // Entries == 0 turns it off; otherwise MaxAge must be positive and Recheck

@@ -35,10 +35,10 @@ func (t *Token) OpenFields(ctx context.Context, req OpenFieldsRequest) ([][]byte
 	var out [][]byte
 	var created uint64
 	err := t.pool.withSessionOf(ctx, func(s session) error {
-		return t.withKey(s.h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
+		return t.withKey(s, req.KeyLabel, req.Alg, func(key cachedKey) error {
 			var err error
 			if t.deks == nil {
-				out, err = t.openFields(s.h, key, req)
+				out, err = t.openFields(s.h, key.h, req)
 				created += uint64(3 + len(req.Fields))
 				return err
 			}
@@ -218,7 +218,8 @@ func (t *Token) sealFields(h pkcs11.SessionHandle, req SealFieldsRequest) ([][]b
 // field keys once every field opened if the stanza was opened before
 // (admit): a first open destroys everything, as with the cache off. It
 // returns the plaintexts and how many session objects it created.
-func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFieldsRequest) ([][]byte, uint64, error) {
+func (t *Token) openFieldsCached(s session, pk cachedKey, req OpenFieldsRequest) ([][]byte, uint64, error) {
+	priv := pk.h
 	c := t.mod.ctx
 	key := dekCacheKey(&req)
 	defer t.deks.reap(c, s.h, s.gen)
@@ -226,7 +227,7 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 	if e := t.deks.acquire(key, s.gen, now); e != nil {
 		defer t.deks.release(e)
 		if t.deks.needsCheck(req.KeyLabel, now) {
-			if _, err := c.GetAttributeValue(s.h, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)}); err != nil {
+			if _, err := c.GetAttributeValue(s.h, pk.token, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)}); err != nil {
 				// Gone (withKey looks it up once more and fails as a
 				// cold open would) or lost.
 				return nil, 0, err
@@ -252,7 +253,7 @@ func (t *Token) openFieldsCached(s session, priv pkcs11.ObjectHandle, req OpenFi
 		e.destroy(c, s.h) // the DEK and the field keys derived so far
 		return nil, created + n, err
 	}
-	t.deks.checkedAt(req.KeyLabel, now) // the ECDH derive just used the key
+	t.deks.checkedAt(req.KeyLabel, pk.confirmedAt(now)) // the derive used the token object, or its copy made from it then
 	if !t.deks.insert(e) {
 		e.destroy(c, s.h) // another borrower cached this stanza first
 	}

@@ -393,84 +393,28 @@ func (t *Token) ListKeys(ctx context.Context, labelPrefix string) ([]KeyInfo, er
 }
 
 // SessionObjectCount is the number of session objects (CKA_TOKEN=false) this
-// process currently has on the token. Every operation destroys its session
+// process currently has on the token, not counting the private-key copies
+// the key cache holds. Every operation destroys its session
 // objects, so outside a running operation this is 0: it exists for leak
 // tests and health checks.
 func (t *Token) SessionObjectCount(ctx context.Context) (int, error) {
 	var n int
 	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
 		objs, err := t.findObjects(h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)}, 0)
-		n = len(objs)
+		t.cacheMu.Lock()
+		defer t.cacheMu.Unlock()
+		n = 0
+		for _, o := range objs {
+			if !t.isKeyCopyLocked(o) {
+				n++
+			}
+		}
 		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("hsm: count session objects: %w", err)
 	}
 	return n, nil
-}
-
-// cachedKey is a private-key handle found by label.
-type cachedKey struct {
-	h     pkcs11.ObjectHandle
-	alg   KeyAlg
-	usage Usage
-}
-
-func (t *Token) clearCache() {
-	t.cacheMu.Lock()
-	clear(t.cache)
-	t.cacheMu.Unlock()
-}
-
-func (t *Token) forget(label string) {
-	t.cacheMu.Lock()
-	delete(t.cache, label)
-	t.cacheMu.Unlock()
-}
-
-// privateKey returns the handle, algorithm and usage of the private key
-// labelled label, from the cache or the token.
-func (t *Token) privateKey(h pkcs11.SessionHandle, label string) (cachedKey, error) {
-	t.cacheMu.Lock()
-	k, ok := t.cache[label]
-	t.cacheMu.Unlock()
-	if ok {
-		return k, nil
-	}
-	objs, err := t.findObjects(h, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-	}, 1)
-	if err != nil {
-		return cachedKey{}, err
-	}
-	if len(objs) == 0 {
-		return cachedKey{}, fmt.Errorf("%w: %q", ErrNotFound, label)
-	}
-	a, err := t.mod.ctx.GetAttributeValue(h, objs[0], []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_SIGN, nil),
-	})
-	if err != nil {
-		return cachedKey{}, fmt.Errorf("C_GetAttributeValue: %w", err)
-	}
-	alg, ok := algOf(a[0].Value, a[1].Value)
-	if !ok {
-		return cachedKey{}, fmt.Errorf("%w: key %q is not an X25519 or P-256 key", ErrUnsupported, label)
-	}
-	k = cachedKey{h: objs[0], alg: alg}
-	if isTrue(a[2].Value) {
-		k.usage = UsageDerive
-	} else if isTrue(a[3].Value) {
-		k.usage = UsageSign
-	}
-	t.cacheMu.Lock()
-	t.cache[label] = k
-	t.cacheMu.Unlock()
-	return k, nil
 }
 
 // isHandleInvalid reports a stale cached object handle (the object was

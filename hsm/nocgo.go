@@ -34,6 +34,7 @@ func (*Token) Info() TokenInfo                 { return TokenInfo{} }
 func (*Token) DEKCacheStats() DEKCacheStats    { return DEKCacheStats{} }
 func (*Token) TokenID() (label, serial string) { return "", "" }
 func (*Token) Ping(context.Context) error      { return ErrNeedsCgo }
+func (*Token) KeyCopyCount() int               { return 0 }
 func (*Token) SessionObjectCount(context.Context) (int, error) {
 	return 0, ErrNeedsCgo
 }

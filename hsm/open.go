@@ -57,25 +57,25 @@ func (t *Token) Open(ctx context.Context, req OpenRequest) ([]byte, error) {
 // withDeriveKey runs fn on a pooled session with the handle of the derive
 // key labelled label (see withKey).
 func (t *Token) withDeriveKey(ctx context.Context, label string, alg KeyAlg, fn func(h pkcs11.SessionHandle, key pkcs11.ObjectHandle) error) error {
-	return t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
-		return t.withKey(h, label, alg, func(key pkcs11.ObjectHandle) error { return fn(h, key) })
+	return t.pool.withSessionOf(ctx, func(s session) error {
+		return t.withKey(s, label, alg, func(key cachedKey) error { return fn(s.h, key.h) })
 	})
 }
 
-// withKey runs fn on session h with the handle of the derive key labelled
-// label, which must be of algorithm alg; if the token says the cached handle
-// is stale (the object was replaced behind our back), it looks the key up
-// once more and runs fn again.
-func (t *Token) withKey(h pkcs11.SessionHandle, label string, alg KeyAlg, fn func(key pkcs11.ObjectHandle) error) error {
+// withKey runs fn on session s with the derive key labelled label, which
+// must be of algorithm alg; if the token says the cached handle is stale
+// (the object was replaced behind our back, or its copy's session is
+// gone), it looks the key up once more and runs fn again.
+func (t *Token) withKey(s session, label string, alg KeyAlg, fn func(key cachedKey) error) error {
 	for attempt := 0; ; attempt++ {
-		k, err := t.privateKey(h, label)
+		k, err := t.privateKey(s, label)
 		if err != nil {
 			return err
 		}
 		if k.alg != alg || k.usage != UsageDerive {
 			return fmt.Errorf("%w: key %q is %s/%s, request is %s/derive", ErrUnsupported, label, k.alg, k.usage, alg)
 		}
-		err = fn(k.h)
+		err = fn(k)
 		if isHandleInvalid(err) && attempt == 0 {
 			t.forget(label)
 			continue

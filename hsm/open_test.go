@@ -5,11 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
 	"custody/hsm"
+	"custody/hsm/hsmtest"
 )
 
 func TestRFC5649KnownAnswers(t *testing.T) {
@@ -218,41 +221,67 @@ func TestNoSessionObjectLeak(t *testing.T) {
 	}
 }
 
-// TestOpenAfterKeyDestroyedElsewhere: a private key whose cached handle was
-// destroyed behind the Token's back (another PKCS#11 handle, as another
-// process would) is looked up again once, and the caller gets ErrNotFound,
-// not a raw CKR_OBJECT_HANDLE_INVALID; the pool stays healthy.
+// TestOpenAfterKeyDestroyedElsewhere: a private key destroyed behind the
+// Token's back (another PKCS#11 handle, as another process would) is looked
+// up again once, and the caller gets ErrNotFound, not a raw
+// CKR_OBJECT_HANDLE_INVALID; the pool stays healthy. With no key copies
+// that is the next open; with them, the first open after KeyRecheck (within
+// it the copy still opens: the documented window), and the copy is
+// destroyed then.
 func TestOpenAfterKeyDestroyedElsewhere(t *testing.T) {
-	tok, cfg := openToken(t)
-	key := genKey(t, tok, "gone", hsm.X25519, hsm.UsageDerive)
-	s := seal(t, key, []byte("payload"), []byte("aad"))
-	if _, err := tok.Open(testCtx(t), s.req); err != nil { // caches the handle
-		t.Fatal(err)
-	}
-	r := newRaw(t, cfg)
-	if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, "gone"),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	objs, _, err := r.c.FindObjects(r.h, 1)
-	r.c.FindObjectsFinal(r.h)
-	if err != nil || len(objs) != 1 {
-		t.Fatalf("find: %v %v", objs, err)
-	}
-	if err := r.c.DestroyObject(r.h, objs[0]); err != nil {
-		t.Fatal(err)
-	}
-	before := tok.Info().Rebuilds
-	if _, err := tok.Open(testCtx(t), s.req); !errors.Is(err, hsm.ErrNotFound) {
-		t.Fatalf("open after the key was destroyed elsewhere: %v, want ErrNotFound", err)
-	}
-	if got := tok.Info().Rebuilds; got != before {
-		t.Errorf("a stale key handle rebuilt the pool (%d → %d)", before, got)
-	}
-	other := genKey(t, tok, "still-here", hsm.X25519, hsm.UsageDerive)
-	if _, err := tok.Open(testCtx(t), seal(t, other, []byte("x"), nil).req); err != nil {
-		t.Errorf("the token after the miss: %v", err)
+	for _, recheck := range []time.Duration{-1, 300 * time.Millisecond} {
+		t.Run(fmt.Sprint("recheck=", recheck), func(t *testing.T) {
+			cfg := hsmtest.NewToken(t)
+			cfg.KeyRecheck = recheck
+			tok := openConfig(t, cfg)
+			key := genKey(t, tok, "gone", hsm.X25519, hsm.UsageDerive)
+			s := seal(t, key, []byte("payload"), []byte("aad"))
+			if _, err := tok.Open(testCtx(t), s.req); err != nil { // caches the key
+				t.Fatal(err)
+			}
+			if got, want := tok.KeyCopyCount(), map[bool]int{true: 1, false: 0}[recheck > 0]; got != want {
+				t.Fatalf("KeyCopyCount = %d, want %d", got, want)
+			}
+			r := newRaw(t, cfg)
+			if err := r.c.FindObjectsInit(r.h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, "gone"),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			objs, _, err := r.c.FindObjects(r.h, 2)
+			r.c.FindObjectsFinal(r.h)
+			if err != nil || len(objs) != 1 {
+				t.Fatalf("find: %v %v", objs, err)
+			}
+			destroyed := time.Now()
+			if err := r.c.DestroyObject(r.h, objs[0]); err != nil {
+				t.Fatal(err)
+			}
+			before := tok.Info().Rebuilds
+			if recheck > 0 {
+				if _, err := tok.Open(testCtx(t), s.req); time.Since(destroyed) < recheck/2 && err != nil {
+					t.Fatalf("open within KeyRecheck: %v, want the copy to open (the documented window)", err)
+				}
+				time.Sleep(recheck)
+			}
+			if _, err := tok.Open(testCtx(t), s.req); !errors.Is(err, hsm.ErrNotFound) {
+				t.Fatalf("open after the key was destroyed elsewhere: %v, want ErrNotFound", err)
+			}
+			if got := tok.Info().Rebuilds; got != before {
+				t.Errorf("a stale key handle rebuilt the pool (%d → %d)", before, got)
+			}
+			if n := tok.KeyCopyCount(); n != 0 {
+				t.Errorf("KeyCopyCount = %d after the key was found gone, want 0", n)
+			}
+			other := genKey(t, tok, "still-here", hsm.X25519, hsm.UsageDerive)
+			if _, err := tok.Open(testCtx(t), seal(t, other, []byte("x"), nil).req); err != nil {
+				t.Errorf("the token after the miss: %v", err)
+			}
+			if n, err := tok.SessionObjectCount(testCtx(t)); err != nil || n != 0 {
+				t.Errorf("SessionObjectCount = %d, %v; want 0 (the forgotten copy destroyed)", n, err)
+			}
+		})
 	}
 }

@@ -88,6 +88,8 @@ func (t *Token) DestroyKeyPair(ctx context.Context, label string) error {
 			t.deks.evictWhere(evictKey, func(e *dekEntry) bool { return e.label == label })
 			t.deks.reap(t.mod.ctx, h, s.gen)
 		}
+		t.forget(label) // and this process's copy of the key
+		t.reapCopies(s)
 		objs, err := t.findObjects(h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),

@@ -94,7 +94,8 @@ func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapR
 	var err error
 	for {
 		yielded := false
-		err = t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+		err = t.pool.withSessionOf(ctx, func(s session) error {
+			h := s.h
 			b.h = h
 			defer func() {
 				// The wrap keys go with the session: a new borrow makes new ones.
@@ -117,9 +118,9 @@ func (t *Token) RewrapBatch(ctx context.Context, reqs []RewrapRequest) []RewrapR
 				}
 				did++
 				var out []Rewrapped
-				err := t.withKey(h, req.KeyLabel, req.Alg, func(key pkcs11.ObjectHandle) error {
+				err := t.withKey(s, req.KeyLabel, req.Alg, func(key cachedKey) error {
 					var err error
-					out, err = b.rewrap(key, req)
+					out, err = b.rewrap(key.h, req)
 					return err
 				})
 				if err = t.pool.diagnose(h, err); isLost(err) {

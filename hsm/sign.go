@@ -23,9 +23,10 @@ func (t *Token) Sign(ctx context.Context, label string, digest []byte) ([]byte, 
 		return nil, fmt.Errorf("hsm: sign %q: %w: digest is %d bytes, want 32", label, ErrInvalidRequest, len(digest))
 	}
 	var sig []byte
-	err := t.pool.withSession(ctx, func(h pkcs11.SessionHandle) error {
+	err := t.pool.withSessionOf(ctx, func(s session) error {
+		h := s.h
 		for attempt := 0; ; attempt++ {
-			k, err := t.privateKey(h, label)
+			k, err := t.privateKey(s, label)
 			if err != nil {
 				return err
 			}

@@ -27,8 +27,10 @@ type Token struct {
 
 	createMu sync.Mutex // serializes key creation (check-then-create)
 
-	cacheMu sync.Mutex
-	cache   map[string]cachedKey // private-key handles by label; cleared on rebuild
+	cacheMu     sync.Mutex
+	cache       map[string]cachedKey // private keys by label (keycache.go); cleared on rebuild
+	staleCopies []cachedKey          // forgotten session copies, destroyed by the next privateKey
+	keyRecheck  time.Duration        // Config.KeyRecheck resolved; 0: no copies
 
 	deks        *dekCache     // nil when Config.DEKCache is off
 	stopJanitor chan struct{} // closed by Close when deks is on
@@ -90,10 +92,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Token, error) {
 		n = max(n, 2)
 	}
 	t := &Token{
-		cfg:   cfg,
-		log:   log,
-		mod:   mod,
-		cache: map[string]cachedKey{},
+		cfg:        cfg,
+		log:        log,
+		mod:        mod,
+		cache:      map[string]cachedKey{},
+		keyRecheck: keyRecheck(cfg.KeyRecheck),
 		info: TokenInfo{
 			Label:        ti.Label,
 			Serial:       ti.SerialNumber,

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -156,6 +157,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		RecycleAfter: cfg.PKCS11.RecycleAfter,
 		DEKCache: hsm.DEKCacheConfig{Entries: cfg.PKCS11.DEKCache.Entries, MaxAge: cfg.PKCS11.DEKCache.MaxAge.Std(),
 			Recheck: cfg.PKCS11.DEKCache.Recheck.Std()},
+		KeyRecheck: cmp.Or(cfg.PKCS11.KeyRecheck.Std(), -1), // "0s": no copies
 	}, log)
 	if err != nil {
 		return fmt.Errorf("opening the token: %w", err)

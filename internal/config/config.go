@@ -84,6 +84,12 @@ type PKCS11 struct {
 	// chain (hsm doc, "DEK handle cache"). Every policy check runs on every
 	// open, hit or not.
 	DEKCache DEKCache `json:"dek_cache"`
+	// KeyRecheck: private keys are used through session copies of them
+	// (on the token, as sensitive; hsm doc, "Private-key copies"), and the
+	// token object is looked at again once per KeyRecheck, which bounds
+	// how long a key destroyed by another daemon of a fleet can still be
+	// used here. "0s" makes no copies: every use reads the token object.
+	KeyRecheck duration.Duration `json:"key_recheck"`
 }
 
 // DEKCache bounds the DEK handle cache. Entries 0 turns it off.
@@ -242,6 +248,7 @@ func Default() Config {
 			PINFile:     "softhsm/user.pin",
 			SoftHSMConf: "softhsm/softhsm2.conf",
 			DEKCache:    DEKCache{Entries: 4096, MaxAge: duration.Duration(time.Minute), Recheck: duration.Duration(time.Second)},
+			KeyRecheck:  duration.Duration(time.Second),
 		},
 		Socket:          Socket{Path: "run/custodyd.sock", Mode: "0660"},
 		PolicyFile:      "policies/example.json",
@@ -386,6 +393,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("pkcs11.dek_cache.max_age: %q is not a duration from 1s to 1h (e.g. \"60s\")", c.PKCS11.DEKCache.MaxAge)
 	case c.PKCS11.DEKCache.Entries > 0 && (c.PKCS11.DEKCache.Recheck.Std() < 0 || c.PKCS11.DEKCache.Recheck.Std() > c.PKCS11.DEKCache.MaxAge.Std()):
 		return fmt.Errorf("pkcs11.dek_cache.recheck: %q is not a duration from 0s to max_age (e.g. \"1s\")", c.PKCS11.DEKCache.Recheck)
+	case c.PKCS11.KeyRecheck.Std() < 0 || c.PKCS11.KeyRecheck.Std() > time.Hour:
+		return fmt.Errorf("pkcs11.key_recheck: %q is not a duration from 0s (no key copies) to 1h (e.g. \"1s\")", c.PKCS11.KeyRecheck)
 	case c.Socket.Path == "":
 		return errors.New("socket.path: required")
 	case len(c.Socket.Path) > 100:

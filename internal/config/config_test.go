@@ -60,6 +60,8 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 		{`{"pkcs11":{"dek_cache":{"entries":-1}}}`, "pkcs11.dek_cache.entries"},
 		{`{"pkcs11":{"dek_cache":{"entries":10,"max_age":"0s"}}}`, "pkcs11.dek_cache.max_age"},
 		{`{"pkcs11":{"dek_cache":{"entries":10,"max_age":"10s","recheck":"20s"}}}`, "pkcs11.dek_cache.recheck"},
+		{`{"pkcs11":{"key_recheck":"-1s"}}`, "pkcs11.key_recheck"},
+		{`{"pkcs11":{"key_recheck":"2h"}}`, "pkcs11.key_recheck"},
 		{`{"pkcs11":{"token_label":""}}`, "pkcs11.token_label"},
 		{`{"pkcs11":{"sessions":"2"}}`, "pkcs11.sessions"},
 		{`{"limits":{"request_timeout":"soon"}}`, "request_timeout"},
