@@ -9,7 +9,8 @@
 # runs custodybench, and stops both (exactly the processes it started).
 # BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3";
 # DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096);
-# HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2).
+# HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2);
+# KEY_RECHECK=0s runs it without private-key copies (default: "1s").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -34,6 +35,10 @@ fi
 if [ -n "${HSM_SESSIONS:-}" ]; then
   [[ "$HSM_SESSIONS" =~ ^[0-9]+$ ]] || { echo "HSM_SESSIONS must be a number" >&2; exit 2; }
   cache="$cache, \"sessions\": $HSM_SESSIONS"
+fi
+if [ -n "${KEY_RECHECK:-}" ]; then
+  [[ "$KEY_RECHECK" =~ ^[0-9]+(ms|s|m)$ ]] || { echo "KEY_RECHECK must be a duration such as 0s or 1s" >&2; exit 2; }
+  cache="$cache, \"key_recheck\": \"$KEY_RECHECK\""
 fi
 cat > "$dir/custodyd.json" <<JSON
 {

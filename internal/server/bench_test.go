@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -179,17 +180,23 @@ func BenchmarkEncrypt3Participants(b *testing.B) {
 	b.ReportMetric(rate(sock)/rate(bare), "ratio-socket/bare")
 }
 
-// BenchmarkLeakCheck10k runs 10,000 decrypts through the socket (2 clients)
-// after a 10,000-decrypt warm-up and reports the session objects left on the
-// token (must be 0) and the process RSS after the warm-up and after the run.
-// The warm-up is long enough to include SoftHSM module recycles (hsm doc,
-// "Memory"), so the two RSS figures compare steady states. The daemon runs
-// in the benchmark's process, so RSS includes the clients; on SoftHSM 2.6.1
-// it also grows about 1.5 MB per 10,000 X25519 opens that the module loses
-// (hsm doc, "Memory"), which is why the Go heap is logged beside it. The
-// DEK handle cache is off: with it every decrypt of the one envelope would
-// be a hit and the chain whose objects could leak would not run.
-func BenchmarkLeakCheck10k(b *testing.B) {
+// BenchmarkLeakCheck runs N decrypts through the socket (2 clients) after a
+// 10,000-decrypt warm-up and reports the session objects left on the token
+// (must be 0) and the process RSS after the warm-up and after the run. N is
+// CUSTODY_BENCH_LEAK_DECRYPTS (default 10,000; issue 14's goal is stated
+// for 100,000). The warm-up is long enough to include SoftHSM module
+// recycles (hsm doc, "Memory"), so the two RSS figures compare steady
+// states. The daemon runs in the benchmark's process, so RSS includes the
+// clients; on SoftHSM 2.6.1 it also grows about 1.5 MB per 10,000 X25519
+// opens that the module loses (hsm doc, "Memory"), which is why the Go heap
+// is logged beside it. The DEK handle cache is off: with it every decrypt
+// of the one envelope would be a hit and the chain whose objects could
+// leak would not run.
+func BenchmarkLeakCheck(b *testing.B) {
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("CUSTODY_BENCH_LEAK_DECRYPTS")); err == nil && v > 0 {
+		n = v
+	}
 	h := newHarnessNoCache(b)
 	h.register("client-1")
 	text := h.seal("tx-leak", "client-1")
@@ -210,8 +217,8 @@ func BenchmarkLeakCheck10k(b *testing.B) {
 	for b.Loop() {
 		runConcurrently(b, 10000, 2, op)
 		warm := logMem("after the 10,000-decrypt warm-up")
-		d := runConcurrently(b, 10000, 2, op)
-		after := logMem("after 10,000 more")
+		d := runConcurrently(b, n, 2, op)
+		after := logMem(fmt.Sprintf("after %d more", n))
 		objs, err := h.token.SessionObjectCount(context.Background())
 		if err != nil {
 			b.Fatal(err)
@@ -222,7 +229,7 @@ func BenchmarkLeakCheck10k(b *testing.B) {
 		b.ReportMetric(float64(objs), "session-objects")
 		b.ReportMetric(float64(warm)/1024, "rss-warm-MiB")
 		b.ReportMetric(float64(after)/1024, "rss-after-MiB")
-		b.ReportMetric(10000/d.Seconds(), "decrypts/s")
+		b.ReportMetric(float64(n)/d.Seconds(), "decrypts/s")
 	}
 }
 

@@ -11,8 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"custody/internal/server"
 	"custody/internal/store"
@@ -26,7 +29,10 @@ import (
 // with the durable access log. Then, after another rotation makes every
 // row due again, it rewraps them in place once more while a live client
 // decrypts: one request every livePace (an application's steady traffic),
-// and its p50/p99 are compared with the same client on the idle daemon.
+// and its p50/p99 are compared with the same client on the idle daemon
+// just before (after a CHECKPOINT and a sync: what the full-speed runs
+// left to write back is on disk by then; first-idle-p99-ms is the idle
+// figure taken before them).
 // N is CUSTODY_BENCH_STORE_ROWS (default 5,000; make bench-store-100k:
 // 100,000); CUSTODY_BENCH_STORE_LIVE_ARGS adds custodyctl flags to the run
 // under the live client (for example "--batch 32 --rate 300"). Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
@@ -78,6 +84,13 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		stream := ctl("rewrap", "--in", in, "--out", out, "--chunk", "500")
 		inPlace := ctl("rewrap", "--postgres", dsn, "--batch", "500")
 		rotate()
+		// What the full-speed runs left to write back (PostgreSQL's dirty
+		// pages, the page cache) goes to disk first, and the live client's
+		// idle latency is measured again in that state: the paced run is
+		// compared with the quiet daemon it starts on.
+		checkpoint(b, dsn)
+		syscall.Sync()
+		idleBefore := decryptLatencies(b, h, probe, never, 10*time.Second)
 		done := make(chan time.Duration)
 		go func() {
 			done <- ctl(append([]string{"rewrap", "--postgres", dsn, "--batch", "500"}, strings.Fields(os.Getenv("CUSTODY_BENCH_STORE_LIVE_ARGS"))...)...)
@@ -95,13 +108,26 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		b.ReportMetric(float64(n)/inPlace.Seconds(), "inplace-rows/s")
 		b.ReportMetric(stream.Seconds()/inPlace.Seconds(), "inplace/stream")
 		b.ReportMetric(float64(n)/loaded.Seconds(), "inplace-live-rows/s")
-		b.ReportMetric(ms(pct(idle, 50)), "idle-p50-ms")
-		b.ReportMetric(ms(pct(idle, 99)), "idle-p99-ms")
+		b.ReportMetric(ms(pct(idle, 99)), "first-idle-p99-ms")
+		b.ReportMetric(ms(pct(idleBefore, 50)), "idle-p50-ms")
+		b.ReportMetric(ms(pct(idleBefore, 99)), "idle-p99-ms")
 		b.ReportMetric(ms(pct(during, 50)), "during-p50-ms")
 		b.ReportMetric(ms(pct(during, 99)), "during-p99-ms")
 		b.ReportMetric(ms(pct(during, 90)), "during-p90-ms")
 		b.ReportMetric(ms(pct(during, 100)), "during-max-ms")
-		b.ReportMetric(ms(pct(during, 99))/ms(pct(idle, 99)), "p99-during/idle")
+		b.ReportMetric(ms(pct(during, 99))/ms(pct(idleBefore, 99)), "p99-during/idle")
+	}
+}
+
+// checkpoint runs CHECKPOINT on the database at dsn.
+func checkpoint(b *testing.B, dsn string) {
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "CHECKPOINT"); err != nil {
+		b.Fatal(err)
 	}
 }
 
