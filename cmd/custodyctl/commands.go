@@ -116,11 +116,10 @@ below the daemon's active versions, --batch rows per daemon call and SQL transac
 each row written only if the application did not change it meanwhile (else read again
 and retried). Rows the daemon refuses (tampered, key destroyed) are listed and skipped.
 The table is the resume state: after any interruption run it again. Progress: a bar
-on a terminal, JSON lines otherwise. The run paces itself to spare live traffic: it aims
-at a live p99 within --live-slowdown times the p99 the daemon measured with no bulk work
-running, counting the live requests slower than that in the daemon's reports; while more
-than 1 % of them are, it slows down (25 % per 4 s, to 5 rows/s at least) and shrinks its
-pages, and it speeds up again while they keep up (docs/store.md, "Pacing"); --rate caps
+on a terminal, JSON lines otherwise. The run paces itself to spare live traffic: when the
+daemon reports that its live requests' p99 grew past --live-slowdown times their p99 with
+no bulk work running, it slows down (30 % per 4 s, to 5 rows/s at least) and shrinks its
+pages, then speeds up again while they keep up (docs/store.md, "Pacing"); --rate caps
 rows/s on top.`,
 			setup: func(fs *flag.FlagSet) func([]string) error {
 				in := fs.String("in", "", "input `file`: JSON lines")
@@ -130,7 +129,7 @@ rows/s on top.`,
 				dsn := fs.String("postgres", "", "rewrap the rows of the PostgreSQL store at `DSN` in place instead (no password in it: PGPASSFILE)")
 				batch := fs.Int("batch", 200, "with --postgres: rows per daemon call and SQL transaction")
 				rate := fs.Float64("rate", 0, "with --postgres: at most this many `rows/s` (0: no limit)")
-				slowdown := fs.Float64("live-slowdown", 2, "with --postgres: keep the daemon's live p99 within this `factor` of its idle p99 (0: no pacing)")
+				slowdown := fs.Float64("live-slowdown", 2, "with --postgres: slow down while the daemon's live p99 is past this `factor` of its idle p99 (0: never)")
 				return func([]string) error {
 					if *dsn != "" {
 						if *in != "" || *out != "" {

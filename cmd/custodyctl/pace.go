@@ -12,22 +12,15 @@ import (
 // pacer is rewrap --postgres's throttle (docs/store.md, "Pacing"): at most
 // --rate rows/s when that is set, and, unless --live-slowdown is 0, a limit
 // of its own that follows the daemon's report of its live requests
-// (api.LiveLatency, on every rewrap answer, asked with live_over =
-// slowdown: how many were slower than slowdown × their idle p99). Without
-// live requests there is no limit. When they appear (and the daemon has
-// their idle p99) the limit starts at startPacedRate. The aim is the run's
-// live p99 within slowdown × idle: at most slowFraction of all live
-// requests over that. So once per report window (disjoint windows, each
-// with at least minWindowSamples live requests) the pacer adds the
-// window's counts to the run's, and: when the run so far is over its
-// budget (more than slowFraction slow) or the window is past twice it, the
-// limit loses 25 %; when the window is within half the fraction and the
-// run within budget, it gains 25 % (not past twice the rows actually sent
-// meanwhile, never lowering it); otherwise it holds. One slow window
-// therefore does not undo a run's good record, and noise in a window's
-// few slow requests does not steer it (a window of 400 requests at the
-// aim has 4). The limit never goes below minPacedRate, so live traffic
-// can slow a run, never stop it. Pages shrink with the live limit (a quarter second of rows, at least
+// (api.LiveLatency, on every rewrap answer). Without live requests there
+// is no limit. When they appear (and the daemon has their idle p99) the
+// limit starts at startPacedRate; then once per report window, with
+// target = slowdown × idle p99, and at least minWindowSamples live
+// requests in the window: a recent p99 past the target takes 30 % off
+// the limit, one under 0.7 × target adds 25 % (not past twice the rows
+// actually sent meanwhile, never lowering it), one in between keeps it. The limit
+// never goes below minPacedRate, so live traffic can slow a run, never
+// stop it. Pages shrink with the live limit (a quarter second of rows, at least
 // minPageRows), and the first page, sent before any report, is as small
 // as at startPacedRate: what slows live requests most is the burst of
 // database writes of one page.
@@ -43,9 +36,6 @@ type pacer struct {
 	rows         int64     // rows sent
 	changed      time.Time // when the live limit last changed
 	rowsAtChange int64     // rows then
-	judged       time.Time // when a report last counted
-	samples      int       // live requests in the counted reports
-	slow         int       // of them, slower than slowdown × idle p99
 	next         time.Time // when the next page may be sent
 }
 
@@ -54,12 +44,9 @@ const (
 	minPacedRate   = 5.0  // rows/s: the live limit never goes below this
 	minPageRows    = 8
 	// minWindowSamples is how many live requests a window needs before
-	// it counts.
+	// its p99 changes the limit.
 	minWindowSamples = 20
-	// slowFraction is the share of live requests allowed over slowdown ×
-	// idle p99: a p99.
-	slowFraction = 0.01
-	liveWindow   = priority.Window // the daemon's report window
+	liveWindow       = priority.Window // the daemon's report window
 )
 
 func newPacer(cap, slowdown float64, maxPage int) *pacer {
@@ -143,21 +130,17 @@ func (p *pacer) observe(l *api.LiveLatency) {
 	case l.Samples < minWindowSamples && p.limit > 0:
 		return // too few to judge by: one slow request would decide
 	case p.limit == 0:
-		p.limit, p.changed, p.rowsAtChange, p.judged = startPacedRate, now, p.rows, now
+		p.limit, p.changed, p.rowsAtChange = startPacedRate, now, p.rows
 		return
-	case now.Sub(p.judged) < liveWindow:
-		return // the report's window overlaps the one counted last
+	case now.Sub(p.changed) < liveWindow:
+		return // the report still covers rows sent at the last limit
 	}
-	p.judged = now
-	p.samples += l.Samples
-	p.slow += l.Over
-	window := float64(l.Over) / float64(l.Samples)
-	overBudget := float64(p.slow) > slowFraction*float64(p.samples)
+	target := p.slowdown * l.IdleP99MS
 	sent := float64(p.rows-p.rowsAtChange) / now.Sub(p.changed).Seconds()
 	switch {
-	case overBudget || window > 2*slowFraction:
-		p.limit = max(p.limit*0.75, minPacedRate)
-	case window <= slowFraction/2:
+	case l.P99MS > target:
+		p.limit = max(p.limit*0.7, minPacedRate)
+	case l.P99MS < 0.7*target:
 		// Faster, unless the run is not even using the limit it has.
 		p.limit = max(p.limit, min(p.limit*1.25, 2*sent))
 	default:
@@ -165,7 +148,3 @@ func (p *pacer) observe(l *api.LiveLatency) {
 	}
 	p.changed, p.rowsAtChange = now, p.rows
 }
-
-// liveOver is what the pacer asks the daemon's report to count (0: no
-// pacing, nothing to count).
-func (p *pacer) liveOver() float64 { return p.slowdown }

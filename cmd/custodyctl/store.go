@@ -353,7 +353,7 @@ func (c *cli) pages(ctx context.Context, s *store.Store, active store.Active, pc
 			} else if len(rows) > 0 {
 				after = rows[len(rows)-1].TransactionID
 				var live *api.LiveLatency
-				if res, live, err = c.d.Rewrap(cctx, rewrapItems(rows), pc.liveOver()); err != nil {
+				if res, live, err = c.d.Rewrap(cctx, rewrapItems(rows)); err != nil {
 					err = fmt.Errorf("rows after %q: %w", rows[0].TransactionID, err)
 				} else {
 					pc.observe(live)
@@ -480,7 +480,7 @@ func (c *cli) writePage(ctx context.Context, s *store.Store, pc *pacer, rows []s
 		// A retry is not paced: it is a few rows, and waiting would make
 		// it lose to the application's next update again.
 		var live *api.LiveLatency
-		if res, live, err = c.d.Rewrap(ctx, rewrapItems(rows), pc.liveOver()); err != nil {
+		if res, live, err = c.d.Rewrap(ctx, rewrapItems(rows)); err != nil {
 			return n, retried, failed, err
 		}
 		pc.observe(live)

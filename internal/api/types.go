@@ -305,15 +305,12 @@ type RewrapResults struct {
 // (encrypt, decrypt, audit decrypt) took: Samples of them ended in the
 // last 4 s, with that p99, and IdleP99MS is the p99 of the last 1,024
 // that ran with no rewrap call in progress or ended within 5 s (0 until
-// there are 50 of those). Over, when the call asked with the query
-// parameter live_over=F, is how many of the Samples took longer than F ×
-// IdleP99MS. A bulk client slows down when too many do (custodyctl rewrap
-// --postgres --live-slowdown).
+// there are 50 of those). A bulk client slows down when P99MS grows past a multiple of
+// IdleP99MS (custodyctl rewrap --postgres --live-slowdown).
 type LiveLatency struct {
 	Samples   int     `json:"samples"`
 	P99MS     float64 `json:"p99_ms"`
 	IdleP99MS float64 `json:"idle_p99_ms"`
-	Over      int     `json:"over,omitempty"`
 }
 
 // RewrapLine is one line of the streaming rewrap's answer: for input line

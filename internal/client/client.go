@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 
 	"custody/internal/api"
 )
@@ -283,14 +282,9 @@ func (c *Client) Prove(ctx context.Context, id string, in api.ProveRequest) (*ap
 }
 
 // Rewrap is POST /v1/envelopes/rewrap: the items' results in order, and
-// how the daemon's live requests fared (nil when it has timed none); with
-// liveOver > 0 the report counts those slower than liveOver × its idle p99.
-func (c *Client) Rewrap(ctx context.Context, items []api.RewrapItem, liveOver float64) ([]api.BatchResult[api.Rewrapped], *api.LiveLatency, error) {
-	path := "/v1/envelopes/rewrap"
-	if liveOver > 0 {
-		path += "?live_over=" + strconv.FormatFloat(liveOver, 'g', -1, 64)
-	}
-	out, err := call[api.RewrapResults](ctx, c, "POST", path, api.Batch[api.RewrapItem]{Items: items})
+// how the daemon's live requests fared (nil when it has timed none).
+func (c *Client) Rewrap(ctx context.Context, items []api.RewrapItem) ([]api.BatchResult[api.Rewrapped], *api.LiveLatency, error) {
+	out, err := call[api.RewrapResults](ctx, c, "POST", "/v1/envelopes/rewrap", api.Batch[api.RewrapItem]{Items: items})
 	if err != nil {
 		return nil, nil, err
 	}

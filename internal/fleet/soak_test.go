@@ -99,7 +99,7 @@ func TestSoak(t *testing.T) {
 				case 9:
 					if n%20 == 9 {
 						ctx, cancel := callCtx()
-						res, _, err := c.c.Rewrap(ctx, []api.RewrapItem{{Envelope: s.Envelope}}, 0)
+						res, _, err := c.c.Rewrap(ctx, []api.RewrapItem{{Envelope: s.Envelope}})
 						cancel()
 						code := codeOf(err)
 						if err == nil && res[0].Error != nil {

@@ -71,16 +71,12 @@ type LiveReport struct {
 	Samples int           // live requests that ended in the last Window
 	P99     time.Duration // their p99 (0 without samples)
 	IdleP99 time.Duration // the idle samples' p99; 0 with fewer than MinIdleSamples
-	// Over is how many of the Samples took longer than the multiple of
-	// IdleP99 that Report was asked about (0 without a baseline).
-	Over int
 }
 
-// Report says how live requests fared lately, counting in Over those of
-// the window slower than over × the baseline (none when over is 0). It
-// copies the samples under the lock and sorts them outside it, so that
-// live requests recording theirs do not wait for the sort.
-func (w *Watch) Report(over float64) LiveReport {
+// Report says how live requests fared lately. It copies the samples
+// under the lock and sorts them outside it, so that live requests
+// recording theirs do not wait for the sort.
+func (w *Watch) Report() LiveReport {
 	w.mu.Lock()
 	recent := w.recent.since(w.now().Add(-Window))
 	idle := w.idle.since(time.Time{})
@@ -88,12 +84,6 @@ func (w *Watch) Report(over float64) LiveReport {
 	r := LiveReport{Samples: len(recent), P99: p99(recent)}
 	if len(idle) >= MinIdleSamples {
 		r.IdleP99 = p99(idle)
-	}
-	if limit := time.Duration(over * float64(r.IdleP99)); limit > 0 {
-		// recent is sorted: count from the top.
-		for i := len(recent) - 1; i >= 0 && recent[i] > limit; i-- {
-			r.Over++
-		}
 	}
 	return r
 }

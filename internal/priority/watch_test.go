@@ -14,7 +14,7 @@ func TestWatchIdleAndBusy(t *testing.T) {
 	c := &fakeClock{t: time.Unix(1e9, 0)}
 	w := NewWatch()
 	w.now = c.now
-	if r := w.Report(0); r != (LiveReport{}) {
+	if r := w.Report(); r != (LiveReport{}) {
 		t.Fatalf("empty watch reports %+v", r)
 	}
 	// 99 fast idle requests and one slow: the baseline exists.
@@ -26,7 +26,7 @@ func TestWatchIdleAndBusy(t *testing.T) {
 		c.t = c.t.Add(10 * time.Millisecond)
 		w.Live(d)
 	}
-	r := w.Report(0)
+	r := w.Report()
 	if r.IdleP99 != time.Millisecond || r.Samples != MinIdleSamples*2 {
 		t.Fatalf("after idle samples: %+v, want idle p99 1ms and %d samples", r, MinIdleSamples*2)
 	}
@@ -38,22 +38,16 @@ func TestWatchIdleAndBusy(t *testing.T) {
 		w.Live(9 * time.Millisecond)
 	}
 	end()
-	r = w.Report(0)
+	r = w.Report()
 	if r.Samples != 10 || r.P99 != 9*time.Millisecond || r.IdleP99 != time.Millisecond {
 		t.Fatalf("during bulk work: %+v, want 10 samples at 9ms, idle p99 still 1ms", r)
-	}
-	if r = w.Report(2); r.Over != 10 {
-		t.Fatalf("Report(2) during bulk work: %+v, want all 10 over 2 × 1ms", r)
-	}
-	if r = w.Report(9); r.Over != 0 {
-		t.Fatalf("Report(9) during bulk work: %+v, want none over 9 × 1ms (9ms is not over)", r)
 	}
 	// Within Quiet of the bulk call's end a sample is still not idle.
 	c.t = c.t.Add(Quiet / 2)
 	for range MinIdleSamples * 2 {
 		w.Live(9 * time.Millisecond)
 	}
-	if r = w.Report(0); r.IdleP99 != time.Millisecond {
+	if r = w.Report(); r.IdleP99 != time.Millisecond {
 		t.Fatalf("samples within Quiet of bulk work changed the baseline: %+v", r)
 	}
 	// After Quiet they are idle again.
@@ -61,7 +55,7 @@ func TestWatchIdleAndBusy(t *testing.T) {
 	for range idleKept {
 		w.Live(3 * time.Millisecond)
 	}
-	if r = w.Report(0); r.IdleP99 != 3*time.Millisecond {
+	if r = w.Report(); r.IdleP99 != 3*time.Millisecond {
 		t.Fatalf("baseline after quiet: %+v, want 3ms", r)
 	}
 }
@@ -71,7 +65,7 @@ func TestWatchNoBaselineBelowMinimum(t *testing.T) {
 	for range MinIdleSamples - 1 {
 		w.Live(time.Millisecond)
 	}
-	if r := w.Report(0); r.IdleP99 != 0 || r.Samples != MinIdleSamples-1 {
+	if r := w.Report(); r.IdleP99 != 0 || r.Samples != MinIdleSamples-1 {
 		t.Fatalf("report %+v: want no baseline below %d idle samples", r, MinIdleSamples)
 	}
 }
@@ -94,6 +88,6 @@ func BenchmarkWatchReport(b *testing.B) {
 		w.Live(time.Millisecond)
 	}
 	for b.Loop() {
-		w.Report(0)
+		w.Report()
 	}
 }

@@ -10,8 +10,6 @@ package server
 // its calls, which only the client can spread out.
 
 import (
-	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,20 +34,5 @@ func liveLatency(r priority.LiveReport) *api.LiveLatency {
 		return nil
 	}
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	return &api.LiveLatency{Samples: r.Samples, P99MS: ms(r.P99), IdleP99MS: ms(r.IdleP99), Over: r.Over}
-}
-
-// liveOver reads the batch rewrap's optional query parameter live_over:
-// the multiple of the idle p99 past which the report counts a live
-// request in Over (0 when absent).
-func liveOver(rq *request) (float64, error) {
-	v := rq.URL.Query().Get("live_over")
-	if v == "" {
-		return 0, nil
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || !(f >= 1 && f <= 1000) {
-		return 0, errorf(http.StatusBadRequest, api.CodeBadRequest, "query parameter live_over: want a multiple of the idle p99 from 1 to 1000, got %q", v)
-	}
-	return f, nil
+	return &api.LiveLatency{Samples: r.Samples, P99MS: ms(r.P99), IdleP99MS: ms(r.IdleP99)}
 }

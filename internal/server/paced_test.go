@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,29 +51,6 @@ func TestRewrapReportsLiveLatency(t *testing.T) {
 	}
 	if live = rewrap(); live == nil || live["samples"].(float64) != float64(n+1) {
 		t.Fatalf("after a batch decrypt, a decrypt and a refused one: live %v, want %d samples (neither a batch nor a refusal is one)", live, n+1)
-	}
-	if _, ok := live["over"]; ok {
-		t.Fatalf("a rewrap without live_over: live %v, want no over count", live)
-	}
-	// live_over=F counts the window's requests slower than F × baseline
-	// (priority's tests check the counting): at most all of them at 1, none
-	// of these at 1000.
-	items := map[string]any{"items": []map[string]string{{"envelope": env}}}
-	for _, tc := range []struct {
-		q    string
-		over func(float64) bool
-	}{{"1", func(o float64) bool { return o <= float64(n+1) }}, {"1000", func(o float64) bool { return o == 0 }}} {
-		st, body := h.call("POST", "/v1/envelopes/rewrap?live_over="+tc.q, items)
-		live, _ := body["live"].(map[string]any)
-		over, _ := live["over"].(float64)
-		if st != 200 || live == nil || !tc.over(over) {
-			t.Fatalf("rewrap?live_over=%s: %d, live %v", tc.q, st, live)
-		}
-	}
-	for _, bad := range []string{"0.5", "x", "NaN", "1e9"} {
-		if st, body := h.call("POST", "/v1/envelopes/rewrap?live_over="+bad, items); st != 400 || fmt.Sprint(body["error"].(map[string]any)["code"]) != "bad_request" {
-			t.Fatalf("rewrap?live_over=%s: %d %v, want 400 bad_request", bad, st, body)
-		}
 	}
 }
 

@@ -23,12 +23,8 @@ import (
 	"custody/internal/rewrap"
 )
 
-// rewrapEnvelopes: POST /v1/envelopes/rewrap[?live_over=F] {"items":[{"envelope","ref"}]}.
+// rewrapEnvelopes: POST /v1/envelopes/rewrap {"items":[{"envelope","ref"}]}.
 func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) {
-	over, err := liveOver(rq)
-	if err != nil {
-		return nil, err
-	}
 	in, err := decodeBatch[api.RewrapItem](s, rq)
 	if err != nil {
 		return nil, err
@@ -41,7 +37,7 @@ func (s *Server) rewrapEnvelopes(ctx context.Context, rq *request) (any, error) 
 			out.Results[i].Result = o.Result
 		}
 	}
-	out.Live = liveLatency(s.watch.Report(over))
+	out.Live = liveLatency(s.watch.Report())
 	return out, nil
 }
 

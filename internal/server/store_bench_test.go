@@ -35,7 +35,8 @@ import (
 // figure taken before them).
 // N is CUSTODY_BENCH_STORE_ROWS (default 5,000; make bench-store-100k:
 // 100,000); CUSTODY_BENCH_STORE_LIVE_ARGS adds custodyctl flags to the run
-// under the live client (for example "--batch 32 --rate 300"). Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
+// under the live client (for example "--batch 32 --rate 300");
+// CUSTODY_BENCH_STORE_PROGRESS=1 logs every 10th progress line of each run. Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
 // the in-place run under the live client, and the latencies (goal: p99
 // during ≤ 2 × idle).
 func BenchmarkStoreRewrapVsStream(b *testing.B) {
@@ -72,8 +73,17 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 	ctl := func(args ...string) time.Duration {
 		start := time.Now()
 		cmd := exec.Command(filepath.Join(binDir, "custodyctl"), append([]string{"--socket", h.socket}, args...)...)
-		if outb, err := cmd.CombinedOutput(); err != nil {
+		outb, err := cmd.CombinedOutput()
+		if err != nil {
 			b.Fatalf("custodyctl %v: %v\n%s", args, err, outb)
+		}
+		if os.Getenv("CUSTODY_BENCH_STORE_PROGRESS") != "" {
+			// Every 10th progress line: the limit the run held.
+			for i, l := range strings.Split(strings.TrimSpace(string(outb)), "\n") {
+				if i%10 == 0 {
+					b.Logf("custodyctl %s: %s", args[0], l)
+				}
+			}
 		}
 		return time.Since(start)
 	}
