@@ -177,7 +177,7 @@
 // through a session copy of it (C_CopyObject with CKA_TOKEN false; the
 // copy keeps CKA_SENSITIVE, CKA_EXTRACTABLE false, the usage attributes,
 // and SoftHSM refuses to weaken it, as for the token object): measured, an
-// ECDSA signature ~100 → ~70 µs, a cold four-field open ~10 % faster.
+// ECDSA signature ~95 → ~64 µs; a cold open, no change beyond noise.
 // The copy is on the token like the session keys of every open, visible
 // to this process's sessions only, gone with the session that made it;
 // the host holds its handle. keycache.go keeps it by label with the token

@@ -77,6 +77,11 @@ func (t *Token) reapCopies(s session) {
 	stale := t.staleCopies
 	t.staleCopies = nil
 	t.cacheMu.Unlock()
+	t.destroyCopies(s, stale)
+}
+
+// destroyCopies destroys those of stale made in sessions of s's generation.
+func (t *Token) destroyCopies(s session, stale []cachedKey) {
 	for _, k := range stale {
 		if k.gen == s.gen {
 			_ = t.mod.ctx.DestroyObject(s.h, k.h)
@@ -89,11 +94,13 @@ func (t *Token) reapCopies(s session) {
 // more than KeyRecheck ago is checked first: gone, the copy is forgotten
 // and the label looked up again (ErrNotFound when nothing has it now).
 func (t *Token) privateKey(s session, label string) (cachedKey, error) {
-	t.reapCopies(s)
 	now := time.Now()
 	t.cacheMu.Lock()
 	k, ok := t.cache[label]
+	stale := t.staleCopies
+	t.staleCopies = nil
 	t.cacheMu.Unlock()
+	t.destroyCopies(s, stale)
 	if ok && (!k.copied || now.Sub(k.seen) < t.keyRecheck) {
 		return k, nil
 	}

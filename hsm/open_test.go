@@ -239,7 +239,11 @@ func TestOpenAfterKeyDestroyedElsewhere(t *testing.T) {
 			if _, err := tok.Open(testCtx(t), s.req); err != nil { // caches the key
 				t.Fatal(err)
 			}
-			if got, want := tok.KeyCopyCount(), map[bool]int{true: 1, false: 0}[recheck > 0]; got != want {
+			want := 0
+			if recheck > 0 {
+				want = 1
+			}
+			if got := tok.KeyCopyCount(); got != want {
 				t.Fatalf("KeyCopyCount = %d, want %d", got, want)
 			}
 			r := newRaw(t, cfg)
