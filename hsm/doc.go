@@ -58,6 +58,12 @@
 // soon as another call waits. A rewrap job then costs the applications'
 // decrypts at most about one rewrap each in waiting, instead of a batch.
 //
+// A goroutine in a device call (a cgo call) holds its P until the Go
+// runtime's sysmon takes it back, which can take milliseconds in a process
+// that was quiet before; with one P per core and every session busy, live
+// requests wait for a P. A daemon runs with Procs(GOMAXPROCS, sessions) Ps:
+// one more per session (custodyd does, unless GOMAXPROCS is set).
+//
 // # Recovery
 //
 // A call that fails with a "session or token lost" code

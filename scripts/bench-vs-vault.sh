@@ -10,7 +10,9 @@
 # BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3";
 # DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096);
 # HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2);
-# KEY_RECHECK=0s runs it without private-key copies (default: "1s").
+# KEY_RECHECK=0s runs it without private-key copies (default: "1s");
+# CUSTODYD_GOMAXPROCS=N runs it with N Ps (default: one per core plus one per
+# session, hsm.Procs), custodybench and Vault keep theirs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -57,7 +59,12 @@ raw=$(awk '/^BenchmarkOpenFields4-/ {print $3}' <<<"$rawout")
 rawv1=$(awk '/^BenchmarkOpenX25519-/ {print $3}' <<<"$rawout")
 [ -n "$raw" ] && [ -n "$rawv1" ] || { echo "the raw chain benchmarks printed no figure: $rawout" >&2; exit 1; }
 
-bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
+procs=()
+if [ -n "${CUSTODYD_GOMAXPROCS:-}" ]; then
+  [[ "$CUSTODYD_GOMAXPROCS" =~ ^[1-9][0-9]*$ ]] || { echo "CUSTODYD_GOMAXPROCS must be a positive number" >&2; exit 2; }
+  procs=(env "GOMAXPROCS=$CUSTODYD_GOMAXPROCS")
+fi
+"${procs[@]}" bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
 echo $! > "$dir/custodyd.pid"
 cleanup() {
   kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true

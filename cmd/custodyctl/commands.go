@@ -118,7 +118,7 @@ and retried). Rows the daemon refuses (tampered, key destroyed) are listed and s
 The table is the resume state: after any interruption run it again. Progress: a bar
 on a terminal, JSON lines otherwise. The run paces itself to spare live traffic: when the
 daemon reports that its live requests' p99 grew past --live-slowdown times their p99 with
-no bulk work running, it slows down (30 % per 4 s, to 5 rows/s at least) and shrinks its
+no bulk work running, it slows down (20 % per 4 s, to 5 rows/s at least) and shrinks its
 pages, then speeds up again while they keep up (docs/store.md, "Pacing"); --rate caps
 rows/s on top.`,
 			setup: func(fs *flag.FlagSet) func([]string) error {

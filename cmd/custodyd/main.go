@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -163,6 +164,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return fmt.Errorf("opening the token: %w", err)
 	}
 	defer token.Close()
+	setProcs(log, token.Info().Sessions)
 	meters := metrics.New()
 	meters.WatchToken(token)
 	metered := meters.Meter(token)
@@ -543,5 +545,17 @@ func watchToken(ctx context.Context, token *hsm.Token, log *slog.Logger) {
 			log.Info("hsm: token reachable again", "rebuilds", token.Info().Rebuilds)
 		}
 		up = err == nil
+	}
+}
+
+// setProcs gives the Go scheduler one P more per token session
+// (hsm.SetProcs), so that live requests find a P while every session is
+// in a device call.
+func setProcs(log *slog.Logger, sessions int) {
+	cpus := runtime.GOMAXPROCS(0)
+	if procs, fromEnv := hsm.SetProcs(sessions); fromEnv {
+		log.Info("go scheduler: GOMAXPROCS from the environment", "procs", procs)
+	} else {
+		log.Info("go scheduler: one P per CPU and one per token session", "procs", procs, "cpus", cpus, "sessions", sessions)
 	}
 }

@@ -38,8 +38,9 @@ const (
 )
 
 var (
-	binDir string // custodyctl built for the tests, reachable by the test users
-	users  = map[string]*user.User{}
+	setProcs sync.Once // the daemon's GOMAXPROCS, set by the first harness
+	binDir   string    // custodyctl built for the tests, reachable by the test users
+	users    = map[string]*user.User{}
 )
 
 func TestMain(m *testing.M) {
@@ -262,6 +263,7 @@ func newHarnessDepsCache(t testing.TB, adjust func(*server.Deps), cache bool) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.token.Close() })
+	setProcs.Do(func() { hsm.SetProcs(h.token.Info().Sessions) }) // as custodyd does
 	h.keys, err = keys.Load(ctx, h.token, log)
 	if err != nil {
 		t.Fatal(err)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,7 +103,9 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		// compared with the quiet daemon it starts on.
 		checkpoint(b, dsn)
 		syscall.Sync()
+		sched0 := schedHist()
 		idleBefore := decryptLatencies(b, h, probe, never, 10*time.Second)
+		sched1 := schedHist()
 		done := make(chan time.Duration)
 		go func() {
 			done <- ctl(append([]string{"rewrap", "--postgres", dsn, "--batch", "500"}, strings.Fields(os.Getenv("CUSTODY_BENCH_STORE_LIVE_ARGS"))...)...)
@@ -115,6 +119,7 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 				return false
 			}
 		}, time.Hour)
+		sched2 := schedHist()
 		b.ReportMetric(float64(n)/stream.Seconds(), "stream-rows/s")
 		b.ReportMetric(float64(n)/inPlace.Seconds(), "inplace-rows/s")
 		b.ReportMetric(stream.Seconds()/inPlace.Seconds(), "inplace/stream")
@@ -127,6 +132,11 @@ func BenchmarkStoreRewrapVsStream(b *testing.B) {
 		b.ReportMetric(ms(pct(during, 90)), "during-p90-ms")
 		b.ReportMetric(ms(pct(during, 100)), "during-max-ms")
 		b.ReportMetric(ms(pct(during, 99))/ms(pct(idleBefore, 99)), "p99-during/idle")
+		// How long goroutines of the daemon (this process) waited runnable
+		// for a P: hsm.Procs is about this figure (docs/store.md, "Go's
+		// scheduler").
+		b.ReportMetric(ms(schedPct(sched0, sched1, 99.9)), "sched-idle-p99.9-ms")
+		b.ReportMetric(ms(schedPct(sched1, sched2, 99.9)), "sched-during-p99.9-ms")
 	}
 }
 
@@ -197,3 +207,37 @@ func pct(ds []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// schedHist reads the Go runtime's histogram of how long goroutines of this
+// process waited runnable before they ran.
+func schedHist() *metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	return s[0].Value.Float64Histogram()
+}
+
+// schedPct is the p-th percentile of the waits recorded between readings a
+// and b of schedHist: the upper bound of its bucket (the lower bound for the
+// last, open one); 0 if nothing waited.
+func schedPct(a, b *metrics.Float64Histogram, p float64) time.Duration {
+	var total uint64
+	for i := range b.Counts {
+		total += b.Counts[i] - a.Counts[i]
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(math.Ceil(float64(total) * p / 100))
+	var acc uint64
+	for i := range b.Counts {
+		acc += b.Counts[i] - a.Counts[i]
+		if acc >= want {
+			bound := b.Buckets[i+1]
+			if math.IsInf(bound, 1) {
+				bound = b.Buckets[i]
+			}
+			return time.Duration(bound * float64(time.Second))
+		}
+	}
+	return 0
+}
