@@ -39,8 +39,9 @@ import (
 // 100,000); CUSTODY_BENCH_STORE_LIVE_ARGS adds custodyctl flags to the run
 // under the live client (for example "--batch 32 --rate 300");
 // CUSTODY_BENCH_STORE_PROGRESS=1 logs every 10th progress line of each run. Reported: rows/s of each run, in-place / stream (goal ≥ 0.8),
-// the in-place run under the live client, and the latencies (goal: p99
-// during ≤ 2 × idle).
+// the in-place run under the live client, the latencies (goal: p99
+// during ≤ 2 × idle), and the p99.9 of the runtime's scheduling wait in the
+// idle period and during the run (sched-*-p99.9-ms).
 func BenchmarkStoreRewrapVsStream(b *testing.B) {
 	n := 5000
 	if v, err := strconv.Atoi(os.Getenv("CUSTODY_BENCH_STORE_ROWS")); err == nil && v > 0 {
