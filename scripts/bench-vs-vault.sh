@@ -5,14 +5,20 @@
 #     access log in run/bench/log) on a fresh SoftHSM token of its own;
 #   - the cached Vault dev server with transit and a file audit device writing
 #     to run/bench/vault-audit.log (the same disk as custodyd's log);
-# measures the raw on-device open chain (hsm's BenchmarkOpenX25519) first, then
-# runs custodybench, and stops both (exactly the processes it started).
+# measures the raw chains first (hsm's open, hit, seal and signature
+# benchmarks, envelope's BenchmarkWrapAll: their CPU per op is the floor of
+# each row, custodybench --floor-cpu), then runs custodybench, and stops
+# both (exactly the processes it started).
 # BENCH_ARGS passes flags to custodybench, e.g. BENCH_ARGS="--duration 8s --rounds 3";
 # DEK_CACHE_ENTRIES=0 runs custodyd with the DEK handle cache off (default: on, 4096);
 # HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2);
 # KEY_RECHECK=0s runs it without private-key copies (default: "1s");
 # CUSTODYD_GOMAXPROCS=N runs it with N Ps (default: one per core plus one per
-# session, hsm.Procs), custodybench and Vault keep theirs.
+# session, hsm.Procs), custodybench and Vault keep theirs;
+# ACCESS_LOG_DIR=DIR puts custodyd's access log in DIR, which must not exist
+# (made here, removed afterwards), e.g. under /dev/shm to see what the disk's
+# fdatasync costs a row (a tmpfs log is not durable: an experiment only).
+# custodybench is given both servers' PIDs and prints their CPU time per item.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -42,21 +48,42 @@ if [ -n "${KEY_RECHECK:-}" ]; then
   [[ "$KEY_RECHECK" =~ ^[0-9]+(ms|s|m)$ ]] || { echo "KEY_RECHECK must be a duration such as 0s or 1s" >&2; exit 2; }
   cache="$cache, \"key_recheck\": \"$KEY_RECHECK\""
 fi
+logdir=log
+madelog=""  # set once this script made ACCESS_LOG_DIR: only then is it removed
+cleanup() {
+  kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true
+  scripts/vault.sh stop "$dir/vault" 2>/dev/null || true
+  if [ -n "$madelog" ]; then rm -rf "$madelog"; fi
+}
+trap cleanup EXIT
+if [ -n "${ACCESS_LOG_DIR:-}" ]; then
+  [[ "$ACCESS_LOG_DIR" = /* ]] || { echo "ACCESS_LOG_DIR must be an absolute path" >&2; exit 2; }
+  [ ! -e "$ACCESS_LOG_DIR" ] || { echo "ACCESS_LOG_DIR=$ACCESS_LOG_DIR exists; give a path that does not" >&2; exit 2; }
+  mkdir -m 0700 "$ACCESS_LOG_DIR"
+  madelog=$ACCESS_LOG_DIR
+  logdir=$ACCESS_LOG_DIR
+fi
 cat > "$dir/custodyd.json" <<JSON
 {
   "pkcs11": {"pin_file": "user.pin", "softhsm_conf": "softhsm2.conf"$cache},
   "socket": {"path": "custodyd.sock"},
   "policy_file": "../../policies/example.json",
-  "access_log": {"dir": "log"},
+  "access_log": {"dir": "$logdir"},
   "ceremony": {"auto_genesis": true}
 }
 JSON
 bin/custodyd token init --no-backups --config "$dir/custodyd.json" >/dev/null
 
-echo "== the raw on-device open chains (hsm BenchmarkOpenFields4 and BenchmarkOpenX25519, 2 goroutines)" >&2
-rawout=$(go test -run '^$' -bench '^BenchmarkOpen(Fields4|X25519)$' -benchtime "${RAW_BENCHTIME:-3s}" ./hsm/)
+echo "== the raw chains alone (hsm and envelope benchmarks, 2 goroutines): the open chains, a hit, the seal's device and software halves, the signature" >&2
+rawout=$(go test -run '^$' -bench '^Benchmark(OpenFields4|OpenFields4Cached|OpenX25519|SealFields4|Sign)$' -benchtime "${RAW_BENCHTIME:-3s}" ./hsm/)
+rawout+=$'\n'$(go test -run '^$' -bench '^BenchmarkWrapAll$' -benchtime "${RAW_BENCHTIME:-3s}" ./internal/envelope/)
+echo "$rawout" | grep '^Benchmark' >&2
 raw=$(awk '/^BenchmarkOpenFields4-/ {print $3}' <<<"$rawout")
 rawv1=$(awk '/^BenchmarkOpenX25519-/ {print $3}' <<<"$rawout")
+# cpu-µs/op of benchmark $1 (the value before the unit).
+cpu() { awk -v b="^Benchmark$1-" '$0 ~ b { for (i = 2; i <= NF; i++) if ($i == "cpu-µs/op") print $(i-1) }' <<<"$rawout"; }
+floors="decrypt-cold=$(cpu OpenFields4),decrypt-warm=$(cpu OpenFields4Cached)"
+floors+=",encrypt=$(awk -v a="$(cpu WrapAll)" -v b="$(cpu SealFields4)" -v c="$(cpu Sign)" 'BEGIN { print a + b + c }')"
 [ -n "$raw" ] && [ -n "$rawv1" ] || { echo "the raw chain benchmarks printed no figure: $rawout" >&2; exit 1; }
 
 procs=()
@@ -66,11 +93,6 @@ if [ -n "${CUSTODYD_GOMAXPROCS:-}" ]; then
 fi
 "${procs[@]}" bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
 echo $! > "$dir/custodyd.pid"
-cleanup() {
-  kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true
-  scripts/vault.sh stop "$dir/vault" 2>/dev/null || true
-}
-trap cleanup EXIT
 for _ in $(seq 1 100); do [ -S "$dir/custodyd.sock" ] && break; sleep 0.1; done
 [ -S "$dir/custodyd.sock" ] || { cat "$dir/custodyd.log" >&2; exit 1; }
 VAULT_SH_WATCH_PID=$$ scripts/vault.sh start "$dir/vault" >/dev/null
@@ -78,4 +100,5 @@ VAULT_SH_WATCH_PID=$$ scripts/vault.sh start "$dir/vault" >/dev/null
 # shellcheck disable=SC2086
 bin/custodybench --socket "$dir/custodyd.sock" --vault-addr "$(cat "$dir/vault/addr")" \
   --vault-token-file "$dir/vault/root-token" --vault-audit-file "$root/$dir/vault-audit.log" \
-  --raw-chain-ns "$raw" --raw-v1-chain-ns "$rawv1" ${BENCH_ARGS:-}
+  --custody-pid "$(cat "$dir/custodyd.pid")" --vault-pid "$(cat "$dir/vault/pid")" \
+  --raw-chain-ns "$raw" --raw-v1-chain-ns "$rawv1" --floor-cpu "$floors" ${BENCH_ARGS:-}

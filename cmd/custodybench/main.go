@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +71,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	opList := fs.String("ops", strings.Join(ops, ","), "comma-separated operations")
 	rawNs := fs.Float64("raw-chain-ns", 0, "ns/op of the raw on-device open chain of one envelope v2 with the benchmark's 4 fields, measured in this run (hsm BenchmarkOpenFields4): adds the cold decrypt / raw chain rows")
 	rawV1Ns := fs.Float64("raw-v1-chain-ns", 0, "ns/op of the v1 chain (hsm BenchmarkOpenX25519: one payload, no field keys), printed for reference")
+	custodyPID := fs.Int("custody-pid", 0, "custodyd's `pid`: adds its CPU time per item (user + system, all threads, from /proc) to each row")
+	vaultPID := fs.Int("vault-pid", 0, "Vault's `pid`: the same for Vault")
+	floorList := fs.String("floor-cpu", "", "comma-separated `op=µs`: the CPU per item of the cryptography op cannot skip, measured in this run by the raw benchmarks (decrypt-cold, decrypt-warm, encrypt; the batch rows use the same): adds each row's ceiling on this machine")
 	pool := fs.Int("cold", 30000, "distinct envelopes made for the cold rows (a round that needs more reuses them, and says so)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -91,6 +95,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--ops: unknown operation %q (known: %s)", op, strings.Join(ops, ", "))
 		}
 	}
+	floors, err := parseFloors(*floorList)
+	if err != nil {
+		return err
+	}
 	tok, err := os.ReadFile(*vaultToken)
 	if err != nil {
 		return err
@@ -106,6 +114,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	targets := []target{cu, va}
+	pids := []int{*custodyPID, *vaultPID}
 	for _, t := range targets {
 		fmt.Fprintf(stderr, "preparing %s: %d distinct envelopes…\n", t.name(), *pool)
 		if err := t.prepare(ctx, *pool, stderr); err != nil {
@@ -113,15 +122,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	coldRate := map[int]float64{} // clients → custody cold decrypt ops/s
+	var ceilings []string         // one line per row with a floor
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "op\tclients\tcustody ops/s\tp50\tp99\tvault ops/s\tp50\tp99\tcustody/vault\t\n")
+	fmt.Fprintf(tw, "op\tclients\tcustody ops/s\tp50\tp99\tcpu/op\tvault ops/s\tp50\tp99\tcpu/op\tcustody/vault\t\n")
 	for _, op := range selected {
 		for _, c := range clients {
 			var res [2][]result
 			fmt.Fprintf(stderr, "measuring %s, %d clients: %d rounds of %s each, alternating\n", op, c, *rounds, *duration)
 			for r := 0; r < *rounds; r++ {
 				for k, t := range targets {
-					x, err := round(ctx, t, op, c, *duration, *pool)
+					x, err := round(ctx, t, op, c, *duration, *pool, pids[k])
 					if err != nil {
 						return fmt.Errorf("%s %s: %w", t.name(), op, err)
 					}
@@ -136,11 +146,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if cm.reused || vm.reused {
 				note = " (cold pool reused: raise --cold)"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%.0f\t%s\t%s\t%.2f\t%s\n", op, c, cm.rate, ms(cm.p50), ms(cm.p99), vm.rate, ms(vm.p50), ms(vm.p99), cm.rate/vm.rate, note)
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%.2f\t%s\n", op, c, cm.rate, ms(cm.p50), ms(cm.p99), cm.cpu(), vm.rate, ms(vm.p50), ms(vm.p99), vm.cpu(), cm.rate/vm.rate, note)
+			if f, ok := floors[strings.TrimPrefix(op, "batch-")]; ok && cm.benchCPU >= 0 {
+				ceil := ceiling(f, cm.benchCPU)
+				ceilings = append(ceilings, fmt.Sprintf("  %-20s %2d clients: %5.0f µs + %4d µs  →  at most %6.0f/s = %5.2f × Vault (measured %.0f/s = %.2f of the ceiling)",
+					op, c, f, cm.benchCPU.Microseconds(), ceil, ceil/vm.rate, cm.rate, cm.rate/ceil))
+			}
 		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	fmt.Fprintln(stdout, "\ncpu/op: the server's CPU time (user + system, all its threads) per item, and in parentheses this load generator's; \"-\" without --custody-pid / --vault-pid")
+	if len(ceilings) > 0 {
+		fmt.Fprintf(stdout, "\nceilings on this machine (%d cores): the device and software crypto an item cannot skip (--floor-cpu) + the load generator's CPU per item, if the request around them cost nothing:\n", runtime.NumCPU())
+		for _, l := range ceilings {
+			fmt.Fprintln(stdout, l)
+		}
 	}
 	if *rawNs > 0 && len(coldRate) > 0 {
 		raw := 1e9 / *rawNs
@@ -159,16 +181,32 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 // result is one round's figures.
 type result struct {
-	rate     float64 // items per second
-	p50, p99 time.Duration
-	reused   bool // a cold round went past the pool
+	rate      float64 // items per second
+	p50, p99  time.Duration
+	reused    bool          // a cold round went past the pool
+	serverCPU time.Duration // per item; < 0 when not measured
+	benchCPU  time.Duration // per item, this load generator's; < 0 when not measured
+}
+
+// cpu formats the CPU per item as "412µs (38)": the server's, then the
+// load generator's.
+func (r result) cpu() string {
+	us := func(d time.Duration) string {
+		if d < 0 {
+			return "-"
+		}
+		return strconv.FormatInt(d.Microseconds(), 10)
+	}
+	return us(r.serverCPU) + "µs (" + us(r.benchCPU) + ")"
 }
 
 // cursor hands out pool positions to a round's clients; cold operations
 // continue where the previous round stopped.
 var cursors sync.Map // target name + op → *atomic.Int64
 
-func round(ctx context.Context, t target, op string, clients int, d time.Duration, pool int) (result, error) {
+// round runs one round of op on t; pid, when not 0, is t's process, whose
+// CPU time it measures.
+func round(ctx context.Context, t target, op string, clients int, d time.Duration, pool, pid int) (result, error) {
 	cur, _ := cursors.LoadOrStore(t.name()+"/"+op, new(atomic.Int64))
 	next := cur.(*atomic.Int64)
 	step := int64(1)
@@ -184,6 +222,7 @@ func round(ctx context.Context, t target, op string, clients int, d time.Duratio
 	)
 	deadline := time.Now().Add(d)
 	start := time.Now()
+	cpu := startCPU(pid)
 	for range clients {
 		wg.Add(1)
 		go func() {
@@ -210,16 +249,51 @@ func round(ctx context.Context, t target, op string, clients int, d time.Duratio
 		}()
 	}
 	wg.Wait()
+	serverCPU, benchCPU := cpu.stop()
 	if first != nil {
 		return result{}, first
 	}
 	el := time.Since(start)
 	slices.Sort(lat)
-	r := result{rate: float64(items.Load()) / el.Seconds(), reused: strings.HasSuffix(op, "-cold") && next.Load() > int64(pool)}
+	r := result{rate: float64(items.Load()) / el.Seconds(), reused: strings.HasSuffix(op, "-cold") && next.Load() > int64(pool),
+		serverCPU: perItem(serverCPU, items.Load()), benchCPU: perItem(benchCPU, items.Load())}
 	if len(lat) > 0 {
 		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
 	return r, nil
+}
+
+// parseFloors parses --floor-cpu: "op=µs,…" with op one of decrypt-cold,
+// decrypt-warm, encrypt.
+func parseFloors(list string) (map[string]float64, error) {
+	floors := map[string]float64{}
+	if list == "" {
+		return floors, nil
+	}
+	for _, kv := range strings.Split(list, ",") {
+		op, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		us, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil || us <= 0 || !slices.Contains([]string{"decrypt-cold", "decrypt-warm", "encrypt"}, op) {
+			return nil, fmt.Errorf("--floor-cpu: %q is not op=µs with op decrypt-cold, decrypt-warm or encrypt", kv)
+		}
+		floors[op] = us
+	}
+	return floors, nil
+}
+
+// ceiling is the most items per second this machine's cores could give if
+// each item cost floorUS µs of CPU in the server and bench in the load
+// generator, and nothing else.
+func ceiling(floorUS float64, bench time.Duration) float64 {
+	return float64(runtime.NumCPU()) * 1e6 / (floorUS + float64(bench)/float64(time.Microsecond))
+}
+
+// perItem divides a CPU time over n items; -1 stays -1 (not measured).
+func perItem(d time.Duration, n int64) time.Duration {
+	if d < 0 || n == 0 {
+		return -1
+	}
+	return d / time.Duration(n)
 }
 
 // median is the round with the median rate (its latencies with it).

@@ -1,0 +1,4 @@
+package envelope
+
+// WrapAll is wrapAll, for BenchmarkWrapAll.
+var WrapAll = wrapAll
