@@ -14,7 +14,8 @@
 # HSM_SESSIONS=N sizes its session pool (default: one per core, at least 2);
 # KEY_RECHECK=0s runs it without private-key copies (default: "1s");
 # CUSTODYD_GOMAXPROCS=N runs it with N Ps (default: one per core plus one per
-# session, hsm.Procs), custodybench and Vault keep theirs;
+# session, hsm.Procs), custodybench and Vault keep theirs; CUSTODYD_GOGC=N the
+# same for Go's GC target (default: Go's, 100);
 # ACCESS_LOG_DIR=DIR puts custodyd's access log in DIR, which must not exist
 # (made here, removed afterwards), e.g. under /dev/shm to see what the disk's
 # fdatasync costs a row (a tmpfs log is not durable: an experiment only).
@@ -90,6 +91,10 @@ procs=()
 if [ -n "${CUSTODYD_GOMAXPROCS:-}" ]; then
   [[ "$CUSTODYD_GOMAXPROCS" =~ ^[1-9][0-9]*$ ]] || { echo "CUSTODYD_GOMAXPROCS must be a positive number" >&2; exit 2; }
   procs=(env "GOMAXPROCS=$CUSTODYD_GOMAXPROCS")
+fi
+if [ -n "${CUSTODYD_GOGC:-}" ]; then
+  [[ "$CUSTODYD_GOGC" =~ ^([1-9][0-9]*|off)$ ]] || { echo "CUSTODYD_GOGC must be a positive number or off" >&2; exit 2; }
+  procs=(env "${procs[@]:1}" "GOGC=$CUSTODYD_GOGC")
 fi
 "${procs[@]}" bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
 echo $! > "$dir/custodyd.pid"

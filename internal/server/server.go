@@ -32,9 +32,11 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -474,19 +476,51 @@ func writeError(w http.ResponseWriter, e *apiError) {
 }
 
 // decodeJSON reads a strict JSON body into v: unknown fields, trailing data
-// and oversize bodies are errors with their own codes.
+// and oversize bodies are errors with their own codes. A decrypt request in
+// the plain form is decoded by decodeFast (fastjson.go), anything else by
+// encoding/json.
 func decodeJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	if decodeFast(body, v) {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
-		}
 		return errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: %v", err)
 	}
 	if dec.More() {
 		return errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: trailing data after the JSON object")
 	}
 	return nil
+}
+
+// readBody reads the whole request body; past the server's limit
+// (http.MaxBytesReader) it fails with body_too_large.
+func readBody(r *http.Request) ([]byte, error) {
+	n := r.ContentLength // a hint only: the limit is MaxBytesReader's
+	if n < 0 || n > 64<<10 {
+		n = 0
+	}
+	buf := make([]byte, 0, n+512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return nil, errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
+			}
+			return nil, errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: %v", err)
+		}
+	}
 }
