@@ -1,6 +1,7 @@
 package envelope_test
 
 import (
+	"context"
 	"crypto/rand"
 	"testing"
 
@@ -30,4 +31,51 @@ func BenchmarkWrapAll(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkParseVerifyCached measures the software half of a warm decrypt
+// before the device: the envelope's text parsed (and validated) and its
+// header found in the verified-header cache, as custodyd's decrypt does;
+// and the parts alone.
+func BenchmarkParseVerifyCached(b *testing.B) {
+	f := newFixture(b, "tx-bench")
+	f.in.Plaintext, f.in.SealedBy = nil, "app"
+	for _, n := range []string{"amount", "iban", "memo", "rate"} {
+		f.in.Fields = append(f.in.Fields, envelope.Field{Name: n, Value: []byte(`"12.50"`)})
+	}
+	e, err := envelope.SealV2(context.Background(), f.in, f.signer, envelope.SoftwareFields{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	text := e.Text()
+	cache := envelope.NewVerifyCache(16)
+	if err := cache.Verify(e, f.signer.lookup); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("parse+verify-hit", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			e, err := envelope.ParseText(text)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cache.Verify(e, f.signer.lookup); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("validate", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := e.Validate(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("signed-message", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = e.SignedMessage()
+		}
+	})
 }
