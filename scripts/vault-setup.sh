@@ -39,7 +39,12 @@ custody_vault_apply() {
     export VAULT_ADDR="$addr"
     VAULT_TOKEN=$(cat "$rootfile")
     export VAULT_TOKEN
-    if ! "$vault" secrets list -format=json | grep -q '"secret/"'; then
+    # Listed first, then searched: under pipefail, grep -q quitting at its
+    # first match can fail the pipe (the lister's SIGPIPE), which read as
+    # "no mount" and made the enable below fail on a Vault that has one.
+    local mounts
+    mounts=$("$vault" secrets list -format=json)
+    if ! grep -q '"secret/"' <<<"$mounts"; then
       "$vault" secrets enable -path=secret -version=2 kv >/dev/null
     fi
     "$vault" policy write custodyd "$root/policies/vault/custodyd.hcl" >/dev/null

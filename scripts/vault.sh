@@ -27,7 +27,7 @@ bin="$cache/vault"
 die() { echo "vault.sh: $*" >&2; exit 1; }
 
 build() {
-  if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "Vault v${VAULT_VERSION}"; then
+  if [ -x "$bin" ] && [[ "$("$bin" version 2>/dev/null)" == *"Vault v${VAULT_VERSION}"* ]]; then
     echo "$bin"
     return 0
   fi
@@ -40,7 +40,7 @@ build() {
   ( cd "$here/vault" && echo "  downloading modules…" >&2 && go mod download >&2 \
     && echo "  compiling (started $(date +%H:%M:%S))…" >&2 \
     && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp" . >&2 )
-  "$tmp" version | grep -q "Vault v${VAULT_VERSION}" || die "built binary does not report v${VAULT_VERSION}"
+  [[ "$("$tmp" version)" == *"Vault v${VAULT_VERSION}"* ]] || die "built binary does not report v${VAULT_VERSION}"
   mv -f "$tmp" "$bin"
   echo "  built in $((SECONDS - start))s: $bin" >&2
   echo "$bin"
