@@ -90,11 +90,15 @@ func TestKill9(t *testing.T) {
 		var once sync.Once
 		go func() {
 			defer close(readDone)
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				f := strings.Fields(sc.Text())
+			rd := bufio.NewReader(stdout)
+			for {
+				line, err := rd.ReadString('\n')
+				if err != nil {
+					return // EOF; a last line without its newline was cut by the kill
+				}
+				f := strings.Fields(line)
 				if len(f) != 3 || f[0] != "ack" {
-					continue // a line cut by the kill
+					continue
 				}
 				i, _ := strconv.ParseInt(f[1], 10, 64)
 				ackMu.Lock()
