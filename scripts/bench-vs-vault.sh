@@ -87,16 +87,16 @@ floors="decrypt-cold=$(cpu OpenFields4),decrypt-warm=$(cpu OpenFields4Cached)"
 floors+=",encrypt=$(awk -v a="$(cpu WrapAll)" -v b="$(cpu SealFields4)" -v c="$(cpu Sign)" 'BEGIN { print a + b + c }')"
 [ -n "$raw" ] && [ -n "$rawv1" ] || { echo "the raw chain benchmarks printed no figure: $rawout" >&2; exit 1; }
 
-procs=()
+runenv=()  # custodyd's own environment additions
 if [ -n "${CUSTODYD_GOMAXPROCS:-}" ]; then
   [[ "$CUSTODYD_GOMAXPROCS" =~ ^[1-9][0-9]*$ ]] || { echo "CUSTODYD_GOMAXPROCS must be a positive number" >&2; exit 2; }
-  procs=(env "GOMAXPROCS=$CUSTODYD_GOMAXPROCS")
+  runenv+=("GOMAXPROCS=$CUSTODYD_GOMAXPROCS")
 fi
 if [ -n "${CUSTODYD_GOGC:-}" ]; then
   [[ "$CUSTODYD_GOGC" =~ ^([1-9][0-9]*|off)$ ]] || { echo "CUSTODYD_GOGC must be a positive number or off" >&2; exit 2; }
-  procs=(env "${procs[@]:1}" "GOGC=$CUSTODYD_GOGC")
+  runenv+=("GOGC=$CUSTODYD_GOGC")
 fi
-"${procs[@]}" bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
+env "${runenv[@]}" bin/custodyd run --config "$dir/custodyd.json" > "$dir/custodyd.log" 2>&1 &
 echo $! > "$dir/custodyd.pid"
 for _ in $(seq 1 100); do [ -S "$dir/custodyd.sock" ] && break; sleep 0.1; done
 [ -S "$dir/custodyd.sock" ] || { cat "$dir/custodyd.log" >&2; exit 1; }

@@ -7,15 +7,15 @@ import "custody/internal/api"
 // encoding/json scans it twice (once to find the value's end, once to
 // decode): ~11 µs a request here against decodeFast's ~1.7 µs
 // (BenchmarkDecodeDecryptRequest), where a warm decrypt costs custodyd
-// ~550 µs of CPU in all (docs/performance.md). decodeFast
+// 150–400 µs of CPU in all (docs/performance.md). decodeFast
 // handles only the plain form that internal/client and every ordinary
 // encoder send: the known keys, spelled exactly, once each; strings of
 // printable ASCII without escapes; "fields" an array of such strings.
 // Anything else (escapes, other bytes, null, unknown or repeated or
 // differently cased keys, trailing data) makes it return false, and
-// decodeJSON hands the body to encoding/json, whose answer, value or
-// error, is the contract. FuzzDecodeFast checks that whatever decodeFast
-// accepts encoding/json decodes to the same value.
+// decodeJSON hands the body to decodeStrict (encoding/json), whose answer,
+// value or error, is the contract. FuzzDecodeFast checks that whatever
+// decodeFast accepts decodeStrict decodes to the same value.
 
 // decodeFast decodes body into v, a *api.DecryptRequest or a
 // *api.Batch[api.DecryptRequest], when body is in the plain form; it

@@ -9,21 +9,6 @@ import (
 	"custody/internal/api"
 )
 
-// decodeStrict is decodeJSON's fallback: the contract decodeFast must keep.
-func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errTrailing
-	}
-	return nil
-}
-
-var errTrailing = errorf(400, api.CodeBadRequest, "trailing data")
-
 // fastTargets are the types decodeFast knows, each as a fresh zero value.
 var fastTargets = []func() any{
 	func() any { return new(api.DecryptRequest) },
@@ -94,7 +79,7 @@ func TestDecodeFastDefers(t *testing.T) {
 }
 
 // FuzzDecodeFast is differential: whatever decodeFast accepts,
-// encoding/json (strict, as decodeJSON uses it) accepts too and decodes to
+// decodeStrict (decodeJSON's fallback) accepts too and decodes to
 // the same value; what it refuses it leaves untouched.
 func FuzzDecodeFast(f *testing.F) {
 	for _, s := range []string{
@@ -130,7 +115,7 @@ func FuzzDecodeFast(f *testing.F) {
 }
 
 // BenchmarkDecodeDecryptRequest: a warm decrypt's body (a 2 KB envelope
-// text) through decodeFast and through encoding/json as decodeJSON used it.
+// text) through decodeFast and through decodeStrict (encoding/json).
 func BenchmarkDecodeDecryptRequest(b *testing.B) {
 	body, err := json.Marshal(api.DecryptRequest{
 		Envelope: string(bytes.Repeat([]byte("djIAAQ-_"), 256)),

@@ -36,7 +36,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -478,7 +477,7 @@ func writeError(w http.ResponseWriter, e *apiError) {
 // decodeJSON reads a strict JSON body into v: unknown fields, trailing data
 // and oversize bodies are errors with their own codes. A decrypt request in
 // the plain form is decoded by decodeFast (fastjson.go), anything else by
-// encoding/json.
+// decodeStrict, whose answer is the contract.
 func decodeJSON(r *http.Request, v any) error {
 	body, err := readBody(r)
 	if err != nil {
@@ -487,6 +486,12 @@ func decodeJSON(r *http.Request, v any) error {
 	if decodeFast(body, v) {
 		return nil
 	}
+	return decodeStrict(body, v)
+}
+
+// decodeStrict decodes body into v with encoding/json: unknown fields and
+// data after the value are bad_request.
+func decodeStrict(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -505,22 +510,13 @@ func readBody(r *http.Request) ([]byte, error) {
 	if n < 0 || n > 64<<10 {
 		n = 0
 	}
-	buf := make([]byte, 0, n+512)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+	buf := bytes.NewBuffer(make([]byte, 0, n+bytes.MinRead)) // room for the read that sees EOF
+	if _, err := buf.ReadFrom(r.Body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
 		}
-		m, err := r.Body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return nil, errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
-			}
-			return nil, errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: %v", err)
-		}
+		return nil, errorf(http.StatusBadRequest, api.CodeBadRequest, "request body: %v", err)
 	}
+	return buf.Bytes(), nil
 }
