@@ -160,55 +160,104 @@ const ClipMarker = "…["
 // not clippable members are dropped. Log.Append normalizes every entry; the daemon's record path
 // does too, so every Recorder sees the same entry.
 func Normalize(e Entry) Entry {
-	clipped := map[string]bool{}
+	var cut uint32 // bit i: clippable[i] was cut (now or before)
 	for _, name := range e.Clipped {
-		clipped[name] = true
+		if i := slices.Index(clippable, name); i >= 0 {
+			cut |= 1 << i
+		}
 	}
-	str := func(name string, s *string, max int) {
-		v, cut := clipString(*s, max)
-		*s = v
-		clipped[name] = clipped[name] || cut
+	was := cut
+	members := stringMembers(&e)
+	for _, m := range members {
+		v, c := clipString(*m.s, m.max)
+		*m.s = v
+		if c {
+			cut |= 1 << m.clip
+		}
 	}
-	for _, m := range stringMembers(&e) {
-		str(m.name, m.s, m.max)
+	for _, l := range [...]struct {
+		clip int
+		list *[]string
+	}{{clipParticipants, &e.Participants}, {clipFields, &e.Fields}} {
+		v, c := clipList(*l.list)
+		*l.list = v
+		if c {
+			cut |= 1 << l.clip
+		}
 	}
-	list := func(name string, l *[]string) {
-		v, cut := clipList(*l)
-		*l = v
-		clipped[name] = clipped[name] || cut
+	if cut == was && isCanonicalClipped(e.Clipped, cut) {
+		return e // nothing newly cut, Clipped already in order: keep it (no allocation)
 	}
-	list("participants", &e.Participants)
-	list("fields", &e.Fields)
 	e.Clipped = nil
-	for _, name := range clippable {
-		if clipped[name] {
+	for i, name := range clippable {
+		if cut&(1<<i) != 0 {
 			e.Clipped = append(e.Clipped, name)
 		}
 	}
 	return e
 }
 
+// isCanonicalClipped reports whether names is exactly the clippable
+// members of mask, each once, in clippable's order (nil for no bits).
+func isCanonicalClipped(names []string, mask uint32) bool {
+	i := 0
+	for bit, name := range clippable {
+		if mask&(1<<bit) == 0 {
+			continue
+		}
+		if i >= len(names) || names[i] != name {
+			return false
+		}
+		i++
+	}
+	return i == len(names)
+}
+
 // clippable lists the members Normalize may clip, in member order: the
-// only names Clipped may hold, in this order.
+// only names Clipped may hold, in this order. At most 32 (Normalize's
+// bit set); the clip* constants are indices into it.
 var clippable = []string{"op", "caller.exe", "principal", "transaction_id", "job_id", "participant", "participants",
 	"sealed_by", "key", "purpose", "fields", "end_user.ip", "end_user.user_agent", "end_user.request_id",
 	"court_order", "document_hash", "code", "detail"}
 
+const (
+	clipOp = iota
+	clipExe
+	clipPrincipal
+	clipTransaction
+	clipJob
+	clipParticipant
+	clipParticipants
+	clipSealedBy
+	clipKey
+	clipPurpose
+	clipFields
+	clipIP
+	clipUserAgent
+	clipRequestID
+	clipCourtOrder
+	clipDocumentHash
+	clipCode
+	clipDetail
+)
+
+// stringMember is one string member of an entry: its index in clippable,
+// where it is and its limit in bytes.
 type stringMember struct {
-	name string
+	clip int
 	s    *string
 	max  int
 }
 
-func stringMembers(e *Entry) []stringMember {
-	return []stringMember{{"op", &e.Operation, MaxStringBytes}, {"caller.exe", &e.Caller.Executable, MaxExeBytes},
-		{"principal", &e.Principal, MaxStringBytes}, {"transaction_id", &e.TransactionID, MaxStringBytes},
-		{"job_id", &e.JobID, MaxStringBytes}, {"participant", &e.Participant, MaxStringBytes},
-		{"sealed_by", &e.SealedBy, MaxStringBytes}, {"key", &e.KeyLabel, MaxStringBytes}, {"purpose", &e.Purpose, MaxStringBytes},
-		{"end_user.ip", &e.EndUser.IP, MaxStringBytes}, {"end_user.user_agent", &e.EndUser.UserAgent, MaxStringBytes},
-		{"end_user.request_id", &e.EndUser.RequestID, MaxStringBytes}, {"court_order", &e.CourtOrder, MaxStringBytes},
-		{"document_hash", &e.DocumentHash, MaxStringBytes}, {"code", &e.Code, MaxStringBytes},
-		{"detail", &e.Detail, MaxDetailBytes}}
+func stringMembers(e *Entry) [16]stringMember {
+	return [...]stringMember{{clipOp, &e.Operation, MaxStringBytes}, {clipExe, &e.Caller.Executable, MaxExeBytes},
+		{clipPrincipal, &e.Principal, MaxStringBytes}, {clipTransaction, &e.TransactionID, MaxStringBytes},
+		{clipJob, &e.JobID, MaxStringBytes}, {clipParticipant, &e.Participant, MaxStringBytes},
+		{clipSealedBy, &e.SealedBy, MaxStringBytes}, {clipKey, &e.KeyLabel, MaxStringBytes}, {clipPurpose, &e.Purpose, MaxStringBytes},
+		{clipIP, &e.EndUser.IP, MaxStringBytes}, {clipUserAgent, &e.EndUser.UserAgent, MaxStringBytes},
+		{clipRequestID, &e.EndUser.RequestID, MaxStringBytes}, {clipCourtOrder, &e.CourtOrder, MaxStringBytes},
+		{clipDocumentHash, &e.DocumentHash, MaxStringBytes}, {clipCode, &e.Code, MaxStringBytes},
+		{clipDetail, &e.Detail, MaxDetailBytes}}
 }
 
 // clipString makes s valid UTF-8 and at most max bytes long; cut reports

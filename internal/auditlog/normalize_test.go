@@ -63,6 +63,42 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
+// TestNormalizeAllocs: the record path normalizes every entry twice; an
+// entry within its limits costs no allocation. (Not parallel:
+// AllocsPerRun.)
+func TestNormalizeAllocs(t *testing.T) {
+	ok := entry(3)
+	ok.Clipped = []string{"participant", "purpose"}
+	if a := testing.AllocsPerRun(100, func() { auditlog.Normalize(ok) }); a != 0 {
+		t.Errorf("Normalize of an entry within its limits: %v allocations, want 0", a)
+	}
+}
+
+// TestNormalizeNamesEachMember: cutting one member names that member, and
+// only it, in Clipped.
+func TestNormalizeNamesEachMember(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("y", 10<<10)
+	for name, set := range map[string]func(*auditlog.Entry){
+		"op": func(e *auditlog.Entry) { e.Operation = long }, "caller.exe": func(e *auditlog.Entry) { e.Caller.Executable = long },
+		"principal": func(e *auditlog.Entry) { e.Principal = long }, "transaction_id": func(e *auditlog.Entry) { e.TransactionID = long },
+		"job_id": func(e *auditlog.Entry) { e.JobID = long }, "participant": func(e *auditlog.Entry) { e.Participant = long },
+		"participants": func(e *auditlog.Entry) { e.Participants = []string{long} }, "sealed_by": func(e *auditlog.Entry) { e.SealedBy = long },
+		"key": func(e *auditlog.Entry) { e.KeyLabel = long }, "purpose": func(e *auditlog.Entry) { e.Purpose = long },
+		"fields": func(e *auditlog.Entry) { e.Fields = []string{long} }, "end_user.ip": func(e *auditlog.Entry) { e.EndUser.IP = long },
+		"end_user.user_agent": func(e *auditlog.Entry) { e.EndUser.UserAgent = long },
+		"end_user.request_id": func(e *auditlog.Entry) { e.EndUser.RequestID = long },
+		"court_order":         func(e *auditlog.Entry) { e.CourtOrder = long }, "document_hash": func(e *auditlog.Entry) { e.DocumentHash = long },
+		"code": func(e *auditlog.Entry) { e.Code = long }, "detail": func(e *auditlog.Entry) { e.Detail = long },
+	} {
+		e := entry(1)
+		set(&e)
+		if got := auditlog.Normalize(e).Clipped; !slices.Equal(got, []string{name}) {
+			t.Errorf("%s cut: clipped %v", name, got)
+		}
+	}
+}
+
 // TestNormalizeBound: a normalized entry always encodes within
 // MaxEntryBytes, even with every member at its limit and every byte one
 // that JSON escapes to six bytes.
