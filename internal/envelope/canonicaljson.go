@@ -178,3 +178,264 @@ func writeString(out *bytes.Buffer, s string) {
 	}
 	out.WriteByte('"')
 }
+
+// IsCanonicalJSON reports whether raw is already in canonical form:
+// exactly when CanonicalJSON(raw) returns raw itself and no error. It reads
+// raw once without allocating, so that Validate's check of every envelope
+// it parses costs a scan, not a decode and re-encode; when it answers
+// false, CanonicalJSON says why (FuzzIsCanonicalJSON holds the two to the
+// same answer).
+func IsCanonicalJSON(raw []byte) bool {
+	if len(raw) > MaxPublicFields || !utf8.Valid(raw) || len(raw) == 0 || raw[0] != '{' {
+		return false
+	}
+	c := canonScanner{b: raw}
+	return c.value(0) && c.i == len(raw)
+}
+
+// canonScanner checks canonical JSON (CanonicalJSON's rules) from b[i:].
+// Each method advances i past what it accepted and reports whether it was
+// canonical; on false, i is meaningless.
+type canonScanner struct {
+	b []byte
+	i int
+}
+
+func (c *canonScanner) value(depth int) bool {
+	if c.i >= len(c.b) {
+		return false
+	}
+	switch ch := c.b[c.i]; {
+	case ch == '{':
+		return depth+1 <= MaxJSONDepth && c.object(depth+1)
+	case ch == '[':
+		return depth+1 <= MaxJSONDepth && c.array(depth+1)
+	case ch == '"':
+		_, ok := c.str()
+		return ok
+	case ch == '-' || ch >= '0' && ch <= '9':
+		return c.number()
+	default:
+		return c.literal("true") || c.literal("false") || c.literal("null")
+	}
+}
+
+func (c *canonScanner) object(depth int) bool {
+	c.i++ // '{'
+	var prev []byte // the previous key's raw content, nil before the first
+	for first := true; ; first = false {
+		if c.i >= len(c.b) {
+			return false
+		}
+		if c.b[c.i] == '}' {
+			c.i++
+			return true
+		}
+		if !first {
+			if c.b[c.i] != ',' {
+				return false
+			}
+			c.i++
+		}
+		if c.i >= len(c.b) || c.b[c.i] != '"' {
+			return false
+		}
+		key, ok := c.str()
+		// Keys strictly increasing by their unescaped UTF-8 bytes: sorted
+		// and no duplicates.
+		if !ok || prev != nil && compareUnescaped(prev, key) >= 0 {
+			return false
+		}
+		prev = key
+		if c.i >= len(c.b) || c.b[c.i] != ':' {
+			return false
+		}
+		c.i++
+		if !c.value(depth) {
+			return false
+		}
+	}
+}
+
+func (c *canonScanner) array(depth int) bool {
+	c.i++ // '['
+	for first := true; ; first = false {
+		if c.i >= len(c.b) {
+			return false
+		}
+		if c.b[c.i] == ']' {
+			c.i++
+			return true
+		}
+		if !first {
+			if c.b[c.i] != ',' {
+				return false
+			}
+			c.i++
+		}
+		if !c.value(depth) {
+			return false
+		}
+	}
+}
+
+// str accepts a string in writeString's form and returns its raw content
+// (between the quotes, escapes as written).
+func (c *canonScanner) str() ([]byte, bool) {
+	c.i++ // '"'
+	start := c.i
+	for c.i < len(c.b) {
+		ch := c.b[c.i]
+		switch {
+		case ch == '"':
+			c.i++
+			return c.b[start : c.i-1], true
+		case ch < 0x20:
+			return nil, false // a control character must be escaped
+		case ch == '\\':
+			n, ok := canonEscape(c.b[c.i:])
+			if !ok {
+				return nil, false
+			}
+			c.i += n
+		default:
+			c.i++ // UTF-8 was checked for the whole input
+		}
+	}
+	return nil, false
+}
+
+// canonEscape returns the length of the escape at the start of b if it is
+// the one writeString writes for its character.
+func canonEscape(b []byte) (int, bool) {
+	if len(b) < 2 {
+		return 0, false
+	}
+	switch b[1] {
+	case '"', '\\', 'b', 't', 'n', 'f', 'r':
+		return 2, true
+	case 'u':
+		if len(b) < 6 || b[2] != '0' || b[3] != '0' {
+			return 0, false
+		}
+		hi, lo := lowerHex(b[4]), lowerHex(b[5])
+		if hi < 0 || hi > 1 || lo < 0 {
+			return 0, false
+		}
+		switch r := hi<<4 | lo; r {
+		case '\b', '\t', '\n', '\f', '\r':
+			return 0, false // written as \b \t \n \f \r
+		}
+		return 6, true
+	}
+	return 0, false
+}
+
+func lowerHex(ch byte) int {
+	switch {
+	case ch >= '0' && ch <= '9':
+		return int(ch - '0')
+	case ch >= 'a' && ch <= 'f':
+		return int(ch-'a') + 10
+	}
+	return -1
+}
+
+// compareUnescaped compares two raw string contents in canonical form by
+// the bytes they stand for.
+func compareUnescaped(a, b []byte) int {
+	for {
+		ca, na := unescapeNext(a)
+		cb, nb := unescapeNext(b)
+		switch {
+		case na == 0 && nb == 0:
+			return 0
+		case na == 0:
+			return -1
+		case nb == 0:
+			return 1
+		case ca != cb:
+			if ca < cb {
+				return -1
+			}
+			return 1
+		}
+		a, b = a[na:], b[nb:]
+	}
+}
+
+// unescapeNext returns the first byte that the canonical string content s
+// stands for and how many bytes of s it took (0 at the end).
+func unescapeNext(s []byte) (byte, int) {
+	if len(s) == 0 {
+		return 0, 0
+	}
+	if s[0] != '\\' {
+		return s[0], 1
+	}
+	switch s[1] {
+	case 'b':
+		return '\b', 2
+	case 't':
+		return '\t', 2
+	case 'n':
+		return '\n', 2
+	case 'f':
+		return '\f', 2
+	case 'r':
+		return '\r', 2
+	case 'u': // \u00xx, checked by canonEscape
+		return byte(lowerHex(s[4])<<4 | lowerHex(s[5])), 6
+	}
+	return s[1], 2 // \" or \\
+}
+
+// number accepts a JSON number (written as is in the canonical form).
+func (c *canonScanner) number() bool {
+	b, i := c.b, c.i
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	default:
+		return false
+	}
+	digits := func() bool {
+		start := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > start
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return false
+		}
+	}
+	c.i = i
+	return true
+}
+
+func (c *canonScanner) literal(word string) bool {
+	if !bytes.HasPrefix(c.b[c.i:], []byte(word)) {
+		return false
+	}
+	c.i += len(word)
+	return true
+}

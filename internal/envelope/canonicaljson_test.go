@@ -42,6 +42,20 @@ var canonicalCases = []struct {
 	{`{"a":` + strings.Repeat("[", 31) + strings.Repeat("]", 31) + `}`, `{"a":` + strings.Repeat("[", 31) + strings.Repeat("]", 31) + `}`, nil},
 	{`{"a":` + strings.Repeat("[", 32) + strings.Repeat("]", 32) + `}`, "", envelope.ErrInvalidJSON},
 	{`{"a":"` + strings.Repeat("x", envelope.MaxPublicFields) + `"}`, "", envelope.ErrTooLarge},
+	// Already canonical or one byte away from it (IsCanonicalJSON's edges).
+	{`{"a":"\u001f\u0000","a\u0000":1,"b":[true,false,null,-0.5e-7,{}]}`, `{"a":"\u001f\u0000","a\u0000":1,"b":[true,false,null,-0.5e-7,{}]}`, nil},
+	{`{"\"":1,"\\":2,"]":3}`, `{"\"":1,"\\":2,"]":3}`, nil},
+	{`{"a":"\u001F"}`, `{"a":"\u001f"}`, nil},
+	{`{"a":"\u000a"}`, `{"a":"\n"}`, nil},
+	{`{"a":"\u007f"}`, "{\"a\":\"\x7f\"}", nil},
+	{`{"a":1 }`, `{"a":1}`, nil},
+	{`{"a":1,"a\u0000":2,"a":3}`, "", envelope.ErrInvalidJSON},
+	{`{"a":tru}`, "", envelope.ErrInvalidJSON},
+	{`{"a":-}`, "", envelope.ErrInvalidJSON},
+	{`{"a":1.}`, "", envelope.ErrInvalidJSON},
+	{`{"a":1e}`, "", envelope.ErrInvalidJSON},
+	{`{"a":"x`, "", envelope.ErrInvalidJSON},
+	{`{"a"`, "", envelope.ErrInvalidJSON},
 }
 
 func TestCanonicalJSON(t *testing.T) {
@@ -65,5 +79,23 @@ func TestCanonicalJSON(t *testing.T) {
 		if err != nil || string(again) != string(got) {
 			t.Errorf("not idempotent on %q: %q, %v", got, again, err)
 		}
+	}
+}
+
+// TestIsCanonicalJSON: IsCanonicalJSON(in) exactly when CanonicalJSON
+// returns in itself, and it allocates nothing.
+func TestIsCanonicalJSON(t *testing.T) {
+	for _, c := range canonicalCases {
+		want := c.err == nil && c.want == c.in
+		if got := envelope.IsCanonicalJSON([]byte(c.in)); got != want {
+			t.Errorf("IsCanonicalJSON(%.60q) = %v, want %v", c.in, got, want)
+		}
+	}
+	doc := []byte(`{"a":"\u001f","b":[1,-2.5e+3,{"c":null,"d":true}],"e":"café \"x\""}`)
+	if !envelope.IsCanonicalJSON(doc) {
+		t.Fatalf("IsCanonicalJSON(%s) = false", doc)
+	}
+	if a := testing.AllocsPerRun(100, func() { envelope.IsCanonicalJSON(doc) }); a != 0 {
+		t.Errorf("IsCanonicalJSON: %v allocations, want 0", a)
 	}
 }

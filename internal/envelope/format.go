@@ -33,7 +33,7 @@ func (e *Envelope) Marshal() []byte {
 		addFields(&b, e.Fields)
 	} else {
 		b.AddBytes(e.Nonce)
-		b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.Ciphertext) })
+		addBytes32(&b, e.Ciphertext)
 	}
 	return b.BytesOrPanic()
 }
@@ -43,7 +43,7 @@ func (e *Envelope) Marshal() []byte {
 func addFields(b *cryptobyte.Builder, fields []FieldCiphertext) {
 	for _, f := range fields {
 		b.AddBytes(f.Nonce)
-		b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(f.Ciphertext) })
+		addBytes32(b, f.Ciphertext)
 	}
 }
 
@@ -71,14 +71,14 @@ func (e *Envelope) AAD() []byte {
 // is followed by FieldsDigest(), so the signature covers every field
 // ciphertext too.
 func (e *Envelope) SignedMessage() []byte {
-	var b cryptobyte.Builder
+	b := cryptobyte.NewBuilder(make([]byte, 0, 64+e.Header.sizeHint()))
 	if e.Header.Version == Version2 {
 		b.AddBytes([]byte(LabelHeaderSignatureV2))
 	} else {
 		b.AddBytes([]byte(LabelHeaderSignature))
 	}
 	b.AddUint8(0)
-	e.Header.addHeader(&b)
+	e.Header.addHeader(b)
 	if e.Header.Version == Version2 {
 		d := e.FieldsDigest()
 		b.AddBytes(d[:])
@@ -86,12 +86,51 @@ func (e *Envelope) SignedMessage() []byte {
 	return b.BytesOrPanic()
 }
 
+// addString8, addBytes8 and addBytes32 write a u8 or u32 length and the
+// bytes: what cryptobyte's Add*LengthPrefixed writes, without a child
+// builder per field (the header is encoded for every signature check). A
+// value too long for its prefix sets b's error, so BytesOrPanic panics.
 func addString8(b *cryptobyte.Builder, s string) {
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(s)) })
+	if len(s) > math.MaxUint8 {
+		b.SetError(fmt.Errorf("%w: a %d-byte string has a 1-byte length prefix", ErrTooLarge, len(s)))
+		return
+	}
+	b.AddUint8(uint8(len(s)))
+	b.AddBytes([]byte(s))
 }
 
 func addBytes8(b *cryptobyte.Builder, p []byte) {
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(p) })
+	if len(p) > math.MaxUint8 {
+		b.SetError(fmt.Errorf("%w: a %d-byte value has a 1-byte length prefix", ErrTooLarge, len(p)))
+		return
+	}
+	b.AddUint8(uint8(len(p)))
+	b.AddBytes(p)
+}
+
+func addBytes32(b *cryptobyte.Builder, p []byte) {
+	if uint64(len(p)) > math.MaxUint32 {
+		b.SetError(fmt.Errorf("%w: a %d-byte value has a 4-byte length prefix", ErrTooLarge, len(p)))
+		return
+	}
+	b.AddUint32(uint32(len(p)))
+	b.AddBytes(p)
+}
+
+// sizeHint is about the size of h's encoding, to size a builder once.
+func (h *Header) sizeHint() int {
+	n := 64 + len(h.TransactionID) + len(h.JobID) + len(h.PublicFields) + len(h.SealedBy) + len(h.SigningKeyID)
+	for _, p := range h.Participants {
+		n += 1 + len(p)
+	}
+	for _, f := range h.FieldNames {
+		n += 1 + len(f)
+	}
+	for i := range h.Stanzas {
+		s := &h.Stanzas[i]
+		n += 16 + len(s.ParticipantID) + len(s.EphemeralPublic) + len(s.WrappedDEK)
+	}
+	return n
 }
 
 func (h *Header) addBinding(b *cryptobyte.Builder) {
@@ -103,7 +142,7 @@ func (h *Header) addBinding(b *cryptobyte.Builder) {
 		b.SetError(fmt.Errorf("%w: created-at before 1970", ErrMalformed))
 	}
 	b.AddUint64(uint64(ms))
-	b.AddUint32LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(h.PublicFields) })
+	addBytes32(b, h.PublicFields)
 	if len(h.Participants) > math.MaxUint8 {
 		b.SetError(fmt.Errorf("%w: too many participants", ErrTooLarge))
 	}
@@ -377,12 +416,15 @@ func (e *Envelope) Validate() error {
 	if len(h.PublicFields) > MaxPublicFields {
 		return fmt.Errorf("%w: public fields are %d bytes, limit %d", ErrTooLarge, len(h.PublicFields), MaxPublicFields)
 	}
-	c, err := CanonicalJSON(h.PublicFields)
-	if err != nil {
-		return fmt.Errorf("%w: public fields: %w", ErrMalformed, err)
-	}
-	if !bytes.Equal(c, h.PublicFields) {
-		return fmt.Errorf("%w: public fields are not in canonical form", ErrMalformed)
+	if !IsCanonicalJSON(h.PublicFields) { // the scan; CanonicalJSON says why not
+		c, err := CanonicalJSON(h.PublicFields)
+		if err != nil {
+			return fmt.Errorf("%w: public fields: %w", ErrMalformed, err)
+		}
+		if !bytes.Equal(c, h.PublicFields) {
+			return fmt.Errorf("%w: public fields are not in canonical form", ErrMalformed)
+		}
+		return fmt.Errorf("%w: public fields: IsCanonicalJSON and CanonicalJSON disagree", ErrMalformed) // fail closed
 	}
 	if len(h.Participants) > MaxParticipants {
 		return fmt.Errorf("%w: %d participants, limit %d", ErrTooLarge, len(h.Participants), MaxParticipants)

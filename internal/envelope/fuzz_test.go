@@ -46,6 +46,7 @@ func TestFuzzCorpus(t *testing.T) {
 			seed{"FuzzParse", "truncated-" + v.Name, fmt.Sprintf("[]byte(%q)", b[:len(b)/2])},
 			seed{"FuzzParseText", "vector-" + v.Name, fmt.Sprintf("string(%q)", v.Envelope)},
 			seed{"FuzzCanonicalJSON", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", v.PublicFields)},
+			seed{"FuzzIsCanonicalJSON", "vector-" + v.Name, fmt.Sprintf("[]byte(%q)", v.PublicFields)},
 		)
 	}
 	raw2, err := os.ReadFile(vectorsV2File)
@@ -142,6 +143,23 @@ func FuzzParseText(f *testing.F) {
 		}
 		if !strings.HasPrefix(s, envelope.TextPrefix) {
 			t.Fatal("accepted text without the prefix")
+		}
+	})
+}
+
+// FuzzIsCanonicalJSON: the scan and the canonicalizer agree on every input.
+func FuzzIsCanonicalJSON(f *testing.F) {
+	for _, c := range canonicalCases {
+		if len(c.in) < 4096 {
+			f.Add([]byte(c.in))
+			f.Add([]byte(c.want))
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := envelope.CanonicalJSON(b)
+		want := err == nil && bytes.Equal(c, b)
+		if got := envelope.IsCanonicalJSON(b); got != want {
+			t.Fatalf("IsCanonicalJSON(%q) = %v; CanonicalJSON gives %q, %v", b, got, c, err)
 		}
 	})
 }

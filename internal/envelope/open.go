@@ -20,6 +20,11 @@ func (e *Envelope) Verify(lookup KeyLookup) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
+	return e.verifySignature(lookup)
+}
+
+// verifySignature is Verify for an envelope that passed Validate.
+func (e *Envelope) verifySignature(lookup KeyLookup) error {
 	if lookup == nil {
 		return fmt.Errorf("%w: no key lookup", ErrSignature)
 	}

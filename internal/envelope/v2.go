@@ -363,10 +363,10 @@ func (e *Envelope) validateFields() error {
 // and field names. It excludes the stanzas and signing key id, so a rewrap
 // leaves every field ciphertext valid.
 func (e *Envelope) BindingHash() [32]byte {
-	var b cryptobyte.Builder
+	b := cryptobyte.NewBuilder(make([]byte, 0, 32+e.Header.sizeHint()))
 	b.AddBytes([]byte(LabelBinding))
 	b.AddUint8(0)
-	e.Header.addBinding(&b)
+	e.Header.addBinding(b)
 	return sha256.Sum256(b.BytesOrPanic())
 }
 

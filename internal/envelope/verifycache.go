@@ -50,7 +50,7 @@ func (c *VerifyCache) Verify(e *Envelope, lookup KeyLookup) error {
 	if hit {
 		return nil
 	}
-	if err := e.Verify(lookup); err != nil {
+	if err := e.verifySignature(lookup); err != nil { // validated above
 		return err
 	}
 	c.mu.Lock()
