@@ -114,7 +114,7 @@ bin/custodybench --socket "$dir/custodyd.sock" --vault-addr "$(cat "$dir/vault/a
   --custody-pid "$(cat "$dir/custodyd.pid")" --vault-pid "$(cat "$dir/vault/pid")" \
   --raw-chain-ns "$raw" --raw-v1-chain-ns "$rawv1" --floor-cpu "$floors" ${BENCH_ARGS:-} | tee "$dir/custodybench.out"
 
-# The chain drifts with the machine (its CPU per op spread 465-688 µs between
+# The chain drifts with the machine (its CPU per op spread 507-751 µs between
 # runs of one session): measure it again now that the rows are done, and
 # give the cold rows against both and against their mean.
 kill "$(cat "$dir/custodyd.pid")" 2>/dev/null || true

@@ -222,7 +222,8 @@ func (c *canonScanner) value(depth int) bool {
 
 func (c *canonScanner) object(depth int) bool {
 	c.i++ // '{'
-	var prev []byte // the previous key's raw content, nil before the first
+	// prev is the previous key's raw content, nil before the first.
+	var prev []byte
 	for first := true; ; first = false {
 		if c.i >= len(c.b) {
 			return false
