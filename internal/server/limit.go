@@ -58,6 +58,21 @@ func (l *callerLimiter) acquire(uid uint32) bool {
 	return true
 }
 
+// acquireExtra takes a slot for one more worker of a batch uid already
+// holds a slot for, only while uid holds fewer than half its max: extra
+// workers never take more than about half a caller's slots, so the caller
+// can always have at least max/2 requests in progress whatever its
+// batches do.
+func (l *callerLimiter) acquireExtra(uid uint32) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[uid] >= l.max/2 {
+		return false
+	}
+	l.n[uid]++
+	return true
+}
+
 // release gives back a slot acquire took.
 func (l *callerLimiter) release(uid uint32) {
 	l.mu.Lock()

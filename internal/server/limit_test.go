@@ -140,3 +140,56 @@ func TestStalledClientsReleaseTheirSlot(t *testing.T) {
 	}
 	noLeftovers(t, h)
 }
+
+// manySessions reports a token of 8 sessions, so that a batch may start up
+// to 8 workers.
+type manySessions struct{ server.Token }
+
+func (m manySessions) Info() hsm.TokenInfo {
+	i := m.Token.Info()
+	i.Sessions = 8
+	return i
+}
+
+// TestBatchesLeaveSlotsForRequests: a batch's workers past the first take
+// a caller's in-flight slots only while it holds fewer than half of them.
+// With a token of 8 sessions and 4 slots, a second batch and a health check
+// of the same caller are served while the first batch is on the device
+// (before, the first batch's four workers held all four slots and both
+// were refused rate_limited).
+func TestBatchesLeaveSlotsForRequests(t *testing.T) {
+	g := &gatedToken{gate: make(chan struct{}), entered: make(chan struct{}, 64)}
+	h := newHarnessWith(t, func(d *server.Deps) {
+		d.Limits.MaxInFlightPerCaller = 4
+		g.Token = manySessions{d.Token}
+		d.Token = g
+	})
+	h.register("client-1")
+	item := fmt.Sprintf(`{"envelope":%q,"as":"client-1","purpose":"dispute"}`, h.seal("tx-1", "client-1"))
+	batch := `{"items":[` + strings.Repeat(item+",", 7) + item + `]}`
+	codes := make(chan int, 2)
+	send := func() {
+		st, out := h.callRaw("POST", "/v1/transactions/decrypt/batch", batch)
+		if st != 200 {
+			t.Errorf("batch: %d %s", st, out)
+		}
+		codes <- st
+	}
+	go send()
+	<-g.entered // the first batch's two workers are on the device
+	<-g.entered
+	go send()
+	select {
+	case <-g.entered: // the second batch was admitted
+	case st := <-codes:
+		t.Fatalf("the second batch was answered %d before the first finished", st)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second batch never reached the device")
+	}
+	if st, out := h.call("GET", "/v1/health", nil); st != 200 {
+		t.Errorf("health with two batches in progress: %d %v", st, out)
+	}
+	close(g.gate)
+	<-codes
+	<-codes
+}

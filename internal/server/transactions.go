@@ -76,7 +76,9 @@ func decodeBatch[In any](s *Server, rq *request) (api.Batch[In], error) {
 // runs the first, and every further worker (up to the token's sessions)
 // takes another slot of the caller's limits.max_in_flight_per_caller, so a
 // caller's batches together never run more workers than it may have
-// requests in progress. An item started while the caller's refusal bucket
+// requests in progress. A further worker is started only while the caller
+// holds fewer than half its slots (callerLimiter.acquireExtra): its batches
+// cannot use up the slots its next requests need. An item started while the caller's refusal bucket
 // is empty is refused with too_many_refusals (recorded through the
 // coalescer) without being run.
 func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, start func(context.Context, *request, In) func() (*Out, error)) (any, error) {
@@ -88,7 +90,7 @@ func runBatch[In, Out any](ctx context.Context, s *Server, rq *request, start fu
 	finish := make([]func() (*Out, error), len(in.Items))
 	uid := rq.peer.key()
 	workers := 1
-	for workers < min(s.d.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquire(uid) {
+	for workers < min(s.d.Token.Info().Sessions, len(in.Items)) && s.inFlight.acquireExtra(uid) {
 		workers++
 	}
 	defer func() {
