@@ -225,18 +225,8 @@ func (c *canonScanner) object(depth int) bool {
 	// prev is the previous key's raw content, nil before the first.
 	var prev []byte
 	for first := true; ; first = false {
-		if c.i >= len(c.b) {
-			return false
-		}
-		if c.b[c.i] == '}' {
-			c.i++
-			return true
-		}
-		if !first {
-			if c.b[c.i] != ',' {
-				return false
-			}
-			c.i++
+		if done, ok := c.sep(first, '}'); !ok || done {
+			return ok
 		}
 		if c.i >= len(c.b) || c.b[c.i] != '"' {
 			return false
@@ -261,23 +251,32 @@ func (c *canonScanner) object(depth int) bool {
 func (c *canonScanner) array(depth int) bool {
 	c.i++ // '['
 	for first := true; ; first = false {
-		if c.i >= len(c.b) {
-			return false
-		}
-		if c.b[c.i] == ']' {
-			c.i++
-			return true
-		}
-		if !first {
-			if c.b[c.i] != ',' {
-				return false
-			}
-			c.i++
+		if done, ok := c.sep(first, ']'); !ok || done {
+			return ok
 		}
 		if !c.value(depth) {
 			return false
 		}
 	}
+}
+
+// sep steps past the closing delimiter end (done) or, before any element
+// but the first, past the comma; ok is false on anything else.
+func (c *canonScanner) sep(first bool, end byte) (done, ok bool) {
+	if c.i >= len(c.b) {
+		return false, false
+	}
+	if c.b[c.i] == end {
+		c.i++
+		return true, true
+	}
+	if !first {
+		if c.b[c.i] != ',' {
+			return false, false
+		}
+		c.i++
+	}
+	return false, true
 }
 
 // str accepts a string in writeString's form and returns its raw content
